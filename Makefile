@@ -1,0 +1,34 @@
+# make demo: install into .venv and train + evaluate DIN on MovieLens-100K (report in runs/demo/)
+# make test: install into .venv (with test extras) and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
+TORCH_PIN ?= torch==2.13.0
+PIP := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: demo test bench install clean
+
+$(VENV)/.stamp-core: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install "$(TORCH_PIN)"
+	$(PIP) install -e ".[report]"
+	touch $@
+
+$(VENV)/.stamp-dev: $(VENV)/.stamp-core
+	$(PIP) install -e ".[dev,report]"
+	touch $@
+
+install: $(VENV)/.stamp-core
+
+demo: $(VENV)/.stamp-core
+	$(PY) -m seqctr demo
+
+test: $(VENV)/.stamp-dev
+	$(PY) -m pytest
+
+bench: $(VENV)/.stamp-core
+	$(PY) bench/bench_din.py
+
+clean:
+	rm -rf $(VENV) runs

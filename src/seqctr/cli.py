@@ -1,0 +1,184 @@
+"""Command line: ``seqctr prepare | train | evaluate | demo``.
+
+Bad input ends with one line ``seqctr: error: ...`` naming the file, column and row (exit 2);
+``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import SeqctrError
+
+
+def _columns_arg(text: str | None) -> dict:
+    """``user=uid,item=iid,timestamp=ts,category=cat,user_features=age+gender`` -> dict."""
+    out: dict = {}
+    for part in filter(None, (text or "").split(",")):
+        if "=" not in part:
+            raise SeqctrError(f"--columns: expected role=column, got {part!r}")
+        role, col = part.split("=", 1)
+        out[role.strip()] = col.strip().split("+") if role.strip() in ("user_features", "names") else col.strip()
+    return out
+
+
+def _data_rules(args, cfg_data=None) -> tuple[dict, dict, dict]:
+    columns = dict(getattr(cfg_data, "columns", {}) or {})
+    label = dict(getattr(cfg_data, "label", {}) or {})
+    split = dict(getattr(cfg_data, "split", {}) or {})
+    columns.update(_columns_arg(getattr(args, "columns", None)))
+    if getattr(args, "label_column", None):
+        label["column"] = args.label_column
+    if getattr(args, "threshold", None) is not None:
+        label["threshold"] = args.threshold
+    for key in ("valid_frac", "test_frac", "min_history"):
+        if getattr(args, key, None) is not None:
+            split[key] = getattr(args, key)
+    return columns, label, split
+
+
+def cmd_prepare(args) -> int:
+    from .data import prepare
+    from .data.stats import split_summary
+
+    columns, label, split = _data_rules(args)
+    ds, folder, cached = prepare(args.source, columns=columns, label=label, split=split, force=args.force)
+    summary = {"dataset": ds.meta["name"], "protocol": ds.meta["protocol"], "cache": str(folder),
+               "cached": cached, **split_summary(ds, args.buckets)}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{summary['dataset']} ({'from cache' if cached else 'prepared'}) -> {folder}")
+        for s in ("train", "valid", "test"):
+            b = ", ".join(f"{k}: {v:,}" for k, v in summary[s]["buckets"].items())
+            print(f"  {s:5s} {summary[s]['rows']:>9,} rows  {summary[s]['users']:>7,} users  "
+                  f"label rate {summary[s]['label_rate']:.3f}  buckets {b}")
+    return 0
+
+
+def _train(cfg, out: Path, resume: bool, progress) -> dict:
+    from .data import prepare
+    from .experiments import format_metrics_table, write_run_report
+    from .training import Trainer
+
+    d = cfg.data
+    ds, folder, cached = prepare(d.source, columns=d.columns, label=d.label, split=d.split)
+    print(f"data: {ds.meta['name']} {'(cached)' if cached else '(prepared)'} {folder}")
+    trainer = Trainer(cfg, ds, out, progress=progress)
+    print(f"model: {cfg.model.name}, {sum(p.numel() for p in trainer.model.parameters()):,} parameters, "
+          f"device {trainer.device}; padded slots per epoch {100 * trainer.train_loader.padding_fraction(1):.1f}%")
+    result = trainer.fit(resume=resume)
+    report = write_run_report(out, result)
+    print()
+    print(format_metrics_table(result["test"], f"{cfg.model.name} on {ds.meta['name']}: test"))
+    print(f"\nreport: {report}\nmetrics: {out / 'metrics.json'}\ncheckpoint: {out / 'best.pt'}")
+    return result
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+
+    cfg = load_config(args.config, args.set)
+    out = Path(args.out or f"runs/{cfg.data.source if '/' not in cfg.data.source else 'custom'}-{cfg.model.name}")
+    _train(cfg, out, args.resume, None if not args.no_progress else False)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .config import load_config
+
+    cfg = load_config(None, args.set)  # the defaults are DIN on ml100k with the benchmark settings
+    _train(cfg, Path(args.out), args.resume, None if not args.no_progress else False)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .config import config_from_dict
+    from .data import BatchLoader, prepare
+    from .experiments import format_metrics_table
+    from .metrics import evaluate_predictions
+    from .models import build_model
+    from .training import load_checkpoint, predict, resolve_device
+
+    ck = load_checkpoint(args.checkpoint)
+    cfg = config_from_dict(ck["config"])
+    d = cfg.data
+    ds, _, _ = prepare(args.source or d.source, columns=d.columns, label=d.label, split=d.split)
+    if ds.meta["vocab_sizes"] != ck["meta"]["vocab_sizes"]:
+        raise SeqctrError(f"checkpoint {args.checkpoint} was trained on a dataset with other vocabularies "
+                          f"({ck['meta']['name']}, sha {ck['meta']['source_sha256'][:12]})")
+    device = resolve_device(args.device)
+    model = build_model(cfg.model, ck["meta"]).to(device)
+    model.load_state_dict(ck["model"])
+    loader = BatchLoader(ds, args.split, max_len=d.max_len, batch_size=d.eval_batch_size, shuffle=False)
+    pred = predict(model, loader, device)
+    m = evaluate_predictions(pred["label"], pred["prob"], pred["user"], pred["seq_len"], cfg.eval.buckets)
+    if args.json:
+        print(json.dumps(m))
+    else:
+        print(format_metrics_table(m, f"{cfg.model.name}: {args.split}"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="seqctr", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pr = sub.add_parser("prepare", help="prepare (and cache) a dataset; print its split counts")
+    pr.add_argument("source", help="ml100k | a GroupLens ml-100k folder | an interactions table (.parquet/.csv/.tsv)")
+    pr.add_argument("--json", action="store_true", help="print one JSON object")
+    pr.add_argument("--columns", help="role=column list: user=,item=,timestamp=,category=,user_features=a+b, names=a+b+c (CSV without header)")
+    pr.add_argument("--label-column", help="0/1 label column, or a rating column with --threshold")
+    pr.add_argument("--threshold", type=float, help="label = value >= threshold")
+    pr.add_argument("--valid-frac", type=float)
+    pr.add_argument("--test-frac", type=float)
+    pr.add_argument("--min-history", type=int)
+    pr.add_argument("--buckets", type=float, nargs="+", default=[1, 50, 100, 200])
+    pr.add_argument("--force", action="store_true", help="rebuild even if cached")
+    pr.set_defaults(func=cmd_prepare)
+
+    tr = sub.add_parser("train", help="train a model from a YAML config")
+    tr.add_argument("--config", required=True)
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=3")
+    tr.add_argument("--out", help="run folder (default runs/<source>-<model>)")
+    tr.add_argument("--resume", action="store_true", help="continue after the last finished epoch")
+    tr.add_argument("--no-progress", action="store_true")
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="evaluate a checkpoint overall and per length bucket")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    ev.add_argument("--source", help="override the dataset source stored in the checkpoint's config")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=cmd_evaluate)
+
+    de = sub.add_parser("demo", help="train and evaluate DIN on ml100k; print the table, write the report")
+    de.add_argument("--out", default="runs/demo")
+    de.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    de.add_argument("--resume", action="store_true")
+    de.add_argument("--no-progress", action="store_true")
+    de.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SeqctrError as e:
+        if args.debug:
+            raise
+        print(f"seqctr: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("seqctr: interrupted (finished epochs are kept; rerun with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Typed run configuration (dataclasses) loaded from YAML, with ``--set a.b=value`` overrides.
+
+A run is described by one :class:`RunConfig` with four parts: ``data`` (which dataset and how
+batches are cut), ``model`` (backbone name + its options), ``train`` (optimiser, early stopping)
+and ``eval`` (length buckets). Unknown keys are errors, so a typo never silently does nothing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, and how its samples become batches.
+
+    ``source``: ``ml100k`` (built-in), a GroupLens ``ml-100k`` folder, or an interactions table
+    (parquet / CSV) described by ``columns``. ``max_len`` keeps the most recent events only.
+    """
+
+    source: str = "ml100k"
+    max_len: int = 200
+    batch_size: int = 256
+    eval_batch_size: int = 1024
+    bucket_sampler: bool = True      # length-bucketed shuffled batches for training
+    bucket_chunk: int = 64           # batches per sorted chunk in the bucketed sampler
+    columns: dict = field(default_factory=dict)   # generic table: role -> column name
+    label: dict = field(default_factory=dict)     # generic table: label rule
+    split: dict = field(default_factory=dict)     # generic table: split rule
+
+
+@dataclass
+class ModelConfig:
+    """Backbone and head. ``options`` are passed to the backbone's constructor."""
+
+    name: str = "din"
+    embedding_dim: int = 64
+    mlp_hidden: list = field(default_factory=lambda: [512, 128, 64])
+    dropout: float = 0.2
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 2
+    lr_decay: float = 0.1            # multiply the LR by this on an epoch without improvement (1 = off)
+    min_lr: float = 1e-6
+    seed: int = 2024
+    device: str = "auto"             # auto | cpu | cuda
+    threads: int = 0                 # 0 = torch default (all cores)
+    max_steps: int = 0               # 0 = no limit; else stop an epoch after this many steps
+    max_grad_norm: float = 10.0
+
+
+@dataclass
+class EvalConfig:
+    buckets: list = field(default_factory=lambda: [1, 50, 100, 200])
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {}
+    for key, val in values.items():
+        typ = hints[key]
+        sub = f"{where}.{key}" if where else key
+        if dataclasses.is_dataclass(typ):
+            kwargs[key] = _build(typ, val or {}, sub)
+        else:
+            kwargs[key] = _coerce(typ, val, sub)
+    return cls(**kwargs)
+
+
+def _coerce(typ, val, where):
+    if typ is float and isinstance(val, int) and not isinstance(val, bool):
+        return float(val)
+    if typ in (int, float, str, bool) and not isinstance(val, typ) or (typ is int and isinstance(val, bool)):
+        raise ConfigError(f"{where}: expected {typ.__name__}, got {val!r}")
+    if typ is list and not isinstance(val, list):
+        raise ConfigError(f"{where}: expected a list, got {val!r}")
+    if typ is dict and not isinstance(val, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {val!r}")
+    return val
+
+
+def config_from_dict(values: dict) -> RunConfig:
+    return _build(RunConfig, values, "")
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` strings (value parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({e})") from None
+        node = values
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {p} is not a section")
+        node[parts[-1]] = value
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or defaults when ``path`` is None) and apply ``--set`` overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            values = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p}: not valid YAML ({e})") from None
+    apply_overrides(values, overrides or [])
+    return config_from_dict(values)

@@ -1,0 +1,135 @@
+"""Length-aware batching: vectorised gathering of history windows into padded :class:`SeqBatch`.
+
+Histories are right-aligned (most recent event at position ``T-1``, padding on the left), as in
+FuxiCTR/LongCTR, so "the last k events" is always ``[:, -k:]``. Each batch is padded only to its
+own longest (truncated) history. For training, a shuffled length-bucketed sampler groups samples
+of similar length so padded slots are a small fraction of the work.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from .dataset import SeqDataset
+
+
+@dataclass
+class SeqBatch:
+    """One batch. ``B`` samples, ``T`` = longest truncated history in the batch.
+
+    - ``user [B, Fu]`` user features; ``target [B, Fi]`` target item features;
+    - ``hist [B, T, Fi]`` history item features (0 = padding), most recent at ``T-1``;
+    - ``mask [B, T]`` bool, True on real events; ``seq_len [B]`` true length before truncation;
+    - ``label [B]`` float; ``user_index [B]`` dataset user row (groups for GAUC).
+    """
+
+    user: torch.Tensor
+    target: torch.Tensor
+    hist: torch.Tensor
+    mask: torch.Tensor
+    seq_len: torch.Tensor
+    label: torch.Tensor
+    user_index: torch.Tensor
+
+    def to(self, device) -> "SeqBatch":
+        return SeqBatch(**{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
+
+    def __len__(self) -> int:
+        return self.label.shape[0]
+
+
+def gather_windows(seq_items: np.ndarray, offsets: np.ndarray, users: np.ndarray, pos: np.ndarray,
+                   max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Most recent ``min(pos, max_len)`` events before ``pos`` of each user, right-aligned.
+
+    Returns ``(items [B, T] int64 with 0 padding, mask [B, T] bool)``, ``T`` = the longest window."""
+    eff = np.minimum(pos, max_len).astype(np.int64)
+    T = int(eff.max()) if len(eff) else 0
+    col = np.arange(T, dtype=np.int64)[None, :]
+    first = (T - eff)[:, None]                      # first real column of each row
+    mask = col >= first
+    idx = offsets[users].astype(np.int64)[:, None] + pos[:, None].astype(np.int64) - eff[:, None] + (col - first)
+    idx = np.where(mask, idx, 0)
+    items = np.where(mask, seq_items[idx], 0).astype(np.int64)
+    return items, mask
+
+
+def gather_batch(ds: SeqDataset, sample_idx: np.ndarray, max_len: int) -> SeqBatch:
+    """Build the :class:`SeqBatch` of the given sample indices (no per-sample Python)."""
+    users = ds.sample_user[sample_idx]
+    pos = ds.sample_pos[sample_idx]
+    items, mask = gather_windows(ds.seq_items, ds.offsets, users, pos, max_len)
+    target_items = ds.seq_items[ds.offsets[users] + pos]
+    return SeqBatch(
+        user=torch.from_numpy(ds.user_feats[users].astype(np.int64)),
+        target=torch.from_numpy(ds.item_feats[target_items].astype(np.int64)),
+        hist=torch.from_numpy(ds.item_feats[items].astype(np.int64)),
+        mask=torch.from_numpy(mask),
+        seq_len=torch.from_numpy(pos.astype(np.int64)),
+        label=torch.from_numpy(ds.label[sample_idx].astype(np.float32)),
+        user_index=torch.from_numpy(users.astype(np.int64)),
+    )
+
+
+def make_batches(lengths: np.ndarray, batch_size: int, *, shuffle: bool, bucket: bool,
+                 chunk: int = 64, rng: np.random.Generator | None = None) -> list[np.ndarray]:
+    """Cut positions ``0..len(lengths)-1`` into batches.
+
+    With ``bucket``: (shuffled) positions are split into chunks of ``chunk`` batches, each chunk is
+    sorted by length and cut into batches, and the batch order is shuffled — batches hold samples
+    of similar length but the epoch stays random. Without shuffle, bucketing sorts globally
+    (best for evaluation; callers restore the order)."""
+    n = len(lengths)
+    rng = rng or np.random.default_rng()
+    order = rng.permutation(n) if shuffle else np.arange(n)
+    if bucket:
+        if shuffle:
+            span = batch_size * max(chunk, 1)
+            parts = [order[s:s + span] for s in range(0, n, span)]
+            order = np.concatenate([p[np.argsort(lengths[p], kind="stable")] for p in parts]) if parts else order
+        else:
+            order = order[np.argsort(lengths[order], kind="stable")]
+    batches = [order[s:s + batch_size] for s in range(0, n, batch_size)]
+    if shuffle and bucket:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def padding_fraction(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
+    """Share of padded slots among all ``B x T`` slots of the given batches."""
+    total = sum(len(b) * int(lengths[b].max()) for b in batches if len(b))
+    real = sum(int(lengths[b].sum()) for b in batches)
+    return 0.0 if total == 0 else 1.0 - real / total
+
+
+class BatchLoader:
+    """Iterate :class:`SeqBatch` over one split.
+
+    ``shuffle`` for training (a new order each epoch from ``seed + epoch``); ``order`` gives, for
+    the last iteration, the sample indices in the order they were yielded."""
+
+    def __init__(self, ds: SeqDataset, split: str, *, max_len: int, batch_size: int, shuffle: bool,
+                 bucket: bool = True, chunk: int = 64, seed: int = 0, indices: np.ndarray | None = None):
+        self.ds, self.max_len, self.batch_size = ds, max_len, batch_size
+        self.shuffle, self.bucket, self.chunk, self.seed = shuffle, bucket, chunk, seed
+        self.indices = ds.indices(split) if indices is None else np.asarray(indices)
+        self.eff_len = np.minimum(ds.sample_pos[self.indices], max_len)
+        self.epoch = 0
+
+    def batches(self, epoch: int | None = None) -> list[np.ndarray]:
+        """Positions into ``self.indices`` for each batch of the given epoch."""
+        rng = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch])
+        return make_batches(self.eff_len, self.batch_size, shuffle=self.shuffle, bucket=self.bucket,
+                            chunk=self.chunk, rng=rng)
+
+    def padding_fraction(self, epoch: int | None = None) -> float:
+        return padding_fraction(self.eff_len, self.batches(epoch))
+
+    def __len__(self) -> int:
+        return (len(self.indices) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        for b in self.batches():
+            yield self.indices[b], gather_batch(self.ds, self.indices[b], self.max_len)

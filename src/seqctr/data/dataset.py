@@ -1,0 +1,91 @@
+"""The prepared dataset: per-user histories stored once, samples that point into them.
+
+Layout (``E`` events, ``U`` users, ``N`` samples, ``I`` item vocabulary rows):
+
+- ``seq_items [E] int32``: item vocabulary id of every event, users contiguous, time order;
+- ``offsets [U+1] int64``: user ``u``'s events are ``seq_items[offsets[u]:offsets[u+1]]``;
+- ``item_feats [I, Fi] int32``: row ``i`` = features of item id ``i`` (column 0 is ``i`` itself),
+  row 0 = padding (all 0), row 1 = out-of-vocabulary;
+- ``user_feats [U, Fu] int32``: column 0 = user vocabulary id;
+- per sample: ``sample_user [N]``, ``sample_pos [N]`` (target = event ``pos`` of the user, history =
+  events ``0..pos-1``, so ``seq_len = pos``), ``label [N] float32``, ``split [N] int8`` (0/1/2 =
+  train/valid/test).
+
+Nothing of size samples x max_len is stored.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SeqctrError
+from ..utils.io import atomic_dir
+
+SPLITS = {"train": 0, "valid": 1, "test": 2}
+ARRAYS = ("seq_items", "offsets", "item_feats", "user_feats", "sample_user", "sample_pos", "label", "split")
+
+
+@dataclass
+class SeqDataset:
+    seq_items: np.ndarray
+    offsets: np.ndarray
+    item_feats: np.ndarray
+    user_feats: np.ndarray
+    sample_user: np.ndarray
+    sample_pos: np.ndarray
+    label: np.ndarray
+    split: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    # --- schema -------------------------------------------------------------------------------
+    @property
+    def item_feature_names(self) -> list[str]:
+        return self.meta["item_features"]
+
+    @property
+    def user_feature_names(self) -> list[str]:
+        return self.meta["user_features"]
+
+    @property
+    def vocab_sizes(self) -> dict[str, int]:
+        return self.meta["vocab_sizes"]
+
+    @property
+    def seq_len(self) -> np.ndarray:
+        """True history length of every sample (before truncation)."""
+        return self.sample_pos
+
+    def indices(self, split: str) -> np.ndarray:
+        if split not in SPLITS:
+            raise SeqctrError(f"unknown split {split!r}; use one of {list(SPLITS)}")
+        return np.flatnonzero(self.split == SPLITS[split])
+
+    @property
+    def mean_train_len(self) -> float:
+        idx = self.indices("train")
+        return float(self.sample_pos[idx].mean()) if len(idx) else 0.0
+
+    # --- storage ------------------------------------------------------------------------------
+    def save(self, folder: Path) -> None:
+        """Write all arrays and ``meta.json`` into ``folder`` atomically (all or nothing)."""
+        with atomic_dir(folder) as tmp:
+            for name in ARRAYS:
+                np.save(tmp / f"{name}.npy", getattr(self, name), allow_pickle=False)
+            for name, arr in self.meta.get("_vocab_arrays", {}).items():
+                np.save(tmp / f"vocab_{name}.npy", arr, allow_pickle=False)
+            meta = {k: v for k, v in self.meta.items() if not k.startswith("_")}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> "SeqDataset":
+        folder = Path(folder)
+        meta = json.loads((folder / "meta.json").read_text())
+        arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in ARRAYS}
+        return cls(**arrays, meta=meta)
+
+    def raw_vocab(self, folder: Path, feature: str) -> np.ndarray:
+        """Raw ids of a vocabulary (index ``i`` -> raw value of id ``i + 2``)."""
+        return np.load(Path(folder) / f"vocab_{feature}.npy", allow_pickle=False)

@@ -1,0 +1,344 @@
+"""Read raw interaction sources into one columnar form, :class:`Interactions`.
+
+Sources: the built-in MovieLens-100K (read out of the ``recbole==1.2.1`` wheel, fetched with pip;
+recbole is never imported), a GroupLens ``ml-100k`` folder, or a generic interactions table
+(parquet or CSV). Every check names the file, the column and the row when input is bad.
+"""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, SeqctrError
+from ..utils.io import atomic_path, seqctr_home
+
+ML100K_WHEEL = "recbole==1.2.1"
+ML100K_WHEEL_FILE = "recbole-1.2.1-py3-none-any.whl"
+ML100K_MEMBERS = ("ml-100k.inter", "ml-100k.item", "ml-100k.user")
+GROUPLENS_GENRES = (
+    "unknown Action Adventure Animation Children's Comedy Crime Documentary Drama Fantasy "
+    "Film-Noir Horror Musical Mystery Romance Sci-Fi Thriller War Western"
+).split()
+
+
+@dataclass
+class Interactions:
+    """One row per event. ``user``/``item`` are raw ids (any dtype); ``timestamp`` int64 seconds;
+    ``label`` float in {0, 1} after the label rule; ``item_features`` and ``user_features`` are
+    per-event columns of raw categorical values (taken once per item / per user)."""
+
+    user: np.ndarray
+    item: np.ndarray
+    timestamp: np.ndarray
+    label: np.ndarray
+    item_features: dict[str, np.ndarray] = field(default_factory=dict)
+    user_features: dict[str, np.ndarray] = field(default_factory=dict)
+    checksum: str = ""
+    origin: str = ""
+
+
+def sha256_files(paths) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- ml100k (recbole wheel)
+def fetch_ml100k(home: Path | None = None) -> Path:
+    """Return a folder holding the three ml-100k atomic files, downloading the wheel if needed."""
+    home = Path(home or seqctr_home())
+    raw = home / "raw" / "ml-100k"
+    if all((raw / m).is_file() for m in ML100K_MEMBERS):
+        return raw
+    downloads = home / "downloads"
+    wheel = downloads / ML100K_WHEEL_FILE
+    if not wheel.is_file():
+        downloads.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+               "-q", "-d", str(downloads), ML100K_WHEEL]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0 or not wheel.is_file():
+            last = (res.stderr.strip().splitlines() or ["no output"])[-1]
+            raise SeqctrError(
+                f"could not download {ML100K_WHEEL} with pip ({last}). Provide the data one of these "
+                f"ways: put {ML100K_WHEEL_FILE} into {downloads}; or put {', '.join(ML100K_MEMBERS)} "
+                f"into {raw}; or pass a GroupLens ml-100k folder (u.data, u.item, u.user), "
+                f"e.g. `seqctr prepare /path/to/ml-100k`."
+            )
+    raw.mkdir(parents=True, exist_ok=True)
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            for m in ML100K_MEMBERS:
+                with atomic_path(raw / m) as tmp:
+                    tmp.write_bytes(zf.read(f"recbole/dataset_example/ml-100k/{m}"))
+    except (zipfile.BadZipFile, KeyError) as e:
+        raise InputError(f"not a usable recbole wheel ({e}); delete it and retry", path=wheel) from None
+    return raw
+
+
+def _read_tsv(path: Path, sep: str = "\t", header: bool = True, encoding: str = "utf-8") -> list[list[str]]:
+    if not path.is_file():
+        raise InputError("file does not exist", path=path)
+    lines = path.read_text(encoding=encoding).splitlines()
+    if header:
+        lines = lines[1:]
+    return [ln.split(sep) for ln in lines if ln.strip()]
+
+
+def _int_col(rows, j, path, column) -> np.ndarray:
+    try:
+        return np.array([int(float(r[j])) for r in rows], dtype=np.int64)
+    except (ValueError, IndexError):
+        for i, r in enumerate(rows):
+            try:
+                int(float(r[j]))
+            except (ValueError, IndexError):
+                raise InputError(f"expected a number, got {r[j] if j < len(r) else '<missing>'!r}",
+                                 path=path, column=column, row=i + 1) from None
+        raise
+
+
+def _ml100k_from_parts(inter, items: dict[str, str], users: dict[str, tuple], checksum, origin,
+                       inter_path) -> Interactions:
+    user = np.array([r[0] for r in inter], dtype=object)
+    item = np.array([r[1] for r in inter], dtype=object)
+    rating = np.array([float(r[2]) for r in inter], dtype=np.float64)
+    ts = _int_col(inter, 3, inter_path, "timestamp")
+    if np.isnan(rating).any():
+        raise InputError("NaN rating", path=inter_path, column="rating", row=int(np.isnan(rating).argmax()) + 1)
+    genre = np.array([items.get(i, "") for i in item], dtype=object)
+    ufe = [users.get(u, ("", "", "")) for u in user]
+    return Interactions(
+        user=user, item=item, timestamp=ts, label=(rating >= 4).astype(np.float32),
+        item_features={"genre": genre},
+        user_features={
+            "gender": np.array([f[0] for f in ufe], dtype=object),
+            "age_bucket": np.array([f[1] for f in ufe], dtype=object),
+            "occupation": np.array([f[2] for f in ufe], dtype=object),
+        },
+        checksum=checksum, origin=origin,
+    )
+
+
+def _age_bucket(age: str) -> str:
+    try:
+        return str(int(float(age)) // 10)
+    except ValueError:
+        return ""
+
+
+def read_ml100k_atomic(folder: Path) -> Interactions:
+    """The recbole atomic files: ``ml-100k.inter`` / ``.item`` / ``.user`` (tab separated, header)."""
+    paths = [folder / m for m in ML100K_MEMBERS]
+    inter = _read_tsv(paths[0])
+    items = {r[0]: (r[3].split(" ")[0] if len(r) > 3 and r[3] else "") for r in _read_tsv(paths[1])}
+    users = {r[0]: (r[2], _age_bucket(r[1]), r[3]) for r in _read_tsv(paths[2])}
+    return _ml100k_from_parts(inter, items, users, sha256_files(paths), "recbole:ml-100k", paths[0])
+
+
+def read_grouplens_ml100k(folder: Path) -> Interactions:
+    """The original GroupLens files: ``u.data`` (tab), ``u.item`` / ``u.user`` ('|', latin-1)."""
+    paths = [folder / "u.data", folder / "u.item", folder / "u.user"]
+    inter = _read_tsv(paths[0], header=False)
+    items = {}
+    for r in _read_tsv(paths[1], sep="|", header=False, encoding="latin-1"):
+        flags = r[-19:]
+        first = next((g for g, f in zip(GROUPLENS_GENRES, flags) if f == "1"), "")
+        items[r[0]] = first
+    users = {r[0]: (r[2], _age_bucket(r[1]), r[3]) for r in _read_tsv(paths[2], sep="|", header=False)}
+    return _ml100k_from_parts(inter, items, users, sha256_files(paths), "grouplens:ml-100k", paths[0])
+
+
+# --------------------------------------------------------------------------- generic tables
+TABLE_ROLES = ("user", "item", "timestamp")
+
+
+def _read_table(path: Path, names: list[str] | None = None):
+    import pyarrow as pa
+
+    if not path.exists():
+        raise InputError("path does not exist", path=path)
+    if path.is_dir():
+        raise InputError("expected a parquet or CSV file, got a folder", path=path)
+    if path.stat().st_size == 0:
+        raise InputError("file is empty", path=path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+        elif suffix in (".csv", ".tsv", ".txt"):
+            import pyarrow.csv as pacsv
+
+            delim = "\t" if suffix == ".tsv" else ","
+            read = pacsv.ReadOptions(column_names=list(names)) if names else pacsv.ReadOptions()
+            table = pacsv.read_csv(path, read_options=read, parse_options=pacsv.ParseOptions(delimiter=delim))
+        else:
+            raise InputError("unknown file type (use .parquet, .csv or .tsv)", path=path)
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(f"cannot read as {suffix[1:]}: {msg}", path=path) from None
+    if table.num_rows == 0:
+        raise InputError("table has no rows", path=path)
+    return table
+
+
+def _column(table, name: str, path: Path):
+    if name not in table.column_names:
+        raise InputError(f"missing column (columns are {table.column_names})", path=path, column=name)
+    return table.column(name)
+
+
+def _ids(col, path, name) -> np.ndarray:
+    arr = col.to_numpy(zero_copy_only=False)
+    if col.null_count:
+        row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0]) + 1
+        raise InputError("missing id", path=path, column=name, row=row)
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr) | (arr != np.round(arr))
+        if bad.any():
+            raise InputError(f"id is not an integer or string: {arr[bad.argmax()]!r}",
+                             path=path, column=name, row=int(bad.argmax()) + 1)
+        arr = arr.astype(np.int64)
+    return arr
+
+
+def _timestamps(col, path, name) -> np.ndarray:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = col.type
+    if col.null_count:
+        row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0]) + 1
+        raise InputError("missing timestamp", path=path, column=name, row=row)
+    if pa.types.is_integer(t) or pa.types.is_floating(t):
+        arr = col.to_numpy(zero_copy_only=False)
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise InputError("timestamp is NaN or infinite", path=path, column=name,
+                             row=int((~np.isfinite(arr)).argmax()) + 1)
+        return arr.astype(np.int64)
+    if pa.types.is_timestamp(t) or pa.types.is_date(t):
+        return pc.cast(pc.cast(col, pa.timestamp("s")), pa.int64()).to_numpy(zero_copy_only=False)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        strs = col.to_numpy(zero_copy_only=False)
+        try:
+            return np.array(strs, dtype="datetime64[s]").astype(np.int64)
+        except ValueError:
+            for i, s in enumerate(strs):
+                try:
+                    np.datetime64(s, "s")
+                except ValueError:
+                    raise InputError(f"timestamp is neither a number nor a date: {s!r}",
+                                     path=path, column=name, row=i + 1) from None
+            raise
+    raise InputError(f"timestamp has type {t}; expected a number or a date", path=path, column=name)
+
+
+def _labels(table, rule: dict, path: Path) -> np.ndarray:
+    name = rule.get("column", "label")
+    col = _column(table, name, path)
+    import pyarrow as pa
+
+    if "positive" in rule:  # categorical label: e.g. behaviour in {buy, cart}
+        vals = np.array([("" if v is None else str(v)) for v in col.to_pylist()], dtype=object)
+        return np.isin(vals, [str(v) for v in rule["positive"]]).astype(np.float32)
+    if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type)):
+        raise InputError(f"label/rating must be numeric (or give label.positive values), got type {col.type}",
+                         path=path, column=name)
+    arr = col.to_numpy(zero_copy_only=False)
+    arr = np.asarray(arr, dtype=np.float64)  # nulls become NaN
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise InputError("NaN or missing value", path=path, column=name, row=int(bad.argmax()) + 1)
+    if "threshold" in rule:
+        return (arr >= float(rule["threshold"])).astype(np.float32)
+    if not np.isin(arr, (0.0, 1.0)).all():
+        row = int((~np.isin(arr, (0.0, 1.0))).argmax()) + 1
+        raise InputError(f"label must be 0 or 1 (or set label.threshold), got {arr[row - 1]!r}",
+                         path=path, column=name, row=row)
+    return arr.astype(np.float32)
+
+
+def read_table(path: str | Path, columns: dict | None = None, label: dict | None = None) -> Interactions:
+    """Read a generic interactions table.
+
+    ``columns`` maps roles to column names: ``user``, ``item``, ``timestamp`` (required; default
+    the role name), ``category`` (optional item category) and ``user_features`` (optional list).
+    ``names``: column names for a CSV without a header row.
+    ``label``: ``{column: click}`` for a 0/1 column, ``{column: rating, threshold: 4}``, or
+    ``{column: behavior, positive: [buy, cart]}`` for a categorical column.
+    """
+    path = Path(path)
+    columns = dict(columns or {})
+    label = dict(label or {})
+    table = _read_table(path, columns.get("names"))
+    names = {r: columns.get(r, r) for r in TABLE_ROLES}
+    user = _ids(_column(table, names["user"], path), path, names["user"])
+    item = _ids(_column(table, names["item"], path), path, names["item"])
+    ts = _timestamps(_column(table, names["timestamp"], path), path, names["timestamp"])
+    if "column" not in label:
+        label["column"] = "label" if "label" in table.column_names else "rating"
+        if label["column"] == "rating" and "threshold" not in label:
+            label["threshold"] = 4
+    y = _labels(table, label, path)
+    item_feats = {}
+    if columns.get("category"):
+        c = _column(table, columns["category"], path)
+        item_feats["category"] = np.array([("" if v is None else str(v)) for v in c.to_pylist()], dtype=object)
+    user_feats = {}
+    for name in columns.get("user_features", []) or []:
+        c = _column(table, name, path)
+        user_feats[name] = np.array([("" if v is None else str(v)) for v in c.to_pylist()], dtype=object)
+    return Interactions(user=user, item=item, timestamp=ts, label=y, item_features=item_feats,
+                        user_features=user_feats, checksum=sha256_files([path]), origin=f"table:{path.name}")
+
+
+@dataclass
+class ResolvedSource:
+    """A source resolved to its files, before parsing: the checksum is known without reading rows."""
+
+    name: str
+    files: list
+    reader: object  # () -> Interactions
+
+    @property
+    def checksum(self) -> str:
+        return sha256_files(self.files)
+
+    def read(self) -> Interactions:
+        return self.reader()
+
+
+def resolve_source(source: str, columns: dict | None = None, label: dict | None = None,
+                   home: Path | None = None) -> ResolvedSource:
+    """Resolve a source string (``ml100k``, a GroupLens or recbole ml-100k folder, or a table path)."""
+    if source == "ml100k":
+        raw = fetch_ml100k(home)
+        return ResolvedSource("ml100k", [raw / m for m in ML100K_MEMBERS], lambda: read_ml100k_atomic(raw))
+    p = Path(source).expanduser()
+    if not p.exists():
+        raise InputError("path does not exist (use 'ml100k', a GroupLens ml-100k folder, or a "
+                         "parquet/CSV interactions table)", path=p)
+    if p.is_dir():
+        if (p / "u.data").is_file():
+            files = [p / "u.data", p / "u.item", p / "u.user"]
+            for f in files:
+                if not f.is_file():
+                    raise InputError("GroupLens ml-100k file missing", path=f)
+            return ResolvedSource("ml100k", files, lambda: read_grouplens_ml100k(p))
+        if (p / "ml-100k.inter").is_file():
+            return ResolvedSource("ml100k", [p / m for m in ML100K_MEMBERS], lambda: read_ml100k_atomic(p))
+        raise InputError("folder holds neither u.data (GroupLens) nor ml-100k.inter", path=p)
+    if p.stat().st_size == 0:
+        raise InputError("file is empty", path=p)
+    return ResolvedSource(p.stem, [p], lambda: read_table(p, columns, label))

@@ -1,0 +1,77 @@
+"""Render a run's metrics as a text/markdown table and a report (markdown + optional PNG)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..utils.io import atomic_path, write_text
+
+
+def format_metrics_table(metrics: dict, title: str = "") -> str:
+    """Markdown table: one row for overall and one per length bucket (n, label rate, AUC, GAUC, logloss)."""
+    rows = [("overall", metrics["overall"])] + list(metrics["buckets"].items())
+    lines = [f"**{title}**", ""] if title else []
+    lines += ["| bucket (seq_len) | n | label rate | AUC | GAUC | logloss |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for name, m in rows:
+        lines.append(f"| {name} | {m['n']:,} | {m['label_rate']:.3f} | {m['auc']:.4f} | {m['gauc']:.4f} | "
+                     f"{m['logloss']:.4f} |")
+    return "\n".join(lines)
+
+
+def _plot_buckets(metrics: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    names = list(metrics["buckets"])
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    for ax, key in zip(axes, ("auc", "gauc", "logloss")):
+        vals = [metrics["buckets"][b][key] for b in names]
+        ax.bar(names, vals, color="#4c72b0")
+        ax.axhline(metrics["overall"][key], color="#c44e52", ls="--", label="overall")
+        ax.set_title(key.upper() if key != "logloss" else "logloss")
+        ax.set_xlabel("history length (seq_len)")
+        lo = min(v for v in vals if v == v)
+        ax.set_ylim(lo * 0.95, max(vals) * 1.02)
+        ax.tick_params(axis="x", labelsize=8)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return True
+
+
+def write_run_report(run_dir: str | Path, result: dict) -> Path:
+    """Write ``report.md`` (and ``buckets.png`` when matplotlib is installed) into ``run_dir``."""
+    run_dir = Path(run_dir)
+    cfg = result["config"]
+    hist = result.get("history", [])
+    sps = [h["train_samples_per_s"] for h in hist]
+    pad = [h["padding_fraction"] for h in hist]
+    lines = [
+        f"# seqctr run: {cfg['model']['name']} on {result['dataset'].get('name', '?')}", "",
+        f"- dataset: `{result['dataset'].get('name')}` (protocol `{result['dataset'].get('protocol')}`, "
+        f"source sha256 `{result['dataset'].get('source_sha256', '')[:12]}`)",
+        f"- max_len {cfg['data']['max_len']}, batch {cfg['data']['batch_size']}, embedding "
+        f"{cfg['model']['embedding_dim']}, MLP {cfg['model']['mlp_hidden']}, dropout {cfg['model']['dropout']}, "
+        f"lr {cfg['train']['lr']}, seed {cfg['train']['seed']}",
+        f"- parameters: {result.get('n_parameters', 0):,}; best epoch {result.get('best_epoch')} of {len(hist)}",
+    ]
+    if sps:
+        lines.append(f"- train throughput (median over epochs): {sorted(sps)[len(sps) // 2]:,.0f} samples/s; "
+                     f"padded slots {100 * sorted(pad)[len(pad) // 2]:.1f}% (length-bucketed batches)")
+    lines.append(f"- test inference: {result['test']['infer_samples_per_s']:,.0f} samples/s")
+    lines += ["", format_metrics_table(result["test"], "test"), "", format_metrics_table(result["valid"], "valid")]
+    if _plot_buckets(result["test"], run_dir / "buckets.png"):
+        lines += ["", "![test metrics per length bucket](buckets.png)"]
+    if hist:
+        lines += ["", "| epoch | train loss | valid AUC | valid GAUC | samples/s |", "|---:|---:|---:|---:|---:|"]
+        lines += [f"| {h['epoch']} | {h['loss']:.4f} | {h['valid']['auc']:.4f} | {h['valid']['gauc']:.4f} | "
+                  f"{h['train_samples_per_s']:,.0f} |" for h in hist]
+    path = run_dir / "report.md"
+    write_text(path, "\n".join(lines) + "\n")
+    return path

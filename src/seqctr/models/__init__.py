@@ -1,0 +1,7 @@
+"""Backbones, one file each, registered by name; :func:`build_model` builds one from a config."""
+from . import din  # noqa: F401  (registers the backbone)
+from .base import (Backbone, BackboneOutput, CTRModel, ModelOutput, SeqInputs, backbone_names, build_model,
+                   register)
+
+__all__ = ["Backbone", "BackboneOutput", "CTRModel", "ModelOutput", "SeqInputs", "backbone_names",
+           "build_model", "register"]

@@ -1,0 +1,117 @@
+"""The model interface every backbone implements, and the CTR model that wraps a backbone.
+
+``CTRModel = FeatureEmbedding -> Backbone -> MLP head``. A backbone sees embedded inputs only
+(:class:`SeqInputs`) and returns a pooled user-interest vector plus optional auxiliary loss and
+attention weights, so input handling, the head and the training step exist once for all models.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..nn import MLP, FeatureEmbedding
+
+_REGISTRY: dict[str, type["Backbone"]] = {}
+
+
+def register(name: str) -> Callable[[type], type]:
+    """Class decorator: make a backbone buildable by name from a config."""
+
+    def deco(cls):
+        _REGISTRY[name] = cls
+        cls.registry_name = name
+        return cls
+
+    return deco
+
+
+def backbone_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+@dataclass
+class SeqInputs:
+    """Embedded inputs of a backbone.
+
+    ``target [B, D]``, ``hist [B, T, D]`` (right-aligned, most recent last), ``mask [B, T]`` bool,
+    ``seq_len [B]`` (true length before truncation), ``need_weights``: fill attention weights."""
+
+    target: torch.Tensor
+    hist: torch.Tensor
+    mask: torch.Tensor
+    seq_len: torch.Tensor
+    need_weights: bool = False
+
+
+@dataclass
+class BackboneOutput:
+    """``vector [B, out_dim]``; ``aux_loss`` scalar or None; ``attention`` branch -> ``[B, H, T]``."""
+
+    vector: torch.Tensor
+    aux_loss: torch.Tensor | None = None
+    attention: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class ModelOutput:
+    """``logits [B]``; ``aux_loss`` scalar or None; ``attention`` branch -> weights ``[B, H, T]``."""
+
+    logits: torch.Tensor
+    aux_loss: torch.Tensor | None = None
+    attention: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Backbone(nn.Module):
+    """Turns a target and a behaviour sequence into a fixed-size vector.
+
+    Subclasses take ``item_dim`` (width of one embedded item) plus their own options, set
+    ``self.out_dim`` and implement :meth:`forward`. They must accept empty histories (all-False
+    mask) and must not depend on the amount of left padding."""
+
+    registry_name = "?"
+    out_dim: int
+
+    def forward(self, x: SeqInputs) -> BackboneOutput:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class CTRModel(nn.Module):
+    """Embedding + backbone + MLP head. ``forward(batch) -> ModelOutput`` with logits ``[B]``."""
+
+    def __init__(self, embedding: FeatureEmbedding, backbone: Backbone, mlp_hidden: list[int], dropout: float):
+        super().__init__()
+        self.embedding, self.backbone = embedding, backbone
+        in_dim = embedding.user_dim + embedding.item_dim + backbone.out_dim
+        self.head = MLP(in_dim, list(mlp_hidden), out_dim=1, act="relu", dropout=dropout)
+        for m in self.modules():  # xavier-normal Linears, zero biases (embeddings keep their own init)
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, batch, need_weights: bool = False) -> ModelOutput:
+        emb = self.embedding
+        target = emb.items(batch.target)
+        x = SeqInputs(target=target, hist=emb.items(batch.hist), mask=batch.mask, seq_len=batch.seq_len,
+                      need_weights=need_weights)
+        out = self.backbone(x)
+        logits = self.head(torch.cat([emb.user(batch.user), target, out.vector], dim=-1)).squeeze(-1)
+        return ModelOutput(logits=logits, aux_loss=out.aux_loss, attention=out.attention)
+
+
+def build_model(model_cfg, meta: dict) -> CTRModel:
+    """Build a :class:`CTRModel` from a ``ModelConfig`` and a prepared dataset's ``meta``."""
+    from ..errors import ConfigError
+
+    if model_cfg.name not in _REGISTRY:
+        raise ConfigError(f"model.name: unknown backbone {model_cfg.name!r}; known: {backbone_names()}")
+    emb = FeatureEmbedding(meta["vocab_sizes"], meta["user_features"], meta["item_features"],
+                           model_cfg.embedding_dim)
+    try:
+        backbone = _REGISTRY[model_cfg.name](item_dim=emb.item_dim, **model_cfg.options)
+    except TypeError as e:
+        raise ConfigError(f"model.options for {model_cfg.name}: {e}") from None
+    return CTRModel(emb, backbone, model_cfg.mlp_hidden, model_cfg.dropout)

@@ -1,0 +1,23 @@
+"""DIN (Zhou et al., KDD 2018): target attention with an activation unit over the whole history."""
+from __future__ import annotations
+
+from ..nn import DINAttention
+from .base import Backbone, BackboneOutput, SeqInputs, register
+
+
+@register("din")
+class DIN(Backbone):
+    """Pools the (truncated) history with :class:`~seqctr.nn.DINAttention` against the target.
+
+    Options: ``attention_hidden`` (activation-unit layers), ``attention_act`` (``dice`` with masked batch statistics, or relu/prelu/...), ``use_softmax``
+    (normalise the weights; DIN's original uses raw scores)."""
+
+    def __init__(self, item_dim: int, attention_hidden: list[int] = (64,), attention_act: str = "dice",
+                 use_softmax: bool = False):
+        super().__init__()
+        self.att = DINAttention(item_dim, list(attention_hidden), act=attention_act, use_softmax=use_softmax)
+        self.out_dim = item_dim
+
+    def forward(self, x: SeqInputs) -> BackboneOutput:
+        pooled, w = self.att(x.target, x.hist, x.mask)
+        return BackboneOutput(vector=pooled, attention={"din": w.unsqueeze(1)} if x.need_weights else {})

@@ -1,0 +1,54 @@
+"""Shared attention layers: fused DIN form == textbook form; masking; Dice ignores padding."""
+from __future__ import annotations
+
+import torch
+
+from seqctr.nn import DINAttention, masked_softmax
+from seqctr.nn.attention import MaskedDice
+
+
+def _inputs(B=6, T=9, D=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, D, generator=g)
+    k = torch.randn(B, T, D, generator=g)
+    mask = torch.arange(T)[None, :] >= torch.tensor([0, 3, 9, 5, 8, 1])[:, None]  # row 2 empty
+    return q, k, mask
+
+
+def test_fused_scores_equal_concatenated_form():
+    for act in ("relu", "dice", "prelu"):
+        att = DINAttention(8, [16, 4], act=act).eval()
+        q, k, mask = _inputs()
+        torch.testing.assert_close(att.scores(q, k, mask), att.reference_scores(q, k, mask), atol=1e-5, rtol=1e-5)
+
+
+def test_masked_positions_get_zero_weight_and_empty_rows_pool_to_zero():
+    for softmax in (False, True):
+        att = DINAttention(8, [16], use_softmax=softmax)
+        q, k, mask = _inputs()
+        pooled, w = att(q, k, mask)
+        assert (w[~mask] == 0).all()
+        assert torch.isfinite(pooled).all()
+        assert (pooled[2] == 0).all()  # empty history
+        if softmax:
+            torch.testing.assert_close(w[mask.any(1)].sum(1), torch.ones(int(mask.any(1).sum())))
+
+
+def test_masked_softmax_matches_softmax_on_valid_part():
+    s = torch.randn(3, 5)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    w = masked_softmax(s, mask)
+    torch.testing.assert_close(w[0], torch.softmax(s[0], -1))
+    torch.testing.assert_close(w[1, 2:], torch.softmax(s[1, 2:], -1))
+    assert (w[2] == 0).all()
+
+
+def test_dice_training_statistics_ignore_padding():
+    dice = MaskedDice(4).train()
+    x = torch.randn(3, 5, 4)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    y1 = dice(x, mask)
+    x_pad = torch.cat([torch.randn(3, 7, 4) * 100, x], dim=1)  # garbage in padded slots
+    mask_pad = torch.cat([torch.zeros(3, 7, dtype=torch.bool), mask], dim=1)
+    y2 = dice(x_pad, mask_pad)[:, 7:]
+    torch.testing.assert_close(y1, y2)
