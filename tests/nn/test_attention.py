@@ -52,3 +52,11 @@ def test_dice_training_statistics_ignore_padding():
     mask_pad = torch.cat([torch.zeros(3, 7, dtype=torch.bool), mask], dim=1)
     y2 = dice(x_pad, mask_pad)[:, 7:]
     torch.testing.assert_close(y1, y2)
+
+
+def test_fused_switch_gives_same_pooled_output():
+    q, k, mask = _inputs()
+    a = DINAttention(8, [16]).eval()
+    b = DINAttention(8, [16], fused=False).eval()
+    b.load_state_dict(a.state_dict())
+    torch.testing.assert_close(a(q, k, mask)[0], b(q, k, mask)[0], atol=1e-5, rtol=1e-5)

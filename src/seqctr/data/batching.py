@@ -41,12 +41,14 @@ class SeqBatch:
 
 
 def gather_windows(seq_items: np.ndarray, offsets: np.ndarray, users: np.ndarray, pos: np.ndarray,
-                   max_len: int) -> tuple[np.ndarray, np.ndarray]:
+                   max_len: int, pad_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Most recent ``min(pos, max_len)`` events before ``pos`` of each user, right-aligned.
 
-    Returns ``(items [B, T] int64 with 0 padding, mask [B, T] bool)``, ``T`` = the longest window."""
+    Returns ``(items [B, T] int64 with 0 padding, mask [B, T] bool)``, ``T`` = the longest window
+    (or ``pad_to``, e.g. ``max_len`` for fixed-width batches as FuxiCTR makes them)."""
     eff = np.minimum(pos, max_len).astype(np.int64)
     T = int(eff.max()) if len(eff) else 0
+    T = max(T, pad_to or 0)
     col = np.arange(T, dtype=np.int64)[None, :]
     first = (T - eff)[:, None]                      # first real column of each row
     mask = col >= first
@@ -56,11 +58,11 @@ def gather_windows(seq_items: np.ndarray, offsets: np.ndarray, users: np.ndarray
     return items, mask
 
 
-def gather_batch(ds: SeqDataset, sample_idx: np.ndarray, max_len: int) -> SeqBatch:
+def gather_batch(ds: SeqDataset, sample_idx: np.ndarray, max_len: int, pad_to: int | None = None) -> SeqBatch:
     """Build the :class:`SeqBatch` of the given sample indices (no per-sample Python)."""
     users = ds.sample_user[sample_idx]
     pos = ds.sample_pos[sample_idx]
-    items, mask = gather_windows(ds.seq_items, ds.offsets, users, pos, max_len)
+    items, mask = gather_windows(ds.seq_items, ds.offsets, users, pos, max_len, pad_to)
     target_items = ds.seq_items[ds.offsets[users] + pos]
     return SeqBatch(
         user=torch.from_numpy(ds.user_feats[users].astype(np.int64)),

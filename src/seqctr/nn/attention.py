@@ -52,12 +52,16 @@ class DINAttention(nn.Module):
     ``W [q, k, q-k, q*k] = (Wq + Wd) q + (Wk - Wd) k + Wp (q*k)``, so the key term is computed once
     per history event (no ``[B, T, 4D]`` tensor), and the query term once per target.
 
+    ``fused=False`` runs the textbook form instead (same outputs; for benchmarks and as the oracle).
+
     Shapes: ``query [B, D]``, ``keys [B, T, D]``, ``mask [B, T]`` -> ``pooled [B, D]``,
     ``weights [B, T]`` (softmax-normalised when ``use_softmax``, else raw masked scores as in DIN).
     """
 
-    def __init__(self, dim: int, hidden: list[int] = (64,), act: str = "dice", use_softmax: bool = False):
+    def __init__(self, dim: int, hidden: list[int] = (64,), act: str = "dice", use_softmax: bool = False,
+                 fused: bool = True):
         super().__init__()
+        self.fused = fused
         hidden = list(hidden)
         self.first = nn.Linear(4 * dim, hidden[0])
         self.dice = act.lower() == "dice"
@@ -89,7 +93,7 @@ class DINAttention(nn.Module):
         return self.rest(self._activate(self.first(x), mask)).squeeze(-1)
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor):
-        s = self.scores(query, keys, mask)
+        s = (self.scores if self.fused else self.reference_scores)(query, keys, mask)
         if self.use_softmax:
             w = masked_softmax(s, mask)
         else:
