@@ -5,7 +5,6 @@ import dataclasses
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from seqctr.config import ModelConfig
 from seqctr.data import gather_batch
@@ -39,9 +38,7 @@ def test_train_step_reduces_loss_on_fixed_batch(synth_ds, name):
     losses = []
     for _ in range(30):
         out = model(batch)
-        loss = F.binary_cross_entropy_with_logits(out.logits, batch.label)
-        if out.aux_loss is not None:
-            loss = loss + out.aux_loss
+        loss = model.loss(out, batch.label)
         opt.zero_grad()
         loss.backward()
         opt.step()

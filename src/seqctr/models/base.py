@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..nn import MLP, FeatureEmbedding
@@ -37,42 +38,53 @@ class SeqInputs:
     """Embedded inputs of a backbone.
 
     ``target [B, D]``, ``hist [B, T, D]`` (right-aligned, most recent last), ``mask [B, T]`` bool,
-    ``seq_len [B]`` (true length before truncation), ``need_weights``: fill attention weights."""
+    ``seq_len [B]`` (true length before truncation), ``need_weights``: fill attention weights;
+    ``target_ids [B, Fi]`` / ``hist_ids [B, T, Fi]``: the raw feature ids (e.g. for search by category)."""
 
     target: torch.Tensor
     hist: torch.Tensor
     mask: torch.Tensor
     seq_len: torch.Tensor
     need_weights: bool = False
+    target_ids: torch.Tensor | None = None
+    hist_ids: torch.Tensor | None = None
 
 
 @dataclass
 class BackboneOutput:
-    """``vector [B, out_dim]``; ``aux_loss`` scalar or None; ``attention`` branch -> ``[B, H, T]``."""
+    """``vector [B, out_dim]``; ``aux_loss`` scalar or None (label-free auxiliary losses);
+    ``aux_vector [B, aux_dim]`` for backbones with an auxiliary CTR head (SIM's GSU);
+    ``attention`` branch -> weights over history positions ``[B, H, T]``."""
 
     vector: torch.Tensor
     aux_loss: torch.Tensor | None = None
+    aux_vector: torch.Tensor | None = None
     attention: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
 class ModelOutput:
-    """``logits [B]``; ``aux_loss`` scalar or None; ``attention`` branch -> weights ``[B, H, T]``."""
+    """``logits [B]``; ``aux_loss`` scalar or None; ``aux_logits [B]`` of an auxiliary head or None;
+    ``attention`` branch -> weights ``[B, H, T]``."""
 
     logits: torch.Tensor
     aux_loss: torch.Tensor | None = None
+    aux_logits: torch.Tensor | None = None
     attention: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Backbone(nn.Module):
     """Turns a target and a behaviour sequence into a fixed-size vector.
 
-    Subclasses take ``item_dim`` (width of one embedded item) plus their own options, set
+    Subclasses take ``item_dim`` (width of one embedded item), ``feature_dim`` (width of one
+    feature's embedding) plus their own options, set
     ``self.out_dim`` and implement :meth:`forward`. They must accept empty histories (all-False
     mask) and must not depend on the amount of left padding."""
 
     registry_name = "?"
     out_dim: int
+    aux_dim: int = 0          # > 0: the model adds an auxiliary CTR head on [user, target, aux_vector]
+    aux_weight: float = 0.0   # its BCE weight in the loss
 
     def forward(self, x: SeqInputs) -> BackboneOutput:  # pragma: no cover - interface
         raise NotImplementedError
@@ -86,6 +98,10 @@ class CTRModel(nn.Module):
         self.embedding, self.backbone = embedding, backbone
         in_dim = embedding.user_dim + embedding.item_dim + backbone.out_dim
         self.head = MLP(in_dim, list(mlp_hidden), out_dim=1, act="relu", dropout=dropout)
+        self.aux_head = None
+        if backbone.aux_dim > 0:
+            aux_in = embedding.user_dim + embedding.item_dim + backbone.aux_dim
+            self.aux_head = MLP(aux_in, list(mlp_hidden), out_dim=1, act="relu", dropout=dropout)
         for m in self.modules():  # xavier-normal Linears, zero biases (embeddings keep their own init)
             if isinstance(m, nn.Linear):
                 nn.init.xavier_normal_(m.weight)
@@ -96,10 +112,24 @@ class CTRModel(nn.Module):
         emb = self.embedding
         target = emb.items(batch.target)
         x = SeqInputs(target=target, hist=emb.items(batch.hist), mask=batch.mask, seq_len=batch.seq_len,
-                      need_weights=need_weights)
+                      need_weights=need_weights, target_ids=batch.target, hist_ids=batch.hist)
         out = self.backbone(x)
-        logits = self.head(torch.cat([emb.user(batch.user), target, out.vector], dim=-1)).squeeze(-1)
-        return ModelOutput(logits=logits, aux_loss=out.aux_loss, attention=out.attention)
+        user = emb.user(batch.user)
+        logits = self.head(torch.cat([user, target, out.vector], dim=-1)).squeeze(-1)
+        aux_logits = None
+        if self.aux_head is not None and out.aux_vector is not None and self.training:
+            aux_logits = self.aux_head(torch.cat([user, target, out.aux_vector], dim=-1)).squeeze(-1)
+        return ModelOutput(logits=logits, aux_loss=out.aux_loss, aux_logits=aux_logits, attention=out.attention)
+
+    def loss(self, out: ModelOutput, label: torch.Tensor) -> torch.Tensor:
+        """The training objective of every model: BCE on the logits, plus the auxiliary head's
+        weighted BCE and the backbone's own auxiliary losses when present."""
+        loss = F.binary_cross_entropy_with_logits(out.logits, label)
+        if out.aux_logits is not None:
+            loss = loss + self.backbone.aux_weight * F.binary_cross_entropy_with_logits(out.aux_logits, label)
+        if out.aux_loss is not None:
+            loss = loss + out.aux_loss
+        return loss
 
 
 def build_model(model_cfg, meta: dict) -> CTRModel:
@@ -111,7 +141,7 @@ def build_model(model_cfg, meta: dict) -> CTRModel:
     emb = FeatureEmbedding(meta["vocab_sizes"], meta["user_features"], meta["item_features"],
                            model_cfg.embedding_dim)
     try:
-        backbone = _REGISTRY[model_cfg.name](item_dim=emb.item_dim, **model_cfg.options)
-    except TypeError as e:
+        backbone = _REGISTRY[model_cfg.name](item_dim=emb.item_dim, feature_dim=emb.dim, **model_cfg.options)
+    except (TypeError, ValueError) as e:
         raise ConfigError(f"model.options for {model_cfg.name}: {e}") from None
     return CTRModel(emb, backbone, model_cfg.mlp_hidden, model_cfg.dropout)

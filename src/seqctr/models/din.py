@@ -12,7 +12,7 @@ class DIN(Backbone):
     Options: ``attention_hidden`` (activation-unit layers), ``attention_act`` (``dice`` with masked batch statistics, or relu/prelu/...), ``use_softmax``
     (normalise the weights; DIN's original uses raw scores), ``fused`` (the fast exact form)."""
 
-    def __init__(self, item_dim: int, attention_hidden: list[int] = (64,), attention_act: str = "dice",
+    def __init__(self, item_dim: int, feature_dim: int = 64, attention_hidden: list[int] = (64,), attention_act: str = "dice",
                  use_softmax: bool = False, fused: bool = True):
         super().__init__()
         self.att = DINAttention(item_dim, list(attention_hidden), act=attention_act, use_softmax=use_softmax,

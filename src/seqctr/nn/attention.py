@@ -100,3 +100,47 @@ class DINAttention(nn.Module):
             w = s * mask.to(s.dtype)
         pooled = torch.einsum("bt,btd->bd", w, keys)
         return pooled, w
+
+
+class MultiHeadTargetAttention(nn.Module):
+    """Scaled dot-product attention of one target query over a sequence (LongCTR's layer).
+
+    ``W_q, W_k, W_v: in -> attention_dim`` and ``W_o: attention_dim -> in`` (no biases). Split into
+    :meth:`project_kv` (depends on the history only: what a serving cache stores) and
+    :meth:`attend`, so cached and uncached scoring run the same code.
+
+    Shapes: ``query [B, D]``, ``keys [B, T, D]``, ``mask [B, T]`` -> ``out [B, D]``, ``weights [B, H, T]``.
+    """
+
+    def __init__(self, input_dim: int, attention_dim: int = 64, num_heads: int = 1, dropout: float = 0.0):
+        super().__init__()
+        if attention_dim % num_heads:
+            raise ValueError(f"attention_dim={attention_dim} is not divisible by num_heads={num_heads}")
+        self.num_heads, self.head_dim = num_heads, attention_dim // num_heads
+        self.W_q = nn.Linear(input_dim, attention_dim, bias=False)
+        self.W_k = nn.Linear(input_dim, attention_dim, bias=False)
+        self.W_v = nn.Linear(input_dim, attention_dim, bias=False)
+        self.W_o = nn.Linear(attention_dim, input_dim, bias=False)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, T, H*hd] -> [B, H, T, hd]``."""
+        B, T, _ = x.shape
+        return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def project_kv(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``keys [B, T, D]`` -> per-head ``K, V [B, H, T, hd]``."""
+        return self.split_heads(self.W_k(keys)), self.split_heads(self.W_v(keys))
+
+    def attend(self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor):
+        """Attention of ``query [B, D]`` over projected ``k, v [B, H, T, hd]``."""
+        B = query.shape[0]
+        q = self.W_q(query).view(B, self.num_heads, 1, self.head_dim)
+        scores = (q @ k.transpose(-1, -2)).squeeze(2) / self.head_dim ** 0.5      # [B, H, T]
+        w = masked_softmax(scores, mask.unsqueeze(1))
+        out = (self.dropout(w).unsqueeze(2) @ v).squeeze(2)                        # [B, H, hd]
+        return self.W_o(out.reshape(B, -1)), w
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor):
+        k, v = self.project_kv(keys)
+        return self.attend(query, k, v, mask)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import RunConfig
@@ -134,10 +133,7 @@ class Trainer:
                    disable=None if self.progress is None else not self.progress)
         for pos in bar:
             batch = loader_batch(self.train_loader, pos).to(self.device)
-            out = self.model(batch)
-            loss = F.binary_cross_entropy_with_logits(out.logits, batch.label)
-            if out.aux_loss is not None:
-                loss = loss + out.aux_loss
+            loss = self.model.loss(self.model(batch), batch.label)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if self.cfg.train.max_grad_norm > 0:

@@ -1,0 +1,34 @@
+"""ETA (Chen et al., 2021): SimHash codes from fixed random rotations; the top-k events closest
+to the target in Hamming distance go to target attention."""
+from __future__ import annotations
+
+import torch
+
+from ..nn import MultiHeadTargetAttention, gather_positions, simhash, topk_select
+from .base import SeqInputs, register
+from .two_branch import BranchOutput, TwoBranchBackbone, scatter_weights
+
+
+@register("eta")
+class ETA(TwoBranchBackbone):
+    """Options: ``hash_bits`` (32), ``topk`` (50), ``hash_seed`` (fixed rotations, saved with the
+    model), plus the two-branch options."""
+
+    def __init__(self, item_dim: int, hash_bits: int = 32, topk: int = 50, hash_seed: int = 0, **kw):
+        super().__init__(item_dim, **kw)
+        self.topk = topk
+        g = torch.Generator().manual_seed(hash_seed)
+        self.register_buffer("rotations", torch.randn(item_dim, hash_bits, generator=g))
+        self.long_attention = MultiHeadTargetAttention(item_dim, self.attention_dim, self.num_heads,
+                                                       self.attention_dropout)
+
+    def hamming(self, x: SeqInputs) -> torch.Tensor:
+        """Hamming distance of each history event's code to the target's ``[B, T]``."""
+        codes = simhash(x.hist, self.rotations)                  # [B, T, bits]
+        tcode = simhash(x.target, self.rotations).unsqueeze(1)   # [B, 1, bits]
+        return (codes != tcode).sum(-1)
+
+    def long_branch(self, x: SeqInputs) -> BranchOutput:
+        idx, sel_mask = topk_select(-self.hamming(x).to(x.hist.dtype), x.mask, self.topk)
+        out, w = self.long_attention(x.target, gather_positions(x.hist, idx), sel_mask)
+        return BranchOutput(out, scatter_weights(w, idx, x.hist.shape[1]) if x.need_weights else None)

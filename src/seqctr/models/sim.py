@@ -1,0 +1,58 @@
+"""SIM (Pi et al., CIKM 2020): a general search unit picks top-k events, an exact search unit
+attends over them. Soft search (learned inner product) with an auxiliary GSU CTR loss, or hard
+search by category."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..nn import MultiHeadTargetAttention, gather_positions, topk_select
+from .base import SeqInputs, register
+from .two_branch import BranchOutput, TwoBranchBackbone, scatter_weights
+
+
+@register("sim")
+class SIM(TwoBranchBackbone):
+    """Options: ``gsu`` (``soft`` | ``hard``), ``topk`` (50), ``aux_weight`` (alpha, 1.0: weight of
+    the GSU's auxiliary BCE, soft search only), ``category_feature`` (index of the item feature
+    used by hard search; 1 = the first side feature, e.g. genre), plus the two-branch options.
+
+    Soft GSU (as LongCTR): ``s_t = (W_a target) . (W_b e_t)`` on real events; the auxiliary head
+    sees ``sum_t s_t e_t``; top-k by ``s``. Hard GSU: the ``topk`` most recent events sharing the
+    target's category."""
+
+    def __init__(self, item_dim: int, gsu: str = "soft", topk: int = 50, aux_weight: float = 1.0,
+                 category_feature: int = 1, **kw):
+        super().__init__(item_dim, **kw)
+        if gsu not in ("soft", "hard"):
+            raise ValueError(f"gsu must be 'soft' or 'hard', got {gsu!r}")
+        self.gsu, self.topk, self.category_feature = gsu, topk, category_feature
+        self.long_attention = MultiHeadTargetAttention(item_dim, self.attention_dim, self.num_heads,
+                                                       self.attention_dropout)
+        if gsu == "soft":
+            self.W_a = nn.Linear(item_dim, self.attention_dim, bias=False)
+            self.W_b = nn.Linear(item_dim, self.attention_dim, bias=False)
+            self.aux_dim, self.aux_weight = item_dim, aux_weight
+
+    def gsu_scores(self, x: SeqInputs) -> torch.Tensor:
+        """Relevance of every history event to the target ``[B, T]`` (padding excluded later)."""
+        if self.gsu == "soft":
+            return torch.einsum("bd,btd->bt", self.W_a(x.target), self.W_b(x.hist))
+        raise AssertionError("hard search uses category ids, see long_branch")
+
+    def long_branch(self, x: SeqInputs) -> BranchOutput:
+        T = x.hist.shape[1]
+        aux = None
+        if self.gsu == "soft":
+            s = self.gsu_scores(x)
+            aux = torch.einsum("bt,btd->bd", s * x.mask, x.hist)
+            idx, sel_mask = topk_select(s, x.mask, self.topk)
+        else:
+            cat = x.hist_ids[..., self.category_feature] if x.hist_ids is not None else None
+            if cat is None:
+                raise ValueError("hard search needs the history's category ids (SeqInputs.hist_ids)")
+            match = (cat == x.target_ids[:, self.category_feature].unsqueeze(1)) & x.mask
+            recency = torch.arange(T, device=x.hist.device, dtype=x.hist.dtype).expand(x.mask.shape)
+            idx, sel_mask = topk_select(recency, match, self.topk)
+        out, w = self.long_attention(x.target, gather_positions(x.hist, idx), sel_mask)
+        return BranchOutput(out, scatter_weights(w, idx, T) if x.need_weights else None, aux_vector=aux)

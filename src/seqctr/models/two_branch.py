@@ -1,0 +1,80 @@
+"""The LongCTR two-branch layout shared by SIM, ETA, SDIM and TWIN.
+
+- short-term branch: multi-head target attention over the most recent ``short_seq_len - 1``
+  events (LongCTR's ``[:, -short_seq_len:-1]`` where the last slot is the target);
+- long-term branch: model-specific, over the whole (truncated) history.
+
+Output vector = ``[short, long]`` (``2 * item_dim``). A subclass implements only
+:meth:`long_branch`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..nn import MultiHeadTargetAttention
+from .base import Backbone, BackboneOutput, SeqInputs
+
+
+@dataclass
+class BranchOutput:
+    """``vector [B, D]``; ``weights [B, H, T]`` over history positions (or None); optional aux."""
+
+    vector: torch.Tensor
+    weights: torch.Tensor | None = None
+    aux_vector: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+
+
+def scatter_weights(w: torch.Tensor, idx: torch.Tensor, T: int) -> torch.Tensor:
+    """Weights of selected positions ``w [B, H, k]`` (indices ``idx [B, k]`` or ``[B, H, k]``)
+    written back to their places in ``[B, H, T]`` (0 elsewhere)."""
+    if idx.dim() == 2:
+        idx = idx.unsqueeze(1).expand_as(w)
+    return torch.zeros(*w.shape[:-1], T, dtype=w.dtype, device=w.device).scatter(-1, idx, w)
+
+
+def left_pad_to(w: torch.Tensor, T: int) -> torch.Tensor:
+    """Weights over the last ``w.shape[-1]`` positions, padded on the left to length ``T``."""
+    return F.pad(w, (T - w.shape[-1], 0))
+
+
+class TwoBranchBackbone(Backbone):
+    """Base class: short-term target attention + a long-term branch from the subclass.
+
+    Options shared by all: ``short_seq_len`` (50), ``attention_dim`` (64), ``num_heads`` (1),
+    ``attention_dropout`` (0)."""
+
+    def __init__(self, item_dim: int, feature_dim: int = 64, short_seq_len: int = 50, attention_dim: int = 64,
+                 num_heads: int = 1, attention_dropout: float = 0.0):
+        super().__init__()
+        self.feature_dim = feature_dim
+        if short_seq_len < 2:
+            raise ValueError("short_seq_len must be >= 2 (it counts the target slot, as in LongCTR)")
+        self.item_dim, self.short_seq_len = item_dim, short_seq_len
+        self.attention_dim, self.num_heads, self.attention_dropout = attention_dim, num_heads, attention_dropout
+        self.short_attention = MultiHeadTargetAttention(item_dim, attention_dim, num_heads, attention_dropout)
+        self.out_dim = 2 * item_dim
+
+    def short_window(self, x: SeqInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The most recent ``short_seq_len - 1`` events: ``([B, S, D], [B, S])``."""
+        S = self.short_seq_len - 1
+        return x.hist[:, -S:], x.mask[:, -S:]
+
+    def short_branch(self, x: SeqInputs) -> BranchOutput:
+        hist, mask = self.short_window(x)
+        out, w = self.short_attention(x.target, hist, mask)
+        return BranchOutput(out, left_pad_to(w, x.hist.shape[1]) if x.need_weights else None)
+
+    def long_branch(self, x: SeqInputs) -> BranchOutput:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def forward(self, x: SeqInputs) -> BackboneOutput:
+        short, long = self.short_branch(x), self.long_branch(x)
+        att = {}
+        if x.need_weights:
+            att = {"short": short.weights, "long": long.weights}
+        return BackboneOutput(vector=torch.cat([short.vector, long.vector], dim=-1), aux_loss=long.aux_loss,
+                              aux_vector=long.aux_vector, attention=att)

@@ -1,0 +1,122 @@
+"""Two-stage backbones: top-k with k >= L is full attention; SDIM never uses padding; SIM hard search."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seqctr.models.base import SeqInputs
+from seqctr.models.eta import ETA
+from seqctr.models.sdim import SDIM
+from seqctr.models.sim import SIM
+from seqctr.models.twin import TWIN
+from seqctr.nn import masked_softmax, topk_select
+
+
+def inputs(B=5, T=12, D=16, seed=0, need_weights=True):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([12, 7, 0, 3, 10])[:B]
+    mask = torch.arange(T)[None, :] >= (T - lengths)[:, None]
+    hist = torch.randn(B, T, D, generator=g) * mask.unsqueeze(-1)
+    ids = torch.randint(2, 5, (B, T, 2), generator=g) * mask.unsqueeze(-1)
+    return SeqInputs(target=torch.randn(B, D, generator=g), hist=hist, mask=mask, seq_len=lengths,
+                     need_weights=need_weights, target_ids=torch.randint(2, 5, (B, 2), generator=g), hist_ids=ids)
+
+
+@pytest.mark.parametrize("cls", [SIM, ETA])
+def test_topk_at_least_length_equals_full_attention(cls):
+    torch.manual_seed(0)
+    m = cls(16, topk=12, attention_dim=8, num_heads=2).eval()
+    x = inputs()
+    got = m.long_branch(x)
+    full, w = m.long_attention(x.target, x.hist, x.mask)
+    torch.testing.assert_close(got.vector, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.weights, w, atol=1e-6, rtol=1e-5)
+
+
+def test_twin_topk_at_least_length_equals_full_attention():
+    torch.manual_seed(0)
+    m = TWIN(16, topk=50, attention_dim=8, num_heads=2).eval()
+    x = inputs()
+    got = m.long_branch(x)
+    s = m.scores(x)
+    w = masked_softmax(s, x.mask.unsqueeze(1))
+    B, T, _ = x.hist.shape
+    v = m.W_v(x.hist).view(B, T, 2, 4).transpose(1, 2)
+    full = m.W_o((w.unsqueeze(2) @ v).squeeze(2).reshape(B, 8))
+    torch.testing.assert_close(got.vector, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.weights, w, atol=1e-6, rtol=1e-5)
+
+
+def test_twin_topk_uses_the_attention_scores():
+    """Consistency: the events kept are exactly the k best by the attention's own scores."""
+    torch.manual_seed(1)
+    m = TWIN(16, topk=3, attention_dim=8, num_heads=2).eval()
+    x = inputs()
+    out = m.long_branch(x)
+    s = m.scores(x).masked_fill(~x.mask.unsqueeze(1), float("-inf"))
+    for b in range(5):
+        for h in range(2):
+            n = min(3, int(x.mask[b].sum()))
+            kept = set(torch.nonzero(out.weights[b, h]).flatten().tolist())
+            best = set(torch.topk(s[b, h], n).indices.tolist()) if n else set()
+            assert kept == best
+
+
+def test_topk_select_never_prefers_padding_and_is_padding_invariant():
+    s = torch.tensor([[0.5, 9.0, 1.0, 1.0, -3.0]])
+    mask = torch.tensor([[False, False, True, True, True]])
+    idx, sel = topk_select(s, mask, 4)
+    assert idx[0, :3].tolist() == [3, 2, 4]          # ties -> the more recent first; padding last
+    assert sel[0].tolist() == [True, True, True, False]
+    idx2, _ = topk_select(torch.cat([torch.zeros(1, 3), s], 1), torch.cat([torch.zeros(1, 3, dtype=torch.bool), mask], 1), 3)
+    assert (idx2 - 3).tolist() == idx[:, :3].tolist()
+
+
+def test_sdim_never_samples_padding():
+    torch.manual_seed(0)
+    m = SDIM(16, num_hashes=4, hash_bits=2).eval()
+    x = inputs()
+    base = m.long_branch(x)
+    # put the target itself into every padded slot: it would collide in every round if not masked
+    hist = torch.where(x.mask.unsqueeze(-1), x.hist, x.target.unsqueeze(1).expand_as(x.hist))
+    x2 = SeqInputs(target=x.target, hist=hist, mask=x.mask, seq_len=x.seq_len, need_weights=True)
+    c = m.collisions(x2)
+    assert not c[~x.mask.unsqueeze(1).expand_as(c)].any()
+    got = m.long_branch(x2)
+    torch.testing.assert_close(got.vector, base.vector)
+    assert (got.weights[~x.mask.unsqueeze(1)] == 0).all()
+    # weights reproduce the output exactly (they are the aggregation's linear weights)
+    torch.testing.assert_close(torch.einsum("bt,btd->bd", got.weights[:, 0], x.hist), got.vector, atol=1e-5, rtol=1e-5)
+
+
+def test_sdim_brute_force_collisions():
+    torch.manual_seed(0)
+    m = SDIM(16, num_hashes=3, hash_bits=3, l2_norm=False).eval()
+    x = inputs()
+    out = m.long_branch(x).vector
+    for b in range(5):
+        acc = torch.zeros(16)
+        for r in range(3):
+            tbits = (x.target[b] @ m.rotations[:, r]) > 0
+            for t in range(12):
+                if x.mask[b, t] and torch.equal((x.hist[b, t] @ m.rotations[:, r]) > 0, tbits):
+                    acc += x.hist[b, t]
+        torch.testing.assert_close(out[b], acc / 3, atol=1e-5, rtol=1e-5)
+
+
+def test_sim_hard_search_keeps_only_same_category_most_recent():
+    torch.manual_seed(0)
+    m = SIM(16, gsu="hard", topk=2, attention_dim=8).eval()
+    x = inputs()
+    w = m.long_branch(x).weights[:, 0]
+    for b in range(5):
+        match = (x.hist_ids[b, :, 1] == x.target_ids[b, 1]) & x.mask[b]
+        want = torch.nonzero(match).flatten()[-2:].tolist()
+        assert torch.nonzero(w[b]).flatten().tolist() == want
+
+
+def test_sim_soft_search_feeds_the_auxiliary_head():
+    m = SIM(16, aux_weight=0.5)
+    assert m.aux_dim == 16 and m.aux_weight == 0.5
+    out = m(inputs())
+    assert out.aux_vector is not None and out.aux_vector.shape == (5, 16)
