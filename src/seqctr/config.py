@@ -133,16 +133,33 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
     return values
 
 
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml(path: Path, _seen: tuple = ()) -> dict:
+    """Read a YAML config; ``extends: other.yaml`` (relative to this file) merges this file over it."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    if path.resolve() in _seen:
+        raise ConfigError(f"config file {path}: 'extends' loops back on itself")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path}: not valid YAML ({e})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    base = values.pop("extends", None)
+    if base is not None:
+        values = _merge(read_yaml(path.parent / base, _seen + (path.resolve(),)), values)
+    return values
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config (or defaults when ``path`` is None) and apply ``--set`` overrides."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            values = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p}: not valid YAML ({e})") from None
+    values: dict[str, Any] = read_yaml(Path(path)) if path is not None else {}
     apply_overrides(values, overrides or [])
     return config_from_dict(values)

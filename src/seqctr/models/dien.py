@@ -1,0 +1,112 @@
+"""DIEN (Zhou et al., AAAI 2019): an interest-extractor GRU over the history, then an AUGRU whose
+update gate is scaled by target attention; the final AUGRU state is the user interest.
+
+Histories arrive right-aligned; they are left-aligned here and run as packed sequences, so
+padding costs no recurrence steps and changes nothing (LongCTR packs left-padded rows, which
+feeds the GRU padding instead of events)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from ..nn import masked_softmax
+from .base import Backbone, BackboneOutput, SeqInputs, register
+
+
+def left_align(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each row's real events to the front: ``[B, T, D]`` right-aligned -> left-aligned."""
+    B, T = mask.shape
+    L = mask.sum(1)
+    idx = (torch.arange(T, device=x.device).unsqueeze(0) + (T - L).unsqueeze(1)) % max(T, 1)
+    out = torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    new_mask = torch.arange(T, device=x.device).unsqueeze(0) < L.unsqueeze(1)
+    return out * new_mask.unsqueeze(-1), new_mask
+
+
+class AUGRU(nn.Module):
+    """GRU with attentional update gate: ``u' = a_t * u_t``, ``h_t = (1-u') h_{t-1} + u' h~_t``.
+
+    Runs packed-style: rows sorted by length, step ``t`` updates only rows longer than ``t``.
+    ``x [B, T, D]`` left-aligned, ``att [B, T]``, ``lengths [B]`` -> final state ``[B, H]``."""
+
+    def __init__(self, input_dim: int, hidden_dim: int):
+        super().__init__()
+        self.x2h = nn.Linear(input_dim, 3 * hidden_dim)
+        self.h2h = nn.Linear(hidden_dim, 3 * hidden_dim)
+        self.hidden_dim = hidden_dim
+
+    def forward(self, x: torch.Tensor, att: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        B = x.shape[0]
+        order = torch.argsort(lengths, descending=True)
+        xs, a, Ls = x[order], att[order], lengths[order]
+        gx = self.x2h(xs)                                             # [B, T, 3H] in one matmul
+        h = x.new_zeros(B, self.hidden_dim)
+        T = int(Ls[0]) if B else 0
+        active = (Ls.unsqueeze(0) > torch.arange(T, device=x.device).unsqueeze(1)).sum(1).tolist()
+        for t, n in enumerate(active):
+            hp = h[:n]
+            xr, xu, xn = gx[:n, t].chunk(3, -1)
+            hr, hu, hn = self.h2h(hp).chunk(3, -1)
+            r = torch.sigmoid(xr + hr)
+            u = torch.sigmoid(xu + hu) * a[:n, t:t + 1]
+            cand = torch.tanh(xn + r * hn)
+            h = torch.cat([(1 - u) * hp + u * cand, h[n:]], 0)
+        return torch.empty_like(h).index_copy_(0, order, h)
+
+
+@register("dien")
+class DIEN(Backbone):
+    """Options: ``aux_loss`` (False; DIEN's next-event auxiliary loss on the extractor states,
+    with in-batch negatives), ``aux_loss_weight`` (1.0), ``hidden_dim`` (= item_dim).
+
+    Attention: bilinear ``softmax_t(h_t W e_target)`` over real events (LongCTR's default)."""
+
+    def __init__(self, item_dim: int, feature_dim: int = 64, aux_loss: bool = False, aux_loss_weight: float = 1.0,
+                 hidden_dim: int | None = None):
+        super().__init__()
+        H = hidden_dim or item_dim
+        self.gru = nn.GRU(item_dim, H, batch_first=True)
+        self.W_att = nn.Linear(item_dim, H, bias=False)
+        self.augru = AUGRU(H, H)
+        self.use_aux, self.aux_loss_weight = aux_loss, aux_loss_weight
+        self.aux_proj = nn.Linear(H, item_dim, bias=False) if aux_loss else None
+        self.out_dim = H
+
+    def extract(self, hist: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Interest states ``[B, T, H]`` (left-aligned, 0 beyond each length) and ``lengths [B]``."""
+        L = mask.sum(1)
+        B, T, _ = hist.shape
+        out = hist.new_zeros(B, T, self.gru.hidden_size)
+        nz = L > 0
+        if nz.any():
+            packed = pack_padded_sequence(hist[nz], L[nz].cpu(), batch_first=True, enforce_sorted=False)
+            states, _ = self.gru(packed)
+            out[nz] = pad_packed_sequence(states, batch_first=True, total_length=T)[0]
+        return out, L
+
+    def auxiliary_loss(self, states: torch.Tensor, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Next-event prediction: ``h_t`` scores event ``t+1`` above another row's event ``t+1``."""
+        h = self.aux_proj(states[:, :-1])
+        pos, neg = seq[:, 1:], seq.roll(1, dims=0)[:, 1:]
+        valid = (mask[:, 1:] & mask.roll(1, dims=0)[:, 1:]).float()
+        lp = F.logsigmoid((h * pos).sum(-1))
+        ln = F.logsigmoid(-(h * neg).sum(-1))
+        return -((lp + ln) * valid).sum() / valid.sum().clamp_min(1.0)
+
+    def forward(self, x: SeqInputs) -> BackboneOutput:
+        seq, mask = left_align(x.hist, x.mask)
+        states, L = self.extract(seq, mask)
+        scores = torch.einsum("bth,bh->bt", states, self.W_att(x.target))
+        att = masked_softmax(scores, mask)
+        final = self.augru(states, att, L)
+        aux = None
+        if self.use_aux and self.training and seq.shape[1] > 1:
+            aux = self.aux_loss_weight * self.auxiliary_loss(states, seq, mask)
+        weights = {}
+        if x.need_weights:  # back to right-aligned positions
+            T = mask.shape[1]
+            idx = (torch.arange(T, device=att.device).unsqueeze(0) - (T - L).unsqueeze(1)) % max(T, 1)
+            weights = {"augru": (torch.gather(att, 1, idx) * x.mask).unsqueeze(1)}
+        return BackboneOutput(vector=final, aux_loss=aux, attention=weights)

@@ -1,0 +1,80 @@
+"""HSTU (Zhai et al., ICML 2024): stacked blocks of pointwise aggregated attention,
+``A = SiLU(q k^T / sqrt(d_h) + rab) / N`` (no softmax), with a learned relative-position bias and
+a causal mask, gated by ``u``. For CTR the target item is appended as the last token, so it
+attends to the whole history while no history token sees it (target-aware ranking); its final
+state is the user interest vector."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Backbone, BackboneOutput, SeqInputs, register
+
+
+class HSTUBlock(nn.Module):
+    """One HSTU layer. ``x [B, N, D]``, ``valid [B, N]`` -> ``[B, N, D]`` (and weights ``[B, H, N, N]``)."""
+
+    def __init__(self, dim: int, num_heads: int, max_len: int, dropout: float):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        self.h, self.hd, self.max_len = num_heads, dim // num_heads, max_len
+        self.norm_in = nn.LayerNorm(dim)
+        self.f1 = nn.Linear(dim, 4 * dim)
+        self.norm_av = nn.LayerNorm(dim)
+        self.f2 = nn.Linear(dim, dim)
+        self.rab = nn.Parameter(torch.zeros(num_heads, max_len + 1))   # bias by distance i - j (clipped)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def qkvu(self, x: torch.Tensor):
+        """Per-head ``q, k, v [B, H, N, hd]`` and gate ``u [B, N, D]``."""
+        B, N, D = x.shape
+        u, q, k, v = F.silu(self.f1(self.norm_in(x))).chunk(4, -1)
+        split = lambda t: t.view(B, N, self.h, self.hd).transpose(1, 2)  # noqa: E731
+        return split(q), split(k), split(v), u
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
+                  key_valid: torch.Tensor) -> torch.Tensor:
+        """Pointwise weights ``[B, H, Nq, Nk]``: causal (k_pos <= q_pos), real keys only."""
+        dist = (q_pos.unsqueeze(-1) - k_pos.unsqueeze(-2))                     # [Nq, Nk]
+        bias = self.rab[:, dist.clamp(0, self.max_len)]                          # [H, Nq, Nk]
+        a = F.silu(q @ k.transpose(-1, -2) / self.hd ** 0.5 + bias) / self.max_len
+        allowed = (dist >= 0).unsqueeze(0) & key_valid[:, None, :]               # [B, Nq, Nk]
+        return a * allowed.unsqueeze(1)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor, need_weights: bool = False):
+        B, N, D = x.shape
+        q, k, v, u = self.qkvu(x)
+        pos = torch.arange(N, device=x.device)
+        a = self.attention(q, k, pos, pos, valid)
+        av = (a @ v).transpose(1, 2).reshape(B, N, D)
+        y = x + self.dropout(self.f2(self.norm_av(av) * u))
+        return y * valid.unsqueeze(-1), (a if need_weights else None)
+
+
+@register("hstu")
+class HSTU(Backbone):
+    """Options: ``num_layers`` (2), ``num_heads`` (2), ``max_len`` (relative-position range and the
+    1/N normaliser; 256), ``dropout`` (0.0)."""
+
+    def __init__(self, item_dim: int, feature_dim: int = 64, num_layers: int = 2, num_heads: int = 2,
+                 max_len: int = 256, dropout: float = 0.0):
+        super().__init__()
+        self.blocks = nn.ModuleList(HSTUBlock(item_dim, num_heads, max_len, dropout) for _ in range(num_layers))
+        self.norm_out = nn.LayerNorm(item_dim)
+        self.out_dim = item_dim
+
+    def encode(self, x: SeqInputs, need_weights: bool = False):
+        """All token states ``[B, T+1, D]`` (history then target) and the last layer's weights."""
+        seq = torch.cat([x.hist, x.target.unsqueeze(1)], 1)
+        valid = torch.cat([x.mask, x.mask.new_ones(x.mask.shape[0], 1)], 1)
+        w = None
+        for blk in self.blocks:
+            seq, w = blk(seq, valid, need_weights)
+        return seq, w
+
+    def forward(self, x: SeqInputs) -> BackboneOutput:
+        seq, w = self.encode(x, x.need_weights)
+        att = {"hstu": w[:, :, -1, :-1]} if x.need_weights else {}   # target row over history [B, H, T]
+        return BackboneOutput(vector=self.norm_out(seq[:, -1]), attention=att)

@@ -1,0 +1,91 @@
+"""DIEN: packed recurrence == per-row reference; auxiliary loss switch. HSTU: causal, no leaks."""
+from __future__ import annotations
+
+import torch
+
+from seqctr.models.base import SeqInputs
+from seqctr.models.dien import AUGRU, DIEN, left_align
+from seqctr.models.hstu import HSTU
+from tests.models.test_long_sequence import inputs
+
+
+def test_left_align_moves_events_to_front():
+    x = inputs()
+    seq, m = left_align(x.hist, x.mask)
+    for b in range(5):
+        n = int(x.mask[b].sum())
+        torch.testing.assert_close(seq[b, :n], x.hist[b, x.mask[b]])
+        assert m[b, :n].all() and not m[b, n:].any() and (seq[b, n:] == 0).all()
+
+
+def test_augru_matches_per_row_reference():
+    torch.manual_seed(0)
+    cell = AUGRU(6, 5)
+    x = torch.randn(4, 7, 6)
+    att = torch.rand(4, 7)
+    lengths = torch.tensor([7, 0, 3, 5])
+    got = cell(x, att, lengths)
+    for b in range(4):
+        h = torch.zeros(5)
+        for t in range(int(lengths[b])):
+            gx = cell.x2h(x[b, t]).chunk(3)
+            gh = cell.h2h(h).chunk(3)
+            r = torch.sigmoid(gx[0] + gh[0])
+            u = torch.sigmoid(gx[1] + gh[1]) * att[b, t]
+            h = (1 - u) * h + u * torch.tanh(gx[2] + r * gh[2])
+        torch.testing.assert_close(got[b], h, atol=1e-6, rtol=1e-5)
+
+
+def test_dien_extractor_equals_gru_on_each_row_alone():
+    torch.manual_seed(0)
+    m = DIEN(16).eval()
+    x = inputs()
+    seq, mask = left_align(x.hist, x.mask)
+    states, L = m.extract(seq, mask)
+    for b in range(5):
+        n = int(L[b])
+        if n:
+            ref, _ = m.gru(x.hist[b, x.mask[b]].unsqueeze(0))
+            torch.testing.assert_close(states[b, :n], ref[0], atol=1e-6, rtol=1e-5)
+        assert (states[b, n:] == 0).all()
+
+
+def test_dien_auxiliary_loss_is_switchable():
+    torch.manual_seed(0)
+    x = inputs(need_weights=False)
+    off = DIEN(16).train()(x)
+    assert off.aux_loss is None
+    on_model = DIEN(16, aux_loss=True, aux_loss_weight=0.5).train()
+    on = on_model(x)
+    assert on.aux_loss is not None and torch.isfinite(on.aux_loss) and on.aux_loss > 0
+    on.aux_loss.backward()
+    assert on_model.gru.weight_ih_l0.grad.abs().sum() > 0   # it trains the extractor
+    assert DIEN(16, aux_loss=True).eval()(x).aux_loss is None  # not at inference
+
+
+def test_hstu_is_causal():
+    """Changing event j changes no state at positions < j."""
+    torch.manual_seed(0)
+    m = HSTU(16, num_layers=2, num_heads=2, max_len=32).eval()
+    x = inputs()
+    base, _ = m.encode(x)
+    j = 8
+    hist = x.hist.clone()
+    hist[:, j] += torch.randn(5, 16)
+    x2 = SeqInputs(target=x.target, hist=hist * x.mask.unsqueeze(-1), mask=x.mask, seq_len=x.seq_len)
+    changed, _ = m.encode(x2)
+    torch.testing.assert_close(changed[:, :j], base[:, :j])
+    assert not torch.allclose(changed[0, j:], base[0, j:])   # row 0 has event j: later states move
+
+
+def test_hstu_target_sees_whole_history_but_history_never_sees_target():
+    torch.manual_seed(0)
+    m = HSTU(16, num_layers=2).eval()
+    x = inputs()
+    base, w = m.encode(x, need_weights=True)
+    x2 = SeqInputs(target=x.target + 1.0, hist=x.hist, mask=x.mask, seq_len=x.seq_len)
+    changed, _ = m.encode(x2)
+    torch.testing.assert_close(changed[:, :-1], base[:, :-1])
+    assert (w[..., :-1, -1] == 0).all()                      # no history row attends to the target
+    T = x.hist.shape[1]
+    assert (w[:, :, -1, :T][~x.mask.unsqueeze(1).expand(-1, 2, -1)] == 0).all()   # nor to padding
