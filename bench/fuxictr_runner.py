@@ -54,6 +54,7 @@ def main() -> int:
               "model_root": str(Path(args.out).parent / "fuxictr_models"), "group_id": "user_index",
               "short_seq_len": 50, "topk": 50, "attention_dim": 64, "num_heads": 1, "max_len": 200}
     params.update(json.loads(args.params))
+    (Path(params["model_root"]) / "ml100k").mkdir(parents=True, exist_ok=True)  # FuxiCTR does not create it
     fmap = FeatureMap("ml100k", str(data))
     fmap.load(str(data / "feature_map.json"), params)
     model = model_cls(fmap, **params)

@@ -89,3 +89,13 @@ def test_hstu_target_sees_whole_history_but_history_never_sees_target():
     assert (w[..., :-1, -1] == 0).all()                      # no history row attends to the target
     T = x.hist.shape[1]
     assert (w[:, :, -1, :T][~x.mask.unsqueeze(1).expand(-1, 2, -1)] == 0).all()   # nor to padding
+
+
+def test_hstu_target_only_last_layer_equals_full_encode():
+    torch.manual_seed(0)
+    m = HSTU(16, num_layers=3).eval()
+    x = inputs()
+    full, w_full = m.encode(x, need_weights=True)
+    out = m(x)
+    torch.testing.assert_close(out.vector, m.norm_out(full[:, -1]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.attention["hstu"], w_full[:, :, -1, :-1], atol=1e-6, rtol=1e-5)

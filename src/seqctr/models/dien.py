@@ -1,15 +1,14 @@
 """DIEN (Zhou et al., AAAI 2019): an interest-extractor GRU over the history, then an AUGRU whose
 update gate is scaled by target attention; the final AUGRU state is the user interest.
 
-Histories arrive right-aligned; they are left-aligned here and run as packed sequences, so
-padding costs no recurrence steps and changes nothing (LongCTR packs left-padded rows, which
-feeds the GRU padding instead of events)."""
+Histories arrive right-aligned; they are left-aligned here, so every real state is computed
+from real events only and padding changes nothing (LongCTR packs its left-padded rows, which
+feeds the GRU padding instead of events). The AUGRU skips finished rows step by step."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..nn import masked_softmax
 from .base import Backbone, BackboneOutput, SeqInputs, register
@@ -45,12 +44,14 @@ class AUGRU(nn.Module):
         h = x.new_zeros(B, self.hidden_dim)
         T = int(Ls[0]) if B else 0
         active = (Ls.unsqueeze(0) > torch.arange(T, device=x.device).unsqueeze(1)).sum(1).tolist()
+        # unbind once: slicing [B, T, .] per step would make backward allocate [B, T, .] per step
+        gx_t, a_t = gx[:, :T].unbind(1), a[:, :T].unsqueeze(-1).unbind(1)
         for t, n in enumerate(active):
             hp = h[:n]
-            xr, xu, xn = gx[:n, t].chunk(3, -1)
+            xr, xu, xn = gx_t[t][:n].chunk(3, -1)
             hr, hu, hn = self.h2h(hp).chunk(3, -1)
             r = torch.sigmoid(xr + hr)
-            u = torch.sigmoid(xu + hu) * a[:n, t:t + 1]
+            u = torch.sigmoid(xu + hu) * a_t[t][:n]
             cand = torch.tanh(xn + r * hn)
             h = torch.cat([(1 - u) * hp + u * cand, h[n:]], 0)
         return torch.empty_like(h).index_copy_(0, order, h)
@@ -75,16 +76,17 @@ class DIEN(Backbone):
         self.out_dim = H
 
     def extract(self, hist: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Interest states ``[B, T, H]`` (left-aligned, 0 beyond each length) and ``lengths [B]``."""
+        """Interest states ``[B, T, H]`` (left-aligned, 0 beyond each length) and ``lengths [B]``.
+
+        The input is left-aligned, so the state at a real position depends on real events only;
+        the padded tail is zeroed. (An unpacked GRU: PyTorch's packed-sequence GRU backward on
+        CPU re-allocates the whole packed input at every step, which is quadratic in T.)"""
         L = mask.sum(1)
         B, T, _ = hist.shape
-        out = hist.new_zeros(B, T, self.gru.hidden_size)
-        nz = L > 0
-        if nz.any():
-            packed = pack_padded_sequence(hist[nz], L[nz].cpu(), batch_first=True, enforce_sorted=False)
-            states, _ = self.gru(packed)
-            out[nz] = pad_packed_sequence(states, batch_first=True, total_length=T)[0]
-        return out, L
+        if T == 0:
+            return hist.new_zeros(B, 0, self.gru.hidden_size), L
+        states, _ = self.gru(hist)
+        return states * mask.unsqueeze(-1), L
 
     def auxiliary_loss(self, states: torch.Tensor, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Next-event prediction: ``h_t`` scores event ``t+1`` above another row's event ``t+1``."""

@@ -43,14 +43,19 @@ class HSTUBlock(nn.Module):
         allowed = (dist >= 0).unsqueeze(0) & key_valid[:, None, :]               # [B, Nq, Nk]
         return a * allowed.unsqueeze(1)
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor, need_weights: bool = False):
+    def forward(self, x: torch.Tensor, valid: torch.Tensor, need_weights: bool = False, last_only: bool = False):
+        """All positions, or with ``last_only`` just the last one (``[B, 1, D]``; what a
+        target-aware final layer needs: its keys and values still come from every position)."""
         B, N, D = x.shape
         q, k, v, u = self.qkvu(x)
         pos = torch.arange(N, device=x.device)
-        a = self.attention(q, k, pos, pos, valid)
-        av = (a @ v).transpose(1, 2).reshape(B, N, D)
+        q_pos = pos[-1:] if last_only else pos
+        if last_only:
+            q, u, x = q[:, :, -1:], u[:, -1:], x[:, -1:]
+        a = self.attention(q, k, q_pos, pos, valid)
+        av = (a @ v).transpose(1, 2).reshape(B, len(q_pos), D)
         y = x + self.dropout(self.f2(self.norm_av(av) * u))
-        return y * valid.unsqueeze(-1), (a if need_weights else None)
+        return (y if last_only else y * valid.unsqueeze(-1)), (a if need_weights else None)
 
 
 @register("hstu")
@@ -75,6 +80,10 @@ class HSTU(Backbone):
         return seq, w
 
     def forward(self, x: SeqInputs) -> BackboneOutput:
-        seq, w = self.encode(x, x.need_weights)
-        att = {"hstu": w[:, :, -1, :-1]} if x.need_weights else {}   # target row over history [B, H, T]
-        return BackboneOutput(vector=self.norm_out(seq[:, -1]), attention=att)
+        seq = torch.cat([x.hist, x.target.unsqueeze(1)], 1)
+        valid = torch.cat([x.mask, x.mask.new_ones(x.mask.shape[0], 1)], 1)
+        for blk in self.blocks[:-1]:
+            seq, _ = blk(seq, valid)
+        out, w = self.blocks[-1](seq, valid, x.need_weights, last_only=True)   # only the target row
+        att = {"hstu": w[:, :, -1, :-1]} if x.need_weights else {}              # [B, H, T]
+        return BackboneOutput(vector=self.norm_out(out[:, -1]), attention=att)
