@@ -4,7 +4,8 @@ One command: ``.venv/bin/python bench/bench_din.py`` (``--quick`` for a smoke ru
 ``bench/results/din_ml100k.json`` and ``.md``. Settings are the issue's: max_len 200, batch 256,
 embedding 64, MLP [512,128,64], dropout 0.2, Adam 1e-3.
 
-Every variant runs in its own subprocess (so peak RSS is its own), ``--repeats`` times; we report
+Every variant runs in its own subprocess (so peak RSS is its own), pinned to one core with one
+thread (``--cpu``/``--threads``) so other work cannot skew the ratios, ``--repeats`` times; we report
 the median and the ratio against the FuxiCTR-style layout measured in the same run:
 
 - ``seqctr``: fused activation unit + length-bucketed batches padded to their own longest history;
@@ -89,7 +90,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--train-batches", type=int, default=60)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cpu", default="0", help="taskset CPU list for each measured run ('' = no pinning)")
     ap.add_argument("--quick", action="store_true", help="1 repeat, 10 batches (smoke run)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/din_ml100k"))
     ap.add_argument("--variant", help=argparse.SUPPRESS)  # child mode
@@ -105,7 +107,8 @@ def main() -> int:
     runs: dict[str, list[dict]] = {k: [] for k in VARIANTS}
     for r in range(args.repeats):  # interleave variants so drift hits all alike
         for name in VARIANTS:
-            out = subprocess.run([sys.executable, __file__, "--variant", name, "--train-batches",
+            pin = ["taskset", "-c", args.cpu] if args.cpu else []
+            out = subprocess.run(pin + [sys.executable, __file__, "--variant", name, "--train-batches",
                                   str(args.train_batches), "--threads", str(args.threads)],
                                  capture_output=True, text=True, check=True)
             runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -126,7 +129,8 @@ def main() -> int:
               "median": med, "runs": runs}
     write_json(args.out + ".json", result)
     lines = [f"# {result['benchmark']}", "", f"Command: `{result['command']}`; median of {args.repeats} runs, "
-             f"{args.train_batches} training batches each, {args.threads} threads, torch {torch.__version__}.", "",
+             f"{args.train_batches} training batches each, {args.threads} thread(s) pinned to CPU {args.cpu}, "
+             f"torch {torch.__version__}.", "",
              "| variant | train samples/s | x vs fuxictr_layout | inference samples/s | x | peak RSS MB |",
              "|---|---:|---:|---:|---:|---:|"]
     for k, m in med.items():

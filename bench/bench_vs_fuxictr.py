@@ -9,8 +9,10 @@ One command: ``.venv/bin/python bench/bench_vs_fuxictr.py`` (``--quick`` for a s
 2. Creates ``bench/.venv-fuxictr`` (``torch==2.13.0`` + ``fuxictr==2.3.10``) if missing.
 3. Per backbone, same hyper-parameters (embedding 64, MLP [512,128,64] ReLU, dropout 0.2, Adam
    1e-3, batch 256, max_len 200, short_seq_len 50, top-k 50, attention_dim 64, 1 head):
-   - throughput: FuxiCTR and seqctr alternate, ``--repeats`` times, each in a fresh process,
-     ``--batches`` training batches after 3 warm-up batches, then inference over the test split;
+   - throughput: FuxiCTR and seqctr alternate, ``--repeats`` times, each in a fresh process pinned
+     to one core (``--cpu``, ``--threads 1``; FuxiCTR's loader in-process like ours), so other work
+     on the machine cannot skew the ratio; ``--batches`` training batches after 3 warm-up batches,
+     then inference over the test split;
    - accuracy: both train for ``--epochs`` epochs (patience 2, LR x0.1 on plateau, best-on-valid
      weights); seqctr over ``--seeds`` seeds. Both prediction sets are scored by seqctr's metrics.
 4. Writes ``bench/results/vs_fuxictr.{json,md}``.
@@ -161,7 +163,8 @@ def main() -> int:
     ap.add_argument("--batches", type=int, default=30)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seeds", default="2024,2025,2026")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cpu", default="0", help="taskset CPU list for the timed runs ('' = no pinning)")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--jobs", type=int, default=2, help="parallel single-thread accuracy jobs")
@@ -191,9 +194,11 @@ def main() -> int:
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results.setdefault("models", {})
     results["settings"] = {"repeats": args.repeats, "batches": args.batches, "epochs": args.epochs,
-                           "seeds": args.seeds, "threads": args.threads, "jobs": args.jobs,
+                           "seeds": args.seeds, "threads": args.threads, "jobs": args.jobs, "cpu": args.cpu,
                            "command": "python bench/bench_vs_fuxictr.py " + " ".join(sys.argv[1:])}
     names = args.models.split(",")
+
+    pin = ["taskset", "-c", args.cpu] if args.cpu else []
 
     def fx_cmd(name, threads):
         return [str(fx_py), str(ROOT / "bench/fuxictr_runner.py"), "--data", str(data), "--model",
@@ -210,9 +215,10 @@ def main() -> int:
             runs = {"seqctr": []} if BACKBONES[name] is None else {"fuxictr": [], "seqctr": []}
             for rep in range(args.repeats):
                 if "fuxictr" in runs:
-                    runs["fuxictr"].append(run_json(fx_cmd(name, args.threads) + [
+                    runs["fuxictr"].append(run_json(pin + fx_cmd(name, args.threads) + [
                         "--mode", "throughput", "--batches", str(args.batches), "--out", str(WORK / f"fx_{name}_tp.json")]))
-                runs["seqctr"].append(run_json(me + ["--threads", str(args.threads), "--child", "throughput", name]))
+                runs["seqctr"].append(run_json(pin + me + ["--threads", str(args.threads), "--child", "throughput",
+                                                            name]))
                 print(f"{name} throughput {rep + 1}/{args.repeats}: " + ", ".join(
                     f"{lib} {v[-1]['train_samples_per_s']:.0f}" for lib, v in runs.items()) + " train samples/s",
                     flush=True)
@@ -277,7 +283,7 @@ def render(results: dict) -> str:
     lines = ["# seqctr vs FuxiCTR 2.3.10 (LongCTR) on ml100k", "",
              f"Command: `{s.get('command', '')}`. Same split, features and hyper-parameters; throughput = median "
              f"of {s.get('repeats')} alternating runs of {s.get('batches')} training batches (batch 256) + test "
-             f"inference, {s.get('threads')} threads; accuracy after at most {s.get('epochs')} epochs (FuxiCTR: "
+             f"inference, {s.get('threads')} thread(s) pinned to CPU {s.get('cpu')}; accuracy after at most {s.get('epochs')} epochs (FuxiCTR: "
              f"1 seed; seqctr: mean over seeds {s.get('seeds')}), both scored by seqctr's metrics.", "",
              "| model | FuxiCTR train/s | seqctr train/s | speed-up | FuxiCTR infer/s | seqctr infer/s | speed-up "
              "| RSS MB fx / ours | AUC fx | AUC ours | ΔAUC | GAUC fx / ours | logloss fx / ours |",

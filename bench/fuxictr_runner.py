@@ -31,6 +31,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--params", default="{}", help="extra model params (JSON)")
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers (0: in-process, like seqctr)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -61,7 +62,7 @@ def main() -> int:
     loader = lambda split, shuffle: LongCTRDataLoader(  # noqa: E731
         fmap, str(data / f"{split}.parquet"), user_info=str(data / "user_info.parquet"),
         item_info=str(data / "item_info.parquet"), batch_size=256 if shuffle else 1024, shuffle=shuffle,
-        num_workers=1, max_len=200)
+        num_workers=args.workers, max_len=200)
 
     def predict(gen):
         model.eval()

@@ -45,6 +45,7 @@ class ModelConfig:
     mlp_hidden: list = field(default_factory=lambda: [512, 128, 64])
     dropout: float = 0.2
     options: dict = field(default_factory=dict)
+    lain: dict = field(default_factory=dict)   # the LAIN plug-in, see seqctr.lain.LainConfig
 
 
 @dataclass

@@ -28,7 +28,7 @@ def test_topk_at_least_length_equals_full_attention(cls):
     m = cls(16, topk=12, attention_dim=8, num_heads=2).eval()
     x = inputs()
     got = m.long_branch(x)
-    full, w = m.long_attention(x.target, x.hist, x.mask)
+    full, w, _ = m.long_attention(x.target, x.hist, x.mask)
     torch.testing.assert_close(got.vector, full, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got.weights, w, atol=1e-6, rtol=1e-5)
 
@@ -41,8 +41,9 @@ def test_twin_topk_at_least_length_equals_full_attention():
     s = m.scores(x)
     w = masked_softmax(s, x.mask.unsqueeze(1))
     B, T, _ = x.hist.shape
-    v = m.W_v(x.hist).view(B, T, 2, 4).transpose(1, 2)
-    full = m.W_o((w.unsqueeze(2) @ v).squeeze(2).reshape(B, 8))
+    att = m.long_attention
+    v = att.W_v(x.hist).view(B, T, 2, 4).transpose(1, 2)
+    full = att.W_o((w.unsqueeze(2) @ v).squeeze(2).reshape(B, 8))
     torch.testing.assert_close(got.vector, full, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got.weights, w, atol=1e-6, rtol=1e-5)
 

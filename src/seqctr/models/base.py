@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn import MLP, FeatureEmbedding
+from ..nn import MLP, AttentionCondition, FeatureEmbedding
 
 _REGISTRY: dict[str, type["Backbone"]] = {}
 
@@ -48,6 +48,11 @@ class SeqInputs:
     need_weights: bool = False
     target_ids: torch.Tensor | None = None
     hist_ids: torch.Tensor | None = None
+    cond: dict[str, AttentionCondition] | None = None
+
+    def condition(self, branch: str) -> AttentionCondition | None:
+        """What a plug-in (LAIN) gives this branch's attention layers, or None."""
+        return None if self.cond is None else self.cond.get(branch)
 
 
 @dataclass
@@ -82,6 +87,7 @@ class Backbone(nn.Module):
     mask) and must not depend on the amount of left padding."""
 
     registry_name = "?"
+    supports_lain: bool | str = True   # or a string saying why the plug-in does not apply
     out_dim: int
     aux_dim: int = 0          # > 0: the model adds an auxiliary CTR head on [user, target, aux_vector]
     aux_weight: float = 0.0   # its BCE weight in the loss
@@ -93,7 +99,8 @@ class Backbone(nn.Module):
 class CTRModel(nn.Module):
     """Embedding + backbone + MLP head. ``forward(batch) -> ModelOutput`` with logits ``[B]``."""
 
-    def __init__(self, embedding: FeatureEmbedding, backbone: Backbone, mlp_hidden: list[int], dropout: float):
+    def __init__(self, embedding: FeatureEmbedding, backbone: Backbone, mlp_hidden: list[int], dropout: float,
+                 lain=None):
         super().__init__()
         self.embedding, self.backbone = embedding, backbone
         in_dim = embedding.user_dim + embedding.item_dim + backbone.out_dim
@@ -107,12 +114,21 @@ class CTRModel(nn.Module):
                 nn.init.xavier_normal_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        # Plug-ins come last, so the bare model's parameters are initialised exactly as without them.
+        self.lain = None
+        if lain is not None:
+            lain_cfg, mean_len = lain
+            from ..lain import LAIN
+
+            self.lain = LAIN(lain_cfg, embedding.item_dim, embedding.dim, mean_len)
+            self.lain.attach(backbone)
 
     def forward(self, batch, need_weights: bool = False) -> ModelOutput:
         emb = self.embedding
         target = emb.items(batch.target)
         x = SeqInputs(target=target, hist=emb.items(batch.hist), mask=batch.mask, seq_len=batch.seq_len,
-                      need_weights=need_weights, target_ids=batch.target, hist_ids=batch.hist)
+                      need_weights=need_weights, target_ids=batch.target, hist_ids=batch.hist,
+                      cond=self.lain(batch.seq_len) if self.lain is not None else None)
         out = self.backbone(x)
         user = emb.user(batch.user)
         logits = self.head(torch.cat([user, target, out.vector], dim=-1)).squeeze(-1)
@@ -144,4 +160,10 @@ def build_model(model_cfg, meta: dict) -> CTRModel:
         backbone = _REGISTRY[model_cfg.name](item_dim=emb.item_dim, feature_dim=emb.dim, **model_cfg.options)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model.options for {model_cfg.name}: {e}") from None
-    return CTRModel(emb, backbone, model_cfg.mlp_hidden, model_cfg.dropout)
+    lain = None
+    from ..lain import LainConfig
+
+    lain_cfg = LainConfig.from_dict(model_cfg.lain)
+    if lain_cfg.enabled:
+        lain = (lain_cfg, float(meta.get("mean_train_len", 0.0)))
+    return CTRModel(emb, backbone, model_cfg.mlp_hidden, model_cfg.dropout, lain=lain)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn import masked_softmax
+from ..nn import BilinearAttention
 from .base import Backbone, BackboneOutput, SeqInputs, register
 
 
@@ -62,14 +62,15 @@ class DIEN(Backbone):
     """Options: ``aux_loss`` (False; DIEN's next-event auxiliary loss on the extractor states,
     with in-batch negatives), ``aux_loss_weight`` (1.0), ``hidden_dim`` (= item_dim).
 
-    Attention: bilinear ``softmax_t(h_t W e_target)`` over real events (LongCTR's default)."""
+    Attention: bilinear ``softmax_t(h_t W e_target)`` over real events (LongCTR's default).
+    LAIN: prompt tokens are prepended to the sequence the extractor GRU reads."""
 
     def __init__(self, item_dim: int, feature_dim: int = 64, aux_loss: bool = False, aux_loss_weight: float = 1.0,
                  hidden_dim: int | None = None):
         super().__init__()
         H = hidden_dim or item_dim
         self.gru = nn.GRU(item_dim, H, batch_first=True)
-        self.W_att = nn.Linear(item_dim, H, bias=False)
+        self.attention = BilinearAttention(item_dim, H)
         self.augru = AUGRU(H, H)
         self.use_aux, self.aux_loss_weight = aux_loss, aux_loss_weight
         self.aux_proj = nn.Linear(H, item_dim, bias=False) if aux_loss else None
@@ -99,16 +100,21 @@ class DIEN(Backbone):
 
     def forward(self, x: SeqInputs) -> BackboneOutput:
         seq, mask = left_align(x.hist, x.mask)
+        cond = x.condition("long")
+        P = cond.num_prompts if cond is not None else 0
+        if P:  # LAIN prompts open the sequence: the extractor reads them first, the AUGRU attends to them
+            seq = torch.cat([cond.prompts, seq], 1)
+            mask = torch.cat([mask.new_ones(mask.shape[0], P), mask], 1)
         states, L = self.extract(seq, mask)
-        scores = torch.einsum("bth,bh->bt", states, self.W_att(x.target))
-        att = masked_softmax(scores, mask)
+        att = self.attention(x.target, states, mask, cond)
         final = self.augru(states, att, L)
         aux = None
         if self.use_aux and self.training and seq.shape[1] > 1:
             aux = self.aux_loss_weight * self.auxiliary_loss(states, seq, mask)
         weights = {}
-        if x.need_weights:  # back to right-aligned positions
-            T = mask.shape[1]
+        if x.need_weights:  # history part, back to right-aligned positions
+            att, L = att[:, P:], L - P
+            T = att.shape[1]
             idx = (torch.arange(T, device=att.device).unsqueeze(0) - (T - L).unsqueeze(1)) % max(T, 1)
             weights = {"augru": (torch.gather(att, 1, idx) * x.mask).unsqueeze(1)}
         return BackboneOutput(vector=final, aux_loss=aux, attention=weights)

@@ -20,5 +20,5 @@ class DIN(Backbone):
         self.out_dim = item_dim
 
     def forward(self, x: SeqInputs) -> BackboneOutput:
-        pooled, w = self.att(x.target, x.hist, x.mask)
-        return BackboneOutput(vector=pooled, attention={"din": w.unsqueeze(1)} if x.need_weights else {})
+        res = self.att(x.target, x.hist, x.mask, x.condition("long"))
+        return BackboneOutput(vector=res.out, attention={"din": res.weights} if x.need_weights else {})

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..nn import MultiHeadTargetAttention, gather_positions, simhash, topk_select
+from ..nn import MultiHeadTargetAttention, simhash, topk_select
 from .base import SeqInputs, register
-from .two_branch import BranchOutput, TwoBranchBackbone, scatter_weights
+from .two_branch import BranchOutput, TwoBranchBackbone
 
 
 @register("eta")
@@ -30,5 +30,4 @@ class ETA(TwoBranchBackbone):
 
     def long_branch(self, x: SeqInputs) -> BranchOutput:
         idx, sel_mask = topk_select(-self.hamming(x).to(x.hist.dtype), x.mask, self.topk)
-        out, w = self.long_attention(x.target, gather_positions(x.hist, idx), sel_mask)
-        return BranchOutput(out, scatter_weights(w, idx, x.hist.shape[1]) if x.need_weights else None)
+        return self.exact_search(self.long_attention, x, idx, sel_mask)

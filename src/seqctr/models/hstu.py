@@ -63,6 +63,9 @@ class HSTU(Backbone):
     """Options: ``num_layers`` (2), ``num_heads`` (2), ``max_len`` (relative-position range and the
     1/N normaliser; 256), ``dropout`` (0.0)."""
 
+    supports_lain = ("HSTU has no softmax to temper and its relative-position bias would move prompt tokens "
+                     "with the padding; LAIN is not attached to it")
+
     def __init__(self, item_dim: int, feature_dim: int = 64, num_layers: int = 2, num_heads: int = 2,
                  max_len: int = 256, dropout: float = 0.0):
         super().__init__()

@@ -17,7 +17,9 @@ class SDIM(TwoBranchBackbone):
     leaves it off by default), ``hash_seed``, plus the two-branch options.
 
     Padding never collides: the collision mask is ANDed with the history mask. The long-branch
-    weights are the exact linear weights of the aggregate (mean over rounds of collide / norm)."""
+    weights are the exact linear weights of the aggregate (mean over rounds of collide / norm).
+    LAIN: prompts join every round's sum; hashing has no query/key projections or softmax, so
+    query-key conditioning and temperature apply to the short branch only."""
 
     def __init__(self, item_dim: int, num_hashes: int = 8, hash_bits: int = 4, l2_norm: bool = True,
                  hash_seed: int = 0, **kw):
@@ -36,6 +38,9 @@ class SDIM(TwoBranchBackbone):
     def long_branch(self, x: SeqInputs) -> BranchOutput:
         c = self.collisions(x).to(x.hist.dtype)                       # [B, R, T]
         sums = c @ x.hist                                             # [B, R, D]
+        cond = x.condition("long")
+        if cond is not None and cond.prompts is not None:             # LAIN prompts collide in every round
+            sums = sums + cond.prompts.sum(1, keepdim=True)
         if self.l2_norm:
             norm = sums.norm(dim=-1, keepdim=True).clamp_min(1e-12)
             sums, c = sums / norm, c / norm

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..nn import MultiHeadTargetAttention, gather_positions, topk_select
+from ..nn import MultiHeadTargetAttention, topk_select
 from .base import SeqInputs, register
-from .two_branch import BranchOutput, TwoBranchBackbone, scatter_weights
+from .two_branch import BranchOutput, TwoBranchBackbone
 
 
 @register("sim")
@@ -54,5 +54,6 @@ class SIM(TwoBranchBackbone):
             match = (cat == x.target_ids[:, self.category_feature].unsqueeze(1)) & x.mask
             recency = torch.arange(T, device=x.hist.device, dtype=x.hist.dtype).expand(x.mask.shape)
             idx, sel_mask = topk_select(recency, match, self.topk)
-        out, w = self.long_attention(x.target, gather_positions(x.hist, idx), sel_mask)
-        return BranchOutput(out, scatter_weights(w, idx, T) if x.need_weights else None, aux_vector=aux)
+        out = self.exact_search(self.long_attention, x, idx, sel_mask)
+        out.aux_vector = aux
+        return out

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..nn import MultiHeadTargetAttention
+from ..nn import MultiHeadTargetAttention, gather_positions
 from .base import Backbone, BackboneOutput, SeqInputs
 
 
@@ -55,7 +55,8 @@ class TwoBranchBackbone(Backbone):
             raise ValueError("short_seq_len must be >= 2 (it counts the target slot, as in LongCTR)")
         self.item_dim, self.short_seq_len = item_dim, short_seq_len
         self.attention_dim, self.num_heads, self.attention_dropout = attention_dim, num_heads, attention_dropout
-        self.short_attention = MultiHeadTargetAttention(item_dim, attention_dim, num_heads, attention_dropout)
+        self.short_attention = MultiHeadTargetAttention(item_dim, attention_dim, num_heads, attention_dropout,
+                                                        branch="short")
         self.out_dim = 2 * item_dim
 
     def short_window(self, x: SeqInputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,11 +66,17 @@ class TwoBranchBackbone(Backbone):
 
     def short_branch(self, x: SeqInputs) -> BranchOutput:
         hist, mask = self.short_window(x)
-        out, w = self.short_attention(x.target, hist, mask)
-        return BranchOutput(out, left_pad_to(w, x.hist.shape[1]) if x.need_weights else None)
+        res = self.short_attention(x.target, hist, mask, x.condition("short"))
+        return BranchOutput(res.out, left_pad_to(res.weights, x.hist.shape[1]) if x.need_weights else None)
 
     def long_branch(self, x: SeqInputs) -> BranchOutput:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def exact_search(self, attention, x: SeqInputs, idx: torch.Tensor, sel_mask: torch.Tensor) -> BranchOutput:
+        """ESU: ``attention`` over the events a GSU selected (``idx [B, k]``); prompts come after
+        the selection, so top-k can never drop them. Weights are mapped back to positions."""
+        res = attention(x.target, gather_positions(x.hist, idx), sel_mask, x.condition("long"))
+        return BranchOutput(res.out, scatter_weights(res.weights, idx, x.hist.shape[1]) if x.need_weights else None)
 
     def forward(self, x: SeqInputs) -> BackboneOutput:
         short, long = self.short_branch(x), self.long_branch(x)

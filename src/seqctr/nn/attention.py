@@ -1,10 +1,14 @@
 """Target attention layers shared by the backbones."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
+from .condition import AttentionCondition, Conditionable, apply_temperature
 from .mlp import MLP, activation
+from .retrieval import topk_select
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -45,29 +49,51 @@ class MaskedDice(nn.Module):
         return p * x + (1 - p) * self.alpha * x
 
 
-class DINAttention(nn.Module):
+class AttentionResult(NamedTuple):
+    """``out [B, D]``; ``weights [B, H, T]`` over the history positions (0 where not attended);
+    ``prompt_weights [B, H, P]`` or None."""
+
+    out: torch.Tensor
+    weights: torch.Tensor
+    prompt_weights: torch.Tensor | None = None
+
+
+def _with_prompts(scores, mask, prompt_scores):
+    """Prepend prompt scores (always attended) to ``scores``/``mask`` along the last dim."""
+    if prompt_scores is None:
+        return scores, mask
+    ones = torch.ones(prompt_scores.shape, dtype=torch.bool, device=scores.device)
+    return torch.cat([prompt_scores, scores], -1), torch.cat([ones, mask.expand_as(scores)], -1)
+
+
+class DINAttention(Conditionable):
     """DIN's activation unit: score(q, k) = MLP([q, k, q-k, q*k]); pooled = sum_t w_t k_t.
 
     The first layer is applied in a fused form that is exactly equal to the concatenation:
     ``W [q, k, q-k, q*k] = (Wq + Wd) q + (Wk - Wd) k + Wp (q*k)``, so the key term is computed once
     per history event (no ``[B, T, 4D]`` tensor), and the query term once per target.
-
     ``fused=False`` runs the textbook form instead (same outputs; for benchmarks and as the oracle).
+
+    Conditioning (LAIN): the length vector shifts the query and keys fed to the unit, prompts
+    are extra keys (pooled like events), and the scores are divided by the temperature.
 
     Shapes: ``query [B, D]``, ``keys [B, T, D]``, ``mask [B, T]`` -> ``pooled [B, D]``,
     ``weights [B, T]`` (softmax-normalised when ``use_softmax``, else raw masked scores as in DIN).
     """
 
     def __init__(self, dim: int, hidden: list[int] = (64,), act: str = "dice", use_softmax: bool = False,
-                 fused: bool = True):
+                 fused: bool = True, branch: str = "long"):
         super().__init__()
-        self.fused = fused
         hidden = list(hidden)
+        self.fused, self.branch = fused, branch
         self.first = nn.Linear(4 * dim, hidden[0])
         self.dice = act.lower() == "dice"
         self.act = MaskedDice(hidden[0]) if self.dice else activation(act)
         self.rest = MLP(hidden[0], hidden[1:], out_dim=1, act="relu" if self.dice else act)
         self.dim, self.use_softmax = dim, use_softmax
+
+    def condition_widths(self) -> tuple[int, int]:
+        return self.dim, self.dim
 
     def _activate(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if self.dice:
@@ -92,36 +118,55 @@ class DINAttention(nn.Module):
         x = torch.cat([q, keys, q - keys, q * keys], dim=-1)
         return self.rest(self._activate(self.first(x), mask)).squeeze(-1)
 
-    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor):
-        s = (self.scores if self.fused else self.reference_scores)(query, keys, mask)
-        if self.use_softmax:
-            w = masked_softmax(s, mask)
-        else:
-            w = s * mask.to(s.dtype)
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
+                cond: AttentionCondition | None = None) -> AttentionResult:
+        P = cond.num_prompts if cond is not None else 0
+        if P:
+            keys = torch.cat([cond.prompts, keys], 1)
+            mask = torch.cat([mask.new_ones(mask.shape[0], P), mask], 1)
+        q, k = self.condition_query(query, cond), keys
+        shift = self.key_shift(cond)
+        if shift is not None:
+            k = keys + shift.unsqueeze(1)
+        s = (self.scores if self.fused else self.reference_scores)(q, k, mask)
+        s = apply_temperature(s, cond)
+        w = masked_softmax(s, mask) if self.use_softmax else s * mask.to(s.dtype)
         pooled = torch.einsum("bt,btd->bd", w, keys)
-        return pooled, w
+        return AttentionResult(pooled, w[:, P:].unsqueeze(1), w[:, :P].unsqueeze(1) if P else None)
 
 
-class MultiHeadTargetAttention(nn.Module):
+class MultiHeadTargetAttention(Conditionable):
     """Scaled dot-product attention of one target query over a sequence (LongCTR's layer).
 
-    ``W_q, W_k, W_v: in -> attention_dim`` and ``W_o: attention_dim -> in`` (no biases). Split into
+    ``W_q, W_k: key_dim -> attention_dim`` (the first ``key_dim`` features of query and keys; all
+    by default), ``W_v: in -> attention_dim``, ``W_o: attention_dim -> in``; no biases. Split into
     :meth:`project_kv` (depends on the history only: what a serving cache stores) and
     :meth:`attend`, so cached and uncached scoring run the same code.
+
+    ``attend(..., topk=k)`` keeps, per head, only the ``k`` best-scoring events by these very
+    scores (TWIN's consistent retrieval); ``score_bias [B, H, T]`` is added to the scores.
+    Conditioning: prompts are extra keys/values after any top-k; the length vector is added to
+    the query and keys through ``q_len``/``k_len``; scores are divided by the temperature.
 
     Shapes: ``query [B, D]``, ``keys [B, T, D]``, ``mask [B, T]`` -> ``out [B, D]``, ``weights [B, H, T]``.
     """
 
-    def __init__(self, input_dim: int, attention_dim: int = 64, num_heads: int = 1, dropout: float = 0.0):
+    def __init__(self, input_dim: int, attention_dim: int = 64, num_heads: int = 1, dropout: float = 0.0,
+                 key_dim: int | None = None, branch: str = "long"):
         super().__init__()
         if attention_dim % num_heads:
             raise ValueError(f"attention_dim={attention_dim} is not divisible by num_heads={num_heads}")
-        self.num_heads, self.head_dim = num_heads, attention_dim // num_heads
-        self.W_q = nn.Linear(input_dim, attention_dim, bias=False)
-        self.W_k = nn.Linear(input_dim, attention_dim, bias=False)
+        self.num_heads, self.head_dim, self.branch = num_heads, attention_dim // num_heads, branch
+        self.key_dim = key_dim or input_dim
+        self.W_q = nn.Linear(self.key_dim, attention_dim, bias=False)
+        self.W_k = nn.Linear(self.key_dim, attention_dim, bias=False)
         self.W_v = nn.Linear(input_dim, attention_dim, bias=False)
         self.W_o = nn.Linear(attention_dim, input_dim, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def condition_widths(self) -> tuple[int, int]:
+        A = self.num_heads * self.head_dim
+        return A, A
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, H*hd] -> [B, H, T, hd]``."""
@@ -130,17 +175,65 @@ class MultiHeadTargetAttention(nn.Module):
 
     def project_kv(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``keys [B, T, D]`` -> per-head ``K, V [B, H, T, hd]``."""
-        return self.split_heads(self.W_k(keys)), self.split_heads(self.W_v(keys))
+        return self.split_heads(self.W_k(keys[..., : self.key_dim])), self.split_heads(self.W_v(keys))
 
-    def attend(self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor):
+    def attend(self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+               cond: AttentionCondition | None = None, topk: int | None = None,
+               score_bias: torch.Tensor | None = None) -> AttentionResult:
         """Attention of ``query [B, D]`` over projected ``k, v [B, H, T, hd]``."""
-        B = query.shape[0]
-        q = self.W_q(query).view(B, self.num_heads, 1, self.head_dim)
-        scores = (q @ k.transpose(-1, -2)).squeeze(2) / self.head_dim ** 0.5      # [B, H, T]
-        w = masked_softmax(scores, mask.unsqueeze(1))
-        out = (self.dropout(w).unsqueeze(2) @ v).squeeze(2)                        # [B, H, hd]
-        return self.W_o(out.reshape(B, -1)), w
+        B, H, T, hd = k.shape
+        q = self.condition_query(self.W_q(query[..., : self.key_dim]), cond).view(B, H, 1, hd)
+        shift = self.key_shift(cond)
+        if shift is not None:
+            k = k + shift.view(B, H, 1, hd)
+        scores = (q @ k.transpose(-1, -2)).squeeze(2) / hd ** 0.5                  # [B, H, T]
+        if score_bias is not None:
+            scores = scores + score_bias
+        hmask = mask.unsqueeze(1).expand_as(scores)
+        idx = None
+        if topk is not None and topk < T:
+            idx, hmask = topk_select(scores, hmask, topk)                          # [B, H, k]
+            scores = torch.gather(scores, -1, idx)
+            v = torch.gather(v, 2, idx.unsqueeze(-1).expand(-1, -1, -1, hd))
+        P = cond.num_prompts if cond is not None else 0
+        if P:
+            pk, pv = self.project_kv(cond.prompts)
+            if shift is not None:
+                pk = pk + shift.view(B, H, 1, hd)
+            scores, hmask = _with_prompts(scores, hmask, (q @ pk.transpose(-1, -2)).squeeze(2) / hd ** 0.5)
+            v = torch.cat([pv, v], 2)
+        w = masked_softmax(apply_temperature(scores, cond), hmask)
+        out = self.W_o((self.dropout(w).unsqueeze(2) @ v).squeeze(2).reshape(B, H * hd))
+        w_hist = w[..., P:]
+        if idx is not None:
+            w_hist = torch.zeros(B, H, T, dtype=w.dtype, device=w.device).scatter(-1, idx, w_hist)
+        return AttentionResult(out, w_hist, w[..., :P] if P else None)
 
-    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor):
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
+                cond: AttentionCondition | None = None, topk: int | None = None,
+                score_bias: torch.Tensor | None = None) -> AttentionResult:
         k, v = self.project_kv(keys)
-        return self.attend(query, k, v, mask)
+        return self.attend(query, k, v, mask, cond, topk, score_bias)
+
+
+class BilinearAttention(Conditionable):
+    """``w = softmax_t(k_t . W q)`` over real positions (DIEN's attention). ``query [B, Dq]``,
+    ``keys [B, T, Dk]``, ``mask [B, T]`` -> ``weights [B, T]``. Conditioning: length vector on
+    query and keys, temperature; prompts are the caller's business (DIEN runs them through its GRU)."""
+
+    def __init__(self, query_dim: int, key_dim: int, branch: str = "long"):
+        super().__init__()
+        self.W = nn.Linear(query_dim, key_dim, bias=False)
+        self.key_dim_, self.branch = key_dim, branch
+
+    def condition_widths(self) -> tuple[int, int]:
+        return self.key_dim_, self.key_dim_
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
+                cond: AttentionCondition | None = None) -> torch.Tensor:
+        q = self.condition_query(self.W(query), cond)
+        shift = self.key_shift(cond)
+        if shift is not None:
+            keys = keys + shift.unsqueeze(1)
+        scores = torch.einsum("btd,bd->bt", keys, q)
+        return masked_softmax(apply_temperature(scores, cond), mask)

@@ -1,0 +1,134 @@
+"""LAIN as one plug-in for every backbone.
+
+- **Spectral Length Encoder**: ``[sin(L w); cos(L w)] -> Linear -> LayerNorm -> MLP -> h_len``
+  (``w`` learnable, ``d_f`` frequencies; ``L`` = true history length before truncation).
+- **Length-Conditioned Prompting**: ``k`` tokens ``MLP(h_len)`` prepended to the short- and the
+  long-term sequences with mask 1 (for two-stage models after the GSU, so top-k never drops them).
+- **Length-Modulated Attention**: ``e_len = MLP(h_len)`` concatenated to the query and to every
+  key before their projections, and temperature ``tau = 1 + sigmoid(-beta (L - L0)) * gamma``
+  (``gamma = 0.5``, ``beta = 0.01`` at init, both learnable; ``L0`` = mean training length).
+
+The plug-in never edits a backbone: :meth:`LAIN.attach` enables the query/key conditioning
+projections on the backbone's :class:`~seqctr.nn.Conditionable` layers of the chosen branches,
+and :meth:`LAIN.forward` builds one :class:`~seqctr.nn.AttentionCondition` per branch, which the
+backbone hands to its attention layers. With every switch off the model is the bare backbone.
+
+Note (a property of the method, not of this code): in softmax attention, adding the same vector
+``W_e e_len`` to every key shifts all of a query's scores by one constant, so key conditioning
+alone changes nothing there; it matters for non-softmax scorers (DIN's activation unit).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..nn import AttentionCondition, Conditionable
+
+BRANCHES = ("short", "long")
+
+
+@dataclass
+class LainConfig:
+    """``model.lain`` in a config. Every row of the paper's ablation (Table 6) is one setting:
+    w/o LCP = ``prompts: 0``; w/o QK conditioning = ``qk_condition: false``; w/o temperature =
+    ``temperature: false``; w/o LMA = both false; w/o short branch = ``branches: [long]``."""
+
+    enabled: bool = False
+    prompts: int = 4
+    qk_condition: bool = True
+    temperature: bool = True
+    branches: list = field(default_factory=lambda: list(BRANCHES))
+    fourier_dim: int = 32
+    hidden: int = 512
+    cond_dim: int = 16           # width of e_len
+    gamma: float = 0.5
+    beta: float = 0.01
+    mean_len: float | None = None   # L0; None = the training split's mean history length
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "LainConfig":
+        d = dict(d or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"model.lain: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
+        cfg = cls(**d)
+        bad = set(cfg.branches) - set(BRANCHES)
+        if bad or not cfg.branches:
+            raise ConfigError(f"model.lain.branches: use a non-empty subset of {list(BRANCHES)}, got {cfg.branches}")
+        if cfg.prompts < 0 or cfg.fourier_dim < 1 or cfg.hidden < 1 or cfg.cond_dim < 1:
+            raise ConfigError(f"model.lain: prompts >= 0 and positive sizes required, got {d}")
+        return cfg
+
+
+class SpectralLengthEncoder(nn.Module):
+    """``L [B] -> h_len [B, out_dim]`` through learnable Fourier features.
+
+    Frequencies start log-spaced between 1 and 1/4096 so both short and very long histories are
+    resolved before training adjusts them."""
+
+    def __init__(self, fourier_dim: int = 32, hidden: int = 512, out_dim: int = 64):
+        super().__init__()
+        self.freq = nn.Parameter(torch.exp(-torch.linspace(0.0, math.log(4096.0), fourier_dim)))
+        self.proj = nn.Linear(2 * fourier_dim, hidden)
+        self.norm = nn.LayerNorm(hidden)
+        self.mlp = nn.Sequential(nn.ReLU(), nn.Linear(hidden, out_dim))
+
+    def forward(self, length: torch.Tensor) -> torch.Tensor:
+        phase = length.to(self.freq.dtype).unsqueeze(-1) * self.freq
+        return self.mlp(self.norm(self.proj(torch.cat([phase.sin(), phase.cos()], -1))))
+
+
+class LAIN(nn.Module):
+    """Builds per-branch :class:`AttentionCondition` from ``seq_len``; see the module docstring.
+
+    ``item_dim`` = width of an embedded item (prompt tokens are items); ``feature_dim`` = width of
+    ``h_len`` (the backbone's embedding size)."""
+
+    def __init__(self, cfg: LainConfig, item_dim: int, feature_dim: int, mean_len: float):
+        super().__init__()
+        self.cfg, self.item_dim = cfg, item_dim
+        self.encoder = SpectralLengthEncoder(cfg.fourier_dim, cfg.hidden, feature_dim)
+        self.prompt = None
+        if cfg.prompts > 0:
+            self.prompt = nn.Sequential(nn.Linear(feature_dim, feature_dim), nn.ReLU(),
+                                        nn.Linear(feature_dim, cfg.prompts * item_dim))
+        self.e_len = None
+        if cfg.qk_condition:
+            self.e_len = nn.Sequential(nn.Linear(feature_dim, feature_dim), nn.ReLU(),
+                                       nn.Linear(feature_dim, cfg.cond_dim))
+        if cfg.temperature:
+            self.gamma = nn.Parameter(torch.tensor(float(cfg.gamma)))
+            self.beta = nn.Parameter(torch.tensor(float(cfg.beta)))
+        self.register_buffer("L0", torch.tensor(float(cfg.mean_len if cfg.mean_len is not None else mean_len)))
+
+    def attach(self, backbone: nn.Module) -> int:
+        """Enable query/key conditioning on the backbone's layers of the chosen branches.
+        Returns how many attention layers were found in those branches."""
+        reason = getattr(backbone, "supports_lain", True)
+        if reason is not True:
+            raise ConfigError(f"model.lain: not available for {getattr(backbone, 'registry_name', '?')}: {reason}")
+        layers = [m for m in backbone.modules() if isinstance(m, Conditionable) and m.branch in self.cfg.branches]
+        if self.cfg.qk_condition:
+            for m in layers:
+                m.enable_condition(self.cfg.cond_dim)
+        return len(layers)
+
+    def temperature(self, length: torch.Tensor) -> torch.Tensor:
+        """``tau [B] = 1 + sigmoid(-beta (L - L0)) * gamma``."""
+        return 1 + torch.sigmoid(-self.beta * (length.to(self.L0.dtype) - self.L0)) * self.gamma
+
+    def forward(self, seq_len: torch.Tensor) -> dict[str, AttentionCondition]:
+        h = self.encoder(seq_len)
+        B = seq_len.shape[0]
+        prompts = self.prompt(h).view(B, self.cfg.prompts, self.item_dim) if self.prompt is not None else None
+        qk = self.e_len(h) if self.e_len is not None else None
+        tau = self.temperature(seq_len) if self.cfg.temperature else None
+        cond = AttentionCondition(prompts=prompts, qk=qk, temperature=tau)
+        return {b: cond for b in self.cfg.branches}
+
