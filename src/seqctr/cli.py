@@ -122,6 +122,91 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_analyze_data(args) -> int:
+    from .data import prepare
+    from .experiments.data_analysis import analyze_dataset, format_data_table
+    from .utils.io import write_json
+
+    ds, _, _ = prepare(args.source)
+    a = analyze_dataset(ds, args.buckets)
+    out = Path(args.out)
+    write_json(out / "data.json", a)
+    table = format_data_table(a)
+    md = f"# Length buckets of {ds.meta['name']}\n\n{a['n_users']:,} users, {a['n_samples']:,} samples.\n\n{table}\n"
+    _plot_data(a, out / "data.png")
+    if (out / "data.png").exists():
+        md += "\n![users vs samples per bucket](data.png)\n"
+    from .utils.io import write_text
+
+    write_text(out / "data.md", md)
+    print(table)
+    print(f"\nwritten: {out / 'data.json'}, {out / 'data.md'}")
+    return 0
+
+
+def _plot_data(a: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    from .utils.io import atomic_path
+
+    names = list(a["buckets"])
+    us = [a["buckets"][b]["user_share"] for b in names]
+    ss = [a["buckets"][b]["sample_share"] for b in names]
+    import numpy as np
+
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.bar(x - 0.2, us, 0.4, label="share of users")
+    ax.bar(x + 0.2, ss, 0.4, label="share of samples")
+    ax.set_xticks(x, names)
+    ax.set_xlabel("history length")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x]
+    except ValueError:
+        raise SeqctrError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def cmd_experiment(args) -> int:
+    from .experiments import lain_suite
+
+    common = dict(out=Path(args.out), config_dir=Path(args.config_dir), sets=args.set, jobs=args.jobs,
+                  threads=args.threads)
+    seeds = _ints(args.seeds)
+    if args.kind == "compare":
+        lain_suite.compare(args.backbones.split(","), seeds, **common)
+    elif args.kind == "maxlen":
+        lain_suite.maxlen(args.backbones.split(","), _ints(args.lengths), seeds, with_lain=not args.no_lain, **common)
+    elif args.kind == "ablation":
+        lain_suite.ablation(args.backbones.split(",")[0], seeds, **common)
+    else:
+        lain_suite.sensitivity(args.backbones.split(",")[0], seeds, **common)
+    md = Path(args.out) / args.kind / "results.md"
+    print(md.read_text())
+    print(f"written: {md.parent}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .experiments.report import write_experiments_report
+
+    path = write_experiments_report(Path(args.out))
+    print(f"report: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="seqctr", description=__doc__.splitlines()[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -155,6 +240,32 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
+
+    an = sub.add_parser("analyze", help="length-bucket analyses")
+    an_sub = an.add_subparsers(dest="what", required=True)
+    ad = an_sub.add_parser("data", help="users / samples / label rate / diversity per length bucket")
+    ad.add_argument("--source", default="ml100k")
+    ad.add_argument("--buckets", type=float, nargs="+", default=[1, 50, 100, 200])
+    ad.add_argument("--out", default="runs/experiments/data")
+    ad.set_defaults(func=cmd_analyze_data)
+
+    ex = sub.add_parser("experiment", help="LAIN experiments: compare | maxlen | ablation | sensitivity")
+    ex.add_argument("kind", choices=["compare", "maxlen", "ablation", "sensitivity"])
+    ex.add_argument("--backbones", default="din,dien,sim,sdim,twin",
+                    help="comma list (ablation / sensitivity use the first)")
+    ex.add_argument("--seeds", default="2024,2025,2026")
+    ex.add_argument("--lengths", default="50,100,200,500", help="maxlen: the max_len values")
+    ex.add_argument("--no-lain", action="store_true", help="maxlen: bare backbones only")
+    ex.add_argument("--config-dir", default="configs/ml100k")
+    ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="applied to every run")
+    ex.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    ex.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ex.add_argument("--out", default="runs/experiments")
+    ex.set_defaults(func=cmd_experiment)
+
+    rp = sub.add_parser("report", help="one markdown report from whatever experiment results exist")
+    rp.add_argument("--out", default="runs/experiments")
+    rp.set_defaults(func=cmd_report)
 
     de = sub.add_parser("demo", help="train and evaluate DIN on ml100k; print the table, write the report")
     de.add_argument("--out", default="runs/demo")

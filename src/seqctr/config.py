@@ -66,6 +66,8 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     buckets: list = field(default_factory=lambda: [1, 50, 100, 200])
+    save_predictions: bool = True    # test predictions -> predictions_test.npz (for paired bootstraps)
+    polarization: bool = False       # attention Gini / entropy per bucket on test -> attention.json
 
 
 @dataclass

@@ -75,3 +75,28 @@ def write_run_report(run_dir: str | Path, result: dict) -> Path:
     path = run_dir / "report.md"
     write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+EXPERIMENTS = [("data", "data.md", "Length buckets of the data"), ("compare", "results.md", "LAIN vs bare backbones"),
+               ("maxlen", "results.md", "max_len sweep"), ("ablation", "results.md", "LAIN ablation"),
+               ("sensitivity", "results.md", "LAIN sensitivity")]
+
+
+def write_experiments_report(root: Path) -> Path:
+    """Assemble ``root/report.md`` from the experiment folders present (images linked relative)."""
+    root = Path(root)
+    lines = ["# seqctr length-analysis report", ""]
+    found = []
+    for folder, name, title in EXPERIMENTS:
+        p = root / folder / name
+        if not p.is_file():
+            continue
+        found.append(title)
+        body = p.read_text().replace("](", f"]({folder}/").replace(f"]({folder}/http", "](http")
+        body = "\n".join(("#" + ln) if ln.startswith("#") else ln for ln in body.splitlines())
+        lines += [body, ""]
+    if not found:
+        lines.append("No experiment results found yet: run `seqctr analyze data` or `seqctr experiment ...`.")
+    path = root / "report.md"
+    write_text(path, "\n".join(lines) + "\n")
+    return path

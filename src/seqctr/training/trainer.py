@@ -148,14 +148,6 @@ class Trainer:
                 "train_samples_per_s": n_seen / max(dt, 1e-9),
                 "padding_fraction": self.train_loader.padding_fraction(epoch)}
 
-    def evaluate(self, split: str) -> dict:
-        t0 = time.perf_counter()
-        pred = predict(self.model, self.eval_loader(split), self.device)
-        dt = time.perf_counter() - t0
-        m = evaluate_predictions(pred["label"], pred["prob"], pred["user"], pred["seq_len"], self.cfg.eval.buckets)
-        m["infer_samples_per_s"] = len(pred["prob"]) / max(dt, 1e-9)
-        return m
-
     def fit(self, resume: bool = False, log=print) -> dict:
         """Train with early stopping on validation AUC; returns the metrics written to metrics.json."""
         self.out.mkdir(parents=True, exist_ok=True)
@@ -191,5 +183,22 @@ class Trainer:
                   "best_epoch": self.state["best_epoch"], "history": self.state["history"],
                   "valid": self.evaluate("valid"), "test": self.evaluate("test"),
                   "n_parameters": sum(p.numel() for p in self.model.parameters())}
-        write_json(self.out / "metrics.json", result)
+        if self.cfg.eval.polarization:
+            from .diagnostics import attention_polarization
+
+            write_json(self.out / "attention.json",
+                       attention_polarization(self.model, self.eval_loader("test"), self.device, self.cfg.eval.buckets))
+        write_json(self.out / "metrics.json", result)  # last: its presence marks a finished run
         return result
+
+    def evaluate(self, split: str) -> dict:
+        t0 = time.perf_counter()
+        pred = predict(self.model, self.eval_loader(split), self.device)
+        dt = time.perf_counter() - t0
+        m = evaluate_predictions(pred["label"], pred["prob"], pred["user"], pred["seq_len"], self.cfg.eval.buckets)
+        m["infer_samples_per_s"] = len(pred["prob"]) / max(dt, 1e-9)
+        if split == "test" and self.cfg.eval.save_predictions:
+            with atomic_path(self.out / "predictions_test.npz") as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, index=pred["index"], prob=pred["prob"])
+        return m

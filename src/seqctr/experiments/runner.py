@@ -1,0 +1,64 @@
+"""Run many training jobs: in parallel, resumable, each in its own process and run folder.
+
+A run is finished when its ``metrics.json`` exists; anything else is (re)started with
+``seqctr train --resume``, which continues after the last finished epoch. Jobs run ``jobs`` at a
+time with ``threads`` torch threads each (2 x 1 uses both cores of a small machine best).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import SeqctrError
+
+
+@dataclass
+class RunSpec:
+    """One training run: ``config`` YAML + ``overrides`` (``key=value``), written to ``out/name``."""
+
+    name: str
+    config: str
+    overrides: list = field(default_factory=list)
+
+
+def run_dir(out: Path, spec: RunSpec) -> Path:
+    return Path(out) / spec.name
+
+
+def load_metrics(out: Path, spec: RunSpec) -> dict | None:
+    p = run_dir(out, spec) / "metrics.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def run_specs(specs: list[RunSpec], out: Path, jobs: int = 2, threads: int = 1, log=print) -> dict[str, dict]:
+    """Train every spec not yet finished; returns ``{name: metrics}`` for all specs."""
+    out = Path(out)
+    todo = [s for s in specs if load_metrics(out, s) is None]
+    log(f"{len(specs) - len(todo)} of {len(specs)} runs already finished; running {len(todo)} "
+        f"({jobs} at a time, {threads} thread(s) each)")
+
+    def one(spec: RunSpec):
+        d = run_dir(out, spec)
+        d.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "seqctr", "train", "--config", spec.config, "--out", str(d), "--resume",
+               "--no-progress", "--set", f"train.threads={threads}"]
+        for o in spec.overrides:
+            cmd += ["--set", o]
+        with open(d / "train.log", "a") as logf:
+            res = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        return spec, res.returncode
+
+    failed = []
+    with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
+        for spec, code in pool.map(one, todo):
+            if code != 0:
+                failed.append(spec.name)
+            log(f"{'done' if code == 0 else 'FAILED'}: {spec.name}")
+    if failed:
+        raise SeqctrError(f"{len(failed)} run(s) failed (see train.log in each): {', '.join(failed)}")
+    return {s.name: load_metrics(out, s) for s in specs}

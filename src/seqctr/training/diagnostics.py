@@ -1,0 +1,42 @@
+"""Attention diagnostics of a trained model: polarization (Gini, entropy) per branch and bucket."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..data import BatchLoader, gather_batch
+from ..metrics.attention import polarization_by_bucket
+
+
+@torch.no_grad()
+def attention_polarization(model, loader: BatchLoader, device, edges=(1, 50, 100, 200)) -> dict:
+    """``{branch: polarization_by_bucket(...)}`` over every sample of ``loader``.
+
+    Each branch's weights ``[B, H, T]`` are averaged over heads; the distribution is taken over
+    the positions that branch can attend to (real events where its weights are defined)."""
+    model.eval()
+    per_branch: dict[str, list] = {}
+    for pos in loader.batches():
+        idx = loader.indices[pos]
+        batch = gather_batch(loader.ds, idx, loader.max_len).to(device)
+        att = model(batch, need_weights=True).attention
+        for name, w in att.items():
+            if w is None:
+                continue
+            w = w.mean(1).double().cpu().numpy()
+            mask = batch.mask.cpu().numpy()
+            if name == "short":  # the short branch sees only the most recent short_seq_len - 1 events
+                S = model.backbone.short_seq_len - 1
+                mask = mask & (np.arange(mask.shape[1]) >= mask.shape[1] - S)[None, :]
+            if name in ("long",) and hasattr(model.backbone, "topk"):  # two-stage: the selected events
+                mask = mask & (w != 0)
+            per_branch.setdefault(name, []).append((w, mask, batch.seq_len.cpu().numpy()))
+    out = {}
+    for name, parts in per_branch.items():
+        T = max(p[0].shape[1] for p in parts)
+        pad = lambda a, v: np.pad(a, ((0, 0), (T - a.shape[1], 0)), constant_values=v)  # noqa: E731
+        w = np.concatenate([pad(p[0], 0.0) for p in parts])
+        m = np.concatenate([pad(p[1], False) for p in parts])
+        L = np.concatenate([p[2] for p in parts])
+        out[name] = polarization_by_bucket(w, m, L, edges)
+    return out

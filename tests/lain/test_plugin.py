@@ -1,0 +1,120 @@
+"""LAIN: switches, temperature law, prompts survive masking and top-k, all-off == bare backbone."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seqctr.config import ModelConfig
+from seqctr.data import gather_batch
+from seqctr.errors import ConfigError
+from seqctr.lain import LAIN, LainConfig
+from seqctr.models import build_model
+from seqctr.nn import AttentionCondition, MultiHeadTargetAttention
+from tests.models.test_long_sequence import inputs
+
+LAIN_BACKBONES = ["din", "dien", "sim", "eta", "sdim", "twin"]
+
+
+def model(ds, name, lain=None, seed=0):
+    torch.manual_seed(seed)
+    return build_model(ModelConfig(name=name, embedding_dim=8, mlp_hidden=[16], dropout=0.0, lain=lain or {}),
+                       ds.meta).eval()
+
+
+@pytest.mark.parametrize("name", LAIN_BACKBONES)
+def test_all_switches_off_is_exactly_the_bare_backbone(synth_ds, name):
+    batch = gather_batch(synth_ds, synth_ds.indices("test"), max_len=30)
+    bare = model(synth_ds, name)
+    off = model(synth_ds, name, {"enabled": True, "prompts": 0, "qk_condition": False, "temperature": False})
+    with torch.no_grad():
+        torch.testing.assert_close(off(batch).logits, bare(batch).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", LAIN_BACKBONES)
+def test_full_lain_changes_outputs_and_keeps_padding_invariance(synth_ds, name):
+    from tests.models.test_models import left_pad
+
+    batch = gather_batch(synth_ds, synth_ds.indices("test"), max_len=30)
+    bare = model(synth_ds, name)
+    full = model(synth_ds, name, {"enabled": True, "hidden": 32})
+    with torch.no_grad():
+        a = full(batch).logits
+        assert not torch.allclose(a, bare(batch).logits)
+        torch.testing.assert_close(full(left_pad(batch, 9)).logits, a, atol=1e-5, rtol=1e-5)
+
+
+def test_temperature_above_one_for_short_and_falling_with_length():
+    lain = LAIN(LainConfig(enabled=True, prompts=0, qk_condition=False), item_dim=8, feature_dim=8, mean_len=100.0)
+    L = torch.tensor([0, 1, 10, 50, 99, 100, 150, 400, 3000])
+    tau = lain.temperature(L)
+    assert (tau[L < 100] > 1).all()
+    assert (tau[1:] < tau[:-1]).all()                    # strictly decreasing in L
+    assert tau[L == 100].item() == pytest.approx(1.25)   # 1 + sigmoid(0) * 0.5
+    assert 1 <= tau[-1] < 1.01                           # long users: almost plain softmax
+    g = torch.autograd.grad(tau.sum(), [lain.gamma, lain.beta])
+    assert all(x.abs() > 0 for x in g)                   # gamma and beta are learnable
+
+
+@pytest.mark.parametrize("topk", [1, 3, 50])
+def test_prompts_are_never_masked_or_dropped_by_topk(topk):
+    torch.manual_seed(0)
+    att = MultiHeadTargetAttention(16, 8, num_heads=2).eval()
+    x = inputs()
+    prompts = torch.randn(5, 3, 16)
+    res = att(x.target, x.hist, x.mask, AttentionCondition(prompts=prompts), topk=topk)
+    assert res.prompt_weights.shape == (5, 2, 3) and (res.prompt_weights > 0).all()   # every row, row 2 is empty
+    kept = (res.weights > 0).sum(-1)
+    assert (kept <= topk).all()
+    total = res.prompt_weights.sum(-1) + res.weights.sum(-1)
+    torch.testing.assert_close(total, torch.ones_like(total))
+    # an empty history now attends to the prompts alone
+    assert res.weights[2].sum() == 0 and torch.isfinite(res.out).all() and res.out[2].abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["sim", "eta", "twin"])
+def test_two_stage_prompts_come_after_selection(synth_ds, name):
+    """Even with top-1 retrieval the prompts reach the long branch: outputs depend on them."""
+    m = model(synth_ds, name, {"enabled": True, "qk_condition": False, "temperature": False, "hidden": 16})
+    m.backbone.topk = 1
+    batch = gather_batch(synth_ds, synth_ds.indices("test")[:8], max_len=30)
+    with torch.no_grad():
+        a = m(batch).logits
+        m.lain.prompt[-1].bias.add_(1.0)                 # move the prompts only
+        b = m(batch).logits
+    assert not torch.allclose(a, b)
+
+
+def test_key_conditioning_alone_is_a_no_op_in_softmax_attention():
+    """Documented property: one vector added to every key shifts all scores equally."""
+    torch.manual_seed(0)
+    att = MultiHeadTargetAttention(16, 8, num_heads=2).eval()
+    att.enable_condition(4)
+    x = inputs()
+    e = torch.randn(5, 4)
+    with torch.no_grad():
+        att.q_len.weight.zero_()
+        base = att(x.target, x.hist, x.mask)
+        shifted = att(x.target, x.hist, x.mask, AttentionCondition(qk=e))
+    torch.testing.assert_close(shifted.weights, base.weights)
+
+
+def test_branches_switch_and_unsupported_backbone(synth_ds):
+    m = model(synth_ds, "sim", {"enabled": True, "branches": ["long"]})
+    assert m.backbone.short_attention.q_len is None and m.backbone.long_attention.q_len is not None
+    cond = m.lain(torch.tensor([3, 300]))
+    assert set(cond) == {"long"}
+    with pytest.raises(ConfigError, match="hstu"):
+        model(synth_ds, "hstu", {"enabled": True})
+    with pytest.raises(ConfigError, match="branches"):
+        LainConfig.from_dict({"branches": ["middle"]})
+
+
+def test_parameter_overhead_is_reported(synth_ds):
+    from seqctr.lain.overhead import parameter_overhead
+
+    ov = parameter_overhead(ModelConfig(name="twin", embedding_dim=8, mlp_hidden=[16], lain={"enabled": True}),
+                            synth_ds.meta)
+    bare = sum(p.numel() for p in model(synth_ds, "twin").parameters())
+    assert ov["bare_parameters"] == bare
+    assert ov["lain_parameters"] > bare
+    assert ov["parameter_ratio"] == pytest.approx(ov["lain_parameters"] / bare - 1)
