@@ -95,6 +95,27 @@ class Backbone(nn.Module):
     def forward(self, x: SeqInputs) -> BackboneOutput:  # pragma: no cover - interface
         raise NotImplementedError
 
+    # -- serving split: prefill(history) -> state; score(state, candidates) -------------------
+    def prefill(self, x: SeqInputs) -> dict[str, torch.Tensor]:
+        """Everything that does not depend on the candidate, for a batch of one user
+        (``x.target`` is None). This default keeps the embedded history (recompute at scoring);
+        backbones override it with real caches."""
+        return {"hist": x.hist, "mask": x.mask, "hist_ids": x.hist_ids}
+
+    def score(self, state: dict[str, torch.Tensor], x: SeqInputs) -> BackboneOutput:
+        """Score ``N`` candidates (``x.target [N, D]``) against one user's ``state`` (tensors with
+        a leading batch dim of 1, broadcast over the candidates)."""
+        N = x.target.shape[0]
+        full = SeqInputs(target=x.target, hist=expand(state["hist"], N), mask=expand(state["mask"], N),
+                         seq_len=x.seq_len, target_ids=x.target_ids, hist_ids=expand(state["hist_ids"], N),
+                         cond=x.cond)
+        return self.forward(full)
+
+
+def expand(t: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    """``[1, ...] -> [n, ...]`` without copying."""
+    return None if t is None else t.expand(n, *t.shape[1:])
+
 
 class CTRModel(nn.Module):
     """Embedding + backbone + MLP head. ``forward(batch) -> ModelOutput`` with logits ``[B]``."""
@@ -136,6 +157,55 @@ class CTRModel(nn.Module):
         if self.aux_head is not None and out.aux_vector is not None and self.training:
             aux_logits = self.aux_head(torch.cat([user, target, out.aux_vector], dim=-1)).squeeze(-1)
         return ModelOutput(logits=logits, aux_loss=out.aux_loss, aux_logits=aux_logits, attention=out.attention)
+
+    def model_version(self) -> str:
+        """Fingerprint of the current weights: a cache from other weights is refused."""
+        import hashlib
+
+        h = hashlib.sha1()
+        for name, p in self.state_dict().items():
+            h.update(name.encode())
+            h.update(repr(round(float(p.double().sum()), 6)).encode())
+        return h.hexdigest()[:16]
+
+    @torch.no_grad()
+    def prefill(self, user: torch.Tensor, hist: torch.Tensor, seq_len: int | None = None, max_len: int | None = None,
+                mode: str = "cache"):
+        """Cache one user: ``user [Fu]`` feature ids, ``hist [T, Fi]`` item feature ids (oldest
+        first). Keeps the most recent ``max_len`` events; ``seq_len`` defaults to ``T``.
+        ``mode="recompute"`` keeps only the embedded history (the uncached baseline)."""
+        from ..serving import KVCache
+
+        T = hist.shape[0]
+        seq_len = T if seq_len is None else seq_len
+        if max_len is not None:
+            hist = hist[max(T - max_len, 0):]
+        emb = self.embedding
+        L = torch.tensor([seq_len], device=hist.device)
+        x = SeqInputs(target=None, hist=emb.items(hist.unsqueeze(0)), seq_len=L, hist_ids=hist.unsqueeze(0),
+                      mask=torch.ones(1, hist.shape[0], dtype=torch.bool, device=hist.device),
+                      cond=self.lain(L) if self.lain is not None else None)
+        prefill = Backbone.prefill if mode == "recompute" else type(self.backbone).prefill
+        state = dict(prefill(self.backbone, x))
+        state["user"] = emb.user(user.unsqueeze(0))
+        return KVCache({k: v for k, v in state.items() if v is not None}, seq_len, self.model_version(),
+                       {"backbone": self.backbone.registry_name, "mode": mode})
+
+    @torch.no_grad()
+    def score(self, cache, candidates: torch.Tensor) -> torch.Tensor:
+        """Click probabilities ``[N]`` of ``candidates [N, Fi]`` for the cached user."""
+        if cache.model_version != self.model_version():
+            raise ValueError("this cache was made by other model weights; prefill again")
+        emb = self.embedding
+        N = candidates.shape[0]
+        target = emb.items(candidates)
+        L = torch.full((N,), cache.history_len, dtype=torch.long, device=candidates.device)
+        x = SeqInputs(target=target, hist=None, mask=None, seq_len=L, target_ids=candidates,
+                      cond=self.lain(L) if self.lain is not None else None)
+        score = Backbone.score if cache.meta.get("mode") == "recompute" else type(self.backbone).score
+        out = score(self.backbone, cache.tensors, x)
+        user = expand(cache.tensors["user"], N)
+        return torch.sigmoid(self.head(torch.cat([user, target, out.vector], dim=-1)).squeeze(-1))
 
     def loss(self, out: ModelOutput, label: torch.Tensor) -> torch.Tensor:
         """The training objective of every model: BCE on the logits, plus the auxiliary head's

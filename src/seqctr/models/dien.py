@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn import BilinearAttention
-from .base import Backbone, BackboneOutput, SeqInputs, register
+from .base import Backbone, BackboneOutput, SeqInputs, expand, register
 
 
 def left_align(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,3 +118,20 @@ class DIEN(Backbone):
             idx = (torch.arange(T, device=att.device).unsqueeze(0) - (T - L).unsqueeze(1)) % max(T, 1)
             weights = {"augru": (torch.gather(att, 1, idx) * x.mask).unsqueeze(1)}
         return BackboneOutput(vector=final, aux_loss=aux, attention=weights)
+
+    def prefill(self, x: SeqInputs) -> dict:
+        """The interest extractor's states ``[1, T(+P), H]`` (they do not depend on the target);
+        the attention-gated AUGRU still runs per candidate."""
+        seq, mask = left_align(x.hist, x.mask)
+        cond = x.condition("long")
+        if cond is not None and cond.prompts is not None:
+            seq = torch.cat([cond.prompts, seq], 1)
+            mask = torch.cat([mask.new_ones(1, cond.num_prompts), mask], 1)
+        states, _ = self.extract(seq, mask)
+        return {"states": states, "state_mask": mask}
+
+    def score(self, state: dict, x: SeqInputs) -> BackboneOutput:
+        N = x.target.shape[0]
+        states, mask = expand(state["states"], N), expand(state["state_mask"], N)
+        att = self.attention(x.target, states, mask, x.condition("long"))
+        return BackboneOutput(vector=self.augru(states, att, mask.sum(1)))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..nn import DINAttention
-from .base import Backbone, BackboneOutput, SeqInputs, register
+from .base import Backbone, BackboneOutput, SeqInputs, expand, register
 
 
 @register("din")
@@ -22,3 +22,15 @@ class DIN(Backbone):
     def forward(self, x: SeqInputs) -> BackboneOutput:
         res = self.att(x.target, x.hist, x.mask, x.condition("long"))
         return BackboneOutput(vector=res.out, attention={"din": res.weights} if x.need_weights else {})
+
+    def prefill(self, x: SeqInputs) -> dict:
+        """The history's part of the activation unit's first layer, ``[1, T, H1]``, and the keys
+        (the unit still needs ``q * k`` per candidate). LAIN prompts / key shifts are applied at
+        scoring time from the same cached keys."""
+        return {"keys": x.hist, "mask": x.mask, "k_term": self.att.key_term(x.hist)}
+
+    def score(self, state: dict, x: SeqInputs) -> BackboneOutput:
+        N = x.target.shape[0]
+        res = self.att(x.target, expand(state["keys"], N), expand(state["mask"], N), x.condition("long"),
+                       key_term=expand(state["k_term"], N))
+        return BackboneOutput(vector=res.out)

@@ -31,3 +31,13 @@ class ETA(TwoBranchBackbone):
     def long_branch(self, x: SeqInputs) -> BranchOutput:
         idx, sel_mask = topk_select(-self.hamming(x).to(x.hist.dtype), x.mask, self.topk)
         return self.exact_search(self.long_attention, x, idx, sel_mask)
+
+    def prefill_long(self, x: SeqInputs) -> dict:
+        k, v = self.long_attention.project_kv(x.hist)
+        return {"long_k": k, "long_v": v, "codes": simhash(x.hist, self.rotations)}   # codes [1, T, bits]
+
+    def score_long(self, state: dict, x: SeqInputs, mask: torch.Tensor) -> torch.Tensor:
+        tcode = simhash(x.target, self.rotations).unsqueeze(1)                       # [N, 1, bits]
+        dist = (state["codes"] != tcode).sum(-1)                                     # [N, T]
+        idx, sel = topk_select(-dist.to(x.target.dtype), mask, self.topk)
+        return self.exact_search_cached(state, x, idx, sel)

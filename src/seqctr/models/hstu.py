@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Backbone, BackboneOutput, SeqInputs, register
+from .base import Backbone, BackboneOutput, SeqInputs, expand, register
 
 
 class HSTUBlock(nn.Module):
@@ -26,6 +26,19 @@ class HSTUBlock(nn.Module):
         self.f2 = nn.Linear(dim, dim)
         self.rab = nn.Parameter(torch.zeros(num_heads, max_len + 1))   # bias by distance i - j (clipped)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def target_step(self, x_t: torch.Tensor, k_hist: torch.Tensor, v_hist: torch.Tensor, valid: torch.Tensor):
+        """One layer for the target token only, from the history's cached ``k, v [B, H, T, hd]``:
+        ``x_t [B, D] -> [B, D]`` (exactly the last row of :meth:`forward` on ``[history; target]``)."""
+        B, D = x_t.shape
+        q, k, v, u = self.qkvu(x_t.unsqueeze(1))
+        T = k_hist.shape[2]
+        keys, vals = torch.cat([k_hist, k], 2), torch.cat([v_hist, v], 2)
+        pos = torch.arange(T + 1, device=x_t.device)
+        key_valid = torch.cat([valid, valid.new_ones(B, 1)], 1)
+        a = self.attention(q, keys, pos[-1:], pos, key_valid)
+        av = (a @ vals).transpose(1, 2).reshape(B, 1, D)
+        return (x_t.unsqueeze(1) + self.dropout(self.f2(self.norm_av(av) * u)))[:, 0]
 
     def qkvu(self, x: torch.Tensor):
         """Per-head ``q, k, v [B, H, N, hd]`` and gate ``u [B, N, D]``."""
@@ -72,6 +85,24 @@ class HSTU(Backbone):
         self.blocks = nn.ModuleList(HSTUBlock(item_dim, num_heads, max_len, dropout) for _ in range(num_layers))
         self.norm_out = nn.LayerNorm(item_dim)
         self.out_dim = item_dim
+
+    def prefill(self, x: SeqInputs) -> dict:
+        """Every layer's keys and values of the history tokens (causal: they never depend on the
+        target), ``[1, H, T, hd]`` each."""
+        state, seq = {"mask": x.mask}, x.hist
+        for i, blk in enumerate(self.blocks):
+            _, k, v, _ = blk.qkvu(seq)
+            state[f"k{i}"], state[f"v{i}"] = k, v
+            if i < len(self.blocks) - 1:
+                seq, _ = blk(seq, x.mask)
+        return state
+
+    def score(self, state: dict, x: SeqInputs) -> BackboneOutput:
+        N = x.target.shape[0]
+        h, valid = x.target, expand(state["mask"], N)
+        for i, blk in enumerate(self.blocks):
+            h = blk.target_step(h, expand(state[f"k{i}"], N), expand(state[f"v{i}"], N), valid)
+        return BackboneOutput(vector=self.norm_out(h))
 
     def encode(self, x: SeqInputs, need_weights: bool = False):
         """All token states ``[B, T+1, D]`` (history then target) and the last layer's weights."""

@@ -47,3 +47,26 @@ class SDIM(TwoBranchBackbone):
         out = sums.mean(1)
         w = c.mean(1, keepdim=True) if x.need_weights else None       # [B, 1, T]
         return BranchOutput(out, w)
+
+    def prefill_long(self, x: SeqInputs) -> dict:
+        """Per round and bucket, the sum of the events hashed there: ``[1, R, 2^bits, D]``.
+        Scoring then reads one row per round: O(R D) per candidate instead of O(T R D)."""
+        codes = simhash(x.hist, self.rotations)                                      # [1, T, R, bits]
+        bucket = (codes.long() << torch.arange(self.hash_bits, device=codes.device)).sum(-1)   # [1, T, R]
+        B, T, R = bucket.shape
+        table = x.hist.new_zeros(B, R, 2 ** self.hash_bits, x.hist.shape[-1])
+        src = (x.hist * x.mask.unsqueeze(-1)).unsqueeze(1).expand(B, R, T, -1)
+        table.scatter_add_(2, bucket.transpose(1, 2).unsqueeze(-1).expand(B, R, T, x.hist.shape[-1]), src)
+        return {"bucket_sums": table}
+
+    def score_long(self, state: dict, x: SeqInputs, mask: torch.Tensor) -> torch.Tensor:
+        tcode = simhash(x.target, self.rotations)                                    # [N, R, bits]
+        tb = (tcode.long() << torch.arange(self.hash_bits, device=tcode.device)).sum(-1)        # [N, R]
+        table = state["bucket_sums"][0]                                              # [R, 2^bits, D]
+        sums = table[torch.arange(self.num_hashes, device=tb.device).unsqueeze(0), tb]          # [N, R, D]
+        cond = x.condition("long")
+        if cond is not None and cond.prompts is not None:
+            sums = sums + cond.prompts.sum(1, keepdim=True)
+        if self.l2_norm:
+            sums = sums / sums.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return sums.mean(1)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..nn import MultiHeadTargetAttention, topk_select
-from .base import SeqInputs, register
+from .base import SeqInputs, expand, register
 from .two_branch import BranchOutput, TwoBranchBackbone
 
 
@@ -57,3 +57,23 @@ class SIM(TwoBranchBackbone):
         out = self.exact_search(self.long_attention, x, idx, sel_mask)
         out.aux_vector = aux
         return out
+
+    def prefill_long(self, x: SeqInputs) -> dict:
+        k, v = self.long_attention.project_kv(x.hist)
+        state = {"long_k": k, "long_v": v}
+        if self.gsu == "soft":
+            state["gsu_k"] = self.W_b(x.hist)                                    # [1, T, A]
+        else:
+            state["hist_cat"] = x.hist_ids[..., self.category_feature]
+        return state
+
+    def score_long(self, state: dict, x: SeqInputs, mask: torch.Tensor) -> torch.Tensor:
+        N = x.target.shape[0]
+        if self.gsu == "soft":
+            s = self.W_a(x.target) @ state["gsu_k"][0].T                          # [N, T]
+            idx, sel = topk_select(s, mask, self.topk)
+        else:
+            match = (expand(state["hist_cat"], N) == x.target_ids[:, self.category_feature].unsqueeze(1)) & mask
+            recency = torch.arange(mask.shape[1], device=mask.device, dtype=x.target.dtype).expand(mask.shape)
+            idx, sel = topk_select(recency, match, self.topk)
+        return self.exact_search_cached(state, x, idx, sel)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..nn import MultiHeadTargetAttention
-from .base import SeqInputs, register
+from .base import SeqInputs, expand, register
 from .two_branch import BranchOutput, TwoBranchBackbone
 
 
@@ -44,3 +44,16 @@ class TWIN(TwoBranchBackbone):
         res = self.long_attention(x.target, x.hist, x.mask, x.condition("long"), topk=self.topk,
                                   score_bias=self.score_bias(x) if self.bias is not None else None)
         return BranchOutput(res.out, res.weights if x.need_weights else None)
+
+    def prefill_long(self, x: SeqInputs) -> dict:
+        k, v = self.long_attention.project_kv(x.hist)
+        state = {"long_k": k, "long_v": v}
+        if self.bias is not None:
+            state["score_bias"] = self.score_bias(x)                                  # [1, H, T]
+        return state
+
+    def score_long(self, state: dict, x: SeqInputs, mask: torch.Tensor) -> torch.Tensor:
+        N = x.target.shape[0]
+        bias = expand(state.get("score_bias"), N)
+        return self.long_attention.attend(x.target, expand(state["long_k"], N), expand(state["long_v"], N), mask,
+                                          x.condition("long"), topk=self.topk, score_bias=bias).out

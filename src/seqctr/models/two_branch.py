@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..nn import MultiHeadTargetAttention, gather_positions
-from .base import Backbone, BackboneOutput, SeqInputs
+from .base import Backbone, BackboneOutput, SeqInputs, expand
 
 
 @dataclass
@@ -77,6 +77,36 @@ class TwoBranchBackbone(Backbone):
         the selection, so top-k can never drop them. Weights are mapped back to positions."""
         res = attention(x.target, gather_positions(x.hist, idx), sel_mask, x.condition("long"))
         return BranchOutput(res.out, scatter_weights(res.weights, idx, x.hist.shape[1]) if x.need_weights else None)
+
+    # -- serving: short-branch K/V + whatever the long branch caches ----------------------------
+    def prefill(self, x: SeqInputs) -> dict[str, torch.Tensor]:
+        hist, mask = self.short_window(x)
+        k, v = self.short_attention.project_kv(hist)
+        return {"short_k": k, "short_v": v, "short_mask": mask, "mask": x.mask, **self.prefill_long(x)}
+
+    def score(self, state: dict, x: SeqInputs) -> BackboneOutput:
+        N = x.target.shape[0]
+        short = self.short_attention.attend(x.target, expand(state["short_k"], N), expand(state["short_v"], N),
+                                            expand(state["short_mask"], N), x.condition("short"))
+        long = self.score_long(state, x, expand(state["mask"], N))
+        return BackboneOutput(vector=torch.cat([short.out, long], dim=-1))
+
+    def prefill_long(self, x: SeqInputs) -> dict[str, torch.Tensor]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def score_long(self, state: dict, x: SeqInputs, mask: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def exact_search_cached(self, state: dict, x: SeqInputs, idx: torch.Tensor, sel_mask: torch.Tensor,
+                            attention=None) -> torch.Tensor:
+        """ESU from cached per-event ``long_k``/``long_v`` ``[1, H, T, hd]``: gather the selected."""
+        attention = attention or self.long_attention
+        N, k = idx.shape
+        H, hd = state["long_k"].shape[1], state["long_k"].shape[-1]
+        gidx = idx.view(N, 1, k, 1).expand(N, H, k, hd)
+        ks = torch.gather(expand(state["long_k"], N), 2, gidx)
+        vs = torch.gather(expand(state["long_v"], N), 2, gidx)
+        return attention.attend(x.target, ks, vs, sel_mask, x.condition("long")).out
 
     def forward(self, x: SeqInputs) -> BackboneOutput:
         short, long = self.short_branch(x), self.long_branch(x)

@@ -101,13 +101,19 @@ class DINAttention(Conditionable):
                                                                          device=h.device))
         return self.act(h)
 
-    def scores(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def key_term(self, keys: torch.Tensor) -> torch.Tensor:
+        """The keys' share of the first layer, ``(Wk - Wd) k``: ``[B, T, D] -> [B, T, H]`` (cacheable)."""
+        D, W = self.dim, self.first.weight
+        return keys @ (W[:, D:2 * D] - W[:, 2 * D:3 * D]).T
+
+    def scores(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor | None = None,
+               key_term: torch.Tensor | None = None) -> torch.Tensor:
         """Unmasked scores ``[B, T]`` (``mask`` only feeds Dice's batch statistics)."""
         D = self.dim
         W = self.first.weight                      # [H, 4D]
-        wq, wk, wd, wp = W[:, :D], W[:, D:2 * D], W[:, 2 * D:3 * D], W[:, 3 * D:]
+        wq, wd, wp = W[:, :D], W[:, 2 * D:3 * D], W[:, 3 * D:]
         q_term = query @ (wq + wd).T + self.first.bias          # [B, H]
-        k_term = keys @ (wk - wd).T                              # [B, T, H]
+        k_term = self.key_term(keys) if key_term is None else key_term   # [B, T, H]
         p_term = (query.unsqueeze(1) * keys) @ wp.T              # [B, T, H]
         h = self._activate(k_term + p_term + q_term.unsqueeze(1), mask)
         return self.rest(h).squeeze(-1)
@@ -119,7 +125,9 @@ class DINAttention(Conditionable):
         return self.rest(self._activate(self.first(x), mask)).squeeze(-1)
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
-                cond: AttentionCondition | None = None) -> AttentionResult:
+                cond: AttentionCondition | None = None, key_term: torch.Tensor | None = None) -> AttentionResult:
+        """``key_term``: a cached :meth:`key_term` of ``keys`` (serving); ignored when conditioning
+        changes the keys."""
         P = cond.num_prompts if cond is not None else 0
         if P:
             keys = torch.cat([cond.prompts, keys], 1)
@@ -128,7 +136,9 @@ class DINAttention(Conditionable):
         shift = self.key_shift(cond)
         if shift is not None:
             k = keys + shift.unsqueeze(1)
-        s = (self.scores if self.fused else self.reference_scores)(q, k, mask)
+        if P or shift is not None or not self.fused:
+            key_term = None
+        s = self.scores(q, k, mask, key_term) if self.fused else self.reference_scores(q, k, mask)
         s = apply_temperature(s, cond)
         w = masked_softmax(s, mask) if self.use_softmax else s * mask.to(s.dtype)
         pooled = torch.einsum("bt,btd->bd", w, keys)

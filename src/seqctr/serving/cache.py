@@ -1,0 +1,58 @@
+"""``KVCache``: what ``prefill`` keeps for one user, with a small self-describing byte form.
+
+Byte layout: 8-byte little-endian header length, a JSON header (format, model version, history
+length, and per tensor its dtype, shape and byte offset), then the raw tensor bytes. No pickle,
+so a cache read from an outside store cannot execute code.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+FORMAT = "seqctr-kvcache-1"
+
+
+@dataclass
+class KVCache:
+    """``tensors``: name -> tensor (no batch dim: one user); ``history_len``: true length before
+    truncation; ``model_version``: the model it belongs to (scoring with another model is an error)."""
+
+    tensors: dict[str, torch.Tensor]
+    history_len: int
+    model_version: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def nbytes(self, names: list[str] | None = None) -> int:
+        """Bytes held by the given tensors (all by default)."""
+        return sum(t.numel() * t.element_size() for n, t in self.tensors.items() if names is None or n in names)
+
+    def to_bytes(self) -> bytes:
+        header = {"format": FORMAT, "model_version": self.model_version, "history_len": int(self.history_len),
+                  "meta": self.meta, "tensors": {}}
+        blobs, offset = [], 0
+        for name, t in self.tensors.items():
+            a = t.detach().cpu().contiguous().numpy()
+            header["tensors"][name] = {"dtype": a.dtype.str, "shape": list(a.shape), "offset": offset}
+            blobs.append(a.tobytes())
+            offset += a.nbytes
+        h = json.dumps(header).encode()
+        return struct.pack("<Q", len(h)) + h + b"".join(blobs)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "KVCache":
+        (n,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8:8 + n])
+        if header.get("format") != FORMAT:
+            raise ValueError(f"not a seqctr KV cache (format {header.get('format')!r})")
+        body = memoryview(data)[8 + n:]
+        tensors = {}
+        for name, spec in header["tensors"].items():
+            dt = np.dtype(spec["dtype"])
+            count = int(np.prod(spec["shape"])) if spec["shape"] else 1
+            a = np.frombuffer(body, dtype=dt, count=count, offset=spec["offset"]).reshape(spec["shape"])
+            tensors[name] = torch.from_numpy(a.copy())
+        return cls(tensors, header["history_len"], header["model_version"], header.get("meta", {}))
