@@ -83,3 +83,44 @@ def test_cache_bytes_round_trip_and_version_check(synth_ds):
         model.score(cache, cands)
     with pytest.raises(ValueError, match="not a seqctr KV cache"):
         KVCache.from_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
+
+
+CKV_CASES = [(n, b) for n in ("sim", "eta", "sdim", "twin") for b in (["short"], ["short", "long"])
+             if not (n == "sdim" and b == ["short", "long"])]  # SDIM's long branch hashes: no K/V to compress
+
+
+@pytest.mark.parametrize("name,branches", CKV_CASES)
+def test_collective_kv_cache_equals_full_forward(synth_ds, name, branches):
+    torch.manual_seed(0)
+    opts = {"short_seq_len": 5, "collective_kv": {"user_dim": 1, "pool_size": 64, "branches": branches},
+            "silu_qkv": True}
+    if name != "sdim":
+        opts["topk"] = 4
+    model = build_model(ModelConfig(name=name, embedding_dim=8, mlp_hidden=[16], dropout=0.0, options=opts),
+                        synth_ds.meta).eval()
+    user, hist, cands = random_user(synth_ds, 20, seed=5)
+    cache = model.prefill(user[0], hist, max_len=MAX_LEN)
+    assert cache.tensors["short_idx_k"].dtype == torch.uint8 and cache.tensors["short_u_k"].shape[-1] == 1
+    assert "short_k" not in cache.tensors
+    torch.testing.assert_close(model.score(cache, cands), full_forward(model, user, hist, 20, cands),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_cache_accounting_on_the_paper_configuration():
+    """d = 256, d_u = 1, m = 10,000 (int16 indices): the compressed cache is under 1% of full K/V."""
+    from seqctr.models.sim import SIM
+    from seqctr.serving.accounting import kv_cache_bytes
+
+    both = SIM(16, attention_dim=256, num_heads=8,
+               collective_kv={"user_dim": 1, "pool_size": 10000, "branches": ["short", "long"]})
+    acc = kv_cache_bytes(both, events=1000)
+    per_event_full, per_event_ckv = 2 * 256 * 4, 2 * (1 * 4 + 2)
+    assert acc["full_bytes"] == (49 + 1000) * per_event_full
+    assert acc["cached_bytes"] == (49 + 1000) * per_event_ckv
+    assert acc["ratio"] == pytest.approx(12 / 2048) and acc["ratio"] < 0.01
+    assert acc["ratio_without_indices"] == pytest.approx(8 / 2048)
+    assert acc["pool_bytes"] == 2 * 2 * 10000 * 255 * 4                 # K and V pools of both layers
+
+    short_only = kv_cache_bytes(SIM(16, attention_dim=256, num_heads=8,
+                                    collective_kv={"user_dim": 1, "pool_size": 10000}), events=1000)
+    assert short_only["cached_bytes"] == 49 * per_event_ckv + 1000 * per_event_full

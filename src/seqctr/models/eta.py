@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..nn import MultiHeadTargetAttention, simhash, topk_select
+from ..nn import simhash, topk_select
 from .base import SeqInputs, register
-from .two_branch import BranchOutput, TwoBranchBackbone
+from .two_branch import BranchOutput, TwoBranchBackbone, prefixed
 
 
 @register("eta")
@@ -19,8 +19,7 @@ class ETA(TwoBranchBackbone):
         self.topk = topk
         g = torch.Generator().manual_seed(hash_seed)
         self.register_buffer("rotations", torch.randn(item_dim, hash_bits, generator=g))
-        self.long_attention = MultiHeadTargetAttention(item_dim, self.attention_dim, self.num_heads,
-                                                       self.attention_dropout)
+        self.long_attention = self.make_attention("long")
 
     def hamming(self, x: SeqInputs) -> torch.Tensor:
         """Hamming distance of each history event's code to the target's ``[B, T]``."""
@@ -33,8 +32,8 @@ class ETA(TwoBranchBackbone):
         return self.exact_search(self.long_attention, x, idx, sel_mask)
 
     def prefill_long(self, x: SeqInputs) -> dict:
-        k, v = self.long_attention.project_kv(x.hist)
-        return {"long_k": k, "long_v": v, "codes": simhash(x.hist, self.rotations)}   # codes [1, T, bits]
+        return {**prefixed(self.long_attention.cache_kv(x.hist), "long_"),
+                "codes": simhash(x.hist, self.rotations)}                            # codes [1, T, bits]
 
     def score_long(self, state: dict, x: SeqInputs, mask: torch.Tensor) -> torch.Tensor:
         tcode = simhash(x.target, self.rotations).unsqueeze(1)                       # [N, 1, bits]

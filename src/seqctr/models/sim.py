@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..nn import MultiHeadTargetAttention, topk_select
+from ..nn import topk_select
 from .base import SeqInputs, expand, register
-from .two_branch import BranchOutput, TwoBranchBackbone
+from .two_branch import BranchOutput, TwoBranchBackbone, prefixed
 
 
 @register("sim")
@@ -27,8 +27,7 @@ class SIM(TwoBranchBackbone):
         if gsu not in ("soft", "hard"):
             raise ValueError(f"gsu must be 'soft' or 'hard', got {gsu!r}")
         self.gsu, self.topk, self.category_feature = gsu, topk, category_feature
-        self.long_attention = MultiHeadTargetAttention(item_dim, self.attention_dim, self.num_heads,
-                                                       self.attention_dropout)
+        self.long_attention = self.make_attention("long")
         if gsu == "soft":
             self.W_a = nn.Linear(item_dim, self.attention_dim, bias=False)
             self.W_b = nn.Linear(item_dim, self.attention_dim, bias=False)
@@ -59,8 +58,7 @@ class SIM(TwoBranchBackbone):
         return out
 
     def prefill_long(self, x: SeqInputs) -> dict:
-        k, v = self.long_attention.project_kv(x.hist)
-        state = {"long_k": k, "long_v": v}
+        state = prefixed(self.long_attention.cache_kv(x.hist), "long_")
         if self.gsu == "soft":
             state["gsu_k"] = self.W_b(x.hist)                                    # [1, T, A]
         else:

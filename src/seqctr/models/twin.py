@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..nn import MultiHeadTargetAttention
 from .base import SeqInputs, expand, register
-from .two_branch import BranchOutput, TwoBranchBackbone
+from .two_branch import BranchOutput, TwoBranchBackbone, prefixed, unprefixed
 
 
 @register("twin")
@@ -24,15 +23,14 @@ class TWIN(TwoBranchBackbone):
         super().__init__(item_dim, **kw)
         self.topk = topk
         self.bdim = behavior_features * self.feature_dim
-        self.long_attention = MultiHeadTargetAttention(item_dim, self.attention_dim, self.num_heads,
-                                                       self.attention_dropout, key_dim=item_dim - self.bdim)
+        self.long_attention = self.make_attention("long", key_dim=item_dim - self.bdim)
         self.bias = nn.Linear(self.bdim, self.num_heads, bias=False) if self.bdim else None
 
     def scores(self, x: SeqInputs) -> torch.Tensor:
         """Consistent scores ``[B, H, T]`` used for both retrieval and attention (unconditioned)."""
         att = self.long_attention
         B, T, _ = x.hist.shape
-        k, _ = att.project_kv(x.hist)
+        k, _, _ = att.project_kv(x.hist)
         q = att.W_q(x.target[..., : att.key_dim]).view(B, att.num_heads, 1, att.head_dim)
         s = (q @ k.transpose(-1, -2)).squeeze(2) / att.head_dim ** 0.5
         return s if self.bias is None else s + self.score_bias(x)
@@ -43,11 +41,10 @@ class TWIN(TwoBranchBackbone):
     def long_branch(self, x: SeqInputs) -> BranchOutput:
         res = self.long_attention(x.target, x.hist, x.mask, x.condition("long"), topk=self.topk,
                                   score_bias=self.score_bias(x) if self.bias is not None else None)
-        return BranchOutput(res.out, res.weights if x.need_weights else None)
+        return BranchOutput(res.out, res.weights if x.need_weights else None, aux_loss=res.aux_loss)
 
     def prefill_long(self, x: SeqInputs) -> dict:
-        k, v = self.long_attention.project_kv(x.hist)
-        state = {"long_k": k, "long_v": v}
+        state = prefixed(self.long_attention.cache_kv(x.hist), "long_")
         if self.bias is not None:
             state["score_bias"] = self.score_bias(x)                                  # [1, H, T]
         return state
@@ -55,5 +52,6 @@ class TWIN(TwoBranchBackbone):
     def score_long(self, state: dict, x: SeqInputs, mask: torch.Tensor) -> torch.Tensor:
         N = x.target.shape[0]
         bias = expand(state.get("score_bias"), N)
-        return self.long_attention.attend(x.target, expand(state["long_k"], N), expand(state["long_v"], N), mask,
-                                          x.condition("long"), topk=self.topk, score_bias=bias).out
+        K, V = self.long_attention.kv_from_cache(unprefixed(state, "long_"))
+        return self.long_attention.attend(x.target, expand(K, N), expand(V, N), mask, x.condition("long"),
+                                          topk=self.topk, score_bias=bias).out

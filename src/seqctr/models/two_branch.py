@@ -45,19 +45,30 @@ class TwoBranchBackbone(Backbone):
     """Base class: short-term target attention + a long-term branch from the subclass.
 
     Options shared by all: ``short_seq_len`` (50), ``attention_dim`` (64), ``num_heads`` (1),
-    ``attention_dropout`` (0)."""
+    ``attention_dropout`` (0), ``collective_kv`` (CollectiveKV options plus ``branches``, default
+    ``[short]`` as in the authors' code; None = off), ``silu_qkv`` (the authors' extra SiLU on
+    q/K/V; with CollectiveKV off it is the control for the uncompressed baseline)."""
 
     def __init__(self, item_dim: int, feature_dim: int = 64, short_seq_len: int = 50, attention_dim: int = 64,
-                 num_heads: int = 1, attention_dropout: float = 0.0):
+                 num_heads: int = 1, attention_dropout: float = 0.0, collective_kv: dict | None = None,
+                 silu_qkv: bool = False):
         super().__init__()
         self.feature_dim = feature_dim
         if short_seq_len < 2:
             raise ValueError("short_seq_len must be >= 2 (it counts the target slot, as in LongCTR)")
         self.item_dim, self.short_seq_len = item_dim, short_seq_len
         self.attention_dim, self.num_heads, self.attention_dropout = attention_dim, num_heads, attention_dropout
-        self.short_attention = MultiHeadTargetAttention(item_dim, attention_dim, num_heads, attention_dropout,
-                                                        branch="short")
+        ckv = dict(collective_kv or {})
+        self.ckv_branches = ckv.pop("branches", ["short"]) if collective_kv else []
+        self.ckv_options, self.silu_qkv = ckv, silu_qkv
+        self.short_attention = self.make_attention("short")
         self.out_dim = 2 * item_dim
+
+    def make_attention(self, branch: str, key_dim: int | None = None) -> MultiHeadTargetAttention:
+        """A branch's target attention, with CollectiveKV / SiLU as configured for that branch."""
+        return MultiHeadTargetAttention(self.item_dim, self.attention_dim, self.num_heads, self.attention_dropout,
+                                        key_dim=key_dim, branch=branch, silu=self.silu_qkv,
+                                        collective=self.ckv_options if branch in self.ckv_branches else None)
 
     def short_window(self, x: SeqInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """The most recent ``short_seq_len - 1`` events: ``([B, S, D], [B, S])``."""
@@ -67,7 +78,8 @@ class TwoBranchBackbone(Backbone):
     def short_branch(self, x: SeqInputs) -> BranchOutput:
         hist, mask = self.short_window(x)
         res = self.short_attention(x.target, hist, mask, x.condition("short"))
-        return BranchOutput(res.out, left_pad_to(res.weights, x.hist.shape[1]) if x.need_weights else None)
+        return BranchOutput(res.out, left_pad_to(res.weights, x.hist.shape[1]) if x.need_weights else None,
+                            aux_loss=res.aux_loss)
 
     def long_branch(self, x: SeqInputs) -> BranchOutput:  # pragma: no cover - interface
         raise NotImplementedError
@@ -76,18 +88,20 @@ class TwoBranchBackbone(Backbone):
         """ESU: ``attention`` over the events a GSU selected (``idx [B, k]``); prompts come after
         the selection, so top-k can never drop them. Weights are mapped back to positions."""
         res = attention(x.target, gather_positions(x.hist, idx), sel_mask, x.condition("long"))
-        return BranchOutput(res.out, scatter_weights(res.weights, idx, x.hist.shape[1]) if x.need_weights else None)
+        return BranchOutput(res.out, scatter_weights(res.weights, idx, x.hist.shape[1]) if x.need_weights else None,
+                            aux_loss=res.aux_loss)
 
     # -- serving: short-branch K/V + whatever the long branch caches ----------------------------
     def prefill(self, x: SeqInputs) -> dict[str, torch.Tensor]:
         hist, mask = self.short_window(x)
-        k, v = self.short_attention.project_kv(hist)
-        return {"short_k": k, "short_v": v, "short_mask": mask, "mask": x.mask, **self.prefill_long(x)}
+        return {**prefixed(self.short_attention.cache_kv(hist), "short_"), "short_mask": mask, "mask": x.mask,
+                **self.prefill_long(x)}
 
     def score(self, state: dict, x: SeqInputs) -> BackboneOutput:
         N = x.target.shape[0]
-        short = self.short_attention.attend(x.target, expand(state["short_k"], N), expand(state["short_v"], N),
-                                            expand(state["short_mask"], N), x.condition("short"))
+        k, v = self.short_attention.kv_from_cache(unprefixed(state, "short_"))
+        short = self.short_attention.attend(x.target, expand(k, N), expand(v, N), expand(state["short_mask"], N),
+                                            x.condition("short"))
         long = self.score_long(state, x, expand(state["mask"], N))
         return BackboneOutput(vector=torch.cat([short.out, long], dim=-1))
 
@@ -97,21 +111,28 @@ class TwoBranchBackbone(Backbone):
     def score_long(self, state: dict, x: SeqInputs, mask: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def exact_search_cached(self, state: dict, x: SeqInputs, idx: torch.Tensor, sel_mask: torch.Tensor,
-                            attention=None) -> torch.Tensor:
-        """ESU from cached per-event ``long_k``/``long_v`` ``[1, H, T, hd]``: gather the selected."""
-        attention = attention or self.long_attention
+    def exact_search_cached(self, state: dict, x: SeqInputs, idx: torch.Tensor, sel_mask: torch.Tensor) -> torch.Tensor:
+        """ESU from the cached per-event long-branch K/V ``[1, H, T, hd]``: gather the selected."""
+        K, V = self.long_attention.kv_from_cache(unprefixed(state, "long_"))
         N, k = idx.shape
-        H, hd = state["long_k"].shape[1], state["long_k"].shape[-1]
+        H, hd = K.shape[1], K.shape[-1]
         gidx = idx.view(N, 1, k, 1).expand(N, H, k, hd)
-        ks = torch.gather(expand(state["long_k"], N), 2, gidx)
-        vs = torch.gather(expand(state["long_v"], N), 2, gidx)
-        return attention.attend(x.target, ks, vs, sel_mask, x.condition("long")).out
+        ks, vs = torch.gather(expand(K, N), 2, gidx), torch.gather(expand(V, N), 2, gidx)
+        return self.long_attention.attend(x.target, ks, vs, sel_mask, x.condition("long")).out
 
     def forward(self, x: SeqInputs) -> BackboneOutput:
         short, long = self.short_branch(x), self.long_branch(x)
         att = {}
         if x.need_weights:
             att = {"short": short.weights, "long": long.weights}
-        return BackboneOutput(vector=torch.cat([short.vector, long.vector], dim=-1), aux_loss=long.aux_loss,
-                              aux_vector=long.aux_vector, attention=att)
+        auxes = [a for a in (short.aux_loss, long.aux_loss) if a is not None]
+        return BackboneOutput(vector=torch.cat([short.vector, long.vector], dim=-1),
+                              aux_loss=sum(auxes) if auxes else None, aux_vector=long.aux_vector, attention=att)
+
+
+def prefixed(d: dict, prefix: str) -> dict:
+    return {prefix + k: v for k, v in d.items()}
+
+
+def unprefixed(d: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .condition import AttentionCondition, Conditionable, apply_temperature
@@ -51,11 +52,12 @@ class MaskedDice(nn.Module):
 
 class AttentionResult(NamedTuple):
     """``out [B, D]``; ``weights [B, H, T]`` over the history positions (0 where not attended);
-    ``prompt_weights [B, H, P]`` or None."""
+    ``prompt_weights [B, H, P]`` or None; ``aux_loss`` of a CollectiveKV projection (training)."""
 
     out: torch.Tensor
     weights: torch.Tensor
     prompt_weights: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
 
 
 def _with_prompts(scores, mask, prompt_scores):
@@ -158,19 +160,31 @@ class MultiHeadTargetAttention(Conditionable):
     Conditioning: prompts are extra keys/values after any top-k; the length vector is added to
     the query and keys through ``q_len``/``k_len``; scores are divided by the temperature.
 
+    ``collective`` (options of :class:`~seqctr.nn.collective_kv.CollectiveKV`) replaces ``W_k``/``W_v``
+    by CollectiveKV; ``silu`` applies the SiLU the CollectiveKV authors' code puts on q, K and V
+    (on its own: the control for the uncompressed baseline).
+
     Shapes: ``query [B, D]``, ``keys [B, T, D]``, ``mask [B, T]`` -> ``out [B, D]``, ``weights [B, H, T]``.
     """
 
     def __init__(self, input_dim: int, attention_dim: int = 64, num_heads: int = 1, dropout: float = 0.0,
-                 key_dim: int | None = None, branch: str = "long"):
+                 key_dim: int | None = None, branch: str = "long", collective: dict | None = None,
+                 silu: bool = False):
         super().__init__()
         if attention_dim % num_heads:
             raise ValueError(f"attention_dim={attention_dim} is not divisible by num_heads={num_heads}")
         self.num_heads, self.head_dim, self.branch = num_heads, attention_dim // num_heads, branch
         self.key_dim = key_dim or input_dim
+        self.silu = silu
         self.W_q = nn.Linear(self.key_dim, attention_dim, bias=False)
-        self.W_k = nn.Linear(self.key_dim, attention_dim, bias=False)
-        self.W_v = nn.Linear(input_dim, attention_dim, bias=False)
+        self.ckv = None
+        if collective:
+            from .collective_kv import CollectiveKV
+
+            self.ckv = CollectiveKV(self.key_dim, input_dim, attention_dim, **collective)
+        else:
+            self.W_k = nn.Linear(self.key_dim, attention_dim, bias=False)
+            self.W_v = nn.Linear(input_dim, attention_dim, bias=False)
         self.W_o = nn.Linear(attention_dim, input_dim, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
@@ -183,16 +197,39 @@ class MultiHeadTargetAttention(Conditionable):
         B, T, _ = x.shape
         return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def project_kv(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``keys [B, T, D]`` -> per-head ``K, V [B, H, T, hd]``."""
-        return self.split_heads(self.W_k(keys[..., : self.key_dim])), self.split_heads(self.W_v(keys))
+    def project_kv(self, keys: torch.Tensor, mask: torch.Tensor | None = None):
+        """``keys [B, T, D]`` -> per-head ``K, V [B, H, T, hd]`` and the CollectiveKV aux loss (or None)."""
+        aux = None
+        if self.ckv is not None:
+            k, v, aux = self.ckv(keys[..., : self.key_dim], keys, mask)
+        else:
+            k, v = self.W_k(keys[..., : self.key_dim]), self.W_v(keys)
+        if self.silu:
+            k, v = F.silu(k), F.silu(v)
+        return self.split_heads(k), self.split_heads(v), aux
+
+    def cache_kv(self, keys: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The cache form of the history's K/V: full ``k, v`` or CollectiveKV codes."""
+        if self.ckv is not None:
+            return self.ckv.codes(keys[..., : self.key_dim], keys)
+        k, v, _ = self.project_kv(keys)
+        return {"k": k, "v": v}
+
+    def kv_from_cache(self, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.ckv is None:
+            return state["k"], state["v"]
+        k, v = self.ckv.from_codes(state)
+        if self.silu:
+            k, v = F.silu(k), F.silu(v)
+        return self.split_heads(k), self.split_heads(v)
 
     def attend(self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
                cond: AttentionCondition | None = None, topk: int | None = None,
                score_bias: torch.Tensor | None = None) -> AttentionResult:
         """Attention of ``query [B, D]`` over projected ``k, v [B, H, T, hd]``."""
         B, H, T, hd = k.shape
-        q = self.condition_query(self.W_q(query[..., : self.key_dim]), cond).view(B, H, 1, hd)
+        q = self.condition_query(self.W_q(query[..., : self.key_dim]), cond)
+        q = (F.silu(q) if self.silu else q).view(B, H, 1, hd)
         shift = self.key_shift(cond)
         if shift is not None:
             k = k + shift.view(B, H, 1, hd)
@@ -207,7 +244,7 @@ class MultiHeadTargetAttention(Conditionable):
             v = torch.gather(v, 2, idx.unsqueeze(-1).expand(-1, -1, -1, hd))
         P = cond.num_prompts if cond is not None else 0
         if P:
-            pk, pv = self.project_kv(cond.prompts)
+            pk, pv, _ = self.project_kv(cond.prompts)
             if shift is not None:
                 pk = pk + shift.view(B, H, 1, hd)
             scores, hmask = _with_prompts(scores, hmask, (q @ pk.transpose(-1, -2)).squeeze(2) / hd ** 0.5)
@@ -222,8 +259,8 @@ class MultiHeadTargetAttention(Conditionable):
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
                 cond: AttentionCondition | None = None, topk: int | None = None,
                 score_bias: torch.Tensor | None = None) -> AttentionResult:
-        k, v = self.project_kv(keys)
-        return self.attend(query, k, v, mask, cond, topk, score_bias)
+        k, v, aux = self.project_kv(keys, mask)
+        return self.attend(query, k, v, mask, cond, topk, score_bias)._replace(aux_loss=aux)
 
 
 class BilinearAttention(Conditionable):

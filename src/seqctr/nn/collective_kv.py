@@ -1,0 +1,114 @@
+"""CollectiveKV (arXiv 2601.19178): each history event's key and value = a small user-specific
+part plus an entry of a learnable pool shared by all users, chosen by a router.
+
+Follows the authors' code as digested in ``shared/papers/collectivekv.md`` (section 2.3):
+
+- user part ``u = W_u s`` (width ``d_u``; SiLU on it when ``user_silu``), separate routers for K
+  and V, pools of ``m`` entries of width ``d - d_u`` initialised N(0, 1);
+- training: top-1 entry gated by ``sigmoid(top-1 logit)``; peak loss ``-mean log sigmoid(top-1)``
+  and load-balance loss ``KL(mean softmax || uniform)`` (padded positions included unless
+  ``mask_aux``, as in the code); inference: argmax entry, no gate;
+- order ``[collective, user]`` (the code) or ``[user, collective]`` (the paper), ``user_first``;
+- ``share_k`` / ``share_v`` give CollectiveK / CollectiveV / CollectiveKV; an unshared tensor is a
+  plain full-width projection.
+
+What a cache keeps per event: ``u_k, u_v`` (``d_u`` floats each) and the two pool indices
+(the smallest integer type that holds ``m``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def index_dtype(m: int) -> torch.dtype:
+    """Smallest integer dtype that holds indices ``0 .. m-1``."""
+    if m <= 256:
+        return torch.uint8
+    if m <= 2 ** 15:
+        return torch.int16
+    return torch.int32
+
+
+class CollectiveKV(nn.Module):
+    """``keys [B, T, key_in]`` (router/user input for K), ``values [B, T, value_in]`` ->
+    ``K, V [B, T, dim]`` and the auxiliary loss (training only)."""
+
+    def __init__(self, key_in: int, value_in: int, dim: int, user_dim: int = 1, pool_size: int = 10000,
+                 share_k: bool = True, share_v: bool = True, user_first: bool = False, user_silu: bool = True,
+                 bias: bool = False, peak_weight: float = 0.01, balance_weight: float = 1.0, mask_aux: bool = False):
+        super().__init__()
+        if not 0 < user_dim < dim:
+            raise ValueError(f"user_dim must be in (0, {dim}), got {user_dim}")
+        self.dim, self.user_dim, self.pool_size = dim, user_dim, pool_size
+        self.share = {"k": share_k, "v": share_v}
+        self.user_first, self.user_silu = user_first, user_silu
+        self.peak_weight, self.balance_weight, self.mask_aux = peak_weight, balance_weight, mask_aux
+        for name, in_dim in (("k", key_in), ("v", value_in)):
+            if self.share[name]:
+                setattr(self, f"user_{name}", nn.Linear(in_dim, user_dim, bias=bias))
+                setattr(self, f"router_{name}", nn.Linear(in_dim, pool_size, bias=bias))
+                setattr(self, f"pool_{name}", nn.Parameter(torch.randn(pool_size, dim - user_dim)))
+            else:
+                setattr(self, f"full_{name}", nn.Linear(in_dim, dim, bias=False))
+        self.idx_dtype = index_dtype(pool_size)
+
+    def _join(self, collective: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
+        return torch.cat([user, collective] if self.user_first else [collective, user], -1)
+
+    def _user(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        u = getattr(self, f"user_{name}")(x)
+        return F.silu(u) if self.user_silu else u
+
+    def _part(self, name: str, x: torch.Tensor, mask: torch.Tensor | None):
+        if not self.share[name]:
+            return getattr(self, f"full_{name}")(x), None
+        logits = getattr(self, f"router_{name}")(x)                        # [B, T, m]
+        pool = getattr(self, f"pool_{name}")
+        top, idx = logits.max(-1)
+        if not self.training:
+            return self._join(pool[idx], self._user(name, x)), None
+        collective = torch.sigmoid(top).unsqueeze(-1) * pool[idx]
+        w = mask.to(x.dtype) if (self.mask_aux and mask is not None) else torch.ones_like(top)
+        n = w.sum().clamp_min(1.0)
+        peak = -(F.logsigmoid(top) * w).sum() / n
+        p_bar = (torch.softmax(logits, -1) * w.unsqueeze(-1)).sum((0, 1)) / n
+        p_bar = p_bar.clamp_min(1e-9)
+        balance = (p_bar * torch.log(p_bar * self.pool_size)).sum()
+        aux = self.peak_weight * peak + self.balance_weight * balance
+        return self._join(collective, self._user(name, x)), aux
+
+    def forward(self, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None = None):
+        k, aux_k = self._part("k", keys, mask)
+        v, aux_v = self._part("v", values, mask)
+        auxes = [a for a in (aux_k, aux_v) if a is not None]
+        return k, v, (sum(auxes) if auxes else None)
+
+    # -- cache form -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def codes(self, keys: torch.Tensor, values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the cache stores: per shared tensor ``u_* [B, T, d_u]`` and ``idx_* [B, T]``
+        (small integer dtype); an unshared tensor is stored in full."""
+        out = {}
+        for name, x in (("k", keys), ("v", values)):
+            if self.share[name]:
+                out[f"u_{name}"] = self._user(name, x)
+                out[f"idx_{name}"] = getattr(self, f"router_{name}")(x).argmax(-1).to(self.idx_dtype)
+            else:
+                out[f"full_{name}"] = getattr(self, f"full_{name}")(x)
+        return out
+
+    def from_codes(self, codes: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``K, V [B, T, dim]`` from :meth:`codes` (the pools are read, nothing is recomputed)."""
+        out = []
+        for name in ("k", "v"):
+            if self.share[name]:
+                pool = getattr(self, f"pool_{name}")
+                out.append(self._join(pool[codes[f"idx_{name}"].long()], codes[f"u_{name}"]))
+            else:
+                out.append(codes[f"full_{name}"])
+        return out[0], out[1]
+
+    def pool_bytes(self) -> int:
+        return sum(getattr(self, f"pool_{n}").numel() * 4 for n in ("k", "v") if self.share[n])

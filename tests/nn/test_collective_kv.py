@@ -1,0 +1,79 @@
+"""CollectiveKV: training gate and auxiliary losses by hand, inference lookup, switches, cache form."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seqctr.nn import MultiHeadTargetAttention
+from seqctr.nn.collective_kv import CollectiveKV, index_dtype
+
+
+def test_training_gate_and_losses_match_hand_computation():
+    torch.manual_seed(0)
+    m = CollectiveKV(6, 6, dim=8, user_dim=2, pool_size=5, peak_weight=0.3, balance_weight=0.7).train()
+    x = torch.randn(2, 4, 6)
+    k, v, aux = m(x, x)
+    logits = m.router_k(x)
+    top, idx = logits.max(-1)
+    want_k = torch.cat([torch.sigmoid(top).unsqueeze(-1) * m.pool_k[idx], F.silu(m.user_k(x))], -1)
+    torch.testing.assert_close(k, want_k)                           # [collective, user] as the authors' code
+    def losses(lg):
+        t = lg.max(-1).values
+        peak = -F.logsigmoid(t).mean()
+        p = torch.softmax(lg, -1).mean((0, 1)).clamp_min(1e-9)
+        return 0.3 * peak + 0.7 * (p * torch.log(p * 5)).sum()
+    torch.testing.assert_close(aux, losses(logits) + losses(m.router_v(x)))
+    aux.backward()
+    assert m.router_k.weight.grad.abs().sum() > 0                   # the router learns through the gate
+
+
+def test_inference_uses_argmax_without_gate_and_codes_reproduce_kv():
+    torch.manual_seed(1)
+    m = CollectiveKV(6, 6, dim=8, user_dim=1, pool_size=300, user_first=True).eval()
+    x = torch.randn(3, 5, 6)
+    k, v, aux = m(x, x)
+    assert aux is None
+    idx = m.router_v(x).argmax(-1)
+    torch.testing.assert_close(v, torch.cat([F.silu(m.user_v(x)), m.pool_v[idx]], -1))   # user first
+    codes = m.codes(x, x)
+    assert codes["idx_k"].dtype == torch.int16 and codes["u_k"].shape == (3, 5, 1)
+    k2, v2 = m.from_codes(codes)
+    torch.testing.assert_close(k2, k)
+    torch.testing.assert_close(v2, v)
+
+
+def test_sharing_switches_and_index_dtype():
+    m = CollectiveKV(6, 6, dim=8, user_dim=1, pool_size=10, share_k=True, share_v=False).eval()
+    codes = m.codes(torch.randn(1, 2, 6), torch.randn(1, 2, 6))
+    assert set(codes) == {"u_k", "idx_k", "full_v"} and codes["full_v"].shape == (1, 2, 8)
+    assert index_dtype(256) == torch.uint8 and index_dtype(10000) == torch.int16 and index_dtype(40000) == torch.int32
+    with pytest.raises(ValueError):
+        CollectiveKV(6, 6, dim=8, user_dim=8)
+
+
+def test_aux_masking_switch_ignores_padding():
+    torch.manual_seed(2)
+    x = torch.randn(2, 4, 6)
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]], dtype=torch.bool)
+    a = CollectiveKV(6, 6, dim=8, pool_size=5, mask_aux=True).train()
+    b = CollectiveKV(6, 6, dim=8, pool_size=5, mask_aux=False).train()
+    b.load_state_dict(a.state_dict())
+    _, _, la = a(x, x, mask)
+    _, _, lb = b(x, x, mask)
+    assert not torch.allclose(la, lb)
+    x2 = x.clone()
+    x2[0, :2] = 100.0                                                # garbage in padded slots
+    _, _, la2 = a(x2, x2, mask)
+    torch.testing.assert_close(la2, la)                              # masked: padding cannot move it
+
+
+def test_attention_with_collective_kv_serves_from_codes():
+    torch.manual_seed(3)
+    att = MultiHeadTargetAttention(16, 8, num_heads=2, collective={"user_dim": 1, "pool_size": 50},
+                                   silu=True).eval()
+    q, keys = torch.randn(4, 16), torch.randn(4, 7, 16)
+    mask = torch.ones(4, 7, dtype=torch.bool)
+    full = att(q, keys, mask).out
+    k, v = att.kv_from_cache(att.cache_kv(keys))
+    torch.testing.assert_close(att.attend(q, k, v, mask).out, full)
