@@ -124,3 +124,30 @@ def test_cache_accounting_on_the_paper_configuration():
     short_only = kv_cache_bytes(SIM(16, attention_dim=256, num_heads=8,
                                     collective_kv={"user_dim": 1, "pool_size": 10000}), events=1000)
     assert short_only["cached_bytes"] == 49 * per_event_ckv + 1000 * per_event_full
+
+
+@pytest.mark.parametrize("name", backbone_names())
+@pytest.mark.parametrize("T,n", [(0, 3), (4, 3), (9, 6), (20, 4)])
+def test_append_equals_prefill_of_the_longer_history(synth_ds, name, T, n):
+    """Including growth past max_len (12): the window slides; exact or re-prefilled."""
+    model = make(synth_ds, name)
+    user, hist, cands = random_user(synth_ds, T + n, seed=T + n)
+    cache = model.prefill(user[0], hist[:T], max_len=MAX_LEN)
+    grown = model.append(cache, hist[T:])
+    fresh = model.prefill(user[0], hist, max_len=MAX_LEN)
+    assert grown.history_len == T + n
+    torch.testing.assert_close(model.score(grown, cands), model.score(fresh, cands), atol=1e-5, rtol=1e-5)
+    for k in fresh.tensors:
+        torch.testing.assert_close(grown.tensors[k].float(), fresh.tensors[k].float(), atol=1e-5, rtol=1e-5)
+
+
+def test_append_updates_in_place_where_exact(synth_ds, monkeypatch):
+    """Two-branch caches update without a full prefill, even when the window slides."""
+    from seqctr.models.base import CTRModel
+
+    model = make(synth_ds, "twin")
+    user, hist, cands = random_user(synth_ds, 20, seed=9)
+    cache = model.prefill(user[0], hist[:10], max_len=MAX_LEN)
+    monkeypatch.setattr(CTRModel, "prefill", lambda *a, **k: (_ for _ in ()).throw(AssertionError("re-prefilled")))
+    grown = model.append(cache, hist[10:])
+    assert grown.tensors["mask"].shape[1] == MAX_LEN

@@ -102,6 +102,13 @@ class Backbone(nn.Module):
         backbones override it with real caches."""
         return {"hist": x.hist, "mask": x.mask, "hist_ids": x.hist_ids}
 
+    def append(self, state: dict, new: SeqInputs, evicted: torch.Tensor | None, max_len: int | None) -> dict | None:
+        """Update ``state`` with new events (``new.hist [1, n, D]``, oldest first); ``evicted
+        [1, e, D]``: the embedded events that fall out of the ``max_len`` window. Returns the
+        new state, or None when this architecture cannot update exactly (the caller prefills
+        again from the stored ids). This default cannot."""
+        return None
+
     def score(self, state: dict[str, torch.Tensor], x: SeqInputs) -> BackboneOutput:
         """Score ``N`` candidates (``x.target [N, D]``) against one user's ``state`` (tensors with
         a leading batch dim of 1, broadcast over the candidates)."""
@@ -110,6 +117,21 @@ class Backbone(nn.Module):
                          seq_len=x.seq_len, target_ids=x.target_ids, hist_ids=expand(state["hist_ids"], N),
                          cond=x.cond)
         return self.forward(full)
+
+
+def event_axis(t: torch.Tensor) -> int:
+    """The history axis of a cached tensor: ``[1, H, T, hd]`` -> 2, ``[1, T, ...]`` -> 1."""
+    return 2 if t.dim() == 4 else 1
+
+
+def concat_events(old: dict, new: dict, keep: int | None, names) -> dict:
+    """Per-event cached tensors: old events then new ones, keeping the last ``keep``."""
+    out = {}
+    for n in names:
+        ax = event_axis(old[n])
+        t = torch.cat([old[n], new[n]], ax)
+        out[n] = t if keep is None else t.narrow(ax, max(t.shape[ax] - keep, 0), min(keep, t.shape[ax]))
+    return out
 
 
 def expand(t: torch.Tensor | None, n: int) -> torch.Tensor | None:
@@ -188,8 +210,37 @@ class CTRModel(nn.Module):
         prefill = Backbone.prefill if mode == "recompute" else type(self.backbone).prefill
         state = dict(prefill(self.backbone, x))
         state["user"] = emb.user(user.unsqueeze(0))
+        state["ids"] = hist.to(torch.int32).unsqueeze(0)     # item ids of the window (for append)
+        state["user_ids"] = user.to(torch.int32)
         return KVCache({k: v for k, v in state.items() if v is not None}, seq_len, self.model_version(),
-                       {"backbone": self.backbone.registry_name, "mode": mode})
+                       {"backbone": self.backbone.registry_name, "mode": mode, "max_len": max_len})
+
+    @torch.no_grad()
+    def append(self, cache, new_events: torch.Tensor):
+        """A cache for the history extended by ``new_events [n, Fi]`` (oldest first). Updated in
+        place of a full recompute wherever the backbone can do it exactly; else prefilled again
+        from the stored ids. Returns a new :class:`KVCache`."""
+        from ..serving import KVCache
+
+        if cache.model_version != self.model_version():
+            raise ValueError("this cache was made by other model weights; prefill again")
+        ids = cache.tensors["ids"][0].long()
+        max_len, mode = cache.meta.get("max_len"), cache.meta.get("mode", "cache")
+        seq_len = cache.history_len + new_events.shape[0]
+        all_ids = torch.cat([ids, new_events.to(ids.device)], 0)
+        n_evict = 0 if max_len is None else max(all_ids.shape[0] - max_len, 0)
+        lain_depends = self.lain is not None and getattr(self.backbone, "cache_uses_condition", False)
+        if mode == "cache" and not lain_depends and new_events.shape[0] > 0:
+            emb = self.embedding
+            n = new_events.shape[0]
+            new = SeqInputs(target=None, hist=emb.items(new_events.unsqueeze(0)), seq_len=torch.tensor([seq_len]),
+                            mask=torch.ones(1, n, dtype=torch.bool), hist_ids=new_events.unsqueeze(0))
+            evicted = emb.items(ids[:n_evict].unsqueeze(0)) if n_evict else None
+            state = type(self.backbone).append(self.backbone, dict(cache.tensors), new, evicted, max_len)
+            if state is not None:
+                state["ids"] = all_ids[n_evict:].to(torch.int32).unsqueeze(0)
+                return KVCache(state, seq_len, cache.model_version, dict(cache.meta))
+        return self.prefill(cache.tensors["user_ids"].long(), all_ids, seq_len, max_len, mode)
 
     @torch.no_grad()
     def score(self, cache, candidates: torch.Tensor) -> torch.Tensor:

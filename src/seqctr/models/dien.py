@@ -130,6 +130,19 @@ class DIEN(Backbone):
         states, _ = self.extract(seq, mask)
         return {"states": states, "state_mask": mask}
 
+    cache_uses_condition = True   # LAIN prompts run through the cached GRU states: they move with L
+
+    def append(self, state: dict, new: SeqInputs, evicted, max_len):
+        """Exact while nothing is evicted: the GRU continues from the last real state."""
+        if evicted is not None:
+            return None
+        states, mask = state["states"], state["state_mask"]
+        L = int(mask.sum())
+        h0 = states[:, L - 1].unsqueeze(0) if L else None
+        more, _ = self.gru(new.hist, h0)
+        return {**state, "states": torch.cat([states[:, :L], more], 1),
+                "state_mask": torch.ones(1, L + more.shape[1], dtype=torch.bool, device=mask.device)}
+
     def score(self, state: dict, x: SeqInputs) -> BackboneOutput:
         N = x.target.shape[0]
         states, mask = expand(state["states"], N), expand(state["state_mask"], N)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..nn import DINAttention
-from .base import Backbone, BackboneOutput, SeqInputs, expand, register
+from .base import Backbone, BackboneOutput, SeqInputs, concat_events, expand, register
 
 
 @register("din")
@@ -28,6 +28,11 @@ class DIN(Backbone):
         (the unit still needs ``q * k`` per candidate). LAIN prompts / key shifts are applied at
         scoring time from the same cached keys."""
         return {"keys": x.hist, "mask": x.mask, "k_term": self.att.key_term(x.hist)}
+
+    def append(self, state: dict, new: SeqInputs, evicted, max_len):
+        """Exact: every cached entry is per event."""
+        fresh = self.prefill(new)
+        return {**state, **concat_events(state, fresh, max_len, list(fresh))}
 
     def score(self, state: dict, x: SeqInputs) -> BackboneOutput:
         N = x.target.shape[0]

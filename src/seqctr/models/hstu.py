@@ -40,6 +40,17 @@ class HSTUBlock(nn.Module):
         av = (a @ vals).transpose(1, 2).reshape(B, 1, D)
         return (x_t.unsqueeze(1) + self.dropout(self.f2(self.norm_av(av) * u)))[:, 0]
 
+    def extend(self, x_new: torch.Tensor, k_old: torch.Tensor, v_old: torch.Tensor, valid_old: torch.Tensor):
+        """This layer's outputs for new tokens ``x_new [B, n, D]`` appended after cached ones."""
+        B, n, D = x_new.shape
+        q, k, v, u = self.qkvu(x_new)
+        T = k_old.shape[2]
+        pos = torch.arange(T + n, device=x_new.device)
+        key_valid = torch.cat([valid_old, valid_old.new_ones(B, n)], 1)
+        a = self.attention(q, torch.cat([k_old, k], 2), pos[T:], pos, key_valid)
+        av = (a @ torch.cat([v_old, v], 2)).transpose(1, 2).reshape(B, n, D)
+        return x_new + self.dropout(self.f2(self.norm_av(av) * u))
+
     def qkvu(self, x: torch.Tensor):
         """Per-head ``q, k, v [B, H, N, hd]`` and gate ``u [B, N, D]``."""
         B, N, D = x.shape
@@ -96,6 +107,22 @@ class HSTU(Backbone):
             if i < len(self.blocks) - 1:
                 seq, _ = blk(seq, x.mask)
         return state
+
+    def append(self, state: dict, new: SeqInputs, evicted, max_len):
+        """Exact while nothing is evicted (causal: new tokens read the cached keys and values of
+        every layer); once the window slides, earlier tokens' states would change, so None."""
+        if evicted is not None:
+            return None
+        out, h = dict(state), new.hist
+        T, n = state["mask"].shape[1], h.shape[1]
+        for i, blk in enumerate(self.blocks):
+            _, k, v, _ = blk.qkvu(h)
+            if i < len(self.blocks) - 1:
+                h = blk.extend(h, state[f"k{i}"], state[f"v{i}"], state["mask"])
+            out[f"k{i}"] = torch.cat([state[f"k{i}"], k], 2)
+            out[f"v{i}"] = torch.cat([state[f"v{i}"], v], 2)
+        out["mask"] = torch.cat([state["mask"], state["mask"].new_ones(1, n)], 1)
+        return out
 
     def score(self, state: dict, x: SeqInputs) -> BackboneOutput:
         N = x.target.shape[0]

@@ -48,6 +48,8 @@ class SDIM(TwoBranchBackbone):
         w = c.mean(1, keepdim=True) if x.need_weights else None       # [B, 1, T]
         return BranchOutput(out, w)
 
+    summed_state = ("bucket_sums",)
+
     def prefill_long(self, x: SeqInputs) -> dict:
         """Per round and bucket, the sum of the events hashed there: ``[1, R, 2^bits, D]``.
         Scoring then reads one row per round: O(R D) per candidate instead of O(T R D)."""

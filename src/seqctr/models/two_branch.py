@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..nn import MultiHeadTargetAttention, gather_positions
-from .base import Backbone, BackboneOutput, SeqInputs, expand
+from .base import Backbone, BackboneOutput, SeqInputs, concat_events, expand
 
 
 @dataclass
@@ -104,6 +104,27 @@ class TwoBranchBackbone(Backbone):
                                             x.condition("short"))
         long = self.score_long(state, x, expand(state["mask"], N))
         return BackboneOutput(vector=torch.cat([short.out, long], dim=-1))
+
+    summed_state: tuple = ()   # long-branch cache entries that are sums over events (not per event)
+
+    def append(self, state: dict, new: SeqInputs, evicted, max_len):
+        """Exact for every two-branch cache: per-event entries are concatenated and cut to the
+        window (the last ``short_seq_len - 1`` for the short branch), summed ones updated by the
+        new and the evicted events."""
+        fresh = self.prefill(new)
+        out = dict(state)
+        short = [k for k in fresh if k.startswith("short_")]
+        per_event = [k for k in fresh if not k.startswith("short_") and k not in self.summed_state]
+        out.update(concat_events(state, fresh, self.short_seq_len - 1, short))
+        out.update(concat_events(state, fresh, max_len, per_event))
+        if self.summed_state:
+            gone = None
+            if evicted is not None:
+                gone = self.prefill_long(SeqInputs(target=None, hist=evicted, seq_len=new.seq_len,
+                                                   mask=torch.ones(evicted.shape[:2], dtype=torch.bool)))
+            for k in self.summed_state:
+                out[k] = state[k] + fresh[k] - (gone[k] if gone is not None else 0)
+        return out
 
     def prefill_long(self, x: SeqInputs) -> dict[str, torch.Tensor]:  # pragma: no cover - interface
         raise NotImplementedError
