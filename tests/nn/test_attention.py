@@ -61,3 +61,22 @@ def test_fused_switch_gives_same_pooled_output():
     b = DINAttention(8, [16], fused=False).eval()
     b.load_state_dict(a.state_dict())
     torch.testing.assert_close(a(q, k, mask)[0], b(q, k, mask)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_absorbed_forward_equals_projected_attention():
+    """forward (no per-event projection) == attend(project_kv(...)) with every option on."""
+    from seqctr.nn import AttentionCondition, MultiHeadTargetAttention
+
+    torch.manual_seed(0)
+    q, k, mask = _inputs(D=8)
+    att = MultiHeadTargetAttention(8, 12, num_heads=3, key_dim=6).eval()
+    att.enable_condition(4)
+    cond = AttentionCondition(prompts=torch.randn(6, 2, 8), qk=torch.randn(6, 4), temperature=torch.rand(6) + 1)
+    bias = torch.randn(6, 3, 9)
+    for topk in (None, 3, 50):
+        for c in (None, cond):
+            got = att(q, k, mask, c, topk=topk, score_bias=bias)
+            kk, vv, _ = att.project_kv(k)
+            want = att.attend(q, kk, vv, mask, c, topk=topk, score_bias=bias)
+            torch.testing.assert_close(got.out, want.out, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(got.weights, want.weights, atol=1e-6, rtol=1e-5)

@@ -35,8 +35,8 @@ class SIM(TwoBranchBackbone):
 
     def gsu_scores(self, x: SeqInputs) -> torch.Tensor:
         """Relevance of every history event to the target ``[B, T]`` (padding excluded later)."""
-        if self.gsu == "soft":
-            return torch.einsum("bd,btd->bt", self.W_a(x.target), self.W_b(x.hist))
+        if self.gsu == "soft":  # (W_a t) . (W_b e) = (W_b^T W_a t) . e: no per-event projection
+            return torch.einsum("bd,btd->bt", self.W_a(x.target) @ self.W_b.weight, x.hist)
         raise AssertionError("hard search uses category ids, see long_branch")
 
     def long_branch(self, x: SeqInputs) -> BranchOutput:

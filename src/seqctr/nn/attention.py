@@ -259,8 +259,45 @@ class MultiHeadTargetAttention(Conditionable):
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
                 cond: AttentionCondition | None = None, topk: int | None = None,
                 score_bias: torch.Tensor | None = None) -> AttentionResult:
-        k, v, aux = self.project_kv(keys, mask)
-        return self.attend(query, k, v, mask, cond, topk, score_bias)._replace(aux_loss=aux)
+        """Same result as ``attend(query, *project_kv(keys))``. With plain linear K/V it runs in
+        the absorbed form — scores ``(W_k^T q) . e_t`` and output ``W_v (sum_t w_t e_t)`` — which
+        never projects the events: O(T D H) instead of O(T D A) per sample."""
+        if self.ckv is not None or self.silu:          # non-linear K/V: project every event
+            k, v, aux = self.project_kv(keys, mask)
+            return self.attend(query, k, v, mask, cond, topk, score_bias)._replace(aux_loss=aux)
+        B, T, D = keys.shape
+        H, hd, kd = self.num_heads, self.head_dim, self.key_dim
+        q = self.condition_query(self.W_q(query[..., :kd]), cond).view(B, H, hd)
+        qk = torch.einsum("bhe,hek->bhk", q, self.W_k.weight.view(H, hd, kd))           # W_k^T q per head
+        scores = torch.einsum("bhk,btk->bht", qk, keys[..., :kd]) / hd ** 0.5          # [B, H, T]
+        shift = self.key_shift(cond)
+        if shift is not None:                                    # (the same for every key)
+            scores = scores + (q * shift.view(B, H, hd)).sum(-1, keepdim=True) / hd ** 0.5
+        if score_bias is not None:
+            scores = scores + score_bias
+        hmask = mask.unsqueeze(1).expand_as(scores)
+        events = keys.unsqueeze(1).expand(B, H, T, D)
+        idx = None
+        if topk is not None and topk < T:
+            idx, hmask = topk_select(scores, hmask, topk)
+            scores = torch.gather(scores, -1, idx)
+            events = torch.gather(events, 2, idx.unsqueeze(-1).expand(-1, -1, -1, D))
+        P = cond.num_prompts if cond is not None else 0
+        if P:
+            pk, pv, _ = self.project_kv(cond.prompts)
+            if shift is not None:
+                pk = pk + shift.view(B, H, 1, hd)
+            scores, hmask = _with_prompts(scores, hmask, (q.unsqueeze(2) @ pk.transpose(-1, -2)).squeeze(2) / hd ** 0.5)
+        w = masked_softmax(apply_temperature(scores, cond), hmask)
+        wd = self.dropout(w)
+        pooled = torch.einsum("bht,bhtd->bhd", wd[..., P:], events)                     # [B, H, D]
+        out = torch.einsum("bhd,hed->bhe", pooled, self.W_v.weight.view(H, hd, D))      # W_v per head
+        if P:
+            out = out + (wd[..., :P].unsqueeze(2) @ pv).squeeze(2)
+        w_hist = w[..., P:]
+        if idx is not None:
+            w_hist = torch.zeros(B, H, T, dtype=w.dtype, device=w.device).scatter(-1, idx, w_hist)
+        return AttentionResult(self.W_o(out.reshape(B, H * hd)), w_hist, w[..., :P] if P else None)
 
 
 class BilinearAttention(Conditionable):
