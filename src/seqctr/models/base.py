@@ -181,14 +181,19 @@ class CTRModel(nn.Module):
         return ModelOutput(logits=logits, aux_loss=out.aux_loss, aux_logits=aux_logits, attention=out.attention)
 
     def model_version(self) -> str:
-        """Fingerprint of the current weights: a cache from other weights is refused."""
+        """Fingerprint of the current weights: a cache from other weights is refused. Recomputed
+        only when some tensor changed (PyTorch counts in-place updates in ``tensor._version``)."""
         import hashlib
 
-        h = hashlib.sha1()
-        for name, p in self.state_dict().items():
-            h.update(name.encode())
-            h.update(repr(round(float(p.double().sum()), 6)).encode())
-        return h.hexdigest()[:16]
+        state = self.state_dict()
+        key = tuple((n, t.data_ptr(), t._version) for n, t in state.items())
+        if getattr(self, "_version_key", None) != key:
+            h = hashlib.sha1()
+            for name, p in state.items():
+                h.update(name.encode())
+                h.update(repr(round(float(p.double().sum()), 6)).encode())
+            self._version_key, self._version = key, h.hexdigest()[:16]
+        return self._version
 
     @torch.no_grad()
     def prefill(self, user: torch.Tensor, hist: torch.Tensor, seq_len: int | None = None, max_len: int | None = None,

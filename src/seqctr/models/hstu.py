@@ -28,17 +28,19 @@ class HSTUBlock(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def target_step(self, x_t: torch.Tensor, k_hist: torch.Tensor, v_hist: torch.Tensor, valid: torch.Tensor):
-        """One layer for the target token only, from the history's cached ``k, v [B, H, T, hd]``:
-        ``x_t [B, D] -> [B, D]`` (exactly the last row of :meth:`forward` on ``[history; target]``)."""
-        B, D = x_t.shape
-        q, k, v, u = self.qkvu(x_t.unsqueeze(1))
+        """One layer for the target tokens only, from one user's cached ``k, v [1, H, T, hd]``
+        (``valid [1, T]``): ``x_t [N, D] -> [N, D]``, exactly the last row of :meth:`forward` on
+        ``[history; target]``. The history K/V are broadcast, never copied per candidate."""
+        N, D = x_t.shape
+        q, k, v, u = self.qkvu(x_t.unsqueeze(1))                                  # [N, H, 1, hd]
         T = k_hist.shape[2]
-        keys, vals = torch.cat([k_hist, k], 2), torch.cat([v_hist, v], 2)
-        pos = torch.arange(T + 1, device=x_t.device)
-        key_valid = torch.cat([valid, valid.new_ones(B, 1)], 1)
-        a = self.attention(q, keys, pos[-1:], pos, key_valid)
-        av = (a @ vals).transpose(1, 2).reshape(B, 1, D)
-        return (x_t.unsqueeze(1) + self.dropout(self.f2(self.norm_av(av) * u)))[:, 0]
+        qh = q[:, :, 0].transpose(0, 1)                                           # [H, N, hd]
+        dist = torch.arange(T, 0, -1, device=x_t.device).clamp(max=self.max_len)  # target at T, keys 0..T-1
+        s_hist = qh @ k_hist[0].transpose(-1, -2) / self.hd ** 0.5 + self.rab[:, dist].unsqueeze(1)  # [H, N, T]
+        a_hist = F.silu(s_hist) / self.max_len * valid.view(1, 1, T)
+        a_self = F.silu((q * k).sum(-1) / self.hd ** 0.5 + self.rab[:, 0].view(1, -1, 1)) / self.max_len  # [N, H, 1]
+        av = (a_hist @ v_hist[0]).transpose(0, 1) + a_self * v[:, :, 0]          # [N, H, hd]
+        return (x_t + self.dropout(self.f2(self.norm_av(av.reshape(N, D)) * u[:, 0])))
 
     def extend(self, x_new: torch.Tensor, k_old: torch.Tensor, v_old: torch.Tensor, valid_old: torch.Tensor):
         """This layer's outputs for new tokens ``x_new [B, n, D]`` appended after cached ones."""
@@ -125,10 +127,9 @@ class HSTU(Backbone):
         return out
 
     def score(self, state: dict, x: SeqInputs) -> BackboneOutput:
-        N = x.target.shape[0]
-        h, valid = x.target, expand(state["mask"], N)
+        h = x.target
         for i, blk in enumerate(self.blocks):
-            h = blk.target_step(h, expand(state[f"k{i}"], N), expand(state[f"v{i}"], N), valid)
+            h = blk.target_step(h, state[f"k{i}"], state[f"v{i}"], state["mask"])
         return BackboneOutput(vector=self.norm_out(h))
 
     def encode(self, x: SeqInputs, need_weights: bool = False):

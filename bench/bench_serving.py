@@ -1,0 +1,122 @@
+"""Benchmark: scoring latency from a per-user cache — full recompute vs full K/V cache vs
+CollectiveKV cache.
+
+One command: ``.venv/bin/python bench/bench_serving.py`` (``--quick`` for a smoke run). For users
+with 50, 200 and 1,000 events and requests of 1..512 candidates, one process pinned to one core
+times ``CTRModel.score`` (median and p99 over ``--repeats``) with:
+
+- ``recompute``: the cache holds only the embedded history; every request runs the backbone;
+- ``cache``: the backbone's own cache (K/V of target attention, GSU projections, HSTU's per-layer K/V);
+- ``collective``: the same model with CollectiveKV on the target-attention layers (``d_u`` 1,
+  pool 10,000; the cache holds user parts + int16 indices), where the backbone has them.
+
+Models use the CollectiveKV paper's width (attention_dim 256, 8 heads) and random weights
+(latency does not depend on training). "Bytes read" = the request's cached K/V bytes. Writes
+``bench/results/serving.{json,md}``. "Batch size" here = candidates per request.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="sim,twin,hstu")
+    ap.add_argument("--lengths", default="50,200,1000")
+    ap.add_argument("--candidates", default="1,8,64,200,512")
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--cpu", default="0")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "bench/results/serving"))
+    args = ap.parse_args()
+    if args.quick:
+        args.lengths, args.candidates, args.repeats = "50,1000", "1,200", 3
+    if args.cpu:
+        os.sched_setaffinity(0, {int(args.cpu)})
+    import torch
+
+    from seqctr.config import load_config
+    from seqctr.data import prepare
+    from seqctr.models import build_model
+    from seqctr.serving.accounting import kv_cache_bytes
+    from seqctr.utils.io import write_json, write_text
+
+    torch.set_num_threads(1)
+    ds, _, _ = prepare("ml100k")
+    items = torch.from_numpy(ds.item_feats).long()
+    g = torch.Generator().manual_seed(0)
+    wide = {"sim": ["model.options.attention_dim=256", "model.options.num_heads=8"],
+            "twin": ["model.options.attention_dim=256", "model.options.num_heads=8"],
+            "eta": ["model.options.attention_dim=256", "model.options.num_heads=8"],
+            "hstu": ["model.options.max_len=1024"]}
+    ckv = ['model.options.collective_kv={"user_dim": 1, "pool_size": 10000, "branches": ["short", "long"]}']
+    rows = []
+    for name in args.models.split(","):
+        variants = {"recompute": (wide.get(name, []), "recompute"), "cache": (wide.get(name, []), "cache")}
+        if name in ("sim", "twin", "eta"):
+            variants["collective"] = (wide[name] + ckv, "cache")
+        models = {}
+        for v, (sets, _) in variants.items():
+            torch.manual_seed(0)
+            models[v] = build_model(load_config(ROOT / f"configs/ml100k/{name}.yaml", sets).model, ds.meta).eval()
+        for L in [int(x) for x in args.lengths.split(",")]:
+            hist = items[torch.randint(2, len(items), (L,), generator=g)]
+            user = torch.from_numpy(ds.user_feats[0]).long()
+            for N in [int(x) for x in args.candidates.split(",")]:
+                cands = items[torch.randint(2, len(items), (N,), generator=g)]
+                for v, (sets, mode) in variants.items():
+                    m = models[v]
+                    if v == "recompute" and name == "hstu" and N * L * L > 20 * 1000 * 1000:
+                        continue  # [N, heads, L, L] attention would not fit a small machine
+                    cache = m.prefill(user, hist, max_len=None, mode=mode)
+                    reps = max(2, args.repeats // (4 if v == "recompute" and L >= 1000 else 1))
+                    times = []
+                    with torch.no_grad():
+                        m.score(cache, cands)
+                        for _ in range(reps):
+                            t0 = time.perf_counter()
+                            m.score(cache, cands)
+                            times.append(time.perf_counter() - t0)
+                    times.sort()
+                    acc = kv_cache_bytes(m.backbone, L) if name != "hstu" else None
+                    kv_keys = [k for k in cache.tensors if k not in ("user", "ids", "user_ids")]
+                    rows.append({"model": name, "variant": v, "events": L, "candidates": N,
+                                 "median_ms": 1000 * statistics.median(times),
+                                 "p99_ms": 1000 * times[min(len(times) - 1, int(0.99 * len(times)))],
+                                 "repeats": reps, "cache_bytes": cache.nbytes(kv_keys) if v != "recompute" else 0,
+                                 "kv_accounting": acc})
+                    print(f"{name:5s} {v:10s} L={L:5d} N={N:4d}: {rows[-1]['median_ms']:9.2f} ms "
+                          f"(p99 {rows[-1]['p99_ms']:.2f}), cache {rows[-1]['cache_bytes']:,} B", flush=True)
+    write_json(args.out + ".json", {"command": "python bench/bench_serving.py" + (" --quick" if args.quick else ""),
+                                    "rows": rows})
+    lines = ["# Serving latency: recompute vs cache vs CollectiveKV cache", "",
+             f"Command: `python bench/bench_serving.py{' --quick' if args.quick else ''}`; one core, 1 thread; "
+             "median / p99 of `score` per request; speed-up = recompute median / variant median (same run).", "",
+             "| model | events | candidates | recompute ms | cache ms (x) | CollectiveKV ms (x) | cache bytes | CKV bytes |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    key = {(r["model"], r["events"], r["candidates"], r["variant"]): r for r in rows}
+    for (mname, L, N, v), r in key.items():
+        if v != "cache":
+            continue
+        rc, ck = key.get((mname, L, N, "recompute")), key.get((mname, L, N, "collective"))
+        def cell(x):
+            if x is None:
+                return "n/a"
+            return f"{x['median_ms']:.2f}" + (f" ({rc['median_ms'] / x['median_ms']:.1f}x)" if rc else "")
+        ck_bytes = f"{ck['cache_bytes']:,}" if ck else "n/a"
+        rc_ms = f"{rc['median_ms']:.2f}" if rc else "n/a (too large)"
+        lines.append(f"| {mname} | {L} | {N} | {rc_ms} | {cell(r)} | {cell(ck)} | {r['cache_bytes']:,} | {ck_bytes} |")
+    write_text(args.out + ".md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
