@@ -49,6 +49,15 @@ class SeqInputs:
     target_ids: torch.Tensor | None = None
     hist_ids: torch.Tensor | None = None
     cond: dict[str, AttentionCondition] | None = None
+    embed: Callable | None = None    # ids [..., Fi] -> embedded items; lets branches embed sub-windows
+
+    def recent(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The most recent ``n`` events ``([B, n', D], [B, n'])``. Embedded from their ids when
+        possible: equal values, and the backward pass then skips the full-size ``[B, T, D]``
+        gradient that slicing ``hist`` would allocate."""
+        if self.embed is not None and self.hist_ids is not None:
+            return self.embed(self.hist_ids[:, -n:]), self.mask[:, -n:]
+        return self.hist[:, -n:], self.mask[:, -n:]
 
     def condition(self, branch: str) -> AttentionCondition | None:
         """What a plug-in (LAIN) gives this branch's attention layers, or None."""
@@ -171,7 +180,7 @@ class CTRModel(nn.Module):
         target = emb.items(batch.target)
         x = SeqInputs(target=target, hist=emb.items(batch.hist), mask=batch.mask, seq_len=batch.seq_len,
                       need_weights=need_weights, target_ids=batch.target, hist_ids=batch.hist,
-                      cond=self.lain(batch.seq_len) if self.lain is not None else None)
+                      cond=self.lain(batch.seq_len) if self.lain is not None else None, embed=emb.items)
         out = self.backbone(x)
         user = emb.user(batch.user)
         logits = self.head(torch.cat([user, target, out.vector], dim=-1)).squeeze(-1)
@@ -211,7 +220,7 @@ class CTRModel(nn.Module):
         L = torch.tensor([seq_len], device=hist.device)
         x = SeqInputs(target=None, hist=emb.items(hist.unsqueeze(0)), seq_len=L, hist_ids=hist.unsqueeze(0),
                       mask=torch.ones(1, hist.shape[0], dtype=torch.bool, device=hist.device),
-                      cond=self.lain(L) if self.lain is not None else None)
+                      cond=self.lain(L) if self.lain is not None else None, embed=emb.items)
         prefill = Backbone.prefill if mode == "recompute" else type(self.backbone).prefill
         state = dict(prefill(self.backbone, x))
         state["user"] = emb.user(user.unsqueeze(0))
@@ -239,7 +248,7 @@ class CTRModel(nn.Module):
             emb = self.embedding
             n = new_events.shape[0]
             new = SeqInputs(target=None, hist=emb.items(new_events.unsqueeze(0)), seq_len=torch.tensor([seq_len]),
-                            mask=torch.ones(1, n, dtype=torch.bool), hist_ids=new_events.unsqueeze(0))
+                            mask=torch.ones(1, n, dtype=torch.bool), hist_ids=new_events.unsqueeze(0), embed=emb.items)
             evicted = emb.items(ids[:n_evict].unsqueeze(0)) if n_evict else None
             state = type(self.backbone).append(self.backbone, dict(cache.tensors), new, evicted, max_len)
             if state is not None:

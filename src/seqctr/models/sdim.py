@@ -28,11 +28,14 @@ class SDIM(TwoBranchBackbone):
         g = torch.Generator().manual_seed(hash_seed)
         self.register_buffer("rotations", torch.randn(item_dim, num_hashes, hash_bits, generator=g))
 
+    def buckets(self, e: torch.Tensor) -> torch.Tensor:
+        """Bucket id per round: ``[..., D] -> [..., R]`` (the round's sign bits read as an integer)."""
+        bits = simhash(e, self.rotations).to(torch.int64)             # [..., R, bits]
+        return (bits << torch.arange(self.hash_bits, device=e.device)).sum(-1)
+
     def collisions(self, x: SeqInputs) -> torch.Tensor:
         """``[B, R, T]`` bool: event ``t`` lands in the target's bucket in round ``r`` (never padding)."""
-        codes = simhash(x.hist, self.rotations)                       # [B, T, R, bits]
-        tcode = simhash(x.target, self.rotations).unsqueeze(1)        # [B, 1, R, bits]
-        same = (codes == tcode).all(-1)                               # [B, T, R]
+        same = self.buckets(x.hist) == self.buckets(x.target).unsqueeze(1)   # [B, T, R]
         return same.transpose(1, 2) & x.mask.unsqueeze(1)
 
     def long_branch(self, x: SeqInputs) -> BranchOutput:
@@ -53,8 +56,7 @@ class SDIM(TwoBranchBackbone):
     def prefill_long(self, x: SeqInputs) -> dict:
         """Per round and bucket, the sum of the events hashed there: ``[1, R, 2^bits, D]``.
         Scoring then reads one row per round: O(R D) per candidate instead of O(T R D)."""
-        codes = simhash(x.hist, self.rotations)                                      # [1, T, R, bits]
-        bucket = (codes.long() << torch.arange(self.hash_bits, device=codes.device)).sum(-1)   # [1, T, R]
+        bucket = self.buckets(x.hist)                                                # [1, T, R]
         B, T, R = bucket.shape
         table = x.hist.new_zeros(B, R, 2 ** self.hash_bits, x.hist.shape[-1])
         src = (x.hist * x.mask.unsqueeze(-1)).unsqueeze(1).expand(B, R, T, -1)
@@ -62,8 +64,7 @@ class SDIM(TwoBranchBackbone):
         return {"bucket_sums": table}
 
     def score_long(self, state: dict, x: SeqInputs, mask: torch.Tensor) -> torch.Tensor:
-        tcode = simhash(x.target, self.rotations)                                    # [N, R, bits]
-        tb = (tcode.long() << torch.arange(self.hash_bits, device=tcode.device)).sum(-1)        # [N, R]
+        tb = self.buckets(x.target)                                                  # [N, R]
         table = state["bucket_sums"][0]                                              # [R, 2^bits, D]
         sums = table[torch.arange(self.num_hashes, device=tb.device).unsqueeze(0), tb]          # [N, R, D]
         cond = x.condition("long")

@@ -36,7 +36,8 @@ class SIM(TwoBranchBackbone):
     def gsu_scores(self, x: SeqInputs) -> torch.Tensor:
         """Relevance of every history event to the target ``[B, T]`` (padding excluded later)."""
         if self.gsu == "soft":  # (W_a t) . (W_b e) = (W_b^T W_a t) . e: no per-event projection
-            return torch.einsum("bd,btd->bt", self.W_a(x.target) @ self.W_b.weight, x.hist)
+            q = self.W_a(x.target) @ self.W_b.weight                                      # [B, D]
+            return torch.bmm(x.hist, q.unsqueeze(-1)).squeeze(-1)
         raise AssertionError("hard search uses category ids, see long_branch")
 
     def long_branch(self, x: SeqInputs) -> BranchOutput:
@@ -44,7 +45,7 @@ class SIM(TwoBranchBackbone):
         aux = None
         if self.gsu == "soft":
             s = self.gsu_scores(x)
-            aux = torch.einsum("bt,btd->bd", s * x.mask, x.hist)
+            aux = torch.bmm((s * x.mask).unsqueeze(1), x.hist).squeeze(1)
             idx, sel_mask = topk_select(s, x.mask, self.topk)
         else:
             cat = x.hist_ids[..., self.category_feature] if x.hist_ids is not None else None

@@ -72,8 +72,7 @@ class TwoBranchBackbone(Backbone):
 
     def short_window(self, x: SeqInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """The most recent ``short_seq_len - 1`` events: ``([B, S, D], [B, S])``."""
-        S = self.short_seq_len - 1
-        return x.hist[:, -S:], x.mask[:, -S:]
+        return x.recent(self.short_seq_len - 1)
 
     def short_branch(self, x: SeqInputs) -> BranchOutput:
         hist, mask = self.short_window(x)

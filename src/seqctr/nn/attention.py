@@ -9,7 +9,7 @@ from torch import nn
 
 from .condition import AttentionCondition, Conditionable, apply_temperature
 from .mlp import MLP, activation
-from .retrieval import topk_select
+from .retrieval import gather_positions, topk_select
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -269,19 +269,19 @@ class MultiHeadTargetAttention(Conditionable):
         H, hd, kd = self.num_heads, self.head_dim, self.key_dim
         q = self.condition_query(self.W_q(query[..., :kd]), cond).view(B, H, hd)
         qk = torch.einsum("bhe,hek->bhk", q, self.W_k.weight.view(H, hd, kd))           # W_k^T q per head
-        scores = torch.einsum("bhk,btk->bht", qk, keys[..., :kd]) / hd ** 0.5          # [B, H, T]
+        # batched mat-vec as bmm([B, T, kd], [B, kd, H]): the fastest orientation on CPU
+        scores = torch.bmm(keys[..., :kd], qk.transpose(1, 2)).transpose(1, 2) / hd ** 0.5   # [B, H, T]
         shift = self.key_shift(cond)
         if shift is not None:                                    # (the same for every key)
             scores = scores + (q * shift.view(B, H, hd)).sum(-1, keepdim=True) / hd ** 0.5
         if score_bias is not None:
             scores = scores + score_bias
         hmask = mask.unsqueeze(1).expand_as(scores)
-        events = keys.unsqueeze(1).expand(B, H, T, D)
-        idx = None
+        events, idx = None, None
         if topk is not None and topk < T:
             idx, hmask = topk_select(scores, hmask, topk)
             scores = torch.gather(scores, -1, idx)
-            events = torch.gather(events, 2, idx.unsqueeze(-1).expand(-1, -1, -1, D))
+            events = gather_positions(keys, idx)                                         # [B, H, k, D]
         P = cond.num_prompts if cond is not None else 0
         if P:
             pk, pv, _ = self.project_kv(cond.prompts)
@@ -290,7 +290,10 @@ class MultiHeadTargetAttention(Conditionable):
             scores, hmask = _with_prompts(scores, hmask, (q.unsqueeze(2) @ pk.transpose(-1, -2)).squeeze(2) / hd ** 0.5)
         w = masked_softmax(apply_temperature(scores, cond), hmask)
         wd = self.dropout(w)
-        pooled = torch.einsum("bht,bhtd->bhd", wd[..., P:], events)                     # [B, H, D]
+        if idx is None:
+            pooled = torch.bmm(wd[..., P:], keys)                                       # [B, H, D]
+        else:
+            pooled = (wd[..., P:].unsqueeze(2) @ events).squeeze(2)                     # [B, H, D]
         out = torch.einsum("bhd,hed->bhe", pooled, self.W_v.weight.view(H, hd, D))      # W_v per head
         if P:
             out = out + (wd[..., :P].unsqueeze(2) @ pv).squeeze(2)

@@ -22,8 +22,13 @@ def topk_select(scores: torch.Tensor, mask: torch.Tensor, k: int):
 
 
 def gather_positions(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``x [B, T, D]``, ``idx [B, k]`` -> ``[B, k, D]``."""
-    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    """Rows of ``x [B, T, D]`` at ``idx [B, ...]`` -> ``[B, ..., D]`` (e.g. ``[B, k]`` or ``[B, H, k]``).
+
+    Done as one ``index_select`` over the flattened rows: its backward is an ``index_add``, much
+    cheaper on CPU than the scatter behind ``torch.gather``'s backward."""
+    B, T, D = x.shape
+    flat = (idx + torch.arange(B, device=idx.device).view(B, *([1] * (idx.dim() - 1))) * T).reshape(-1)
+    return torch.index_select(x.reshape(B * T, D), 0, flat).view(*idx.shape, D)
 
 
 def simhash(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
