@@ -172,6 +172,26 @@ def _plot_data(a: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def cmd_analyze_kv(args) -> int:
+    from .config import config_from_dict
+    from .data import prepare
+    from .experiments.kv_analysis import analyze_kv
+    from .models import build_model
+    from .training import load_checkpoint
+
+    ck = load_checkpoint(args.checkpoint)
+    cfg = config_from_dict(ck["config"])
+    model = build_model(cfg.model, ck["meta"])
+    model.load_state_dict(ck["model"])
+    if not hasattr(model.backbone, "short_attention"):
+        raise SeqctrError(f"analyze kv needs a two-branch model (sim, eta, sdim, twin), got {cfg.model.name}")
+    d = cfg.data
+    ds, _, _ = prepare(d.source, columns=d.columns, label=d.label, split=d.split)
+    analyze_kv(model, ds, Path(args.out), users=args.users)
+    print((Path(args.out) / "kv.md").read_text())
+    return 0
+
+
 def _ints(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x]
@@ -248,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("--buckets", type=float, nargs="+", default=[1, 50, 100, 200])
     ad.add_argument("--out", default="runs/experiments/data")
     ad.set_defaults(func=cmd_analyze_data)
+
+    ak = an_sub.add_parser("kv", help="SVD of a trained model's short-branch K/V: shared vs user-specific")
+    ak.add_argument("--checkpoint", required=True)
+    ak.add_argument("--users", type=int, default=500)
+    ak.add_argument("--out", default="runs/experiments/kv")
+    ak.set_defaults(func=cmd_analyze_kv)
 
     ex = sub.add_parser("experiment", help="LAIN experiments: compare | maxlen | ablation | sensitivity")
     ex.add_argument("kind", choices=["compare", "maxlen", "ablation", "sensitivity"])

@@ -113,11 +113,16 @@ class DINAttention(Conditionable):
         """Unmasked scores ``[B, T]`` (``mask`` only feeds Dice's batch statistics)."""
         D = self.dim
         W = self.first.weight                      # [H, 4D]
-        wq, wd, wp = W[:, :D], W[:, 2 * D:3 * D], W[:, 3 * D:]
+        wq, wk, wd, wp = W[:, :D], W[:, D:2 * D], W[:, 2 * D:3 * D], W[:, 3 * D:]
         q_term = query @ (wq + wd).T + self.first.bias          # [B, H]
-        k_term = self.key_term(keys) if key_term is None else key_term   # [B, T, H]
-        p_term = (query.unsqueeze(1) * keys) @ wp.T              # [B, T, H]
-        h = self._activate(k_term + p_term + q_term.unsqueeze(1), mask)
+        if key_term is None:
+            # k (Wk - Wd)^T + (q * k) Wp^T = k [(Wk - Wd)^T + diag(q) Wp^T]: one batched GEMM with a
+            # per-sample matrix, and no [B, T, D] product tensor
+            per_sample = (wk - wd).T.unsqueeze(0) + query.unsqueeze(-1) * wp.T.unsqueeze(0)   # [B, D, H]
+            kp = torch.bmm(keys, per_sample)                                                 # [B, T, H]
+        else:  # serving: the key term comes from the cache
+            kp = key_term + (query.unsqueeze(1) * keys) @ wp.T
+        h = self._activate(kp + q_term.unsqueeze(1), mask)
         return self.rest(h).squeeze(-1)
 
     def reference_scores(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor | None = None):
