@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+COMMAND = " ".join(["python", f"bench/{Path(__file__).name}", *sys.argv[1:]])  # recorded with the results
 VARIANTS = {
     "seqctr": {"fused": True, "bucket": True, "pad_to_max": False},
     "no_bucketing": {"fused": True, "bucket": False, "pad_to_max": False},
@@ -122,13 +123,13 @@ def main() -> int:
     import torch
 
     result = {"benchmark": "DIN on ml100k (max_len 200, batch 256, emb 64, MLP [512,128,64])",
-              "command": "python bench/bench_din.py" + (" --quick" if args.quick else ""),
+              "command": COMMAND,
               "repeats": args.repeats, "train_batches": args.train_batches, "threads": args.threads,
               "machine": {"python": platform.python_version(), "torch": torch.__version__,
                           "cpu": platform.processor() or platform.machine()},
               "median": med, "runs": runs}
     write_json(args.out + ".json", result)
-    lines = [f"# {result['benchmark']}", "", f"Command: `{result['command']}`; median of {args.repeats} runs, "
+    lines = [f"# {result['benchmark']}", "", f"Command: `{COMMAND}`; median of {args.repeats} runs, "
              f"{args.train_batches} training batches each, {args.threads} thread(s) pinned to CPU {args.cpu}, "
              f"torch {torch.__version__}.", "",
              "| variant | train samples/s | x vs fuxictr_layout | inference samples/s | x | peak RSS MB |",

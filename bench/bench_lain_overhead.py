@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+COMMAND = " ".join(["python", f"bench/{Path(__file__).name}", *sys.argv[1:]])  # recorded with the results
 
 
 def main() -> int:
@@ -61,10 +62,10 @@ def main() -> int:
                      "infer_time_ratio": med["lain"] / med["bare"] - 1, "runs": times}
         print(f"{name}: +{100 * ov['parameter_ratio']:.1f}% parameters, "
               f"+{100 * res[name]['infer_time_ratio']:.1f}% inference time", flush=True)
-    write_json(args.out + ".json", {"command": "python bench/bench_lain_overhead.py", "repeats": args.repeats,
+    write_json(args.out + ".json", {"command": COMMAND, "repeats": args.repeats,
                                     "models": res})
     lines = ["# LAIN overhead on ml100k (paper defaults: d_f 32, hidden 512, 4 prompts)", "",
-             f"Command: `python bench/bench_lain_overhead.py`; inference over the test split (9,889 samples, "
+             f"Command: `{COMMAND}`; inference over the test split (9,889 samples, "
              f"batch 1024), median of {args.repeats} alternating runs, 1 thread pinned to one core.", "",
              "| backbone | parameters bare | with LAIN | + parameters | + parameters (excl. embeddings) | "
              "+ inference time |", "|---|---:|---:|---:|---:|---:|"]

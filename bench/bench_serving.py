@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+COMMAND = " ".join(["python", f"bench/{Path(__file__).name}", *sys.argv[1:]])  # recorded with the results
 
 
 def main() -> int:
@@ -94,10 +95,10 @@ def main() -> int:
                                  "kv_accounting": acc})
                     print(f"{name:5s} {v:10s} L={L:5d} N={N:4d}: {rows[-1]['median_ms']:9.2f} ms "
                           f"(p99 {rows[-1]['p99_ms']:.2f}), cache {rows[-1]['cache_bytes']:,} B", flush=True)
-    write_json(args.out + ".json", {"command": "python bench/bench_serving.py" + (" --quick" if args.quick else ""),
+    write_json(args.out + ".json", {"command": COMMAND,
                                     "rows": rows})
     lines = ["# Serving latency: recompute vs cache vs CollectiveKV cache", "",
-             f"Command: `python bench/bench_serving.py{' --quick' if args.quick else ''}`; one core, 1 thread; "
+             f"Command: `{COMMAND}`; one core, 1 thread; "
              "median / p99 of `score` per request; speed-up = recompute median / variant median (same run).", "",
              "| model | events | candidates | recompute ms | cache ms (x) | CollectiveKV ms (x) | cache bytes | CKV bytes |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]

@@ -9,7 +9,7 @@ from seqctr.models.eta import ETA
 from seqctr.models.sdim import SDIM
 from seqctr.models.sim import SIM
 from seqctr.models.twin import TWIN
-from seqctr.nn import masked_softmax, topk_select
+from seqctr.nn import topk_select
 
 
 def inputs(B=5, T=12, D=16, seed=0, need_weights=True):
@@ -22,28 +22,14 @@ def inputs(B=5, T=12, D=16, seed=0, need_weights=True):
                      need_weights=need_weights, target_ids=torch.randint(2, 5, (B, 2), generator=g), hist_ids=ids)
 
 
-@pytest.mark.parametrize("cls", [SIM, ETA])
+@pytest.mark.parametrize("cls", [SIM, ETA, TWIN])
 def test_topk_at_least_length_equals_full_attention(cls):
+    """k >= L: the two-stage long branch is exactly full multi-head attention over the history."""
     torch.manual_seed(0)
     m = cls(16, topk=12, attention_dim=8, num_heads=2).eval()
     x = inputs()
     got = m.long_branch(x)
     full, w = m.long_attention(x.target, x.hist, x.mask)[:2]
-    torch.testing.assert_close(got.vector, full, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(got.weights, w, atol=1e-6, rtol=1e-5)
-
-
-def test_twin_topk_at_least_length_equals_full_attention():
-    torch.manual_seed(0)
-    m = TWIN(16, topk=50, attention_dim=8, num_heads=2).eval()
-    x = inputs()
-    got = m.long_branch(x)
-    s = m.scores(x)
-    w = masked_softmax(s, x.mask.unsqueeze(1))
-    B, T, _ = x.hist.shape
-    att = m.long_attention
-    v = att.W_v(x.hist).view(B, T, 2, 4).transpose(1, 2)
-    full = att.W_o((w.unsqueeze(2) @ v).squeeze(2).reshape(B, 8))
     torch.testing.assert_close(got.vector, full, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got.weights, w, atol=1e-6, rtol=1e-5)
 
