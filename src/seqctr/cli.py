@@ -69,7 +69,7 @@ def _train(cfg, out: Path, resume: bool, progress) -> dict:
     trainer = Trainer(cfg, ds, out, progress=progress)
     print(f"model: {cfg.model.name}, {sum(p.numel() for p in trainer.model.parameters()):,} parameters, "
           f"device {trainer.device}; padded slots per epoch {100 * trainer.train_loader.padding_fraction(1):.1f}%")
-    result = trainer.fit(resume=resume)
+    result = trainer.fit(resume=resume, log=lambda msg: print(msg, flush=True))  # shown live in CI logs too
     report = write_run_report(out, result)
     print()
     print(format_metrics_table(result["test"], f"{cfg.model.name} on {ds.meta['name']}: test"))
