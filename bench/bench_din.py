@@ -103,7 +103,7 @@ def main() -> int:
         print(json.dumps(run_variant(args.variant, args.train_batches, args.threads)))
         return 0
 
-    from seqctr.utils.io import write_json, write_text
+    from seqctr.utils.io import write_json
 
     runs: dict[str, list[dict]] = {k: [] for k in VARIANTS}
     for r in range(args.repeats):  # interleave variants so drift hits all alike
@@ -129,17 +129,16 @@ def main() -> int:
                           "cpu": platform.processor() or platform.machine()},
               "median": med, "runs": runs}
     write_json(args.out + ".json", result)
-    lines = [f"# {result['benchmark']}", "", f"Command: `{COMMAND}`; median of {args.repeats} runs, "
-             f"{args.train_batches} training batches each, {args.threads} thread(s) pinned to CPU {args.cpu}, "
-             f"torch {torch.__version__}.", "",
-             "| variant | train samples/s | x vs fuxictr_layout | inference samples/s | x | peak RSS MB |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for k, m in med.items():
-        lines.append(f"| {k} | {m['train_samples_per_s']:,.0f} | {m['train_ratio_vs_fuxictr_layout']:.2f} | "
-                     f"{m['infer_samples_per_s']:,.0f} | {m['infer_ratio_vs_fuxictr_layout']:.2f} | "
-                     f"{m['peak_rss_mb']:,.0f} |")
-    write_text(args.out + ".md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    from seqctr.experiments.report import write_bench_markdown
+
+    print(write_bench_markdown(
+        args.out + ".md", result["benchmark"],
+        f"Command: `{COMMAND}`; median of {args.repeats} runs, {args.train_batches} training batches each, "
+        f"{args.threads} thread(s) pinned to CPU {args.cpu}, torch {torch.__version__}.",
+        ["variant", "train samples/s", "x vs fuxictr_layout", "inference samples/s", "x", "peak RSS MB"],
+        [[k, f"{m['train_samples_per_s']:,.0f}", f"{m['train_ratio_vs_fuxictr_layout']:.2f}",
+          f"{m['infer_samples_per_s']:,.0f}", f"{m['infer_ratio_vs_fuxictr_layout']:.2f}", f"{m['peak_rss_mb']:,.0f}"]
+         for k, m in med.items()]))
     return 0
 
 

@@ -35,7 +35,7 @@ def main() -> int:
     from seqctr.data import BatchLoader, gather_batch, prepare
     from seqctr.lain.overhead import parameter_overhead
     from seqctr.models import build_model
-    from seqctr.utils.io import write_json, write_text
+    from seqctr.utils.io import write_json
 
     torch.set_num_threads(1)
     ds, _, _ = prepare("ml100k")
@@ -64,16 +64,17 @@ def main() -> int:
               f"+{100 * res[name]['infer_time_ratio']:.1f}% inference time", flush=True)
     write_json(args.out + ".json", {"command": COMMAND, "repeats": args.repeats,
                                     "models": res})
-    lines = ["# LAIN overhead on ml100k (paper defaults: d_f 32, hidden 512, 4 prompts)", "",
-             f"Command: `{COMMAND}`; inference over the test split (9,889 samples, "
-             f"batch 1024), median of {args.repeats} alternating runs, 1 thread pinned to one core.", "",
-             "| backbone | parameters bare | with LAIN | + parameters | + parameters (excl. embeddings) | "
-             "+ inference time |", "|---|---:|---:|---:|---:|---:|"]
-    for n, r in res.items():
-        lines.append(f"| {n} | {r['bare_parameters']:,} | {r['lain_parameters']:,} | {100 * r['parameter_ratio']:.1f}% | "
-                     f"{100 * r['parameter_ratio_without_embeddings']:.1f}% | {100 * r['infer_time_ratio']:+.1f}% |")
-    write_text(args.out + ".md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    from seqctr.experiments.report import write_bench_markdown
+
+    print(write_bench_markdown(
+        args.out + ".md", "LAIN overhead on ml100k (paper defaults: d_f 32, hidden 512, 4 prompts)",
+        f"Command: `{COMMAND}`; inference over the test split (9,889 samples, batch 1024), median of "
+        f"{args.repeats} alternating runs, 1 thread pinned to one core.",
+        ["backbone", "parameters bare", "with LAIN", "+ parameters", "+ parameters (excl. embeddings)",
+         "+ inference time"],
+        [[n, f"{r['bare_parameters']:,}", f"{r['lain_parameters']:,}", f"{100 * r['parameter_ratio']:.1f}%",
+          f"{100 * r['parameter_ratio_without_embeddings']:.1f}%", f"{100 * r['infer_time_ratio']:+.1f}%"]
+         for n, r in res.items()]))
     return 0
 
 

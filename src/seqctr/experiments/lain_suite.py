@@ -15,7 +15,7 @@ import numpy as np
 
 from ..metrics.stats import mean_ci, paired_bootstrap
 from ..utils.io import write_json, write_text
-from .runner import RunSpec, load_metrics, run_dir, run_specs
+from .runner import RunSpec, run_dir, run_specs
 
 ABLATION = {  # paper Table 6, one config each
     "bare": [],

@@ -100,3 +100,17 @@ def write_experiments_report(root: Path) -> Path:
     path = root / "report.md"
     write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A markdown table: first column left-aligned, the others right-aligned (numbers)."""
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_bench_markdown(path: str | Path, title: str, intro: str, header: list[str], rows: list[list]) -> str:
+    """``# title``, an intro paragraph (the command and conditions) and a table; written atomically, returned."""
+    text = f"# {title}\n\n{intro}\n\n{markdown_table(header, rows)}\n"
+    write_text(path, text)
+    return text

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Backbone, BackboneOutput, SeqInputs, expand, register
+from .base import Backbone, BackboneOutput, SeqInputs, register
 
 
 class HSTUBlock(nn.Module):
@@ -116,7 +116,7 @@ class HSTU(Backbone):
         if evicted is not None:
             return None
         out, h = dict(state), new.hist
-        T, n = state["mask"].shape[1], h.shape[1]
+        n = h.shape[1]
         for i, blk in enumerate(self.blocks):
             _, k, v, _ = blk.qkvu(h)
             if i < len(self.blocks) - 1:
