@@ -204,6 +204,10 @@ class CTRModel(nn.Module):
             self._version_key, self._version = key, h.hexdigest()[:16]
         return self._version
 
+    def _check_version(self, cache) -> None:
+        if cache.model_version != self.model_version():
+            raise ValueError("this cache was made by other model weights; prefill again")
+
     @torch.no_grad()
     def prefill(self, user: torch.Tensor, hist: torch.Tensor, seq_len: int | None = None, max_len: int | None = None,
                 mode: str = "cache"):
@@ -236,8 +240,7 @@ class CTRModel(nn.Module):
         from the stored ids. Returns a new :class:`KVCache`."""
         from ..serving import KVCache
 
-        if cache.model_version != self.model_version():
-            raise ValueError("this cache was made by other model weights; prefill again")
+        self._check_version(cache)
         ids = cache.tensors["ids"][0].long()
         max_len, mode = cache.meta.get("max_len"), cache.meta.get("mode", "cache")
         seq_len = cache.history_len + new_events.shape[0]
@@ -259,8 +262,7 @@ class CTRModel(nn.Module):
     @torch.no_grad()
     def score(self, cache, candidates: torch.Tensor) -> torch.Tensor:
         """Click probabilities ``[N]`` of ``candidates [N, Fi]`` for the cached user."""
-        if cache.model_version != self.model_version():
-            raise ValueError("this cache was made by other model weights; prefill again")
+        self._check_version(cache)
         emb = self.embedding
         N = candidates.shape[0]
         target = emb.items(candidates)

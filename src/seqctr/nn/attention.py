@@ -249,17 +249,28 @@ class MultiHeadTargetAttention(Conditionable):
             v = torch.gather(v, 2, idx.unsqueeze(-1).expand(-1, -1, -1, hd))
         P = cond.num_prompts if cond is not None else 0
         if P:
-            pk, pv, _ = self.project_kv(cond.prompts)
-            if shift is not None:
-                pk = pk + shift.view(B, H, 1, hd)
-            scores, hmask = _with_prompts(scores, hmask, (q @ pk.transpose(-1, -2)).squeeze(2) / hd ** 0.5)
+            ps, pv = self._prompts(q, cond, shift)
+            scores, hmask = _with_prompts(scores, hmask, ps)
             v = torch.cat([pv, v], 2)
         w = masked_softmax(apply_temperature(scores, cond), hmask)
-        out = self.W_o((self.dropout(w).unsqueeze(2) @ v).squeeze(2).reshape(B, H * hd))
+        out = (self.dropout(w).unsqueeze(2) @ v).squeeze(2)
+        return self._result(out, w, P, idx, T)
+
+    def _prompts(self, q: torch.Tensor, cond: AttentionCondition, shift: torch.Tensor | None):
+        """Scores ``[B, H, P]`` of the prompt tokens for ``q [B, H, 1, hd]``, and their values ``[B, H, P, hd]``."""
+        B, H, _, hd = q.shape
+        pk, pv, _ = self.project_kv(cond.prompts)
+        if shift is not None:
+            pk = pk + shift.view(B, H, 1, hd)
+        return (q @ pk.transpose(-1, -2)).squeeze(2) / hd ** 0.5, pv
+
+    def _result(self, out: torch.Tensor, w: torch.Tensor, P: int, idx: torch.Tensor | None, T: int) -> AttentionResult:
+        """``out [B, H, hd]`` through ``W_o``; weights split into prompts and history (top-k mapped back to T)."""
+        B, H = w.shape[:2]
         w_hist = w[..., P:]
         if idx is not None:
             w_hist = torch.zeros(B, H, T, dtype=w.dtype, device=w.device).scatter(-1, idx, w_hist)
-        return AttentionResult(out, w_hist, w[..., :P] if P else None)
+        return AttentionResult(self.W_o(out.reshape(B, -1)), w_hist, w[..., :P] if P else None)
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
                 cond: AttentionCondition | None = None, topk: int | None = None,
@@ -289,10 +300,8 @@ class MultiHeadTargetAttention(Conditionable):
             events = gather_positions(keys, idx)                                         # [B, H, k, D]
         P = cond.num_prompts if cond is not None else 0
         if P:
-            pk, pv, _ = self.project_kv(cond.prompts)
-            if shift is not None:
-                pk = pk + shift.view(B, H, 1, hd)
-            scores, hmask = _with_prompts(scores, hmask, (q.unsqueeze(2) @ pk.transpose(-1, -2)).squeeze(2) / hd ** 0.5)
+            ps, pv = self._prompts(q.unsqueeze(2), cond, shift)
+            scores, hmask = _with_prompts(scores, hmask, ps)
         w = masked_softmax(apply_temperature(scores, cond), hmask)
         wd = self.dropout(w)
         if idx is None:
@@ -302,10 +311,7 @@ class MultiHeadTargetAttention(Conditionable):
         out = torch.einsum("bhd,hed->bhe", pooled, self.W_v.weight.view(H, hd, D))      # W_v per head
         if P:
             out = out + (wd[..., :P].unsqueeze(2) @ pv).squeeze(2)
-        w_hist = w[..., P:]
-        if idx is not None:
-            w_hist = torch.zeros(B, H, T, dtype=w.dtype, device=w.device).scatter(-1, idx, w_hist)
-        return AttentionResult(self.W_o(out.reshape(B, H * hd)), w_hist, w[..., :P] if P else None)
+        return self._result(out, w, P, idx, T)
 
 
 class BilinearAttention(Conditionable):
