@@ -200,17 +200,26 @@ def _ints(text: str) -> list[int]:
 
 
 def cmd_experiment(args) -> int:
-    from .experiments import lain_suite
+    from .experiments import kv_suite, lain_suite
 
     common = dict(out=Path(args.out), config_dir=Path(args.config_dir), sets=args.set, jobs=args.jobs,
                   threads=args.threads)
     seeds = _ints(args.seeds)
+    if not args.backbones:
+        args.backbones = "sim,eta,sdim,twin,hstu" if args.kind == "kv" else "din,dien,sim,sdim,twin"
     if args.kind == "compare":
         lain_suite.compare(args.backbones.split(","), seeds, **common)
     elif args.kind == "maxlen":
         lain_suite.maxlen(args.backbones.split(","), _ints(args.lengths), seeds, with_lain=not args.no_lain, **common)
     elif args.kind == "ablation":
         lain_suite.ablation(args.backbones.split(",")[0], seeds, **common)
+    elif args.kind == "kv":
+        unknown = set(args.variants.split(",")) - set(kv_suite.VARIANTS)
+        if unknown:
+            raise SeqctrError(f"--variants: unknown {sorted(unknown)}; known: {list(kv_suite.VARIANTS)}")
+        kv_suite.kv(args.backbones.split(","), seeds, variants=args.variants.split(","),
+                    sweep_backbone=args.sweep_backbone, user_dims=_ints(args.user_dims),
+                    pool_sizes=_ints(args.pool_sizes), **common)
     else:
         lain_suite.sensitivity(args.backbones.split(",")[0], seeds, **common)
     md = Path(args.out) / args.kind / "results.md"
@@ -275,13 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
     ak.add_argument("--out", default="runs/experiments/kv")
     ak.set_defaults(func=cmd_analyze_kv)
 
-    ex = sub.add_parser("experiment", help="LAIN experiments: compare | maxlen | ablation | sensitivity")
-    ex.add_argument("kind", choices=["compare", "maxlen", "ablation", "sensitivity"])
-    ex.add_argument("--backbones", default="din,dien,sim,sdim,twin",
-                    help="comma list (ablation / sensitivity use the first)")
+    ex = sub.add_parser("experiment", help="LAIN experiments: compare | maxlen | ablation | sensitivity; "
+                                           "CollectiveKV: kv")
+    ex.add_argument("kind", choices=["compare", "maxlen", "ablation", "sensitivity", "kv"])
+    ex.add_argument("--backbones", help="comma list (ablation / sensitivity use the first); default "
+                    "din,dien,sim,sdim,twin, for kv sim,eta,sdim,twin,hstu")
     ex.add_argument("--seeds", default="2024,2025,2026")
     ex.add_argument("--lengths", default="50,100,200,500", help="maxlen: the max_len values")
     ex.add_argument("--no-lain", action="store_true", help="maxlen: bare backbones only")
+    ex.add_argument("--variants", default="base,silu,ck,cv,ckv", help="kv: which of base,silu,ck,cv,ckv")
+    ex.add_argument("--sweep-backbone", default="twin", help="kv: backbone for the d_u and m sweeps ('' = none)")
+    ex.add_argument("--user-dims", default="1,2,4,8", help="kv: d_u sweep")
+    ex.add_argument("--pool-sizes", default="100,1000,10000", help="kv: m sweep")
     ex.add_argument("--config-dir", default="configs/ml100k")
     ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="applied to every run")
     ex.add_argument("--jobs", type=int, default=2, help="runs at a time")

@@ -12,14 +12,23 @@ from seqctr.serving import KVCache
 MAX_LEN = 12
 
 
-def make(ds, name, lain=False):
+def make(ds, name, lain=False, **options):
     torch.manual_seed(0)
     opts = {"short_seq_len": 5, "topk": 4} if name in ("sim", "eta", "twin") else {}
     if name == "sdim":
         opts = {"short_seq_len": 5}
-    cfg = ModelConfig(name=name, embedding_dim=8, mlp_hidden=[16], dropout=0.0, options=opts,
+    cfg = ModelConfig(name=name, embedding_dim=8, mlp_hidden=[16], dropout=0.0, options={**opts, **options},
                       lain={"enabled": True, "hidden": 16} if lain else {})
-    return build_model(cfg, ds.meta).eval()
+    return visible(build_model(cfg, ds.meta).eval())
+
+
+def visible(model):
+    """Embeddings at N(0, 0.5) instead of the training init N(0, 1e-4): with near-zero inputs a
+    wrong key or value would hide under the 1e-5 tolerance."""
+    with torch.no_grad():
+        for p in model.embedding.parameters():
+            p.normal_(0, 0.5)
+    return model
 
 
 def full_forward(model, user, hist, seq_len, cands):
@@ -96,8 +105,8 @@ def test_collective_kv_cache_equals_full_forward(synth_ds, name, branches):
             "silu_qkv": True}
     if name != "sdim":
         opts["topk"] = 4
-    model = build_model(ModelConfig(name=name, embedding_dim=8, mlp_hidden=[16], dropout=0.0, options=opts),
-                        synth_ds.meta).eval()
+    model = visible(build_model(ModelConfig(name=name, embedding_dim=8, mlp_hidden=[16], dropout=0.0, options=opts),
+                                synth_ds.meta).eval())
     user, hist, cands = random_user(synth_ds, 20, seed=5)
     cache = model.prefill(user[0], hist, max_len=MAX_LEN)
     assert cache.tensors["short_idx_k"].dtype == torch.uint8 and cache.tensors["short_u_k"].shape[-1] == 1
@@ -106,8 +115,48 @@ def test_collective_kv_cache_equals_full_forward(synth_ds, name, branches):
                                atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("T,n", [(0, 4), (6, 3), (20, 2)])
+def test_hstu_collective_kv_cache_equals_full_forward_and_appends(synth_ds, T, n):
+    """Every HSTU layer keeps only d_u-wide user parts + pool indices; scoring from them (and
+    after appending events) equals the full forward pass."""
+    model = make(synth_ds, "hstu", collective_kv={"user_dim": 1, "pool_size": 300})
+    user, hist, cands = random_user(synth_ds, T + n, seed=T)
+    cache = model.prefill(user[0], hist[:T], max_len=MAX_LEN)
+    for i in range(2):
+        assert cache.tensors[f"l{i}_idx_k"].dtype == torch.int16 and cache.tensors[f"l{i}_u_v"].shape[-1] == 1
+        assert f"l{i}_k" not in cache.tensors
+    torch.testing.assert_close(model.score(cache, cands), full_forward(model, user, hist[:T], T, cands),
+                               atol=1e-5, rtol=1e-5)
+    grown = model.append(cache, hist[T:])
+    torch.testing.assert_close(model.score(grown, cands), full_forward(model, user, hist, T + n, cands),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_hstu_collective_kv_trains_with_every_layers_router_loss(synth_ds):
+    model = make(synth_ds, "hstu", collective_kv={"user_dim": 2, "pool_size": 40, "mask_aux": True}).train()
+    user, hist, cands = random_user(synth_ds, 6, seed=2)
+    N, T = cands.shape[0], hist.shape[0]
+    mask = torch.arange(T).unsqueeze(0) >= torch.arange(N).unsqueeze(1) % T      # ragged left padding
+    batch = SeqBatch(user=user.expand(N, -1), target=cands, hist=hist.unsqueeze(0).expand(N, T, -1), mask=mask,
+                     seq_len=mask.sum(1), label=(torch.arange(N) % 2).float(), user_index=torch.zeros(N, dtype=torch.long))
+    out = model(batch)
+    emb = model.embedding
+    seq = torch.cat([emb.items(batch.hist), emb.items(batch.target).unsqueeze(1)], 1)
+    valid = torch.cat([mask, mask.new_ones(N, 1)], 1)
+    per_layer = []
+    for blk in model.backbone.blocks:
+        seq, _, aux = blk(seq, valid)
+        per_layer.append(aux)
+    assert out.aux_loss is not None and torch.isfinite(out.aux_loss)
+    torch.testing.assert_close(out.aux_loss, sum(per_layer))
+    model.loss(out, batch.label).backward()
+    for blk in model.backbone.blocks:
+        assert blk.ckv.router_k.weight.grad.abs().sum() > 0 and blk.ckv.pool_v.grad.abs().sum() > 0
+
+
 def test_cache_accounting_on_the_paper_configuration():
     """d = 256, d_u = 1, m = 10,000 (int16 indices): the compressed cache is under 1% of full K/V."""
+    from seqctr.models.hstu import HSTU
     from seqctr.models.sim import SIM
     from seqctr.serving.accounting import kv_cache_bytes
 
@@ -120,6 +169,12 @@ def test_cache_accounting_on_the_paper_configuration():
     assert acc["ratio"] == pytest.approx(12 / 2048) and acc["ratio"] < 0.01
     assert acc["ratio_without_indices"] == pytest.approx(8 / 2048)
     assert acc["pool_bytes"] == 2 * 2 * 10000 * 255 * 4                 # K and V pools of both layers
+
+    hstu = HSTU(64, num_layers=2, collective_kv={"user_dim": 1, "pool_size": 10000})
+    acc = kv_cache_bytes(hstu, events=1000)
+    assert acc["full_bytes"] == 2 * 1000 * 2 * 64 * 4                    # two layers, K and V
+    assert acc["ratio"] == pytest.approx(12 / 512)
+    assert acc["pool_bytes"] == 2 * 2 * 10000 * 63 * 4
 
     short_only = kv_cache_bytes(SIM(16, attention_dim=256, num_heads=8,
                                     collective_kv={"user_dim": 1, "pool_size": 10000}), events=1000)

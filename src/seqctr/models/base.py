@@ -304,3 +304,13 @@ def build_model(model_cfg, meta: dict) -> CTRModel:
     if lain_cfg.enabled:
         lain = (lain_cfg, float(meta.get("mean_train_len", 0.0)))
     return CTRModel(emb, backbone, model_cfg.mlp_hidden, model_cfg.dropout, lain=lain)
+
+
+def prefixed(d: dict, prefix: str) -> dict:
+    """Cache tensors of one part under ``prefix`` (``{"k": t} -> {"short_k": t}``)."""
+    return {prefix + k: v for k, v in d.items()}
+
+
+def unprefixed(d: dict, prefix: str) -> dict:
+    """The inverse of :func:`prefixed`: the tensors under ``prefix``, without it."""
+    return {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}

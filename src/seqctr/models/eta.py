@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..nn import simhash, topk_select
-from .base import SeqInputs, register
-from .two_branch import BranchOutput, TwoBranchBackbone, prefixed
+from .base import SeqInputs, prefixed, register
+from .two_branch import BranchOutput, TwoBranchBackbone
 
 
 @register("eta")

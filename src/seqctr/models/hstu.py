@@ -2,37 +2,84 @@
 ``A = SiLU(q k^T / sqrt(d_h) + rab) / N`` (no softmax), with a learned relative-position bias and
 a causal mask, gated by ``u``. For CTR the target item is appended as the last token, so it
 attends to the whole history while no history token sees it (target-aware ranking); its final
-state is the user interest vector."""
+state is the user interest vector.
+
+``collective_kv`` (options of :class:`~seqctr.nn.collective_kv.CollectiveKV`) gives every layer its
+own CollectiveKV, as the authors' ``HSTUBlock_GMUS_v2``: ``f1`` then projects to ``u, q`` only and
+``k, v = [pool entry, SiLU(W x)]`` are routed from the normalised input (biased Linears there);
+the layers' auxiliary losses are summed into the training loss. A serving cache then holds each
+layer's d_u-wide user parts and pool indices instead of full keys and values."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Backbone, BackboneOutput, SeqInputs, register
+from .base import Backbone, BackboneOutput, SeqInputs, prefixed, register, unprefixed
 
 
 class HSTUBlock(nn.Module):
     """One HSTU layer. ``x [B, N, D]``, ``valid [B, N]`` -> ``[B, N, D]`` (and weights ``[B, H, N, N]``)."""
 
-    def __init__(self, dim: int, num_heads: int, max_len: int, dropout: float):
+    branch = "layer"   # every history event is cached in every layer (see serving.accounting)
+
+    def __init__(self, dim: int, num_heads: int, max_len: int, dropout: float, collective: dict | None = None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
         self.h, self.hd, self.max_len = num_heads, dim // num_heads, max_len
         self.norm_in = nn.LayerNorm(dim)
-        self.f1 = nn.Linear(dim, 4 * dim)
+        self.ckv = None
+        if collective:
+            from ..nn.collective_kv import CollectiveKV
+
+            self.ckv = CollectiveKV(dim, dim, dim, **{"bias": True, **collective})
+        self.f1 = nn.Linear(dim, (2 if self.ckv is not None else 4) * dim)
         self.norm_av = nn.LayerNorm(dim)
         self.f2 = nn.Linear(dim, dim)
         self.rab = nn.Parameter(torch.zeros(num_heads, max_len + 1))   # bias by distance i - j (clipped)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def kv_width(self) -> int:
+        return self.h * self.hd
+
+    def split(self, t: torch.Tensor) -> torch.Tensor:
+        """``[B, N, D] -> [B, H, N, hd]``."""
+        B, N, _ = t.shape
+        return t.view(B, N, self.h, self.hd).transpose(1, 2)
+
+    def qkvu(self, x: torch.Tensor, valid: torch.Tensor | None = None):
+        """Per-head ``q, k, v [B, H, N, hd]``, gate ``u [B, N, D]`` and the CollectiveKV
+        auxiliary loss (None unless training with CollectiveKV)."""
+        n = self.norm_in(x)
+        if self.ckv is None:
+            u, q, k, v = F.silu(self.f1(n)).chunk(4, -1)
+            aux = None
+        else:
+            u, q = F.silu(self.f1(n)).chunk(2, -1)
+            k, v, aux = self.ckv(n, n, valid)
+        return self.split(q), self.split(k), self.split(v), u, aux
+
+    def cache_kv(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What a serving cache keeps of this layer for tokens ``x [B, T, D]``, every tensor
+        ``[B, T, ...]``: full ``k, v`` or the CollectiveKV codes (user parts + pool indices)."""
+        if self.ckv is None:
+            _, _, k, v = F.silu(self.f1(self.norm_in(x))).chunk(4, -1)   # u, q, k, v as in qkvu
+            return {"k": k, "v": v}
+        n = self.norm_in(x)
+        return self.ckv.codes(n, n)
+
+    def kv_from_cache(self, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head ``k, v [B, H, T, hd]`` from :meth:`cache_kv`'s tensors."""
+        k, v = (state["k"], state["v"]) if self.ckv is None else self.ckv.from_codes(state)
+        return self.split(k), self.split(v)
 
     def target_step(self, x_t: torch.Tensor, k_hist: torch.Tensor, v_hist: torch.Tensor, valid: torch.Tensor):
         """One layer for the target tokens only, from one user's cached ``k, v [1, H, T, hd]``
         (``valid [1, T]``): ``x_t [N, D] -> [N, D]``, exactly the last row of :meth:`forward` on
         ``[history; target]``. The history K/V are broadcast, never copied per candidate."""
         N, D = x_t.shape
-        q, k, v, u = self.qkvu(x_t.unsqueeze(1))                                  # [N, H, 1, hd]
+        q, k, v, u, _ = self.qkvu(x_t.unsqueeze(1))                               # [N, H, 1, hd]
         T = k_hist.shape[2]
         qh = q[:, :, 0].transpose(0, 1)                                           # [H, N, hd]
         dist = torch.arange(T, 0, -1, device=x_t.device).clamp(max=self.max_len)  # target at T, keys 0..T-1
@@ -45,20 +92,13 @@ class HSTUBlock(nn.Module):
     def extend(self, x_new: torch.Tensor, k_old: torch.Tensor, v_old: torch.Tensor, valid_old: torch.Tensor):
         """This layer's outputs for new tokens ``x_new [B, n, D]`` appended after cached ones."""
         B, n, D = x_new.shape
-        q, k, v, u = self.qkvu(x_new)
+        q, k, v, u, _ = self.qkvu(x_new)
         T = k_old.shape[2]
         pos = torch.arange(T + n, device=x_new.device)
         key_valid = torch.cat([valid_old, valid_old.new_ones(B, n)], 1)
         a = self.attention(q, torch.cat([k_old, k], 2), pos[T:], pos, key_valid)
         av = (a @ torch.cat([v_old, v], 2)).transpose(1, 2).reshape(B, n, D)
         return x_new + self.dropout(self.f2(self.norm_av(av) * u))
-
-    def qkvu(self, x: torch.Tensor):
-        """Per-head ``q, k, v [B, H, N, hd]`` and gate ``u [B, N, D]``."""
-        B, N, D = x.shape
-        u, q, k, v = F.silu(self.f1(self.norm_in(x))).chunk(4, -1)
-        split = lambda t: t.view(B, N, self.h, self.hd).transpose(1, 2)  # noqa: E731
-        return split(q), split(k), split(v), u
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
                   key_valid: torch.Tensor) -> torch.Tensor:
@@ -71,9 +111,10 @@ class HSTUBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor, need_weights: bool = False, last_only: bool = False):
         """All positions, or with ``last_only`` just the last one (``[B, 1, D]``; what a
-        target-aware final layer needs: its keys and values still come from every position)."""
+        target-aware final layer needs: its keys and values still come from every position).
+        Returns ``(y, weights or None, CollectiveKV aux loss or None)``."""
         B, N, D = x.shape
-        q, k, v, u = self.qkvu(x)
+        q, k, v, u, aux = self.qkvu(x, valid)
         pos = torch.arange(N, device=x.device)
         q_pos = pos[-1:] if last_only else pos
         if last_only:
@@ -81,33 +122,37 @@ class HSTUBlock(nn.Module):
         a = self.attention(q, k, q_pos, pos, valid)
         av = (a @ v).transpose(1, 2).reshape(B, len(q_pos), D)
         y = x + self.dropout(self.f2(self.norm_av(av) * u))
-        return (y if last_only else y * valid.unsqueeze(-1)), (a if need_weights else None)
+        return (y if last_only else y * valid.unsqueeze(-1)), (a if need_weights else None), aux
 
 
 @register("hstu")
 class HSTU(Backbone):
     """Options: ``num_layers`` (2), ``num_heads`` (2), ``max_len`` (relative-position range and the
-    1/N normaliser; 256), ``dropout`` (0.0)."""
+    1/N normaliser; 256), ``dropout`` (0.0), ``collective_kv`` (CollectiveKV options for every
+    layer; None = off)."""
 
     supports_lain = ("HSTU has no softmax to temper and its relative-position bias would move prompt tokens "
                      "with the padding; LAIN is not attached to it")
 
     def __init__(self, item_dim: int, feature_dim: int = 64, num_layers: int = 2, num_heads: int = 2,
-                 max_len: int = 256, dropout: float = 0.0):
+                 max_len: int = 256, dropout: float = 0.0, collective_kv: dict | None = None):
         super().__init__()
-        self.blocks = nn.ModuleList(HSTUBlock(item_dim, num_heads, max_len, dropout) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(HSTUBlock(item_dim, num_heads, max_len, dropout, collective_kv)
+                                    for _ in range(num_layers))
         self.norm_out = nn.LayerNorm(item_dim)
         self.out_dim = item_dim
 
+    def _layer(self, state: dict, i: int):
+        return self.blocks[i].kv_from_cache(unprefixed(state, f"l{i}_"))
+
     def prefill(self, x: SeqInputs) -> dict:
-        """Every layer's keys and values of the history tokens (causal: they never depend on the
-        target), ``[1, H, T, hd]`` each."""
+        """Every layer's cache form of the history tokens (causal: it never depends on the
+        target), ``[1, T, ...]`` per tensor, under ``l{i}_``."""
         state, seq = {"mask": x.mask}, x.hist
         for i, blk in enumerate(self.blocks):
-            _, k, v, _ = blk.qkvu(seq)
-            state[f"k{i}"], state[f"v{i}"] = k, v
+            state.update(prefixed(blk.cache_kv(seq), f"l{i}_"))
             if i < len(self.blocks) - 1:
-                seq, _ = blk(seq, x.mask)
+                seq, _, _ = blk(seq, x.mask)
         return state
 
     def append(self, state: dict, new: SeqInputs, evicted, max_len):
@@ -118,18 +163,17 @@ class HSTU(Backbone):
         out, h = dict(state), new.hist
         n = h.shape[1]
         for i, blk in enumerate(self.blocks):
-            _, k, v, _ = blk.qkvu(h)
+            new_part = prefixed(blk.cache_kv(h), f"l{i}_")
             if i < len(self.blocks) - 1:
-                h = blk.extend(h, state[f"k{i}"], state[f"v{i}"], state["mask"])
-            out[f"k{i}"] = torch.cat([state[f"k{i}"], k], 2)
-            out[f"v{i}"] = torch.cat([state[f"v{i}"], v], 2)
+                h = blk.extend(h, *self._layer(state, i), state["mask"])
+            out.update({k: torch.cat([state[k], t], 1) for k, t in new_part.items()})
         out["mask"] = torch.cat([state["mask"], state["mask"].new_ones(1, n)], 1)
         return out
 
     def score(self, state: dict, x: SeqInputs) -> BackboneOutput:
         h = x.target
         for i, blk in enumerate(self.blocks):
-            h = blk.target_step(h, state[f"k{i}"], state[f"v{i}"], state["mask"])
+            h = blk.target_step(h, *self._layer(state, i), state["mask"])
         return BackboneOutput(vector=self.norm_out(h))
 
     def encode(self, x: SeqInputs, need_weights: bool = False):
@@ -138,14 +182,18 @@ class HSTU(Backbone):
         valid = torch.cat([x.mask, x.mask.new_ones(x.mask.shape[0], 1)], 1)
         w = None
         for blk in self.blocks:
-            seq, w = blk(seq, valid, need_weights)
+            seq, w, _ = blk(seq, valid, need_weights)
         return seq, w
 
     def forward(self, x: SeqInputs) -> BackboneOutput:
         seq = torch.cat([x.hist, x.target.unsqueeze(1)], 1)
         valid = torch.cat([x.mask, x.mask.new_ones(x.mask.shape[0], 1)], 1)
+        auxes = []
         for blk in self.blocks[:-1]:
-            seq, _ = blk(seq, valid)
-        out, w = self.blocks[-1](seq, valid, x.need_weights, last_only=True)   # only the target row
-        att = {"hstu": w[:, :, -1, :-1]} if x.need_weights else {}              # [B, H, T]
-        return BackboneOutput(vector=self.norm_out(out[:, -1]), attention=att)
+            seq, _, aux = blk(seq, valid)
+            auxes.append(aux)
+        out, w, aux = self.blocks[-1](seq, valid, x.need_weights, last_only=True)   # only the target row
+        auxes = [a for a in auxes + [aux] if a is not None]
+        att = {"hstu": w[:, :, -1, :-1]} if x.need_weights else {}                  # [B, H, T]
+        return BackboneOutput(vector=self.norm_out(out[:, -1]), attention=att,
+                              aux_loss=sum(auxes) if auxes else None)

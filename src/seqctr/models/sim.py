@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from ..nn import topk_select
-from .base import SeqInputs, expand, register
-from .two_branch import BranchOutput, TwoBranchBackbone, prefixed
+from .base import SeqInputs, expand, prefixed, register
+from .two_branch import BranchOutput, TwoBranchBackbone
 
 
 @register("sim")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import SeqInputs, expand, register
-from .two_branch import BranchOutput, TwoBranchBackbone, prefixed, unprefixed
+from .base import SeqInputs, expand, prefixed, register, unprefixed
+from .two_branch import BranchOutput, TwoBranchBackbone
 
 
 @register("twin")

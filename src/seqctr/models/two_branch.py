@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..nn import MultiHeadTargetAttention, gather_positions
-from .base import Backbone, BackboneOutput, SeqInputs, concat_events, expand
+from .base import Backbone, BackboneOutput, SeqInputs, concat_events, expand, prefixed, unprefixed
 
 
 @dataclass
@@ -148,11 +148,3 @@ class TwoBranchBackbone(Backbone):
         auxes = [a for a in (short.aux_loss, long.aux_loss) if a is not None]
         return BackboneOutput(vector=torch.cat([short.vector, long.vector], dim=-1),
                               aux_loss=sum(auxes) if auxes else None, aux_vector=long.aux_vector, attention=att)
-
-
-def prefixed(d: dict, prefix: str) -> dict:
-    return {prefix + k: v for k, v in d.items()}
-
-
-def unprefixed(d: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}

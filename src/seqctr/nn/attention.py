@@ -193,9 +193,12 @@ class MultiHeadTargetAttention(Conditionable):
         self.W_o = nn.Linear(attention_dim, input_dim, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
+    def kv_width(self) -> int:
+        """Width of the cached K (and V) per event, all heads."""
+        return self.num_heads * self.head_dim
+
     def condition_widths(self) -> tuple[int, int]:
-        A = self.num_heads * self.head_dim
-        return A, A
+        return self.kv_width(), self.kv_width()
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, H*hd] -> [B, H, T, hd]``."""

@@ -64,16 +64,23 @@ class CollectiveKV(nn.Module):
     def _part(self, name: str, x: torch.Tensor, mask: torch.Tensor | None):
         if not self.share[name]:
             return getattr(self, f"full_{name}")(x), None
-        logits = getattr(self, f"router_{name}")(x)                        # [B, T, m]
+        router = getattr(self, f"router_{name}")
+        logits = router(x)                                                  # [B, T, m]
         pool = getattr(self, f"pool_{name}")
-        top, idx = logits.max(-1)
         if not self.training:
-            return self._join(pool[idx], self._user(name, x)), None
+            return self._join(pool[logits.argmax(-1)], self._user(name, x)), None
+        idx = logits.detach().argmax(-1)
+        # The top-1 logit, recomputed from its router row: the same value and gradient as
+        # ``logits.max(-1)`` without a [B, T, m] zero-filled gradient buffer (the costly part on CPU).
+        top = (x * router.weight[idx]).sum(-1)
+        if router.bias is not None:
+            top = top + router.bias[idx]
         collective = torch.sigmoid(top).unsqueeze(-1) * pool[idx]
         w = mask.to(x.dtype) if (self.mask_aux and mask is not None) else torch.ones_like(top)
         n = w.sum().clamp_min(1.0)
         peak = -(F.logsigmoid(top) * w).sum() / n
-        p_bar = (torch.softmax(logits, -1) * w.unsqueeze(-1)).sum((0, 1)) / n
+        probs = torch.softmax(logits, -1)
+        p_bar = (w.reshape(1, -1) @ probs.reshape(-1, self.pool_size)).squeeze(0) / n   # weighted mean, one GEMV
         p_bar = p_bar.clamp_min(1e-9)
         balance = (p_bar * torch.log(p_bar * self.pool_size)).sum()
         aux = self.peak_weight * peak + self.balance_weight * balance

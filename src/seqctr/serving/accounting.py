@@ -5,20 +5,22 @@ from torch import nn
 
 
 def kv_cache_bytes(backbone: nn.Module, events: int, float_bytes: int = 4) -> dict:
-    """Per-user bytes of every cached target-attention K/V (``events`` history events per
-    attention; the short branch holds at most ``short_seq_len - 1``), summed over layers.
+    """Per-user bytes of every cached K/V: target attention (``events`` history events per
+    attention; the short branch holds at most ``short_seq_len - 1``) and every HSTU layer,
+    summed over layers.
 
     ``full``: what an uncompressed cache of the same layers holds; ``cached``: what this model's
     cache holds (CollectiveKV: user parts + indices); ``ratio`` with and without the indices;
     ``pool_bytes``: the shared pools (held once, not per user)."""
+    from ..models.hstu import HSTUBlock
     from ..nn import MultiHeadTargetAttention
 
     full = cached = cached_no_idx = pool = 0
     for m in backbone.modules():
-        if not isinstance(m, MultiHeadTargetAttention):
+        if not isinstance(m, (MultiHeadTargetAttention, HSTUBlock)):
             continue
         n = events if m.branch != "short" else min(events, backbone.short_seq_len - 1)
-        A = m.num_heads * m.head_dim
+        A = m.kv_width()
         full += n * 2 * A * float_bytes
         if m.ckv is None:
             cached += n * 2 * A * float_bytes
