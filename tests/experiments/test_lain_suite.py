@@ -61,9 +61,15 @@ def test_maxlen_sweep_records_polarization(tmp_path, seqctr_home, capsys):
     cdir = make_configs(tmp_path)
     out = tmp_path / "exp"
     assert main(["experiment", "maxlen", "--backbones", "din", "--lengths", "3,20", "--seeds", "1",
-                 "--no-lain", "--config-dir", str(cdir), "--out", str(out), "--jobs", "2"]) == 0
+                 "--config-dir", str(cdir), "--out", str(out), "--jobs", "2"]) == 0
     res = json.loads((out / "maxlen" / "results.json").read_text())["backbones"]["din"]
     pol = res["polarization"]
-    assert set(pol) == {"din/bare/len3", "din/bare/len20"}
+    assert set(pol) == {"din/bare/len3", "din/bare/len20", "din/lain/len3", "din/lain/len20"}
+    for n in ("3", "20"):   # LAIN's effect at each length: the paired difference of the same-length runs
+        d = res["lain_vs_bare"][n]["groups"][f"din/lain/len{n}"][f"delta_vs_din/bare/len{n}"]["overall"]["auc"]
+        m = {v: json.loads((out / "maxlen" / f"din/{v}/len{n}/seed1/metrics.json").read_text())["test"]["overall"]["auc"]
+             for v in ("bare", "lain")}
+        assert abs(d["delta"] - (m["lain"] - m["bare"])) < 1e-9
+    assert "+LAIN vs bare at the same max_len" in (out / "maxlen" / "results.md").read_text()
     g3, g20 = pol["din/bare/len3"]["din"]["overall"], pol["din/bare/len20"]["din"]["overall"]
     assert 0 <= g3 <= 1 and 0 <= g20 <= 1

@@ -179,6 +179,7 @@ def test_cache_accounting_on_the_paper_configuration():
     short_only = kv_cache_bytes(SIM(16, attention_dim=256, num_heads=8,
                                     collective_kv={"user_dim": 1, "pool_size": 10000}), events=1000)
     assert short_only["cached_bytes"] == 49 * per_event_ckv + 1000 * per_event_full
+    assert short_only["ratio_compressed"] == pytest.approx(12 / 2048)       # the short branch alone
 
 
 @pytest.mark.parametrize("name", backbone_names())

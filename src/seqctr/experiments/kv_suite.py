@@ -90,13 +90,13 @@ def cache_accounting(groups: dict[str, tuple[str, list]], sets: list[str] = ()) 
 
 
 def format_bytes_table(acc: dict[str, dict]) -> str:
-    rows = ["| group | events | full K/V bytes/user | cached bytes/user | ratio | ratio w/o indices | pool bytes (shared) |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| group | events | full K/V bytes/user | cached bytes/user | ratio | ratio w/o indices "
+            "| ratio, compressed layers only | pool bytes (shared) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for g, a in acc.items():
         for k in ("mean_events", "max_len"):
             r = a[k]
             rows.append(f"| {g} | {r['events']} | {r['full_bytes']:,} | {r['cached_bytes']:,} | {r['ratio']:.2%} "
-                        f"| {r['ratio_without_indices']:.2%} | {r['pool_bytes']:,} |")
+                        f"| {r['ratio_without_indices']:.2%} | {r['ratio_compressed']:.2%} | {r['pool_bytes']:,} |")
     return "\n".join(rows)
 
 

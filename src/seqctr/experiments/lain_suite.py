@@ -188,8 +188,20 @@ def maxlen(backbones: list[str], lengths: list[int], seeds: list[int], out: Path
                                                               else p[br]["overall"]["gini"] for p in ps]))
                                          for part in ["overall"] + summ["buckets"]}
                                     for br in ps[0]} for g, ps in pol.items()}
+        if with_lain:   # LAIN's own effect at each max_len: +LAIN vs bare at the same length
+            summ["lain_vs_bare"] = {n: summarise(root, {f"{b}/bare/len{n}": None, f"{b}/lain/len{n}": None}, seeds,
+                                                 f"{b}/bare/len{n}", metrics) for n in lengths}
         res[b] = summ
         md.append(format_summary(summ, f"{b}: AUC by max_len (Δ vs max_len {lengths[0]})"))
+        if with_lain:
+            md += ["", f"+LAIN vs bare at the same max_len, {b} (paired bootstrap of the AUC difference):", "",
+                   "| max_len | " + " | ".join(["overall"] + summ["buckets"]) + " |",
+                   "|---|" + "---:|" * (len(summ["buckets"]) + 1)]
+            for n, r in summ["lain_vs_bare"].items():
+                d = r["groups"][f"{b}/lain/len{n}"][f"delta_vs_{b}/bare/len{n}"]
+                md.append(f"| {n} | " + " | ".join(
+                    f"{d[p]['auc']['delta']:+.4f} [{d[p]['auc']['lo']:+.4f}, {d[p]['auc']['hi']:+.4f}]"
+                    for p in ["overall"] + summ["buckets"]) + " |")
         md += ["", f"Mean attention Gini (over seeds) per branch and bucket, {b}:", "",
                "| run | branch | " + " | ".join(["overall"] + summ["buckets"]) + " |",
                "|---|---|" + "---:|" * (len(summ["buckets"]) + 1)]

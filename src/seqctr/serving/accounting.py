@@ -11,11 +11,13 @@ def kv_cache_bytes(backbone: nn.Module, events: int, float_bytes: int = 4) -> di
 
     ``full``: what an uncompressed cache of the same layers holds; ``cached``: what this model's
     cache holds (CollectiveKV: user parts + indices); ``ratio`` with and without the indices;
-    ``pool_bytes``: the shared pools (held once, not per user)."""
+    ``pool_bytes``: the shared pools (held once, not per user); ``ratio_compressed``: the ratio
+    over the CollectiveKV layers only (what the paper's compression ratio measures; the other
+    layers' K/V are cached in full)."""
     from ..models.hstu import HSTUBlock
     from ..nn import MultiHeadTargetAttention
 
-    full = cached = cached_no_idx = pool = 0
+    full = cached = cached_no_idx = pool = ckv_full = ckv_cached = 0
     for m in backbone.modules():
         if not isinstance(m, (MultiHeadTargetAttention, HSTUBlock)):
             continue
@@ -27,6 +29,8 @@ def kv_cache_bytes(backbone: nn.Module, events: int, float_bytes: int = 4) -> di
             cached_no_idx += n * 2 * A * float_bytes
             continue
         pool += m.ckv.pool_bytes()
+        ckv_full += n * 2 * A * float_bytes
+        before = cached
         idx_bytes = m.ckv.idx_dtype.itemsize
         for name in ("k", "v"):
             if m.ckv.share[name]:
@@ -35,5 +39,7 @@ def kv_cache_bytes(backbone: nn.Module, events: int, float_bytes: int = 4) -> di
             else:
                 cached += n * A * float_bytes
                 cached_no_idx += n * A * float_bytes
+        ckv_cached += cached - before
     return {"events": events, "full_bytes": full, "cached_bytes": cached, "ratio": cached / full if full else float("nan"),
-            "ratio_without_indices": cached_no_idx / full if full else float("nan"), "pool_bytes": pool}
+            "ratio_without_indices": cached_no_idx / full if full else float("nan"), "pool_bytes": pool,
+            "ratio_compressed": ckv_cached / ckv_full if ckv_full else float("nan")}
