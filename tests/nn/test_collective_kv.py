@@ -77,3 +77,20 @@ def test_attention_with_collective_kv_serves_from_codes():
     full = att(q, keys, mask).out
     k, v = att.kv_from_cache(att.cache_kv(keys))
     torch.testing.assert_close(att.attend(q, k, v, mask).out, full)
+
+
+def test_weighted_mean_softmax_matches_autograd():
+    """The hand-written backward of the balance term equals autograd's softmax backward."""
+    from seqctr.nn.collective_kv import WeightedMeanSoftmax
+
+    torch.manual_seed(0)
+    logits = torch.randn(37, 11, dtype=torch.float64, requires_grad=True)
+    w = (torch.rand(37, dtype=torch.float64) > 0.3).double()
+    g = torch.randn(11, dtype=torch.float64)
+    got = WeightedMeanSoftmax.apply(logits, w)
+    (gl,) = torch.autograd.grad(got, logits, g)
+    want = w @ torch.softmax(logits, -1)
+    (wl,) = torch.autograd.grad(want, logits, g)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(gl, wl)
+    assert torch.autograd.gradcheck(lambda x: WeightedMeanSoftmax.apply(x, w), (logits,))

@@ -22,6 +22,29 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class WeightedMeanSoftmax(torch.autograd.Function):
+    """``w @ softmax(logits)``: ``logits [N, m]``, ``w [N]`` (no gradient) -> ``[m]``.
+
+    The router's load-balance term needs the mean routing distribution over every position and
+    all ``m`` pool entries. Autograd would materialise the ``[N, m]`` upstream gradient and then run
+    softmax's backward over it; here the gradient ``w_i p_ij (g_j - sum_k p_ik g_k)`` is written in
+    one pass over ``p`` (the same values; a third fewer passes over the largest tensor of a
+    CollectiveKV training step)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        p = torch.softmax(logits, -1)
+        ctx.save_for_backward(p, w)
+        return w @ p
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        p, w = ctx.saved_tensors
+        ws = w * (p @ g)                                                 # [N]
+        grad = torch.addcmul(-ws.unsqueeze(1), w.unsqueeze(1), g.unsqueeze(0)).mul_(p)
+        return grad, None
+
+
 def index_dtype(m: int) -> torch.dtype:
     """Smallest integer dtype that holds indices ``0 .. m-1``."""
     if m <= 256:
@@ -79,8 +102,7 @@ class CollectiveKV(nn.Module):
         w = mask.to(x.dtype) if (self.mask_aux and mask is not None) else torch.ones_like(top)
         n = w.sum().clamp_min(1.0)
         peak = -(F.logsigmoid(top) * w).sum() / n
-        probs = torch.softmax(logits, -1)
-        p_bar = (w.reshape(1, -1) @ probs.reshape(-1, self.pool_size)).squeeze(0) / n   # weighted mean, one GEMV
+        p_bar = WeightedMeanSoftmax.apply(logits.reshape(-1, self.pool_size), w.reshape(-1).detach()) / n
         p_bar = p_bar.clamp_min(1e-9)
         balance = (p_bar * torch.log(p_bar * self.pool_size)).sum()
         aux = self.peak_weight * peak + self.balance_weight * balance
