@@ -89,6 +89,10 @@ def cache_accounting(groups: dict[str, tuple[str, list]], sets: list[str] = ()) 
     return out
 
 
+def _pct(x: float) -> str:
+    return "–" if x != x else f"{x:.2%}"    # NaN: no compressed layer
+
+
 def format_bytes_table(acc: dict[str, dict]) -> str:
     rows = ["| group | events | full K/V bytes/user | cached bytes/user | ratio | ratio w/o indices "
             "| ratio, compressed layers only | pool bytes (shared) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -96,7 +100,7 @@ def format_bytes_table(acc: dict[str, dict]) -> str:
         for k in ("mean_events", "max_len"):
             r = a[k]
             rows.append(f"| {g} | {r['events']} | {r['full_bytes']:,} | {r['cached_bytes']:,} | {r['ratio']:.2%} "
-                        f"| {r['ratio_without_indices']:.2%} | {r['ratio_compressed']:.2%} | {r['pool_bytes']:,} |")
+                        f"| {r['ratio_without_indices']:.2%} | {_pct(r['ratio_compressed'])} | {r['pool_bytes']:,} |")
     return "\n".join(rows)
 
 
