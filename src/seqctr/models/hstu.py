@@ -48,23 +48,27 @@ class HSTUBlock(nn.Module):
         B, N, _ = t.shape
         return t.view(B, N, self.h, self.hd).transpose(1, 2)
 
-    def qkvu(self, x: torch.Tensor, valid: torch.Tensor | None = None):
-        """Per-head ``q, k, v [B, H, N, hd]``, gate ``u [B, N, D]`` and the CollectiveKV
-        auxiliary loss (None unless training with CollectiveKV)."""
+    def project(self, x: torch.Tensor, valid: torch.Tensor | None = None):
+        """Gate ``u``, ``q``, ``k``, ``v`` ``[B, N, D]`` (one ``f1``, or ``f1`` for ``u, q`` and
+        CollectiveKV for ``k, v``) and the CollectiveKV auxiliary loss (None unless training with it)."""
         n = self.norm_in(x)
         if self.ckv is None:
             u, q, k, v = F.silu(self.f1(n)).chunk(4, -1)
-            aux = None
-        else:
-            u, q = F.silu(self.f1(n)).chunk(2, -1)
-            k, v, aux = self.ckv(n, n, valid)
+            return u, q, k, v, None
+        u, q = F.silu(self.f1(n)).chunk(2, -1)
+        k, v, aux = self.ckv(n, n, valid)
+        return u, q, k, v, aux
+
+    def qkvu(self, x: torch.Tensor, valid: torch.Tensor | None = None):
+        """Per-head ``q, k, v [B, H, N, hd]``, gate ``u [B, N, D]`` and the auxiliary loss."""
+        u, q, k, v, aux = self.project(x, valid)
         return self.split(q), self.split(k), self.split(v), u, aux
 
     def cache_kv(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """What a serving cache keeps of this layer for tokens ``x [B, T, D]``, every tensor
         ``[B, T, ...]``: full ``k, v`` or the CollectiveKV codes (user parts + pool indices)."""
         if self.ckv is None:
-            _, _, k, v = F.silu(self.f1(self.norm_in(x))).chunk(4, -1)   # u, q, k, v as in qkvu
+            _, _, k, v, _ = self.project(x)
             return {"k": k, "v": v}
         n = self.norm_in(x)
         return self.ckv.codes(n, n)
