@@ -22,24 +22,19 @@ def kv_cache_bytes(backbone: nn.Module, events: int, float_bytes: int = 4) -> di
         if not isinstance(m, (MultiHeadTargetAttention, HSTUBlock)):
             continue
         n = events if m.branch != "short" else min(events, backbone.short_seq_len - 1)
-        A = m.kv_width()
-        full += n * 2 * A * float_bytes
-        if m.ckv is None:
-            cached += n * 2 * A * float_bytes
-            cached_no_idx += n * 2 * A * float_bytes
-            continue
-        pool += m.ckv.pool_bytes()
-        ckv_full += n * 2 * A * float_bytes
-        before = cached
-        idx_bytes = m.ckv.idx_dtype.itemsize
-        for name in ("k", "v"):
-            if m.ckv.share[name]:
-                cached += n * (m.ckv.user_dim * float_bytes + idx_bytes)
-                cached_no_idx += n * m.ckv.user_dim * float_bytes
-            else:
-                cached += n * A * float_bytes
-                cached_no_idx += n * A * float_bytes
-        ckv_cached += cached - before
+        per_tensor = n * m.kv_width() * float_bytes                 # one of K, V in full
+        layer, layer_no_idx = 2 * per_tensor, 2 * per_tensor
+        if m.ckv is not None:
+            shared = sum(m.ckv.share.values())                      # K and/or V replaced by codes
+            user = n * m.ckv.user_dim * float_bytes
+            layer = (2 - shared) * per_tensor + shared * (user + n * m.ckv.idx_dtype.itemsize)
+            layer_no_idx = (2 - shared) * per_tensor + shared * user
+            pool += m.ckv.pool_bytes()
+            ckv_full += 2 * per_tensor
+            ckv_cached += layer
+        full += 2 * per_tensor
+        cached += layer
+        cached_no_idx += layer_no_idx
     return {"events": events, "full_bytes": full, "cached_bytes": cached, "ratio": cached / full if full else float("nan"),
             "ratio_without_indices": cached_no_idx / full if full else float("nan"), "pool_bytes": pool,
             "ratio_compressed": ckv_cached / ckv_full if ckv_full else float("nan")}
