@@ -59,12 +59,11 @@ def cmd_prepare(args) -> int:
 
 
 def _train(cfg, out: Path, resume: bool, progress) -> dict:
-    from .data import prepare
+    from .data import prepare_config
     from .experiments import format_metrics_table, write_run_report
     from .training import Trainer
 
-    d = cfg.data
-    ds, folder, cached = prepare(d.source, columns=d.columns, label=d.label, split=d.split)
+    ds, folder, cached = prepare_config(cfg.data)
     print(f"data: {ds.meta['name']} {'(cached)' if cached else '(prepared)'} {folder}")
     trainer = Trainer(cfg, ds, out, progress=progress)
     print(f"model: {cfg.model.name}, {sum(p.numel() for p in trainer.model.parameters()):,} parameters, "
@@ -96,7 +95,7 @@ def cmd_demo(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .config import config_from_dict
-    from .data import BatchLoader, prepare
+    from .data import BatchLoader, prepare_config
     from .experiments import format_metrics_table
     from .metrics import evaluate_predictions
     from .models import build_model
@@ -104,15 +103,15 @@ def cmd_evaluate(args) -> int:
 
     ck = load_checkpoint(args.checkpoint)
     cfg = config_from_dict(ck["config"])
-    d = cfg.data
-    ds, _, _ = prepare(args.source or d.source, columns=d.columns, label=d.label, split=d.split)
+    ds, _, _ = prepare_config(cfg.data, args.source)
     if ds.meta["vocab_sizes"] != ck["meta"]["vocab_sizes"]:
         raise SeqctrError(f"checkpoint {args.checkpoint} was trained on a dataset with other vocabularies "
                           f"({ck['meta']['name']}, sha {ck['meta']['source_sha256'][:12]})")
     device = resolve_device(args.device)
     model = build_model(cfg.model, ck["meta"]).to(device)
     model.load_state_dict(ck["model"])
-    loader = BatchLoader(ds, args.split, max_len=d.max_len, batch_size=d.eval_batch_size, shuffle=False)
+    loader = BatchLoader(ds, args.split, max_len=cfg.data.max_len, batch_size=cfg.data.eval_batch_size,
+                         shuffle=False)
     pred = predict(model, loader, device)
     m = evaluate_predictions(pred["label"], pred["prob"], pred["user"], pred["seq_len"], cfg.eval.buckets)
     if args.json:
@@ -174,7 +173,7 @@ def _plot_data(a: dict, path: Path) -> None:
 
 def cmd_analyze_kv(args) -> int:
     from .config import config_from_dict
-    from .data import prepare
+    from .data import prepare_config
     from .experiments.kv_analysis import analyze_kv
     from .models import build_model
     from .training import load_checkpoint
@@ -185,8 +184,7 @@ def cmd_analyze_kv(args) -> int:
     model.load_state_dict(ck["model"])
     if not hasattr(model.backbone, "short_attention"):
         raise SeqctrError(f"analyze kv needs a two-branch model (sim, eta, sdim, twin), got {cfg.model.name}")
-    d = cfg.data
-    ds, _, _ = prepare(d.source, columns=d.columns, label=d.label, split=d.split)
+    ds, _, _ = prepare_config(cfg.data)
     analyze_kv(model, ds, Path(args.out), users=args.users)
     print((Path(args.out) / "kv.md").read_text())
     return 0

@@ -178,3 +178,8 @@ def prepare(source: str = "ml100k", *, columns: dict | None = None, label: dict 
     ds.save(folder)
     ds.meta.pop("_vocab_arrays", None)
     return ds, folder, False
+
+
+def prepare_config(data, source: str | None = None) -> tuple[SeqDataset, Path, bool]:
+    """:func:`prepare` for a run config's ``data`` section (``source`` overrides its source)."""
+    return prepare(source or data.source, columns=data.columns, label=data.label, split=data.split)

@@ -70,7 +70,7 @@ def cache_accounting(groups: dict[str, tuple[str, list]], sets: list[str] = ()) 
     import numpy as np
 
     from ..config import load_config
-    from ..data import prepare
+    from ..data import prepare_config
     from ..models import build_model
     from ..serving.accounting import kv_cache_bytes
 
@@ -79,7 +79,7 @@ def cache_accounting(groups: dict[str, tuple[str, list]], sets: list[str] = ()) 
         cfg = load_config(cfg_path, list(sets) + list(ov))
         key = (cfg.data.source, cfg.data.max_len)
         if key not in data:
-            ds, _, _ = prepare(cfg.data.source, columns=cfg.data.columns, label=cfg.data.label, split=cfg.data.split)
+            ds, _, _ = prepare_config(cfg.data)
             L = ds.sample_pos[ds.indices("test")]
             data[key] = (ds.meta, float(np.minimum(L, cfg.data.max_len).mean()))
         meta, mean_len = data[key]

@@ -36,10 +36,10 @@ def _specs(groups: dict[str, tuple[str, list]], seeds: list[int], sets: list[str
 def _test_labels(out_specs_metrics: dict):
     """Labels and bucket edges of the test split, from the dataset the runs used."""
     from ..config import config_from_dict
-    from ..data import prepare
+    from ..data import prepare_config
 
     cfg = config_from_dict(next(iter(out_specs_metrics.values()))["config"])
-    ds, _, _ = prepare(cfg.data.source, columns=cfg.data.columns, label=cfg.data.label, split=cfg.data.split)
+    ds, _, _ = prepare_config(cfg.data)
     idx = ds.indices("test")
     return ds.label[idx], ds.sample_pos[idx], idx, cfg.eval.buckets
 
