@@ -77,6 +77,11 @@ def summarise(out: Path, groups: dict, seeds: list[int], baseline: str | None, m
     return res
 
 
+def delta_cell(c: dict) -> str:
+    """A bootstrap delta as ``+0.0012 [-0.0003, +0.0025]``."""
+    return f"{c['delta']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}]"
+
+
 def format_summary(res: dict, title: str) -> str:
     """Markdown: AUC per bucket (mean [95% CI over seeds]) and the bootstrap delta vs baseline."""
     parts = ["overall"] + res["buckets"]
@@ -95,9 +100,8 @@ def format_summary(res: dict, title: str) -> str:
                      + f" | {m['overall']['gauc']['mean']:.4f} | {m['overall']['logloss']['mean']:.4f} |")
         d = r.get(f"delta_vs_{base}")
         if d:
-            lines.append(f"| Δ {g} | " + " | ".join(
-                f"{d[p]['auc']['delta']:+.4f} [{d[p]['auc']['lo']:+.4f}, {d[p]['auc']['hi']:+.4f}]" for p in parts)
-                + f" | | {d['overall']['logloss']['delta']:+.4f} |")
+            lines.append(f"| Δ {g} | " + " | ".join(delta_cell(d[p]["auc"]) for p in parts)
+                         + f" | | {d['overall']['logloss']['delta']:+.4f} |")
     return "\n".join(lines)
 
 
@@ -199,9 +203,7 @@ def maxlen(backbones: list[str], lengths: list[int], seeds: list[int], out: Path
                    "|---|" + "---:|" * (len(summ["buckets"]) + 1)]
             for n, r in summ["lain_vs_bare"].items():
                 d = r["groups"][f"{b}/lain/len{n}"][f"delta_vs_{b}/bare/len{n}"]
-                md.append(f"| {n} | " + " | ".join(
-                    f"{d[p]['auc']['delta']:+.4f} [{d[p]['auc']['lo']:+.4f}, {d[p]['auc']['hi']:+.4f}]"
-                    for p in ["overall"] + summ["buckets"]) + " |")
+                md.append(f"| {n} | " + " | ".join(delta_cell(d[p]["auc"]) for p in ["overall"] + summ["buckets"]) + " |")
         md += ["", f"Mean attention Gini (over seeds) per branch and bucket, {b}:", "",
                "| run | branch | " + " | ".join(["overall"] + summ["buckets"]) + " |",
                "|---|---|" + "---:|" * (len(summ["buckets"]) + 1)]
