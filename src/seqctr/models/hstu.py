@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Backbone, BackboneOutput, SeqInputs, prefixed, register, unprefixed
+from .base import Backbone, BackboneOutput, SeqInputs, concat_events, prefixed, register, unprefixed
 
 
 class HSTUBlock(nn.Module):
@@ -170,7 +170,7 @@ class HSTU(Backbone):
             new_part = prefixed(blk.cache_kv(h), f"l{i}_")
             if i < len(self.blocks) - 1:
                 h = blk.extend(h, *self._layer(state, i), state["mask"])
-            out.update({k: torch.cat([state[k], t], 1) for k, t in new_part.items()})
+            out.update(concat_events(state, new_part, None, new_part))
         out["mask"] = torch.cat([state["mask"], state["mask"].new_ones(1, n)], 1)
         return out
 
