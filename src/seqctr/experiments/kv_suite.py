@@ -24,14 +24,16 @@ from .runner import run_specs
 
 VARIANTS = ("base", "silu", "ck", "cv", "ckv")
 WIDE = ["model.options.attention_dim=256"]
+USER_DIM, POOL_SIZE = 1, 10000   # the paper's d_u and m: the ``ck``/``cv``/``ckv`` runs; sweeps vary one
 
 
-def _ckv(user_dim: int = 1, pool_size: int = 10000, share_k: bool = True, share_v: bool = True) -> str:
+def _ckv(user_dim: int, pool_size: int, share_k: bool = True, share_v: bool = True) -> str:
     return (f"model.options.collective_kv={{user_dim: {user_dim}, pool_size: {pool_size}, "
             f"share_k: {str(share_k).lower()}, share_v: {str(share_v).lower()}}}")
 
 
-def variant_overrides(backbone: str, variant: str, user_dim: int = 1, pool_size: int = 10000) -> list[str] | None:
+def variant_overrides(backbone: str, variant: str, user_dim: int = USER_DIM,
+                      pool_size: int = POOL_SIZE) -> list[str] | None:
     """``--set`` overrides of one variant, or None where it does not apply (HSTU's ``silu``)."""
     hstu = backbone == "hstu"
     base = [] if hstu else list(WIDE)
@@ -45,7 +47,7 @@ def variant_overrides(backbone: str, variant: str, user_dim: int = 1, pool_size:
 
 
 def kv_groups(backbones: list[str], config_dir: Path, variants=VARIANTS, sweep_backbone: str | None = None,
-              user_dims=(1,), pool_sizes=(10000,)) -> dict[str, tuple[str, list]]:
+              user_dims=(USER_DIM,), pool_sizes=(POOL_SIZE,)) -> dict[str, tuple[str, list]]:
     """``{group: (config path, overrides)}`` for every backbone x variant, plus the sweeps."""
     groups = {}
     for b in backbones:
@@ -56,10 +58,10 @@ def kv_groups(backbones: list[str], config_dir: Path, variants=VARIANTS, sweep_b
                 groups[f"{b}/{v}"] = (cfg, ov)
         if b == sweep_backbone:
             for d in user_dims:
-                if d != 1:
+                if d != USER_DIM:
                     groups[f"{b}/ckv_du{d}"] = (cfg, variant_overrides(b, "ckv", user_dim=d))
             for m in pool_sizes:
-                if m != 10000:
+                if m != POOL_SIZE:
                     groups[f"{b}/ckv_m{m}"] = (cfg, variant_overrides(b, "ckv", pool_size=m))
     return groups
 
