@@ -94,3 +94,30 @@ def test_weighted_mean_softmax_matches_autograd():
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(gl, wl)
     assert torch.autograd.gradcheck(lambda x: WeightedMeanSoftmax.apply(x, w), (logits,))
+
+
+@pytest.mark.parametrize("mask_aux", [False, True])
+def test_routing_distinct_rows_once_equals_routing_every_event(mask_aux):
+    """``dedup`` (the router runs once per distinct event row) changes no output, loss or gradient,
+    with repeated items, padding and masked auxiliary losses — the trained model is the same."""
+    torch.manual_seed(4)
+    table = torch.randn(6, 6, dtype=torch.float64)
+    ids = torch.tensor([[0, 0, 3, 1, 3, 5], [2, 3, 3, 3, 1, 0], [0, 0, 0, 0, 4, 4]])
+    mask = ids != 0                                                      # id 0 = padding, a repeated row
+    a = CollectiveKV(6, 6, dim=8, user_dim=1, pool_size=7, dedup=True, mask_aux=mask_aux).double().train()
+    b = CollectiveKV(6, 6, dim=8, user_dim=1, pool_size=7, dedup=False, mask_aux=mask_aux).double().train()
+    b.load_state_dict(a.state_dict())
+    outs, grads = [], []
+    for m in (a, b):
+        emb = table.clone().requires_grad_(True)
+        x = emb[ids]
+        k, v, aux = m(x, x, mask)
+        (k.sin().sum() + v.cos().sum() + 3 * aux).backward()
+        outs.append((k, v, aux))
+        grads.append([emb.grad] + [p.grad for p in m.parameters()])
+    for got, want in zip(outs[0] + tuple(grads[0]), outs[1] + tuple(grads[1])):
+        torch.testing.assert_close(got, want)
+    a.eval(), b.eval()
+    x = table[ids]
+    for got, want in zip(a.codes(x, x).values(), b.codes(x, x).values()):
+        torch.testing.assert_close(got, want)

@@ -45,6 +45,21 @@ class WeightedMeanSoftmax(torch.autograd.Function):
         return grad, None
 
 
+def unique_rows(x: torch.Tensor, w: torch.Tensor | None = None):
+    """Distinct rows of ``x [N, D]`` (and of the weights ``w [N]`` beside them): ``(xu [U, D], inv [N],
+    wu [U] or None)`` with ``x == xu[inv]``. ``xu`` is the mean of each group's (equal) rows, so its
+    gradient reaches every member in equal shares: exact, because a group's rows and weights are equal.
+
+    Why: a router over ``m`` entries costs ``O(N m)``, and a batch's history events repeat the same
+    items many times (about 11% of the events of an ml100k TWIN batch are distinct)."""
+    key = x.detach() if w is None else torch.cat([x.detach(), w.detach().unsqueeze(1).to(x.dtype)], 1)
+    _, inv, counts = torch.unique(key, dim=0, return_inverse=True, return_counts=True)
+    c = counts.to(x.dtype).unsqueeze(1)
+    xu = x.new_zeros(len(counts), x.shape[1]).index_add(0, inv, x) / c
+    wu = None if w is None else w.new_zeros(len(counts)).index_add(0, inv, w.detach())
+    return xu, inv, wu
+
+
 def index_dtype(m: int) -> torch.dtype:
     """Smallest integer dtype that holds indices ``0 .. m-1``."""
     if m <= 256:
@@ -60,7 +75,8 @@ class CollectiveKV(nn.Module):
 
     def __init__(self, key_in: int, value_in: int, dim: int, user_dim: int = 1, pool_size: int = 10000,
                  share_k: bool = True, share_v: bool = True, user_first: bool = False, user_silu: bool = True,
-                 bias: bool = False, peak_weight: float = 0.01, balance_weight: float = 1.0, mask_aux: bool = False):
+                 bias: bool = False, peak_weight: float = 0.01, balance_weight: float = 1.0, mask_aux: bool = False,
+                 dedup: bool = True):
         super().__init__()
         if not 0 < user_dim < dim:
             raise ValueError(f"user_dim must be in (0, {dim}), got {user_dim}")
@@ -68,6 +84,7 @@ class CollectiveKV(nn.Module):
         self.share = {"k": share_k, "v": share_v}
         self.user_first, self.user_silu = user_first, user_silu
         self.peak_weight, self.balance_weight, self.mask_aux = peak_weight, balance_weight, mask_aux
+        self.dedup = dedup
         for name, in_dim in (("k", key_in), ("v", value_in)):
             if self.share[name]:
                 setattr(self, f"user_{name}", nn.Linear(in_dim, user_dim, bias=bias))
@@ -84,25 +101,39 @@ class CollectiveKV(nn.Module):
         u = getattr(self, f"user_{name}")(x)
         return F.silu(u) if self.user_silu else u
 
+    def _route(self, name: str, x: torch.Tensor, w: torch.Tensor | None = None):
+        """Router logits ``[U, m]`` for the distinct rows of ``x [B, T, in]`` (``dedup``; else all
+        ``B*T`` rows), the map ``inv [B, T]`` from positions to those rows, and the rows' summed
+        weights ``[U]`` when ``w [B, T]`` is given."""
+        router = getattr(self, f"router_{name}")
+        flat = x.reshape(-1, x.shape[-1])
+        wf = None if w is None else w.reshape(-1)
+        if self.dedup:
+            flat, inv, wf = unique_rows(flat, wf)
+        else:
+            inv = torch.arange(flat.shape[0], device=x.device)
+        return router(flat), inv.view(x.shape[:-1]), wf
+
     def _part(self, name: str, x: torch.Tensor, mask: torch.Tensor | None):
         if not self.share[name]:
             return getattr(self, f"full_{name}")(x), None
-        router = getattr(self, f"router_{name}")
-        logits = router(x)                                                  # [B, T, m]
         pool = getattr(self, f"pool_{name}")
         if not self.training:
-            return self._join(pool[logits.argmax(-1)], self._user(name, x)), None
-        idx = logits.detach().argmax(-1)
+            logits, inv, _ = self._route(name, x)
+            return self._join(pool[logits.argmax(-1)[inv]], self._user(name, x)), None
+        w = mask.to(x.dtype) if (self.mask_aux and mask is not None) else x.new_ones(x.shape[:-1])
+        logits, inv, wu = self._route(name, x, w)                          # [U, m]
+        idx = logits.detach().argmax(-1)[inv]                              # [B, T]
         # The top-1 logit, recomputed from its router row: the same value and gradient as
-        # ``logits.max(-1)`` without a [B, T, m] zero-filled gradient buffer (the costly part on CPU).
+        # ``logits.max(-1)`` without a [U, m] zero-filled gradient buffer (the costly part on CPU).
+        router = getattr(self, f"router_{name}")
         top = (x * router.weight[idx]).sum(-1)
         if router.bias is not None:
             top = top + router.bias[idx]
         collective = torch.sigmoid(top).unsqueeze(-1) * pool[idx]
-        w = mask.to(x.dtype) if (self.mask_aux and mask is not None) else torch.ones_like(top)
         n = w.sum().clamp_min(1.0)
         peak = -(F.logsigmoid(top) * w).sum() / n
-        p_bar = WeightedMeanSoftmax.apply(logits.reshape(-1, self.pool_size), w.reshape(-1).detach()) / n
+        p_bar = WeightedMeanSoftmax.apply(logits, wu) / n
         p_bar = p_bar.clamp_min(1e-9)
         balance = (p_bar * torch.log(p_bar * self.pool_size)).sum()
         aux = self.peak_weight * peak + self.balance_weight * balance
@@ -123,7 +154,8 @@ class CollectiveKV(nn.Module):
         for name, x in (("k", keys), ("v", values)):
             if self.share[name]:
                 out[f"u_{name}"] = self._user(name, x)
-                out[f"idx_{name}"] = getattr(self, f"router_{name}")(x).argmax(-1).to(self.idx_dtype)
+                logits, inv, _ = self._route(name, x)
+                out[f"idx_{name}"] = logits.argmax(-1)[inv].to(self.idx_dtype)
             else:
                 out[f"full_{name}"] = getattr(self, f"full_{name}")(x)
         return out
