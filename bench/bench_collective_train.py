@@ -38,6 +38,7 @@ def main() -> int:
     from seqctr.data import BatchLoader, gather_batch, prepare
     from seqctr.experiments.kv_suite import variant_overrides
     from seqctr.models import build_model
+    from seqctr.training import make_optimizer
     from seqctr.utils.io import write_json, write_text
 
     torch.set_num_threads(1)
@@ -55,7 +56,7 @@ def main() -> int:
         for v, ov in variants.items():
             torch.manual_seed(0)
             m = build_model(load_config(ROOT / f"configs/ml100k/{name}.yaml", ov).model, ds.meta).train()
-            models[v] = (m, torch.optim.Adam(m.parameters(), lr=1e-3))
+            models[v] = (m, make_optimizer(m, 1e-3))
         times = {v: [] for v in variants}
         for r in range(args.repeats + 1):                       # round 0 = warm-up, not counted
             for v, (m, opt) in models.items():

@@ -45,6 +45,7 @@ def run_variant(name: str, train_batches: int, threads: int) -> dict:
     from seqctr.config import load_config
     from seqctr.data import gather_batch, make_batches, prepare
     from seqctr.models import build_model
+    from seqctr.training import make_optimizer
 
     v = VARIANTS[name]
     torch.set_num_threads(threads)
@@ -52,7 +53,7 @@ def run_variant(name: str, train_batches: int, threads: int) -> dict:
     cfg = load_config(ROOT / "configs/ml100k/din.yaml", [f"model.options.fused={v['fused']}"])
     ds, _, _ = prepare("ml100k")
     model = build_model(cfg.model, ds.meta)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    opt = make_optimizer(model, cfg.train.lr)
     max_len, bs = cfg.data.max_len, cfg.data.batch_size
     pad_to = max_len if v["pad_to_max"] else None
 

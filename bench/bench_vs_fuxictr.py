@@ -104,13 +104,14 @@ def ours_throughput(name: str, batches: int, threads: int) -> dict:
     from seqctr.config import load_config
     from seqctr.data import BatchLoader, gather_batch, prepare
     from seqctr.models import build_model
+    from seqctr.training import make_optimizer
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = load_config(ROOT / f"configs/ml100k/{name}.yaml")
     ds, _, _ = prepare("ml100k")
     model = build_model(cfg.model, ds.meta)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = make_optimizer(model, 1e-3)   # the Trainer's optimizer
     tr = BatchLoader(ds, "train", max_len=200, batch_size=256, shuffle=True, seed=0)
     model.train()
     n, t0 = 0, None

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..nn import topk_select
+from ..nn.batched import matvec, vecmat
 from .base import SeqInputs, expand, prefixed, register
 from .two_branch import BranchOutput, TwoBranchBackbone
 
@@ -37,7 +38,7 @@ class SIM(TwoBranchBackbone):
         """Relevance of every history event to the target ``[B, T]`` (padding excluded later)."""
         if self.gsu == "soft":  # (W_a t) . (W_b e) = (W_b^T W_a t) . e: no per-event projection
             q = self.W_a(x.target) @ self.W_b.weight                                      # [B, D]
-            return torch.bmm(x.hist, q.unsqueeze(-1)).squeeze(-1)
+            return matvec(x.hist, q.unsqueeze(-1)).squeeze(-1)
         raise AssertionError("hard search uses category ids, see long_branch")
 
     def long_branch(self, x: SeqInputs) -> BranchOutput:
@@ -45,7 +46,7 @@ class SIM(TwoBranchBackbone):
         aux = None
         if self.gsu == "soft":
             s = self.gsu_scores(x)
-            aux = torch.bmm((s * x.mask).unsqueeze(1), x.hist).squeeze(1)
+            aux = vecmat((s * x.mask).unsqueeze(1), x.hist).squeeze(1)
             idx, sel_mask = topk_select(s, x.mask, self.topk)
         else:
             cat = x.hist_ids[..., self.category_feature] if x.hist_ids is not None else None

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batched import matvec, vecmat
 from .condition import AttentionCondition, Conditionable, apply_temperature
 from .mlp import MLP, activation
 from .retrieval import gather_positions, topk_select
@@ -288,8 +289,8 @@ class MultiHeadTargetAttention(Conditionable):
         H, hd, kd = self.num_heads, self.head_dim, self.key_dim
         q = self.condition_query(self.W_q(query[..., :kd]), cond).view(B, H, hd)
         qk = torch.einsum("bhe,hek->bhk", q, self.W_k.weight.view(H, hd, kd))           # W_k^T q per head
-        # batched mat-vec as bmm([B, T, kd], [B, kd, H]): the fastest orientation on CPU
-        scores = torch.bmm(keys[..., :kd], qk.transpose(1, 2)).transpose(1, 2) / hd ** 0.5   # [B, H, T]
+        # batched mat-vec as [B, T, kd] @ [B, kd, H]: the fastest orientation on CPU
+        scores = matvec(keys[..., :kd], qk.transpose(1, 2)).transpose(1, 2) / hd ** 0.5      # [B, H, T]
         shift = self.key_shift(cond)
         if shift is not None:                                    # (the same for every key)
             scores = scores + (q * shift.view(B, H, hd)).sum(-1, keepdim=True) / hd ** 0.5
@@ -308,9 +309,10 @@ class MultiHeadTargetAttention(Conditionable):
         w = masked_softmax(apply_temperature(scores, cond), hmask)
         wd = self.dropout(w)
         if idx is None:
-            pooled = torch.bmm(wd[..., P:], keys)                                       # [B, H, D]
+            pooled = vecmat(wd[..., P:], keys)                                          # [B, H, D]
         else:
-            pooled = (wd[..., P:].unsqueeze(2) @ events).squeeze(2)                     # [B, H, D]
+            n = events.shape[2]
+            pooled = vecmat(wd[..., P:].reshape(B * H, 1, n), events.reshape(B * H, n, D)).view(B, H, D)
         out = torch.einsum("bhd,hed->bhe", pooled, self.W_v.weight.view(H, hd, D))      # W_v per head
         if P:
             out = out + (wd[..., :P].unsqueeze(2) @ pv).squeeze(2)

@@ -37,6 +37,14 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam, with PyTorch's fused kernel where it has one (CPU and CUDA float parameters): the
+    same update rule in one pass per tensor instead of a dozen small ops per parameter."""
+    params = list(model.parameters())
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
 def save_torch(obj, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -82,7 +90,7 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         set_seed(cfg.train.seed)
         self.model = build_model(cfg.model, ds.meta).to(self.device)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.opt = make_optimizer(self.model, cfg.train.lr, cfg.train.weight_decay)
         d = cfg.data
         self.train_loader = BatchLoader(ds, "train", max_len=d.max_len, batch_size=d.batch_size, shuffle=True,
                                         bucket=d.bucket_sampler, chunk=d.bucket_chunk, seed=cfg.train.seed)
