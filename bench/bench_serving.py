@@ -5,7 +5,11 @@ One command: ``.venv/bin/python bench/bench_serving.py`` (``--quick`` for a smok
 with 50, 200 and 1,000 events and requests of 1..512 candidates, one process pinned to one core
 times ``CTRModel.score`` (median and p99 over ``--repeats``) with:
 
-- ``recompute``: the cache holds only the embedded history; every request runs the backbone;
+- ``forward``: no cache at all — the model's ordinary forward pass over a batch of one row per
+  candidate, each row carrying the whole history (what a server without a serving split runs, and
+  the reference the cache-equivalence tests compare against);
+- ``recompute``: the cache holds only the embedded history; every request runs the backbone once
+  for all candidates (history embedded and shared once per request);
 - ``cache``: the backbone's own cache (K/V of target attention, GSU projections, HSTU's per-layer K/V);
 - ``collective``: the same model with CollectiveKV on the target-attention layers (``d_u`` 1,
   pool 10,000; the cache holds user parts + int16 indices), where the backbone has them.
@@ -60,7 +64,8 @@ def main() -> int:
     ckv = ['model.options.collective_kv={"user_dim": 1, "pool_size": 10000, "branches": ["short", "long"]}']
     rows = []
     for name in args.models.split(","):
-        variants = {"recompute": (wide.get(name, []), "recompute"), "cache": (wide.get(name, []), "cache")}
+        variants = {"forward": (wide.get(name, []), None), "recompute": (wide.get(name, []), "recompute"),
+                    "cache": (wide.get(name, []), "cache")}
         if name in ("sim", "twin", "eta"):
             variants["collective"] = (wide[name] + ckv, "cache")
         models = {}
@@ -74,49 +79,78 @@ def main() -> int:
                 cands = items[torch.randint(2, len(items), (N,), generator=g)]
                 for v, (sets, mode) in variants.items():
                     m = models[v]
-                    if v == "recompute" and name == "hstu" and N * L * L > 20 * 1000 * 1000:
+                    if v in ("recompute", "forward") and name == "hstu" and N * L * L > 20 * 1000 * 1000:
                         continue  # [N, heads, L, L] attention would not fit a small machine
-                    cache = m.prefill(user, hist, max_len=None, mode=mode)
-                    reps = max(2, args.repeats // (4 if v == "recompute" and L >= 1000 else 1))
+                    if v == "forward":
+                        batch = rows_batch(user, hist, cands)
+                        run = lambda: m(batch)                                           # noqa: E731
+                        cache = None
+                    else:
+                        cache = m.prefill(user, hist, max_len=None, mode=mode)
+                        run = lambda: m.score(cache, cands)                              # noqa: E731
+                    slow = v in ("recompute", "forward") and L >= 1000
+                    reps = max(2, args.repeats // (4 if slow else 1))
                     times = []
                     with torch.no_grad():
-                        m.score(cache, cands)
+                        run()
                         for _ in range(reps):
                             t0 = time.perf_counter()
-                            m.score(cache, cands)
+                            run()
                             times.append(time.perf_counter() - t0)
                     times.sort()
                     acc = kv_cache_bytes(m.backbone, L) if name != "hstu" else None
-                    kv_keys = [k for k in cache.tensors if k not in ("user", "ids", "user_ids")]
+                    kv_keys = [k for k in cache.tensors if k not in ("user", "ids", "user_ids")] if cache else []
                     rows.append({"model": name, "variant": v, "events": L, "candidates": N,
                                  "median_ms": 1000 * statistics.median(times),
                                  "p99_ms": 1000 * times[min(len(times) - 1, int(0.99 * len(times)))],
-                                 "repeats": reps, "cache_bytes": cache.nbytes(kv_keys) if v != "recompute" else 0,
+                                 "repeats": reps,
+                                 "cache_bytes": cache.nbytes(kv_keys) if v in ("cache", "collective") else 0,
                                  "kv_accounting": acc})
                     print(f"{name:5s} {v:10s} L={L:5d} N={N:4d}: {rows[-1]['median_ms']:9.2f} ms "
                           f"(p99 {rows[-1]['p99_ms']:.2f}), cache {rows[-1]['cache_bytes']:,} B", flush=True)
     write_json(args.out + ".json", {"command": COMMAND,
                                     "rows": rows})
     lines = ["# Serving latency: recompute vs cache vs CollectiveKV cache", "",
-             f"Command: `{COMMAND}`; one core, 1 thread; "
-             "median / p99 of `score` per request; speed-up = recompute median / variant median (same run).", "",
-             "| model | events | candidates | recompute ms | cache ms (x) | CollectiveKV ms (x) | cache bytes | CKV bytes |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             f"Command: `{COMMAND}`; one core, 1 thread; median per request (p99 in the JSON). "
+             "`forward` = the model's forward pass over one row per candidate (no serving split); "
+             "`recompute` = the backbone run once per request over the embedded history; "
+             "(x / y) = speed-up of the variant over forward / over recompute, same run.", "",
+             "| model | events | candidates | forward ms | recompute ms | cache ms (x / y) | CollectiveKV ms (x / y) "
+             "| cache bytes | CKV bytes |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     key = {(r["model"], r["events"], r["candidates"], r["variant"]): r for r in rows}
     for (mname, L, N, v), r in key.items():
         if v != "cache":
             continue
-        rc, ck = key.get((mname, L, N, "recompute")), key.get((mname, L, N, "collective"))
+        fw, rc, ck = (key.get((mname, L, N, x)) for x in ("forward", "recompute", "collective"))
+
+        def ms(x):
+            return f"{x['median_ms']:.2f}" if x else "n/a (too large)"
+
         def cell(x):
             if x is None:
                 return "n/a"
-            return f"{x['median_ms']:.2f}" + (f" ({rc['median_ms'] / x['median_ms']:.1f}x)" if rc else "")
+            ratios = [f"{b['median_ms'] / x['median_ms']:.1f}x" if b else "-" for b in (fw, rc)]
+            return f"{x['median_ms']:.2f} ({' / '.join(ratios)})"
         ck_bytes = f"{ck['cache_bytes']:,}" if ck else "n/a"
-        rc_ms = f"{rc['median_ms']:.2f}" if rc else "n/a (too large)"
-        lines.append(f"| {mname} | {L} | {N} | {rc_ms} | {cell(r)} | {cell(ck)} | {r['cache_bytes']:,} | {ck_bytes} |")
+        lines.append(f"| {mname} | {L} | {N} | {ms(fw)} | {ms(rc)} | {cell(r)} | {cell(ck)} | {r['cache_bytes']:,} "
+                     f"| {ck_bytes} |")
     write_text(args.out + ".md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
+
+
+def rows_batch(user, hist, cands):
+    """A forward-pass batch: one row per candidate ``cands [N, Fi]``, each with the user's features
+    ``user [Fu]`` and whole history ``hist [L, Fi]`` (all real events)."""
+    import torch
+
+    from seqctr.data.batching import SeqBatch
+
+    N, L = cands.shape[0], hist.shape[0]
+    return SeqBatch(user=user.expand(N, -1), target=cands, hist=hist.expand(N, L, -1).contiguous(),
+                    mask=torch.ones(N, L, dtype=torch.bool), seq_len=torch.full((N,), L),
+                    label=torch.zeros(N), user_index=torch.zeros(N, dtype=torch.long))
 
 
 if __name__ == "__main__":

@@ -53,10 +53,28 @@ def test_topk_select_never_prefers_padding_and_is_padding_invariant():
     s = torch.tensor([[0.5, 9.0, 1.0, 1.0, -3.0]])
     mask = torch.tensor([[False, False, True, True, True]])
     idx, sel = topk_select(s, mask, 4)
-    assert idx[0, :3].tolist() == [3, 2, 4]          # ties -> the more recent first; padding last
-    assert sel[0].tolist() == [True, True, True, False]
-    idx2, _ = topk_select(torch.cat([torch.zeros(1, 3), s], 1), torch.cat([torch.zeros(1, 3, dtype=torch.bool), mask], 1), 3)
-    assert (idx2 - 3).tolist() == idx[:, :3].tolist()
+    assert set(idx[sel].tolist()) == {2, 3, 4} and sel.sum() == 3        # padding only fills a masked slot
+    idx1, _ = topk_select(s, mask, 1)
+    assert idx1.tolist() == [[3]]                                        # a tie goes to the more recent event
+    idx2, sel2 = topk_select(torch.cat([torch.zeros(1, 3), s], 1),
+                             torch.cat([torch.zeros(1, 3, dtype=torch.bool), mask], 1), 3)
+    assert set((idx2[sel2] - 3).tolist()) == {2, 3, 4}
+
+
+def test_topk_select_equals_a_stable_sort_reference_with_many_ties():
+    """Against the textbook rule (stable sort of the time-reversed scores, padding last): the same
+    selected set for every row, on integer scores full of ties, per head, any k."""
+    g = torch.Generator().manual_seed(0)
+    s = torch.randint(0, 4, (6, 3, 17), generator=g).float()
+    mask = torch.rand(6, 1, 17, generator=g) > 0.3
+    for k in (1, 4, 9, 17, 30):
+        idx, sel = topk_select(s, mask, k)
+        key = torch.where(mask.expand_as(s), s, torch.full_like(s, float("-inf")))
+        ref = 16 - torch.sort(key.flip(-1), dim=-1, descending=True, stable=True).indices[..., : min(k, 17)]
+        for b in range(6):
+            for h in range(3):
+                assert set(idx[b, h].tolist()) == set(ref[b, h].tolist())
+                assert sel[b, h].tolist() == mask[b, 0, idx[b, h]].tolist()
 
 
 def test_sdim_never_samples_padding():
@@ -107,3 +125,21 @@ def test_sim_soft_search_feeds_the_auxiliary_head():
     assert m.aux_dim == 16 and m.aux_weight == 0.5
     out = m(inputs())
     assert out.aux_vector is not None and out.aux_vector.shape == (5, 16)
+
+
+def test_topk_select_refuses_nan_scores():
+    with pytest.raises(ValueError, match="NaN"):
+        topk_select(torch.tensor([[1.0, float("nan"), 2.0]]), torch.ones(1, 3, dtype=torch.bool), 2)
+
+
+def test_eta_hamming_equals_counting_differing_bits():
+    from seqctr.models.eta import hamming
+
+    g = torch.Generator().manual_seed(0)
+    codes = torch.rand(3, 9, 32, generator=g) > 0.5
+    tcode = torch.rand(3, 32, generator=g) > 0.5
+    want = (codes != tcode.unsqueeze(1)).sum(-1).float()
+    torch.testing.assert_close(hamming(codes, tcode), want, rtol=0, atol=0)
+    many = torch.rand(5, 32, generator=g) > 0.5                  # one user's codes vs 5 candidates
+    torch.testing.assert_close(hamming(codes[:1], many), (codes[:1] != many.unsqueeze(1)).sum(-1).float(),
+                               rtol=0, atol=0)

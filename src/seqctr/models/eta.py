@@ -9,6 +9,21 @@ from .base import SeqInputs, prefixed, register
 from .two_branch import BranchOutput, TwoBranchBackbone
 
 
+def hamming(codes: torch.Tensor, tcode: torch.Tensor) -> torch.Tensor:
+    """Hamming distances, as floats, of history codes ``[B, T, bits]`` (or one user's ``[1, T, bits]``)
+    to target codes ``tcode [B or N, bits]`` -> ``[B or N, T]``.
+
+    ``|a| + |b| - 2 a.b`` on 0/1 vectors: one dot product per pair (a GEMM when one history meets
+    many candidates) instead of a ``[N, T, bits]`` comparison; exact in float32 for any realistic
+    number of bits."""
+    c, t = codes.to(torch.float32), tcode.to(torch.float32)
+    if c.shape[0] == 1 and t.shape[0] > 1:
+        dot = t @ c[0].T
+    else:
+        dot = torch.linalg.vecdot(c, t.unsqueeze(1))
+    return c.sum(-1) + t.sum(-1, keepdim=True) - 2 * dot
+
+
 @register("eta")
 class ETA(TwoBranchBackbone):
     """Options: ``hash_bits`` (32), ``topk`` (50), ``hash_seed`` (fixed rotations, saved with the
@@ -23,12 +38,10 @@ class ETA(TwoBranchBackbone):
 
     def hamming(self, x: SeqInputs) -> torch.Tensor:
         """Hamming distance of each history event's code to the target's ``[B, T]``."""
-        codes = simhash(x.hist, self.rotations)                  # [B, T, bits]
-        tcode = simhash(x.target, self.rotations).unsqueeze(1)   # [B, 1, bits]
-        return (codes != tcode).sum(-1)
+        return hamming(simhash(x.hist, self.rotations), simhash(x.target, self.rotations))
 
     def long_branch(self, x: SeqInputs) -> BranchOutput:
-        idx, sel_mask = topk_select(-self.hamming(x).to(x.hist.dtype), x.mask, self.topk)
+        idx, sel_mask = topk_select(-self.hamming(x), x.mask, self.topk)
         return self.exact_search(self.long_attention, x, idx, sel_mask)
 
     def prefill_long(self, x: SeqInputs) -> dict:
@@ -36,7 +49,6 @@ class ETA(TwoBranchBackbone):
                 "codes": simhash(x.hist, self.rotations)}                            # codes [1, T, bits]
 
     def score_long(self, state: dict, x: SeqInputs, mask: torch.Tensor) -> torch.Tensor:
-        tcode = simhash(x.target, self.rotations).unsqueeze(1)                       # [N, 1, bits]
-        dist = (state["codes"] != tcode).sum(-1)                                     # [N, T]
-        idx, sel = topk_select(-dist.to(x.target.dtype), mask, self.topk)
+        dist = hamming(state["codes"], simhash(x.target, self.rotations))           # [N, T]
+        idx, sel = topk_select(-dist, mask, self.topk)
         return self.exact_search_cached(state, x, idx, sel)

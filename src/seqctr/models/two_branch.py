@@ -134,11 +134,11 @@ class TwoBranchBackbone(Backbone):
     def exact_search_cached(self, state: dict, x: SeqInputs, idx: torch.Tensor, sel_mask: torch.Tensor) -> torch.Tensor:
         """ESU from the cached per-event long-branch K/V ``[1, H, T, hd]``: gather the selected."""
         K, V = self.long_attention.kv_from_cache(unprefixed(state, "long_"))
-        N, k = idx.shape
-        H, hd = K.shape[1], K.shape[-1]
-        gidx = idx.view(N, 1, k, 1).expand(N, H, k, hd)
-        ks, vs = torch.gather(expand(K, N), 2, gidx), torch.gather(expand(V, N), 2, gidx)
-        return self.long_attention.attend(x.target, ks, vs, sel_mask, x.condition("long")).out
+        N = idx.shape[0]
+        # the selection as a mask over all T events: attention against the user's shared K/V then
+        # runs as GEMMs, with no per-candidate copy of the selected rows
+        sel = torch.zeros(N, K.shape[2], dtype=torch.bool, device=idx.device).scatter(1, idx, sel_mask)
+        return self.long_attention.attend(x.target, expand(K, N), expand(V, N), sel, x.condition("long")).out
 
     def forward(self, x: SeqInputs) -> BackboneOutput:
         short, long = self.short_branch(x), self.long_branch(x)

@@ -61,6 +61,11 @@ class AttentionResult(NamedTuple):
     aux_loss: torch.Tensor | None = None
 
 
+def _shared(t: torch.Tensor) -> torch.Tensor | None:
+    """``t[0]`` when ``t [B, ...]`` is one tensor broadcast over the batch (stride 0, ``B > 1``)."""
+    return t[0] if t.shape[0] > 1 and t.stride(0) == 0 else None
+
+
 def _with_prompts(scores, mask, prompt_scores):
     """Prepend prompt scores (always attended) to ``scores``/``mask`` along the last dim."""
     if prompt_scores is None:
@@ -235,14 +240,22 @@ class MultiHeadTargetAttention(Conditionable):
     def attend(self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
                cond: AttentionCondition | None = None, topk: int | None = None,
                score_bias: torch.Tensor | None = None) -> AttentionResult:
-        """Attention of ``query [B, D]`` over projected ``k, v [B, H, T, hd]``."""
+        """Attention of ``query [B, D]`` over projected ``k, v [B, H, T, hd]``.
+
+        ``k``/``v`` may be one user's cache expanded over ``B`` candidates (``expand``: stride 0 on
+        the batch axis). Scores and pooling then run as one GEMM per head against the shared
+        ``[H, T, hd]`` instead of ``B`` matrix-vector products over a broadcast copy."""
         B, H, T, hd = k.shape
         q = self.condition_query(self.W_q(query[..., : self.key_dim]), cond)
         q = (F.silu(q) if self.silu else q).view(B, H, 1, hd)
         shift = self.key_shift(cond)
+        k0, v0 = _shared(k), _shared(v)
         if shift is not None:
-            k = k + shift.view(B, H, 1, hd)
-        scores = (q @ k.transpose(-1, -2)).squeeze(2) / hd ** 0.5                  # [B, H, T]
+            k, k0 = k + shift.view(B, H, 1, hd), None
+        if k0 is not None:
+            scores = (q.squeeze(2).transpose(0, 1) @ k0.transpose(-1, -2)).transpose(0, 1) / hd ** 0.5   # [B, H, T]
+        else:
+            scores = (q @ k.transpose(-1, -2)).squeeze(2) / hd ** 0.5
         if score_bias is not None:
             scores = scores + score_bias
         hmask = mask.unsqueeze(1).expand_as(scores)
@@ -250,14 +263,22 @@ class MultiHeadTargetAttention(Conditionable):
         if topk is not None and topk < T:
             idx, hmask = topk_select(scores, hmask, topk)                          # [B, H, k]
             scores = torch.gather(scores, -1, idx)
-            v = torch.gather(v, 2, idx.unsqueeze(-1).expand(-1, -1, -1, hd))
+            if v0 is None:
+                v = torch.gather(v, 2, idx.unsqueeze(-1).expand(-1, -1, -1, hd))
         P = cond.num_prompts if cond is not None else 0
         if P:
             ps, pv = self._prompts(q, cond, shift)
             scores, hmask = _with_prompts(scores, hmask, ps)
-            v = torch.cat([pv, v], 2)
         w = masked_softmax(apply_temperature(scores, cond), hmask)
-        out = (self.dropout(w).unsqueeze(2) @ v).squeeze(2)
+        wd = self.dropout(w)
+        if v0 is not None:   # shared values: the weights back on all T events, then one GEMM per head
+            wh = wd[..., P:] if idx is None else torch.zeros_like(scores[..., :1]).expand(B, H, T).scatter(
+                -1, idx, wd[..., P:])
+            out = (wh.transpose(0, 1) @ v0).transpose(0, 1)                               # [B, H, hd]
+        else:
+            out = (wd[..., P:].unsqueeze(2) @ v).squeeze(2)
+        if P:
+            out = out + (wd[..., :P].unsqueeze(2) @ pv).squeeze(2)
         return self._result(out, w, P, idx, T)
 
     def _prompts(self, q: torch.Tensor, cond: AttentionCondition, shift: torch.Tensor | None):
