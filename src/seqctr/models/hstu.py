@@ -64,14 +64,23 @@ class HSTUBlock(nn.Module):
         u, q, k, v, aux = self.project(x, valid)
         return self.split(q), self.split(k), self.split(v), u, aux
 
+    def project_cached(self, x: torch.Tensor):
+        """One projection of tokens ``x [B, T, D]`` for serving: gate ``u`` and ``q`` ``[B, T, D]``,
+        what the cache keeps (full ``k, v`` or the CollectiveKV codes), and ``k, v [B, T, D]`` as
+        read back from it — so a prefill or append projects each layer once."""
+        n = self.norm_in(x)
+        if self.ckv is None:
+            u, q, k, v = F.silu(self.f1(n)).chunk(4, -1)
+            return u, q, {"k": k, "v": v}, k, v
+        u, q = F.silu(self.f1(n)).chunk(2, -1)
+        codes = self.ckv.codes(n, n)
+        k, v = self.ckv.from_codes(codes)
+        return u, q, codes, k, v
+
     def cache_kv(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """What a serving cache keeps of this layer for tokens ``x [B, T, D]``, every tensor
         ``[B, T, ...]``: full ``k, v`` or the CollectiveKV codes (user parts + pool indices)."""
-        if self.ckv is None:
-            _, _, k, v, _ = self.project(x)
-            return {"k": k, "v": v}
-        n = self.norm_in(x)
-        return self.ckv.codes(n, n)
+        return self.project_cached(x)[2]
 
     def kv_from_cache(self, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-head ``k, v [B, H, T, hd]`` from :meth:`cache_kv`'s tensors."""
@@ -94,15 +103,16 @@ class HSTUBlock(nn.Module):
         return (x_t + self.dropout(self.f2(self.norm_av(av.reshape(N, D)) * u[:, 0])))
 
     def extend(self, x_new: torch.Tensor, k_old: torch.Tensor, v_old: torch.Tensor, valid_old: torch.Tensor):
-        """This layer's outputs for new tokens ``x_new [B, n, D]`` appended after cached ones."""
+        """New tokens ``x_new [B, n, D]`` appended after cached ones: this layer's outputs for them
+        and their cache entries (as :meth:`cache_kv`)."""
         B, n, D = x_new.shape
-        q, k, v, u, _ = self.qkvu(x_new)
+        u, q, state, k, v = self.project_cached(x_new)
         T = k_old.shape[2]
         pos = torch.arange(T + n, device=x_new.device)
         key_valid = torch.cat([valid_old, valid_old.new_ones(B, n)], 1)
-        a = self.attention(q, torch.cat([k_old, k], 2), pos[T:], pos, key_valid)
-        av = (a @ torch.cat([v_old, v], 2)).transpose(1, 2).reshape(B, n, D)
-        return x_new + self.dropout(self.f2(self.norm_av(av) * u))
+        a = self.attention(self.split(q), torch.cat([k_old, self.split(k)], 2), pos[T:], pos, key_valid)
+        av = (a @ torch.cat([v_old, self.split(v)], 2)).transpose(1, 2).reshape(B, n, D)
+        return x_new + self.dropout(self.f2(self.norm_av(av) * u)), state
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
                   key_valid: torch.Tensor) -> torch.Tensor:
@@ -117,8 +127,13 @@ class HSTUBlock(nn.Module):
         """All positions, or with ``last_only`` just the last one (``[B, 1, D]``; what a
         target-aware final layer needs: its keys and values still come from every position).
         Returns ``(y, weights or None, CollectiveKV aux loss or None)``."""
-        B, N, D = x.shape
         q, k, v, u, aux = self.qkvu(x, valid)
+        y, a = self.mix(x, q, k, v, u, valid, need_weights, last_only)
+        return y, a, aux
+
+    def mix(self, x, q, k, v, u, valid, need_weights: bool = False, last_only: bool = False):
+        """The layer after its projections: per-head ``q, k, v [B, H, N, hd]``, gate ``u [B, N, D]``."""
+        B, N, D = x.shape
         pos = torch.arange(N, device=x.device)
         q_pos = pos[-1:] if last_only else pos
         if last_only:
@@ -126,7 +141,7 @@ class HSTUBlock(nn.Module):
         a = self.attention(q, k, q_pos, pos, valid)
         av = (a @ v).transpose(1, 2).reshape(B, len(q_pos), D)
         y = x + self.dropout(self.f2(self.norm_av(av) * u))
-        return (y if last_only else y * valid.unsqueeze(-1)), (a if need_weights else None), aux
+        return (y if last_only else y * valid.unsqueeze(-1)), (a if need_weights else None)
 
 
 @register("hstu")
@@ -154,9 +169,10 @@ class HSTU(Backbone):
         target), ``[1, T, ...]`` per tensor, under ``l{i}_``."""
         state, seq = {"mask": x.mask}, x.hist
         for i, blk in enumerate(self.blocks):
-            state.update(prefixed(blk.cache_kv(seq), f"l{i}_"))
-            if i < len(self.blocks) - 1:
-                seq, _, _ = blk(seq, x.mask)
+            u, q, cached, k, v = blk.project_cached(seq)
+            state.update(prefixed(cached, f"l{i}_"))
+            if i < len(self.blocks) - 1:                         # the next layer's input, same projection
+                seq, _ = blk.mix(seq, blk.split(q), blk.split(k), blk.split(v), u, x.mask)
         return state
 
     def append(self, state: dict, new: SeqInputs, evicted, max_len):
@@ -167,9 +183,11 @@ class HSTU(Backbone):
         out, h = dict(state), new.hist
         n = h.shape[1]
         for i, blk in enumerate(self.blocks):
-            new_part = prefixed(blk.cache_kv(h), f"l{i}_")
             if i < len(self.blocks) - 1:
-                h = blk.extend(h, *self._layer(state, i), state["mask"])
+                h, part = blk.extend(h, *self._layer(state, i), state["mask"])
+            else:
+                part = blk.cache_kv(h)
+            new_part = prefixed(part, f"l{i}_")
             out.update(concat_events(state, new_part, None, new_part))
         out["mask"] = torch.cat([state["mask"], state["mask"].new_ones(1, n)], 1)
         return out
