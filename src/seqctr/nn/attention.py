@@ -272,8 +272,7 @@ class MultiHeadTargetAttention(Conditionable):
         w = masked_softmax(apply_temperature(scores, cond), hmask)
         wd = self.dropout(w)
         if v0 is not None:   # shared values: the weights back on all T events, then one GEMM per head
-            wh = wd[..., P:] if idx is None else torch.zeros_like(scores[..., :1]).expand(B, H, T).scatter(
-                -1, idx, wd[..., P:])
+            wh = wd[..., P:] if idx is None else wd.new_zeros(B, H, T).scatter_(-1, idx, wd[..., P:])
             out = (wh.transpose(0, 1) @ v0).transpose(0, 1)                               # [B, H, hd]
         else:
             out = (wd[..., P:].unsqueeze(2) @ v).squeeze(2)
