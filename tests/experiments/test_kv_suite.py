@@ -28,3 +28,13 @@ def test_kv_experiment_variants_sweeps_and_cache_bytes(tmp_path, seqctr_home, ca
     # the short branch (5 events at max_len 20) is the compressed part: K and V, d_u floats + 1 index byte each
     assert base["cached_bytes"] - ckv["cached_bytes"] == 5 * 2 * (256 * 4 - (4 + 2))
     assert "Per-user cache bytes" in (out / "kv" / "results.md").read_text()
+
+
+def test_every_backbone_keeps_its_control_group():
+    """Asking for CK / CV alone still runs (or reuses) the control the deltas are taken against."""
+    from pathlib import Path
+
+    from seqctr.experiments.kv_suite import kv_groups
+
+    groups = kv_groups(["sim", "hstu"], Path("configs/ml100k"), variants=("ck", "cv"))
+    assert set(groups) == {"sim/silu", "sim/ck", "sim/cv", "hstu/base", "hstu/ck", "hstu/cv"}

@@ -48,11 +48,13 @@ def variant_overrides(backbone: str, variant: str, user_dim: int = USER_DIM,
 
 def kv_groups(backbones: list[str], config_dir: Path, variants=VARIANTS, sweep_backbone: str | None = None,
               user_dims=(USER_DIM,), pool_sizes=(POOL_SIZE,)) -> dict[str, tuple[str, list]]:
-    """``{group: (config path, overrides)}`` for every backbone x variant, plus the sweeps."""
+    """``{group: (config path, overrides)}`` for every backbone x variant, plus the sweeps. Each
+    backbone's control (``silu``; ``base`` for HSTU) is always included: every Δ is taken against it."""
     groups = {}
     for b in backbones:
         cfg = str(Path(config_dir) / f"{b}.yaml")
-        for v in variants:
+        control = "silu" if variant_overrides(b, "silu") is not None else "base"
+        for v in dict.fromkeys([control, *variants]):
             ov = variant_overrides(b, v)
             if ov is not None:
                 groups[f"{b}/{v}"] = (cfg, ov)
