@@ -48,7 +48,7 @@ def main() -> int:
     import torch
 
     from seqctr.config import load_config
-    from seqctr.data import prepare
+    from seqctr.data import SeqBatch, prepare
     from seqctr.models import build_model
     from seqctr.serving.accounting import kv_cache_bytes
     from seqctr.utils.io import write_json, write_text
@@ -82,7 +82,7 @@ def main() -> int:
                     if v in ("recompute", "forward") and name == "hstu" and N * L * L > 20 * 1000 * 1000:
                         continue  # [N, heads, L, L] attention would not fit a small machine
                     if v == "forward":
-                        batch = rows_batch(user, hist, cands)
+                        batch = SeqBatch.for_candidates(user, hist, cands)
                         run = lambda: m(batch)                                           # noqa: E731
                         cache = None
                     else:
@@ -138,19 +138,6 @@ def main() -> int:
     write_text(args.out + ".md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
-
-
-def rows_batch(user, hist, cands):
-    """A forward-pass batch: one row per candidate ``cands [N, Fi]``, each with the user's features
-    ``user [Fu]`` and whole history ``hist [L, Fi]`` (all real events)."""
-    import torch
-
-    from seqctr.data.batching import SeqBatch
-
-    N, L = cands.shape[0], hist.shape[0]
-    return SeqBatch(user=user.expand(N, -1), target=cands, hist=hist.expand(N, L, -1).contiguous(),
-                    mask=torch.ones(N, L, dtype=torch.bool), seq_len=torch.full((N,), L),
-                    label=torch.zeros(N), user_index=torch.zeros(N, dtype=torch.long))
 
 
 if __name__ == "__main__":

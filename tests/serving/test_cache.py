@@ -33,12 +33,7 @@ def visible(model):
 
 def full_forward(model, user, hist, seq_len, cands):
     """The ordinary batch forward: one row per candidate, the same (truncated) history each."""
-    N = cands.shape[0]
-    h = hist[max(hist.shape[0] - MAX_LEN, 0):]
-    T = h.shape[0]
-    batch = SeqBatch(user=user.expand(N, -1), target=cands, hist=h.unsqueeze(0).expand(N, T, -1),
-                     mask=torch.ones(N, T, dtype=torch.bool), seq_len=torch.full((N,), seq_len),
-                     label=torch.zeros(N), user_index=torch.zeros(N, dtype=torch.long))
+    batch = SeqBatch.for_candidates(user, hist[max(hist.shape[0] - MAX_LEN, 0):], cands, seq_len)
     with torch.no_grad():
         return torch.sigmoid(model(batch).logits)
 

@@ -39,6 +39,18 @@ class SeqBatch:
     def __len__(self) -> int:
         return self.label.shape[0]
 
+    @classmethod
+    def for_candidates(cls, user: torch.Tensor, hist: torch.Tensor, cands: torch.Tensor,
+                       seq_len: int | None = None) -> "SeqBatch":
+        """One user's request as an ordinary batch: one row per candidate ``cands [N, Fi]``, each
+        with the user's features ``user [Fu]`` (or ``[1, Fu]``) and the whole history ``hist [T, Fi]``
+        (all real events; ``seq_len`` defaults to ``T``). What a model without a serving cache
+        scores, and the reference cached scoring is tested against."""
+        N, T = cands.shape[0], hist.shape[0]
+        return cls(user=user.reshape(1, -1).expand(N, -1), target=cands, hist=hist.unsqueeze(0).expand(N, T, -1),
+                   mask=torch.ones(N, T, dtype=torch.bool), seq_len=torch.full((N,), T if seq_len is None else seq_len),
+                   label=torch.zeros(N), user_index=torch.zeros(N, dtype=torch.long))
+
 
 def gather_windows(seq_items: np.ndarray, offsets: np.ndarray, users: np.ndarray, pos: np.ndarray,
                    max_len: int, pad_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -46,6 +46,12 @@ def variant_overrides(backbone: str, variant: str, user_dim: int = USER_DIM,
     return base + silu + [_ckv(user_dim, pool_size, *share)]
 
 
+def control_variant(backbone: str) -> str:
+    """The variant every Δ of ``backbone`` is taken against: the SiLU control, or ``base`` where
+    there is none (HSTU)."""
+    return "silu" if variant_overrides(backbone, "silu") is not None else "base"
+
+
 def kv_groups(backbones: list[str], config_dir: Path, variants=VARIANTS, sweep_backbone: str | None = None,
               user_dims=(USER_DIM,), pool_sizes=(POOL_SIZE,)) -> dict[str, tuple[str, list]]:
     """``{group: (config path, overrides)}`` for every backbone x variant, plus the sweeps. Each
@@ -53,8 +59,7 @@ def kv_groups(backbones: list[str], config_dir: Path, variants=VARIANTS, sweep_b
     groups = {}
     for b in backbones:
         cfg = str(Path(config_dir) / f"{b}.yaml")
-        control = "silu" if variant_overrides(b, "silu") is not None else "base"
-        for v in dict.fromkeys([control, *variants]):
+        for v in dict.fromkeys([control_variant(b), *variants]):
             ov = variant_overrides(b, v)
             if ov is not None:
                 groups[f"{b}/{v}"] = (cfg, ov)
@@ -119,7 +124,7 @@ def kv(backbones: list[str], seeds: list[int], out: Path, config_dir: Path, sets
     res, md = {"backbones": {}, "cache": acc}, ["# CollectiveKV: accuracy and per-user cache", ""]
     for b in backbones:
         mine = {g: None for g in groups if g.startswith(b + "/")}
-        control = f"{b}/silu" if f"{b}/silu" in mine else f"{b}/base"
+        control = f"{b}/{control_variant(b)}"
         res["backbones"][b] = summarise(root, mine, seeds, control, metrics)
         md += [format_summary(res["backbones"][b], f"{b} (Δ vs {control.split('/')[1]})"), ""]
     md += ["## Per-user cache bytes (float32 K/V; CollectiveKV: user parts + pool indices)", "",

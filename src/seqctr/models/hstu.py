@@ -68,19 +68,21 @@ class HSTUBlock(nn.Module):
         """One projection of tokens ``x [B, T, D]`` for serving: gate ``u`` and ``q`` ``[B, T, D]``,
         what the cache keeps (full ``k, v`` or the CollectiveKV codes), and ``k, v [B, T, D]`` as
         read back from it — so a prefill or append projects each layer once."""
-        n = self.norm_in(x)
         if self.ckv is None:
-            u, q, k, v = F.silu(self.f1(n)).chunk(4, -1)
+            u, q, k, v, _ = self.project(x)
             return u, q, {"k": k, "v": v}, k, v
+        n = self.norm_in(x)
         u, q = F.silu(self.f1(n)).chunk(2, -1)
         codes = self.ckv.codes(n, n)
-        k, v = self.ckv.from_codes(codes)
-        return u, q, codes, k, v
+        return (u, q, codes, *self.ckv.from_codes(codes))
 
     def cache_kv(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """What a serving cache keeps of this layer for tokens ``x [B, T, D]``, every tensor
         ``[B, T, ...]``: full ``k, v`` or the CollectiveKV codes (user parts + pool indices)."""
-        return self.project_cached(x)[2]
+        if self.ckv is None:
+            return self.project_cached(x)[2]
+        n = self.norm_in(x)
+        return self.ckv.codes(n, n)
 
     def kv_from_cache(self, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-head ``k, v [B, H, T, hd]`` from :meth:`cache_kv`'s tensors."""
@@ -168,11 +170,11 @@ class HSTU(Backbone):
         """Every layer's cache form of the history tokens (causal: it never depends on the
         target), ``[1, T, ...]`` per tensor, under ``l{i}_``."""
         state, seq = {"mask": x.mask}, x.hist
-        for i, blk in enumerate(self.blocks):
+        for i, blk in enumerate(self.blocks[:-1]):
             u, q, cached, k, v = blk.project_cached(seq)
             state.update(prefixed(cached, f"l{i}_"))
-            if i < len(self.blocks) - 1:                         # the next layer's input, same projection
-                seq, _ = blk.mix(seq, blk.split(q), blk.split(k), blk.split(v), u, x.mask)
+            seq, _ = blk.mix(seq, blk.split(q), blk.split(k), blk.split(v), u, x.mask)   # the next layer's input
+        state.update(prefixed(self.blocks[-1].cache_kv(seq), f"l{len(self.blocks) - 1}_"))
         return state
 
     def append(self, state: dict, new: SeqInputs, evicted, max_len):

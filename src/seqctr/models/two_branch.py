@@ -132,7 +132,8 @@ class TwoBranchBackbone(Backbone):
         raise NotImplementedError
 
     def exact_search_cached(self, state: dict, x: SeqInputs, idx: torch.Tensor, sel_mask: torch.Tensor) -> torch.Tensor:
-        """ESU from the cached per-event long-branch K/V ``[1, H, T, hd]``: gather the selected."""
+        """ESU from the cached per-event long-branch K/V ``[1, H, T, hd]`` over the events the GSU
+        selected (``idx [N, k]``, ``sel_mask [N, k]``)."""
         K, V = self.long_attention.kv_from_cache(unprefixed(state, "long_"))
         N = idx.shape[0]
         # the selection as a mask over all T events: attention against the user's shared K/V then

@@ -114,13 +114,17 @@ class CollectiveKV(nn.Module):
             inv = torch.arange(flat.shape[0], device=x.device)
         return router(flat), inv.view(x.shape[:-1]), wf
 
+    def _index(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Inference routing: the argmax pool entry of every event ``[B, T]`` (int64)."""
+        logits, inv, _ = self._route(name, x)
+        return logits.argmax(-1)[inv]
+
     def _part(self, name: str, x: torch.Tensor, mask: torch.Tensor | None):
         if not self.share[name]:
             return getattr(self, f"full_{name}")(x), None
         pool = getattr(self, f"pool_{name}")
         if not self.training:
-            logits, inv, _ = self._route(name, x)
-            return self._join(pool[logits.argmax(-1)[inv]], self._user(name, x)), None
+            return self._join(pool[self._index(name, x)], self._user(name, x)), None
         w = mask.to(x.dtype) if (self.mask_aux and mask is not None) else x.new_ones(x.shape[:-1])
         logits, inv, wu = self._route(name, x, w)                          # [U, m]
         idx = logits.detach().argmax(-1)[inv]                              # [B, T]
@@ -154,8 +158,7 @@ class CollectiveKV(nn.Module):
         for name, x in (("k", keys), ("v", values)):
             if self.share[name]:
                 out[f"u_{name}"] = self._user(name, x)
-                logits, inv, _ = self._route(name, x)
-                out[f"idx_{name}"] = logits.argmax(-1)[inv].to(self.idx_dtype)
+                out[f"idx_{name}"] = self._index(name, x).to(self.idx_dtype)
             else:
                 out[f"full_{name}"] = getattr(self, f"full_{name}")(x)
         return out
