@@ -80,3 +80,53 @@ def test_absorbed_forward_equals_projected_attention():
             want = att.attend(q, kk, vv, mask, c, topk=topk, score_bias=bias)
             torch.testing.assert_close(got.out, want.out, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(got.weights, want.weights, atol=1e-6, rtol=1e-5)
+
+
+def test_attend_on_a_shared_cache_equals_a_materialised_copy():
+    """One user's K/V broadcast over the candidates (stride 0: the GEMM / shared-row paths) gives
+    the same outputs and weights as per-candidate copies of it, for full, top-k and GSU-selected
+    attention, with conditioning and score bias; ``need_weights=False`` changes no output."""
+    from seqctr.nn import AttentionCondition, MultiHeadTargetAttention
+
+    torch.manual_seed(1)
+    B, T, H = 6, 9, 3
+    att = MultiHeadTargetAttention(8, 12, num_heads=H).eval()
+    att.enable_condition(4)
+    q = torch.randn(B, 8)
+    k1, v1, _ = att.project_kv(torch.randn(1, T, 8))
+    mask = torch.ones(B, T, dtype=torch.bool)
+    cond = AttentionCondition(prompts=torch.randn(B, 2, 8), qk=torch.randn(B, 4), temperature=torch.rand(B) + 1)
+    bias = torch.randn(B, H, T)
+    idx = torch.stack([torch.randperm(T)[:4] for _ in range(B)])
+    sel = torch.rand(B, 4) > 0.3
+    shared_k, shared_v = k1.expand(B, -1, -1, -1), v1.expand(B, -1, -1, -1)
+    assert shared_k.stride(0) == 0
+    copy_k, copy_v = shared_k.contiguous(), shared_v.contiguous()
+    for c in (None, cond):
+        for kw in ({}, {"topk": 3}, {"topk": 50}, {"topk": 3, "score_bias": bias}, {"select": (idx, sel)}):
+            want = att.attend(q, copy_k, copy_v, mask, c, **kw)
+            got = att.attend(q, shared_k, shared_v, mask, c, **kw)
+            torch.testing.assert_close(got.out, want.out, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(got.weights, want.weights, atol=1e-6, rtol=1e-5)
+            lean = att.attend(q, shared_k, shared_v, mask, c, need_weights=False, **kw)
+            torch.testing.assert_close(lean.out, want.out, atol=1e-6, rtol=1e-5)
+
+
+def test_attend_with_a_selection_equals_attention_over_the_gathered_events():
+    """``select=(idx, sel_mask)`` == attention over the history cut down to those events."""
+    from seqctr.nn import MultiHeadTargetAttention, gather_positions
+
+    torch.manual_seed(2)
+    B, T = 5, 11
+    att = MultiHeadTargetAttention(8, 16, num_heads=2).eval()
+    q, hist = torch.randn(B, 8), torch.randn(B, T, 8)
+    idx = torch.stack([torch.randperm(T)[:6] for _ in range(B)])
+    sel = torch.rand(B, 6) > 0.3
+    sel[0] = False                                                     # a candidate with nothing selected
+    k, v, _ = att.project_kv(hist)
+    got = att.attend(q, k, v, None, select=(idx, sel))
+    want = att(q, gather_positions(hist, idx), sel)
+    torch.testing.assert_close(got.out, want.out, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(got.weights.gather(-1, idx.unsqueeze(1).expand(-1, 2, -1)), want.weights,
+                               atol=1e-6, rtol=1e-5)
+    assert torch.equal(got.out[0], torch.zeros(8))

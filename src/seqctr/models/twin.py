@@ -54,4 +54,4 @@ class TWIN(TwoBranchBackbone):
         bias = expand(state.get("score_bias"), N)
         K, V = self.long_attention.kv_from_cache(unprefixed(state, "long_"))
         return self.long_attention.attend(x.target, expand(K, N), expand(V, N), mask, x.condition("long"),
-                                          topk=self.topk, score_bias=bias).out
+                                          topk=self.topk, score_bias=bias, need_weights=False).out

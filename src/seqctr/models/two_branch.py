@@ -100,7 +100,7 @@ class TwoBranchBackbone(Backbone):
         N = x.target.shape[0]
         k, v = self.short_attention.kv_from_cache(unprefixed(state, "short_"))
         short = self.short_attention.attend(x.target, expand(k, N), expand(v, N), expand(state["short_mask"], N),
-                                            x.condition("short"))
+                                            x.condition("short"), need_weights=False)
         long = self.score_long(state, x, expand(state["mask"], N))
         return BackboneOutput(vector=torch.cat([short.out, long], dim=-1))
 
@@ -136,10 +136,8 @@ class TwoBranchBackbone(Backbone):
         selected (``idx [N, k]``, ``sel_mask [N, k]``)."""
         K, V = self.long_attention.kv_from_cache(unprefixed(state, "long_"))
         N = idx.shape[0]
-        # the selection as a mask over all T events: attention against the user's shared K/V then
-        # runs as GEMMs, with no per-candidate copy of the selected rows
-        sel = torch.zeros(N, K.shape[2], dtype=torch.bool, device=idx.device).scatter(1, idx, sel_mask)
-        return self.long_attention.attend(x.target, expand(K, N), expand(V, N), sel, x.condition("long")).out
+        return self.long_attention.attend(x.target, expand(K, N), expand(V, N), None, x.condition("long"),
+                                          select=(idx, sel_mask), need_weights=False).out
 
     def forward(self, x: SeqInputs) -> BackboneOutput:
         short, long = self.short_branch(x), self.long_branch(x)

@@ -237,14 +237,21 @@ class MultiHeadTargetAttention(Conditionable):
             k, v = F.silu(k), F.silu(v)
         return self.split_heads(k), self.split_heads(v)
 
-    def attend(self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+    def attend(self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                cond: AttentionCondition | None = None, topk: int | None = None,
-               score_bias: torch.Tensor | None = None) -> AttentionResult:
+               score_bias: torch.Tensor | None = None, select: tuple | None = None,
+               need_weights: bool = True) -> AttentionResult:
         """Attention of ``query [B, D]`` over projected ``k, v [B, H, T, hd]``.
 
+        ``select = (idx [B, k], sel_mask [B, k])``: attend only over those positions (an exact
+        search over a GSU's choice), as if the history were ``gather_positions(hist, idx)``;
+        ``mask`` is then not used (``sel_mask`` already says which picks are real).
+        ``need_weights=False`` (serving) skips mapping the weights back to ``[B, H, T]``.
+
         ``k``/``v`` may be one user's cache expanded over ``B`` candidates (``expand``: stride 0 on
-        the batch axis). Scores and pooling then run as one GEMM per head against the shared
-        ``[H, T, hd]`` instead of ``B`` matrix-vector products over a broadcast copy."""
+        the batch axis). Then no per-candidate copy of the history is made: full scores are one
+        GEMM per head against the shared ``[H, T, hd]``, and selected events (top-k or ``select``)
+        are gathered straight from the shared rows."""
         B, H, T, hd = k.shape
         q = self.condition_query(self.W_q(query[..., : self.key_dim]), cond)
         q = (F.silu(q) if self.silu else q).view(B, H, 1, hd)
@@ -252,33 +259,52 @@ class MultiHeadTargetAttention(Conditionable):
         k0, v0 = _shared(k), _shared(v)
         if shift is not None:
             k, k0 = k + shift.view(B, H, 1, hd), None
-        if k0 is not None:
-            scores = (q.squeeze(2).transpose(0, 1) @ k0.transpose(-1, -2)).transpose(0, 1) / hd ** 0.5   # [B, H, T]
-        else:
-            scores = (q @ k.transpose(-1, -2)).squeeze(2) / hd ** 0.5
-        if score_bias is not None:
-            scores = scores + score_bias
-        hmask = mask.unsqueeze(1).expand_as(scores)
         idx = None
-        if topk is not None and topk < T:
-            idx, hmask = topk_select(scores, hmask, topk)                          # [B, H, k]
-            scores = torch.gather(scores, -1, idx)
-            if v0 is None:
-                v = torch.gather(v, 2, idx.unsqueeze(-1).expand(-1, -1, -1, hd))
+        if select is not None:
+            idx, sel_mask = select
+            idx = idx.unsqueeze(1).expand(B, H, idx.shape[-1])
+            hmask = sel_mask.unsqueeze(1).expand_as(idx)
+            scores = (q @ self._rows(k, k0, idx).transpose(-1, -2)).squeeze(2) / hd ** 0.5     # [B, H, k]
+            if score_bias is not None:
+                scores = scores + torch.gather(score_bias, -1, idx)
+        else:
+            if k0 is not None:   # [H, B, hd] @ [H, hd, T], the 1/sqrt(hd) applied inside the GEMM
+                scores = torch.baddbmm(q.new_zeros(1, 1, 1), q.squeeze(2).transpose(0, 1), k0.transpose(-1, -2),
+                                       beta=0, alpha=hd ** -0.5).transpose(0, 1)              # [B, H, T]
+            else:
+                scores = (q @ k.transpose(-1, -2)).squeeze(2) / hd ** 0.5
+            if score_bias is not None:
+                scores = scores + score_bias
+            hmask = mask.unsqueeze(1).expand(B, H, T)
+            if topk is not None and topk < T:
+                idx, hmask = topk_select(scores, hmask, topk)                          # [B, H, k]
+                scores = torch.gather(scores, -1, idx)
+        if idx is not None:
+            v = self._rows(v, v0, idx)                                                  # [B, H, k, hd]
         P = cond.num_prompts if cond is not None else 0
         if P:
             ps, pv = self._prompts(q, cond, shift)
             scores, hmask = _with_prompts(scores, hmask, ps)
         w = masked_softmax(apply_temperature(scores, cond), hmask)
         wd = self.dropout(w)
-        if v0 is not None:   # shared values: the weights back on all T events, then one GEMM per head
-            wh = wd[..., P:] if idx is None else wd.new_zeros(B, H, T).scatter_(-1, idx, wd[..., P:])
-            out = (wh.transpose(0, 1) @ v0).transpose(0, 1)                               # [B, H, hd]
+        if v0 is not None and idx is None:   # all events of shared values: one GEMM per head
+            out = (wd[..., P:].transpose(0, 1) @ v0).transpose(0, 1)                            # [B, H, hd]
         else:
             out = (wd[..., P:].unsqueeze(2) @ v).squeeze(2)
         if P:
             out = out + (wd[..., :P].unsqueeze(2) @ pv).squeeze(2)
-        return self._result(out, w, P, idx, T)
+        return self._result(out, w, P, idx, T, need_weights)
+
+    @staticmethod
+    def _rows(x: torch.Tensor, x0: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor:
+        """Per-head rows of ``x [B, H, T, hd]`` at ``idx [B, H, k]`` -> ``[B, H, k, hd]``; from the
+        shared ``x0 [H, T, hd]`` when ``x`` is one user's cache broadcast over the batch."""
+        hd = x.shape[-1]
+        if x0 is None:
+            return torch.gather(x, 2, idx.unsqueeze(-1).expand(*idx.shape, hd))
+        H, T, _ = x0.shape
+        flat = (idx + torch.arange(H, device=idx.device).view(1, H, 1) * T).reshape(-1)
+        return x0.reshape(H * T, hd).index_select(0, flat).view(*idx.shape, hd)
 
     def _prompts(self, q: torch.Tensor, cond: AttentionCondition, shift: torch.Tensor | None):
         """Scores ``[B, H, P]`` of the prompt tokens for ``q [B, H, 1, hd]``, and their values ``[B, H, P, hd]``."""
@@ -288,11 +314,13 @@ class MultiHeadTargetAttention(Conditionable):
             pk = pk + shift.view(B, H, 1, hd)
         return (q @ pk.transpose(-1, -2)).squeeze(2) / hd ** 0.5, pv
 
-    def _result(self, out: torch.Tensor, w: torch.Tensor, P: int, idx: torch.Tensor | None, T: int) -> AttentionResult:
-        """``out [B, H, hd]`` through ``W_o``; weights split into prompts and history (top-k mapped back to T)."""
+    def _result(self, out: torch.Tensor, w: torch.Tensor, P: int, idx: torch.Tensor | None, T: int,
+                need_weights: bool = True) -> AttentionResult:
+        """``out [B, H, hd]`` through ``W_o``; weights split into prompts and history (top-k mapped
+        back to T, unless ``need_weights`` is False: then the selected events' weights are returned)."""
         B, H = w.shape[:2]
         w_hist = w[..., P:]
-        if idx is not None:
+        if idx is not None and need_weights:
             w_hist = torch.zeros(B, H, T, dtype=w.dtype, device=w.device).scatter(-1, idx, w_hist)
         return AttentionResult(self.W_o(out.reshape(B, -1)), w_hist, w[..., :P] if P else None)
 
