@@ -11,8 +11,8 @@ times ``CTRModel.score`` (median and p99 over ``--repeats``) with:
 - ``recompute``: the cache holds only the embedded history; every request runs the backbone once
   for all candidates (history embedded and shared once per request);
 - ``cache``: the backbone's own cache (K/V of target attention, GSU projections, HSTU's per-layer K/V);
-- ``collective``: the same model with CollectiveKV on the target-attention layers (``d_u`` 1,
-  pool 10,000; the cache holds user parts + int16 indices), where the backbone has them.
+- ``collective``: the same model with CollectiveKV (``d_u`` 1, pool 10,000; the cache holds user
+  parts + int16 indices) on both branches' target attention, or on every HSTU layer.
 
 Models use the CollectiveKV paper's width (attention_dim 256, 8 heads) and random weights
 (latency does not depend on training). "Bytes read" = the request's cached K/V bytes. Writes
@@ -28,6 +28,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Without these, glibc hands every large per-request buffer (e.g. the no-cache forward's [N, T, D]
+# history broadcast) back to the OS and page-faults it in again on the next request: most of that
+# path's time, and a noise source for every variant. A CPU server would run like this (or use jemalloc).
+TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
 COMMAND = " ".join(["python", f"bench/{Path(__file__).name}", *sys.argv[1:]])  # recorded with the results
 
 
@@ -39,8 +43,15 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--cpu", default="0")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=str(ROOT / "bench/results/serving"))
+    ap.add_argument("--malloc", choices=["tuned", "default"], default="tuned",
+                    help="tuned: glibc keeps freed memory (no page faults per request); default: glibc as shipped")
+    ap.add_argument("--out", default=None, help="default bench/results/serving (tuned) or serving_glibc_default")
     args = ap.parse_args()
+    args.out = args.out or str(ROOT / ("bench/results/serving" if args.malloc == "tuned" else
+                                       "bench/results/serving_glibc_default"))
+    if args.malloc == "tuned" and os.environ.get("MALLOC_TRIM_THRESHOLD_") != TUNED_MALLOC["MALLOC_TRIM_THRESHOLD_"]:
+        # glibc reads these at start-up only: re-run this script with them set
+        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], {**os.environ, **TUNED_MALLOC})
     if args.quick:
         args.lengths, args.candidates, args.repeats = "50,1000", "1,200", 3
     if args.cpu:
@@ -61,13 +72,15 @@ def main() -> int:
             "twin": ["model.options.attention_dim=256", "model.options.num_heads=8"],
             "eta": ["model.options.attention_dim=256", "model.options.num_heads=8"],
             "hstu": ["model.options.max_len=1024"]}
-    ckv = ['model.options.collective_kv={"user_dim": 1, "pool_size": 10000, "branches": ["short", "long"]}']
+    ckv = {name: ['model.options.collective_kv={"user_dim": 1, "pool_size": 10000, "branches": ["short", "long"]}']
+           for name in ("sim", "twin", "eta")}
+    ckv["hstu"] = ['model.options.collective_kv={"user_dim": 1, "pool_size": 10000}']          # every layer
     rows = []
     for name in args.models.split(","):
         variants = {"forward": (wide.get(name, []), None), "recompute": (wide.get(name, []), "recompute"),
                     "cache": (wide.get(name, []), "cache")}
-        if name in ("sim", "twin", "eta"):
-            variants["collective"] = (wide[name] + ckv, "cache")
+        if name in ckv:
+            variants["collective"] = (wide.get(name, []) + ckv[name], "cache")
         models = {}
         for v, (sets, _) in variants.items():
             torch.manual_seed(0)
@@ -108,10 +121,12 @@ def main() -> int:
                                  "kv_accounting": acc})
                     print(f"{name:5s} {v:10s} L={L:5d} N={N:4d}: {rows[-1]['median_ms']:9.2f} ms "
                           f"(p99 {rows[-1]['p99_ms']:.2f}), cache {rows[-1]['cache_bytes']:,} B", flush=True)
-    write_json(args.out + ".json", {"command": COMMAND,
+    write_json(args.out + ".json", {"command": COMMAND, "malloc": args.malloc,
                                     "rows": rows})
     lines = ["# Serving latency: recompute vs cache vs CollectiveKV cache", "",
-             f"Command: `{COMMAND}`; one core, 1 thread; median per request (p99 in the JSON). "
+             f"Command: `{COMMAND}`; one core, 1 thread; glibc malloc {args.malloc} "
+             f"({'MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ 4 GiB' if args.malloc == 'tuned' else 'as shipped'}); "
+             "median per request (p99 in the JSON). "
              "`forward` = the model's forward pass over one row per candidate (no serving split); "
              "`recompute` = the backbone run once per request over the embedded history; "
              "(x / y) = speed-up of the variant over forward / over recompute, same run.", "",

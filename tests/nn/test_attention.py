@@ -97,13 +97,15 @@ def test_attend_on_a_shared_cache_equals_a_materialised_copy():
     mask = torch.ones(B, T, dtype=torch.bool)
     cond = AttentionCondition(prompts=torch.randn(B, 2, 8), qk=torch.randn(B, 4), temperature=torch.rand(B) + 1)
     bias = torch.randn(B, H, T)
-    idx = torch.stack([torch.randperm(T)[:4] for _ in range(B)])
+    idx = torch.stack([torch.randperm(T)[:4] for _ in range(B)])     # dense: run as a mask over all T
     sel = torch.rand(B, 4) > 0.3
+    idx2, sel2 = idx[:, :2], sel[:, :2]                                  # sparse: rows gathered per candidate
     shared_k, shared_v = k1.expand(B, -1, -1, -1), v1.expand(B, -1, -1, -1)
     assert shared_k.stride(0) == 0
     copy_k, copy_v = shared_k.contiguous(), shared_v.contiguous()
     for c in (None, cond):
-        for kw in ({}, {"topk": 3}, {"topk": 50}, {"topk": 3, "score_bias": bias}, {"select": (idx, sel)}):
+        for kw in ({}, {"topk": 3}, {"topk": 50}, {"topk": 3, "score_bias": bias}, {"select": (idx, sel)},
+                   {"select": (idx2, sel2)}):
             want = att.attend(q, copy_k, copy_v, mask, c, **kw)
             got = att.attend(q, shared_k, shared_v, mask, c, **kw)
             torch.testing.assert_close(got.out, want.out, atol=1e-6, rtol=1e-5)

@@ -253,10 +253,15 @@ class MultiHeadTargetAttention(Conditionable):
         GEMM per head against the shared ``[H, T, hd]``, and selected events (top-k or ``select``)
         are gathered straight from the shared rows."""
         B, H, T, hd = k.shape
+        k0, v0 = _shared(k), _shared(v)
+        if select is not None and k0 is not None and 4 * select[0].shape[-1] >= T:
+            # a quarter of the events or more: cheaper as a mask over the full-history GEMMs than as
+            # per-candidate copies of the selected rows (measured, bench/bench_serving.py)
+            mask = torch.zeros(B, T, dtype=torch.bool, device=k.device).scatter(1, select[0], select[1])
+            select = None
         q = self.condition_query(self.W_q(query[..., : self.key_dim]), cond)
         q = (F.silu(q) if self.silu else q).view(B, H, 1, hd)
         shift = self.key_shift(cond)
-        k0, v0 = _shared(k), _shared(v)
         if shift is not None:
             k, k0 = k + shift.view(B, H, 1, hd), None
         idx = None
