@@ -117,6 +117,7 @@ def main() -> int:
                                  "median_ms": 1000 * statistics.median(times),
                                  "p99_ms": 1000 * times[min(len(times) - 1, int(0.99 * len(times)))],
                                  "repeats": reps,
+                                 "candidates_per_s": N / statistics.median(times),
                                  "cache_bytes": cache.nbytes(kv_keys) if v in ("cache", "collective") else 0,
                                  "kv_accounting": acc})
                     print(f"{name:5s} {v:10s} L={L:5d} N={N:4d}: {rows[-1]['median_ms']:9.2f} ms "
@@ -131,8 +132,8 @@ def main() -> int:
              "`recompute` = the backbone run once per request over the embedded history; "
              "(x / y) = speed-up of the variant over forward / over recompute, same run.", "",
              "| model | events | candidates | forward ms | recompute ms | cache ms (x / y) | CollectiveKV ms (x / y) "
-             "| cache bytes | CKV bytes |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| cache p99 ms / candidates/s | cache bytes | CKV bytes |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     key = {(r["model"], r["events"], r["candidates"], r["variant"]): r for r in rows}
     for (mname, L, N, v), r in key.items():
         if v != "cache":
@@ -148,8 +149,8 @@ def main() -> int:
             ratios = [f"{b['median_ms'] / x['median_ms']:.1f}x" if b else "-" for b in (fw, rc)]
             return f"{x['median_ms']:.2f} ({' / '.join(ratios)})"
         ck_bytes = f"{ck['cache_bytes']:,}" if ck else "n/a"
-        lines.append(f"| {mname} | {L} | {N} | {ms(fw)} | {ms(rc)} | {cell(r)} | {cell(ck)} | {r['cache_bytes']:,} "
-                     f"| {ck_bytes} |")
+        lines.append(f"| {mname} | {L} | {N} | {ms(fw)} | {ms(rc)} | {cell(r)} | {cell(ck)} "
+                     f"| {r['p99_ms']:.2f} / {r['candidates_per_s']:,.0f} | {r['cache_bytes']:,} | {ck_bytes} |")
     write_text(args.out + ".md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
