@@ -111,13 +111,14 @@ def main() -> int:
                             run()
                             times.append(time.perf_counter() - t0)
                     times.sort()
+                    median = statistics.median(times)
                     acc = kv_cache_bytes(m.backbone, L) if name != "hstu" else None
                     kv_keys = [k for k in cache.tensors if k not in ("user", "ids", "user_ids")] if cache else []
                     rows.append({"model": name, "variant": v, "events": L, "candidates": N,
-                                 "median_ms": 1000 * statistics.median(times),
+                                 "median_ms": 1000 * median,
                                  "p99_ms": 1000 * times[min(len(times) - 1, int(0.99 * len(times)))],
                                  "repeats": reps,
-                                 "candidates_per_s": N / statistics.median(times),
+                                 "candidates_per_s": N / median,
                                  "cache_bytes": cache.nbytes(kv_keys) if v in ("cache", "collective") else 0,
                                  "kv_accounting": acc})
                     print(f"{name:5s} {v:10s} L={L:5d} N={N:4d}: {rows[-1]['median_ms']:9.2f} ms "
@@ -127,7 +128,7 @@ def main() -> int:
     lines = ["# Serving latency: recompute vs cache vs CollectiveKV cache", "",
              f"Command: `{COMMAND}`; one core, 1 thread; glibc malloc {args.malloc} "
              f"({'MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ 4 GiB' if args.malloc == 'tuned' else 'as shipped'}); "
-             "median per request (p99 in the JSON). "
+             "median per request (the cache's p99 and candidates/s in their own column, every p99 in the JSON). "
              "`forward` = the model's forward pass over one row per candidate (no serving split); "
              "`recompute` = the backbone run once per request over the embedded history; "
              "(x / y) = speed-up of the variant over forward / over recompute, same run.", "",
