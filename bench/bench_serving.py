@@ -12,7 +12,11 @@ times ``CTRModel.score`` (median and p99 over ``--repeats``) with:
   for all candidates (history embedded and shared once per request);
 - ``cache``: the backbone's own cache (K/V of target attention, GSU projections, HSTU's per-layer K/V);
 - ``collective``: the same model with CollectiveKV (``d_u`` 1, pool 10,000; the cache holds user
-  parts + int16 indices) on both branches' target attention, or on every HSTU layer.
+  parts + int16 indices) on both branches' target attention, or on every HSTU layer; timed with
+  the routing memo warm (the candidates' item tokens routed before, as for items a server has
+  seen) and, as ``collective_cold``, with every memo emptied before each request (first sight of
+  every item). Only HSTU routes at scoring time (its candidate tokens' own K/V), and only its first
+  layer memoises (a deeper layer's tokens depend on the user's history).
 
 Models use the CollectiveKV paper's width (attention_dim 256, 8 heads) and random weights
 (latency does not depend on training). "Bytes read" = the request's cached K/V bytes. Writes
@@ -81,8 +85,12 @@ def main() -> int:
                     "cache": (wide.get(name, []), "cache")}
         if name in ckv:
             variants["collective"] = (wide.get(name, []) + ckv[name], "cache")
+            variants["collective_cold"] = variants["collective"]
         models = {}
         for v, (sets, _) in variants.items():
+            if v == "collective_cold":
+                models[v] = models["collective"]
+                continue
             torch.manual_seed(0)
             models[v] = build_model(load_config(ROOT / f"configs/ml100k/{name}.yaml", sets).model, ds.meta).eval()
         for L in [int(x) for x in args.lengths.split(",")]:
@@ -101,6 +109,13 @@ def main() -> int:
                     else:
                         cache = m.prefill(user, hist, max_len=None, mode=mode)
                         run = lambda: m.score(cache, cands)                              # noqa: E731
+                    if v == "collective_cold":
+                        memos = [mm for mod in m.modules() for mm in getattr(mod, "memos", {}).values()]
+
+                        def run():
+                            for mm in memos:
+                                mm.table.clear()
+                            return m.score(cache, cands)
                     slow = v in ("recompute", "forward") and L >= 1000
                     reps = max(2, args.repeats // (4 if slow else 1))
                     times = []
@@ -133,13 +148,14 @@ def main() -> int:
              "`recompute` = the backbone run once per request over the embedded history; "
              "(x / y) = speed-up of the variant over forward / over recompute, same run.", "",
              "| model | events | candidates | forward ms | recompute ms | cache ms (x / y) | CollectiveKV ms (x / y) "
-             "| cache p99 ms / candidates/s | cache bytes | CKV bytes |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| CKV, memo cold ms | cache p99 ms / candidates/s | cache bytes | CKV bytes |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     key = {(r["model"], r["events"], r["candidates"], r["variant"]): r for r in rows}
     for (mname, L, N, v), r in key.items():
         if v != "cache":
             continue
-        fw, rc, ck = (key.get((mname, L, N, x)) for x in ("forward", "recompute", "collective"))
+        fw, rc, ck, cold = (key.get((mname, L, N, x)) for x in ("forward", "recompute", "collective",
+                                                                "collective_cold"))
 
         def ms(x):
             return f"{x['median_ms']:.2f}" if x else "n/a (too large)"
@@ -150,7 +166,8 @@ def main() -> int:
             ratios = [f"{b['median_ms'] / x['median_ms']:.1f}x" if b else "-" for b in (fw, rc)]
             return f"{x['median_ms']:.2f} ({' / '.join(ratios)})"
         ck_bytes = f"{ck['cache_bytes']:,}" if ck else "n/a"
-        lines.append(f"| {mname} | {L} | {N} | {ms(fw)} | {ms(rc)} | {cell(r)} | {cell(ck)} "
+        cold_ms = f"{cold['median_ms']:.2f}" if cold else "n/a"
+        lines.append(f"| {mname} | {L} | {N} | {ms(fw)} | {ms(rc)} | {cell(r)} | {cell(ck)} | {cold_ms} "
                      f"| {r['p99_ms']:.2f} / {r['candidates_per_s']:,.0f} | {r['cache_bytes']:,} | {ck_bytes} |")
     write_text(args.out + ".md", "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -121,3 +121,35 @@ def test_routing_distinct_rows_once_equals_routing_every_event(mask_aux):
     x = table[ids]
     for got, want in zip(a.codes(x, x).values(), b.codes(x, x).values()):
         torch.testing.assert_close(got, want)
+
+
+def test_routing_memo_equals_the_router_and_forgets_changed_weights():
+    """Inference routing from the memo == the router's argmax, for rows seen before, new rows and
+    repeats within one call; after a weight update (in place, as an optimiser step) or over its
+    row budget the memo is dropped, never read stale."""
+    torch.manual_seed(5)
+    m = CollectiveKV(6, 6, dim=8, user_dim=1, pool_size=50, memo_rows=8).eval()
+    plain = CollectiveKV(6, 6, dim=8, user_dim=1, pool_size=50, memo_rows=0).eval()
+    plain.load_state_dict(m.state_dict())
+    assert plain.memos == {} and set(m.memos) == {"k", "v"}
+    rows = torch.randn(9, 6)
+
+    def check(x):
+        got, want = m.codes(x, x), plain.codes(x, x)
+        for key in want:
+            torch.testing.assert_close(got[key], want[key])
+        torch.testing.assert_close(m.codes(x, x)["idx_k"].long(), m.router_k(x).argmax(-1))
+
+    check(rows[torch.tensor([[0, 1, 2, 1]])])                    # new rows, one repeated
+    assert len(m.memos["k"].table) == 3
+    check(rows[torch.tensor([[2, 1, 3, 4], [0, 0, 5, 2]])])      # half known
+    assert len(m.memos["k"].table) == 6
+    with torch.no_grad():                                         # an optimiser-like in-place update
+        m.router_k.weight.mul_(-1.0)
+        plain.router_k.weight.mul_(-1.0)
+    check(rows[torch.tensor([[0, 1, 2, 3, 4, 5]])])
+    assert len(m.memos["k"].table) == 6                           # rebuilt from scratch, not added to
+    check(rows.unsqueeze(0))                                      # 9 distinct rows: over the budget of 8
+    assert len(m.memos["k"].table) <= 8
+    m.load_state_dict(plain.state_dict())                         # same values, new version: still right
+    check(rows.unsqueeze(0))

@@ -125,6 +125,14 @@ def test_hstu_collective_kv_cache_equals_full_forward_and_appends(synth_ds, T, n
     grown = model.append(cache, hist[T:])
     torch.testing.assert_close(model.score(grown, cands), full_forward(model, user, hist, T + n, cands),
                                atol=1e-5, rtol=1e-5)
+    # the first layer memoises routing (now warm: every item seen), deeper layers do not; a model
+    # without any memo scores the same
+    assert len(model.backbone.blocks[0].ckv.memos["k"].table) > 0 and model.backbone.blocks[1].ckv.memos == {}
+    plain = make(synth_ds, "hstu", collective_kv={"user_dim": 1, "pool_size": 300, "memo_rows": 0})
+    assert all(blk.ckv.memos == {} for blk in plain.backbone.blocks)
+    torch.testing.assert_close(model.score(grown, cands),
+                               plain.score(plain.append(plain.prefill(user[0], hist[:T], max_len=MAX_LEN), hist[T:]),
+                                           cands), atol=1e-6, rtol=1e-6)
 
 
 def test_hstu_collective_kv_trains_with_every_layers_router_loss(synth_ds):

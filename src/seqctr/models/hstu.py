@@ -158,10 +158,20 @@ class HSTU(Backbone):
     def __init__(self, item_dim: int, feature_dim: int = 64, num_layers: int = 2, num_heads: int = 2,
                  max_len: int = 256, dropout: float = 0.0, collective_kv: dict | None = None):
         super().__init__()
-        self.blocks = nn.ModuleList(HSTUBlock(item_dim, num_heads, max_len, dropout, collective_kv)
-                                    for _ in range(num_layers))
+        self.blocks = nn.ModuleList(
+            HSTUBlock(item_dim, num_heads, max_len, dropout, self.layer_collective(collective_kv, i))
+            for i in range(num_layers))
         self.norm_out = nn.LayerNorm(item_dim)
         self.out_dim = item_dim
+
+    @staticmethod
+    def layer_collective(collective: dict | None, i: int) -> dict | None:
+        """Layer ``i``'s CollectiveKV options. Only the first layer memoises its routing by default
+        (``memo_rows``): its tokens are item embeddings, seen again across users and requests,
+        while a deeper layer's tokens depend on the user's history and rarely repeat."""
+        if not collective or i == 0 or "memo_rows" in collective:
+            return collective
+        return {**collective, "memo_rows": 0}
 
     def _layer(self, state: dict, i: int):
         return self.blocks[i].kv_from_cache(unprefixed(state, f"l{i}_"))

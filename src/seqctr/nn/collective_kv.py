@@ -14,9 +14,14 @@ Follows the authors' code as digested in ``shared/papers/collectivekv.md`` (sect
 
 What a cache keeps per event: ``u_k, u_v`` (``d_u`` floats each) and the two pool indices
 (the smallest integer type that holds ``m``).
+
+Serving: inference routing is memoised per distinct input row (:class:`RoutingMemo`), so the
+rows a server sees again and again — a candidate item's own token at HSTU's first layer, popular
+history items at prefill — skip the ``[rows, m]`` router GEMM.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,6 +65,36 @@ def unique_rows(x: torch.Tensor, w: torch.Tensor | None = None):
     return xu, inv, wu
 
 
+class RoutingMemo:
+    """Inference-time memo of a router's argmax per input row: ``lookup(x [N, in]) -> (idx [N]
+    int64, -1 where not known; the rows' keys)``, then ``store(keys, idx)`` for the rows routed.
+
+    Keyed by the row's bytes (bit-identical input -> the same entry, so it is exact wherever
+    routing a row does not depend on what else is in the batch). It forgets everything when the
+    router's weights change (``_version`` of its tensors, bumped by every in-place update:
+    optimiser steps, ``load_state_dict``) and when it would exceed ``max_rows`` (bounded memory:
+    about ``4 * in + 90`` bytes per row). CPU float tensors only."""
+
+    def __init__(self, max_rows: int):
+        self.max_rows = max_rows
+        self.table: dict[bytes, int] = {}
+        self.token = None
+
+    def lookup(self, x: torch.Tensor, router: nn.Linear) -> tuple[torch.Tensor, list[bytes]]:
+        token = tuple((t.data_ptr(), t._version) for t in (router.weight, router.bias) if t is not None)
+        if token != self.token:
+            self.table.clear()
+            self.token = token
+        keys = [r.tobytes() for r in np.ascontiguousarray(x.detach().numpy())]
+        got = self.table.get
+        return torch.tensor([got(k, -1) for k in keys], dtype=torch.long), keys
+
+    def store(self, keys: list[bytes], idx: torch.Tensor) -> None:
+        if len(self.table) + len(keys) > self.max_rows:
+            self.table.clear()
+        self.table.update(zip(keys, idx.tolist()))
+
+
 def index_dtype(m: int) -> torch.dtype:
     """Smallest integer dtype that holds indices ``0 .. m-1``."""
     if m <= 256:
@@ -76,7 +111,7 @@ class CollectiveKV(nn.Module):
     def __init__(self, key_in: int, value_in: int, dim: int, user_dim: int = 1, pool_size: int = 10000,
                  share_k: bool = True, share_v: bool = True, user_first: bool = False, user_silu: bool = True,
                  bias: bool = False, peak_weight: float = 0.01, balance_weight: float = 1.0, mask_aux: bool = False,
-                 dedup: bool = True):
+                 dedup: bool = True, memo_rows: int = 100_000):
         super().__init__()
         if not 0 < user_dim < dim:
             raise ValueError(f"user_dim must be in (0, {dim}), got {user_dim}")
@@ -93,6 +128,7 @@ class CollectiveKV(nn.Module):
             else:
                 setattr(self, f"full_{name}", nn.Linear(in_dim, dim, bias=False))
         self.idx_dtype = index_dtype(pool_size)
+        self.memos = {name: RoutingMemo(memo_rows) for name in ("k", "v") if self.share[name] and memo_rows > 0}
 
     def _join(self, collective: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
         return torch.cat([user, collective] if self.user_first else [collective, user], -1)
@@ -115,9 +151,20 @@ class CollectiveKV(nn.Module):
         return router(flat), inv.view(x.shape[:-1]), wf
 
     def _index(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """Inference routing: the argmax pool entry of every event ``[B, T]`` (int64)."""
-        logits, inv, _ = self._route(name, x)
-        return logits.argmax(-1)[inv]
+        """Inference routing: the argmax pool entry of every event ``[B, T]`` (int64); rows seen
+        before come from the memo (CPU float32/64), only the others reach the router."""
+        memo = self.memos.get(name)
+        if memo is None or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+            logits, inv, _ = self._route(name, x)
+            return logits.argmax(-1)[inv]
+        flat = x.reshape(-1, x.shape[-1])
+        idx, keys = memo.lookup(flat, getattr(self, f"router_{name}"))
+        miss = (idx < 0).nonzero().squeeze(1)
+        if len(miss):
+            logits, inv, _ = self._route(name, flat[miss])
+            idx[miss] = logits.argmax(-1)[inv]
+            memo.store([keys[i] for i in miss.tolist()], idx[miss])
+        return idx.view(x.shape[:-1])
 
     def _part(self, name: str, x: torch.Tensor, mask: torch.Tensor | None):
         if not self.share[name]:
