@@ -39,6 +39,15 @@ TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_"
 COMMAND = " ".join(["python", f"bench/{Path(__file__).name}", *sys.argv[1:]])  # recorded with the results
 
 
+def scorer(model, cache, cands, forget=()):
+    """One request: ``model.score(cache, cands)``, the routing memos in ``forget`` emptied first."""
+    def run():
+        for memo in forget:
+            memo.table.clear()
+        return model.score(cache, cands)
+    return run
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="sim,twin,hstu")
@@ -108,14 +117,9 @@ def main() -> int:
                         cache = None
                     else:
                         cache = m.prefill(user, hist, max_len=None, mode=mode)
-                        run = lambda: m.score(cache, cands)                              # noqa: E731
-                    if v == "collective_cold":
-                        memos = [mm for mod in m.modules() for mm in getattr(mod, "memos", {}).values()]
-
-                        def run():
-                            for mm in memos:
-                                mm.table.clear()
-                            return m.score(cache, cands)
+                        forget = ([mm for mod in m.modules() for mm in getattr(mod, "memos", {}).values()]
+                                  if v == "collective_cold" else [])
+                        run = scorer(m, cache, cands, forget)
                     slow = v in ("recompute", "forward") and L >= 1000
                     reps = max(2, args.repeats // (4 if slow else 1))
                     times = []
