@@ -71,9 +71,8 @@ def main() -> int:
         os.sched_setaffinity(0, {int(args.cpu)})
     import torch
 
-    from seqctr.config import load_config
+    import serving_models
     from seqctr.data import SeqBatch, prepare
-    from seqctr.models import build_model
     from seqctr.serving.accounting import kv_cache_bytes
     from seqctr.utils.io import write_json, write_text
 
@@ -81,33 +80,21 @@ def main() -> int:
     ds, _, _ = prepare("ml100k")
     items = torch.from_numpy(ds.item_feats).long()
     g = torch.Generator().manual_seed(0)
-    wide = {"sim": ["model.options.attention_dim=256", "model.options.num_heads=8"],
-            "twin": ["model.options.attention_dim=256", "model.options.num_heads=8"],
-            "eta": ["model.options.attention_dim=256", "model.options.num_heads=8"],
-            "hstu": ["model.options.max_len=1024"]}
-    ckv = {name: ['model.options.collective_kv={"user_dim": 1, "pool_size": 10000, "branches": ["short", "long"]}']
-           for name in ("sim", "twin", "eta")}
-    ckv["hstu"] = ['model.options.collective_kv={"user_dim": 1, "pool_size": 10000}']          # every layer
     rows = []
     for name in args.models.split(","):
-        variants = {"forward": (wide.get(name, []), None), "recompute": (wide.get(name, []), "recompute"),
-                    "cache": (wide.get(name, []), "cache")}
-        if name in ckv:
-            variants["collective"] = (wide.get(name, []) + ckv[name], "cache")
-            variants["collective_cold"] = variants["collective"]
+        variants = {"forward": (False, None), "recompute": (False, "recompute"), "cache": (False, "cache")}
+        if name in serving_models.COLLECTIVE:
+            variants["collective"] = variants["collective_cold"] = (True, "cache")
         models = {}
-        for v, (sets, _) in variants.items():
-            if v == "collective_cold":
-                models[v] = models["collective"]
-                continue
-            torch.manual_seed(0)
-            models[v] = build_model(load_config(ROOT / f"configs/ml100k/{name}.yaml", sets).model, ds.meta).eval()
+        for v, (collective, _) in variants.items():
+            models[v] = (models["collective"] if v == "collective_cold"
+                         else serving_models.build(name, ds.meta, collective))
         for L in [int(x) for x in args.lengths.split(",")]:
             hist = items[torch.randint(2, len(items), (L,), generator=g)]
             user = torch.from_numpy(ds.user_feats[0]).long()
             for N in [int(x) for x in args.candidates.split(",")]:
                 cands = items[torch.randint(2, len(items), (N,), generator=g)]
-                for v, (sets, mode) in variants.items():
+                for v, (_, mode) in variants.items():
                     m = models[v]
                     if v in ("recompute", "forward") and name == "hstu" and N * L * L > 20 * 1000 * 1000:
                         continue  # [N, heads, L, L] attention would not fit a small machine

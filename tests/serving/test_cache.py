@@ -89,6 +89,17 @@ def test_cache_bytes_round_trip_and_version_check(synth_ds):
         KVCache.from_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
 
 
+def test_damaged_cache_bytes_are_a_clear_error_naming_the_source(synth_ds):
+    model = make(synth_ds, "sim")
+    user, hist, _ = random_user(synth_ds, 9, seed=2)
+    data = model.prefill(user[0], hist, max_len=MAX_LEN).to_bytes()
+    for bad, why in [(data[:5], "unreadable header"), (data[:40], "unreadable header"),
+                     (b"\xff" * 64, "unreadable header"), (data[:-3], "truncated"),
+                     (b"\x04\x00\x00\x00\x00\x00\x00\x00null", "format None")]:
+        with pytest.raises(ValueError, match=f"^redis key 'u7': .*{why}"):
+            KVCache.from_bytes(bad, source="redis key 'u7'")
+
+
 CKV_CASES = [(n, b) for n in ("sim", "eta", "sdim", "twin") for b in (["short"], ["short", "long"])
              if not (n == "sdim" and b == ["short", "long"])]  # SDIM's long branch hashes: no K/V to compress
 

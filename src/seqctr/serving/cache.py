@@ -43,16 +43,26 @@ class KVCache:
         return struct.pack("<Q", len(h)) + h + b"".join(blobs)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "KVCache":
-        (n,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8:8 + n])
-        if header.get("format") != FORMAT:
-            raise ValueError(f"not a seqctr KV cache (format {header.get('format')!r})")
+    def from_bytes(cls, data: bytes, source: str = "bytes") -> "KVCache":
+        """The cache :meth:`to_bytes` wrote. Anything else — truncated, another format, a tensor
+        running past the end — is a :class:`ValueError` naming ``source`` (e.g. the store key)."""
+        try:
+            (n,) = struct.unpack("<Q", data[:8])
+            header = json.loads(data[8:8 + n])
+            fmt = header.get("format") if isinstance(header, dict) else None
+        except (struct.error, ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{source}: not a seqctr KV cache (unreadable header: {e})") from None
+        if fmt != FORMAT:
+            raise ValueError(f"{source}: not a seqctr KV cache (format {fmt!r})")
         body = memoryview(data)[8 + n:]
         tensors = {}
         for name, spec in header["tensors"].items():
             dt = np.dtype(spec["dtype"])
             count = int(np.prod(spec["shape"])) if spec["shape"] else 1
+            end = spec["offset"] + count * dt.itemsize
+            if end > len(body):
+                raise ValueError(f"{source}: KV cache truncated: tensor {name!r} needs bytes up to {end}, "
+                                 f"{len(body)} present")
             a = np.frombuffer(body, dtype=dt, count=count, offset=spec["offset"]).reshape(spec["shape"])
             tensors[name] = torch.from_numpy(a.copy())
         return cls(tensors, header["history_len"], header["model_version"], header.get("meta", {}))

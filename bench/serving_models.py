@@ -1,0 +1,37 @@
+"""The models the serving benchmarks time (shared by bench_serving.py and bench_cache_store.py).
+
+Random weights (latency and bytes do not depend on training). Target-attention models at the
+CollectiveKV paper's width (attention_dim 256, 8 heads); HSTU at its ml100k width (128, 2 layers,
+2 heads) with room for 1,000 events. CollectiveKV: d_u 1, pool 10,000, on both branches of the
+two-branch models (their whole K/V cache) and on every HSTU layer.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+WIDE = {"sim": ["model.options.attention_dim=256", "model.options.num_heads=8"],
+        "twin": ["model.options.attention_dim=256", "model.options.num_heads=8"],
+        "eta": ["model.options.attention_dim=256", "model.options.num_heads=8"],
+        "hstu": ["model.options.max_len=1024"]}
+COLLECTIVE = {name: ['model.options.collective_kv={"user_dim": 1, "pool_size": 10000, "branches": ["short", "long"]}']
+              for name in ("sim", "twin", "eta")}
+COLLECTIVE["hstu"] = ['model.options.collective_kv={"user_dim": 1, "pool_size": 10000}']
+
+
+def overrides(name: str, collective: bool = False) -> list[str]:
+    """``--set`` overrides of ``configs/ml100k/{name}.yaml`` for the benchmark model."""
+    return WIDE.get(name, []) + (COLLECTIVE[name] if collective else [])
+
+
+def build(name: str, meta: dict, collective: bool = False):
+    """The benchmark model in eval mode, seeded so every variant starts from the same weights."""
+    import torch
+
+    from seqctr.config import load_config
+    from seqctr.models import build_model
+
+    torch.manual_seed(0)
+    return build_model(load_config(ROOT / f"configs/ml100k/{name}.yaml", overrides(name, collective)).model,
+                       meta).eval()
