@@ -79,6 +79,7 @@ def test_cache_bytes_round_trip_and_version_check(synth_ds):
     assert set(back.tensors) == set(cache.tensors)
     for k in cache.tensors:
         assert back.tensors[k].dtype == cache.tensors[k].dtype
+        assert back.tensors[k].data_ptr() % 8 == 0                     # views of one buffer, each aligned
         torch.testing.assert_close(back.tensors[k], cache.tensors[k], rtol=0, atol=0)
     torch.testing.assert_close(model.score(back, cands), model.score(cache, cands))
     with torch.no_grad():
@@ -87,6 +88,20 @@ def test_cache_bytes_round_trip_and_version_check(synth_ds):
         model.score(cache, cands)
     with pytest.raises(ValueError, match="not a seqctr KV cache"):
         KVCache.from_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
+
+
+def test_cache_bytes_without_alignment_padding_still_read():
+    """A body whose float tensor starts at an odd offset (blobs written before the padding)."""
+    import json
+    import struct
+
+    b, f = torch.tensor([True, False, True]), torch.arange(5, dtype=torch.float32) / 3
+    header = {"format": "seqctr-kvcache-1", "model_version": "v", "history_len": 3, "meta": {},
+              "tensors": {"b": {"dtype": "|b1", "shape": [3], "offset": 0},
+                          "f": {"dtype": "<f4", "shape": [5], "offset": 3}}}
+    h = json.dumps(header).encode()
+    back = KVCache.from_bytes(struct.pack("<Q", len(h)) + h + b.numpy().tobytes() + f.numpy().tobytes())
+    assert torch.equal(back.tensors["b"], b) and torch.equal(back.tensors["f"], f)
 
 
 def test_damaged_cache_bytes_are_a_clear_error_naming_the_source(synth_ds):

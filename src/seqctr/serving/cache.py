@@ -7,6 +7,7 @@ so a cache read from an outside store cannot execute code.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 
@@ -36,6 +37,9 @@ class KVCache:
         blobs, offset = [], 0
         for name, t in self.tensors.items():
             a = t.detach().cpu().contiguous().numpy()
+            pad = -offset % 8                              # every tensor 8-byte aligned in the body
+            blobs.append(b"\0" * pad)
+            offset += pad
             header["tensors"][name] = {"dtype": a.dtype.str, "shape": list(a.shape), "offset": offset}
             blobs.append(a.tobytes())
             offset += a.nbytes
@@ -54,15 +58,15 @@ class KVCache:
             raise ValueError(f"{source}: not a seqctr KV cache (unreadable header: {e})") from None
         if fmt != FORMAT:
             raise ValueError(f"{source}: not a seqctr KV cache (format {fmt!r})")
-        body = memoryview(data)[8 + n:]
+        body = bytearray(memoryview(data)[8 + n:])     # one writable copy; the tensors are views of it
         tensors = {}
         for name, spec in header["tensors"].items():
             dt = np.dtype(spec["dtype"])
-            count = int(np.prod(spec["shape"])) if spec["shape"] else 1
+            count = math.prod(spec["shape"])
             end = spec["offset"] + count * dt.itemsize
             if end > len(body):
                 raise ValueError(f"{source}: KV cache truncated: tensor {name!r} needs bytes up to {end}, "
                                  f"{len(body)} present")
             a = np.frombuffer(body, dtype=dt, count=count, offset=spec["offset"]).reshape(spec["shape"])
-            tensors[name] = torch.from_numpy(a.copy())
+            tensors[name] = torch.from_numpy(a if a.flags.aligned else a.copy())   # (older unpadded blobs)
         return cls(tensors, header["history_len"], header["model_version"], header.get("meta", {}))
