@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 from typing import Iterable, Iterator
 
 from .cache import KVCache
@@ -85,12 +86,14 @@ def local_redis(cpu: int | None = None, timeout_s: float = 10.0) -> Iterator[str
                "--dir", tmp, "--protected-mode", "yes", "--loglevel", "warning"]
         if cpu is not None and shutil.which("taskset"):
             cmd = ["taskset", "-c", str(cpu)] + cmd
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        log = Path(tmp) / "redis.log"                # a file, not a pipe: a chatty server never blocks
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + timeout_s
             while True:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"redis-server exited: {proc.stderr.read().decode(errors='replace')}")
+                    raise RuntimeError(f"redis-server exited: {log.read_text(errors='replace')[-2000:]}")
                 with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
                     break
                 if time.monotonic() > deadline:
