@@ -61,6 +61,22 @@ def test_cached_scoring_equals_full_forward(synth_ds, name, T):
     torch.testing.assert_close(model.score(recompute, cands), want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("attention_dim,key", [(64, "gsu_e"), (8, "gsu_k")])
+def test_sim_caches_the_narrower_form_of_its_gsu_keys(synth_ds, attention_dim, key):
+    """Soft search keeps the events (width 16 here) when the attention is at least as wide, else
+    their projections W_b e; both score as the forward pass, before and after an append."""
+    model = make(synth_ds, "sim", attention_dim=attention_dim)
+    user, hist, cands = random_user(synth_ds, 20, seed=6)
+    cache = model.prefill(user[0], hist[:15], max_len=MAX_LEN)
+    assert set(cache.tensors) & {"gsu_e", "gsu_k"} == {key}
+    assert cache.tensors[key].shape[-1] == min(16, attention_dim)
+    torch.testing.assert_close(model.score(cache, cands), full_forward(model, user, hist[:15], 15, cands),
+                               atol=1e-5, rtol=1e-5)
+    grown = model.append(cache, hist[15:])
+    torch.testing.assert_close(model.score(grown, cands), full_forward(model, user, hist, 20, cands),
+                               atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("name", [n for n in backbone_names() if n != "hstu"])
 def test_cached_scoring_with_lain(synth_ds, name):
     model = make(synth_ds, name, lain=True)
