@@ -48,6 +48,35 @@ def scorer(model, cache, cands, forget=()):
     return run
 
 
+def fuxictr_forward(args, ds) -> dict:
+    """``(model, events, candidates) -> median ms`` of FuxiCTR 2.3.10's LongCTR forward pass over
+    the request (one row per candidate, as it has no serving split), same widths as ours, run by
+    ``fuxictr_runner.py --mode serving`` in FuxiCTR's venv on this process's core and allocator."""
+    import json
+    import subprocess
+
+    import bench_vs_fuxictr as bvf
+
+    data = bvf.export_longctr(ds, bvf.WORK / "longctr_ml100k")
+    py = bvf.ensure_fuxictr_venv()
+    out = {}
+    for name in args.models.split(","):
+        if bvf.BACKBONES.get(name) is None:
+            continue
+        params = {**bvf.FX_PARAMS[name], "attention_dim": 256, "num_heads": 8}
+        res = subprocess.run([str(py), str(ROOT / "bench/fuxictr_runner.py"), "--data", str(data), "--model",
+                              bvf.BACKBONES[name], "--mode", "serving", "--threads", "1", "--lengths", args.lengths,
+                              "--candidates", args.candidates, "--repeats", str(args.repeats),
+                              "--params", json.dumps(params), "--out", str(bvf.WORK / f"fx_serving_{name}.json")],
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"FuxiCTR {name} serving run failed:\n{res.stderr[-3000:]}")
+        for c in json.loads(res.stdout.strip().splitlines()[-1])["cells"]:
+            out[(name, c["events"], c["candidates"])] = c["median_ms"]
+            print(f"{name:5s} fuxictr    L={c['events']:5d} N={c['candidates']:4d}: {c['median_ms']:9.2f} ms", flush=True)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="sim,twin,hstu")
@@ -58,6 +87,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--malloc", choices=["tuned", "default"], default="tuned",
                     help="tuned: glibc keeps freed memory (no page faults per request); default: glibc as shipped")
+    ap.add_argument("--fuxictr", action="store_true",
+                    help="also time FuxiCTR 2.3.10's forward pass for the same requests (its own venv, same core)")
     ap.add_argument("--out", default=None, help="default bench/results/serving (tuned) or serving_glibc_default")
     args = ap.parse_args()
     args.out = args.out or str(ROOT / ("bench/results/serving" if args.malloc == "tuned" else
@@ -80,6 +111,7 @@ def main() -> int:
     ds, _, _ = prepare("ml100k")
     items = torch.from_numpy(ds.item_feats).long()
     g = torch.Generator().manual_seed(0)
+    fuxictr = fuxictr_forward(args, ds) if args.fuxictr else {}
     rows = []
     for name in args.models.split(","):
         variants = {"forward": (False, None), "recompute": (False, "recompute"), "cache": (False, "cache")}
@@ -129,18 +161,23 @@ def main() -> int:
                                  "kv_accounting": acc})
                     print(f"{name:5s} {v:10s} L={L:5d} N={N:4d}: {rows[-1]['median_ms']:9.2f} ms "
                           f"(p99 {rows[-1]['p99_ms']:.2f}), cache {rows[-1]['cache_bytes']:,} B", flush=True)
-    write_json(args.out + ".json", {"command": COMMAND, "malloc": args.malloc,
-                                    "rows": rows})
+    write_json(args.out + ".json", {"command": COMMAND, "malloc": args.malloc, "rows": rows,
+                                    "fuxictr_forward_ms": [{"model": k[0], "events": k[1], "candidates": k[2],
+                                                            "median_ms": v} for k, v in fuxictr.items()]})
     lines = ["# Serving latency: recompute vs cache vs CollectiveKV cache", "",
              f"Command: `{COMMAND}`; one core, 1 thread; glibc malloc {args.malloc} "
              f"({'MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ 4 GiB' if args.malloc == 'tuned' else 'as shipped'}); "
              "median per request (the cache's p99 and candidates/s in their own column, every p99 in the JSON). "
              "`forward` = the model's forward pass over one row per candidate (no serving split); "
              "`recompute` = the backbone run once per request over the embedded history; "
-             "(x / y) = speed-up of the variant over forward / over recompute, same run.", "",
-             "| model | events | candidates | forward ms | recompute ms | cache ms (x / y) | CollectiveKV ms (x / y) "
+             "(x / y) = speed-up of the variant over forward / over recompute, same run"
+             + ("; `FuxiCTR forward` = FuxiCTR 2.3.10's LongCTR model over the same request (it has no serving "
+                "split), same widths, same core, same run, with the cache's speed-up over it." if fuxictr else "."),
+             "",
+             "| model | events | candidates |" + (" FuxiCTR forward ms (cache speed-up) |" if fuxictr else "")
+             + " forward ms | recompute ms | cache ms (x / y) | CollectiveKV ms (x / y) "
              "| CKV, memo cold ms | cache p99 ms / candidates/s | cache bytes | CKV bytes |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|" + ("---:|" if fuxictr else "") + "---:|---:|---:|---:|---:|---:|---:|---:|"]
     key = {(r["model"], r["events"], r["candidates"], r["variant"]): r for r in rows}
     for (mname, L, N, v), r in key.items():
         if v != "cache":
@@ -158,7 +195,9 @@ def main() -> int:
             return f"{x['median_ms']:.2f} ({' / '.join(ratios)})"
         ck_bytes = f"{ck['cache_bytes']:,}" if ck else "n/a"
         cold_ms = f"{cold['median_ms']:.2f}" if cold else "n/a"
-        lines.append(f"| {mname} | {L} | {N} | {ms(fw)} | {ms(rc)} | {cell(r)} | {cell(ck)} | {cold_ms} "
+        fx = fuxictr.get((mname, L, N))
+        fx_cell = (f" {fx:.2f} ({fx / r['median_ms']:.1f}x) |" if fx else " n/a |") if fuxictr else ""
+        lines.append(f"| {mname} | {L} | {N} |{fx_cell} {ms(fw)} | {ms(rc)} | {cell(r)} | {cell(ck)} | {cold_ms} "
                      f"| {r['p99_ms']:.2f} / {r['candidates_per_s']:,.0f} | {r['cache_bytes']:,} | {ck_bytes} |")
     write_text(args.out + ".md", "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -25,7 +25,10 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
     ap.add_argument("--model", required=True)        # DIN | DIEN | SIM | SDIM | TWIN | ETA
-    ap.add_argument("--mode", choices=["throughput", "accuracy"], required=True)
+    ap.add_argument("--mode", choices=["throughput", "accuracy", "serving"], required=True)
+    ap.add_argument("--lengths", default="50,200,1000", help="serving: history lengths")
+    ap.add_argument("--candidates", default="1,200,512", help="serving: candidates per request")
+    ap.add_argument("--repeats", type=int, default=9, help="serving: timed forward passes per cell")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batches", type=int, default=30)
     ap.add_argument("--seed", type=int, default=2024)
@@ -73,7 +76,9 @@ def main() -> int:
         return np.concatenate(out)
 
     result = {"model": args.model, "fuxictr": fuxictr.__version__, "torch": torch.__version__}
-    if args.mode == "throughput":
+    if args.mode == "serving":
+        result["cells"] = serving(args, model_cls, params, fmap, data, LongCTRDataLoader)
+    elif args.mode == "throughput":
         model._max_gradient_norm, model._batch_index = 10.0, 0
         model.train()
         n, t0 = 0, None
@@ -98,6 +103,45 @@ def main() -> int:
     Path(args.out).write_text(json.dumps(result))
     print(json.dumps(result))
     return 0
+
+
+def serving(args, model_cls, params, fmap, data: Path, loader_cls) -> list[dict]:
+    """Latency of FuxiCTR's forward pass for one user's request: ``N`` rows, each the candidate
+    plus the same ``L``-event history (FuxiCTR has no serving split; the batch is built by its own
+    collator once, outside the timing). Random history and candidates from the exported items."""
+    import statistics
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n_items = pq.read_table(data / "item_info.parquet").num_rows
+    g = np.random.default_rng(0)
+    cells = []
+    for L in [int(x) for x in args.lengths.split(",")]:
+        model = model_cls(fmap, **{**params, "max_len": L})
+        model.eval()
+        folder = Path(args.out).parent / f"fx_serving_{args.model}_{L}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"full_item_seq": [g.integers(1, n_items, L).tolist()]}), folder / "user_info.parquet")
+        for N in [int(x) for x in args.candidates.split(",")]:
+            first = pq.read_table(data / "test.parquet").slice(0, 1).to_pydict()
+            cols = {k: [v[0]] * N for k, v in first.items()}
+            cols.update(user_index=[0] * N, seq_len=[L] * N, item_index=g.integers(1, n_items, N).tolist())
+            pq.write_table(pa.table(cols), folder / f"req_{N}.parquet")
+            batch = next(iter(loader_cls(fmap, str(folder / f"req_{N}.parquet"), user_info=str(folder / "user_info.parquet"),
+                                         item_info=str(data / "item_info.parquet"), batch_size=N, shuffle=False,
+                                         num_workers=0, max_len=L)))
+            with torch.no_grad():
+                model.forward(batch)
+                times = []
+                for _ in range(max(2, args.repeats // (4 if L >= 1000 else 1))):
+                    t0 = time.perf_counter()
+                    model.forward(batch)
+                    times.append(time.perf_counter() - t0)
+            cells.append({"events": L, "candidates": N, "median_ms": 1000 * statistics.median(times),
+                          "repeats": len(times)})
+            print(json.dumps(cells[-1]), file=sys.stderr, flush=True)
+    return cells
 
 
 if __name__ == "__main__":
