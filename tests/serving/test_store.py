@@ -70,6 +70,10 @@ def test_a_damaged_value_is_an_error_naming_its_key(synth_ds, client):
     client.set(store.key("junk"), b"hello")
     with pytest.raises(ValueError, match="redis key 'ns:junk': not a seqctr KV cache"):
         store.get("junk")
+    ok, cut, junk, gone = store.get_many(["ok", "cut", "junk", "gone"], damaged="miss")   # a server's choice
+    assert ok.history_len == 6 and cut is None and junk is None and gone is None
+    with pytest.raises(ValueError, match="damaged must be"):
+        store.get_many(["ok"], damaged="ignore")
 
 
 def test_local_redis_serves_then_stops():
@@ -80,3 +84,12 @@ def test_local_redis_serves_then_stops():
         c.close()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+
+
+def test_local_redis_says_what_is_missing(monkeypatch):
+    import seqctr.serving.store as store
+
+    monkeypatch.setattr(store.shutil, "which", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="apt-get install redis-server"):
+        with local_redis():
+            pass

@@ -50,12 +50,22 @@ class RedisCacheStore:
     def get(self, user) -> KVCache | None:
         return self.get_many([user])[0]
 
-    def get_many(self, users: Iterable) -> list[KVCache | None]:
+    def get_many(self, users: Iterable, damaged: str = "raise") -> list[KVCache | None]:
+        """Caches of ``users`` in order (None where missing). A value that is not a readable cache
+        raises ``ValueError`` naming its key, or with ``damaged="miss"`` reads as missing (a server
+        then prefills that user again instead of failing the whole batch)."""
+        if damaged not in ("raise", "miss"):
+            raise ValueError(f"damaged must be 'raise' or 'miss', got {damaged!r}")
         keys = [self.key(u) for u in users]
-        if not keys:
-            return []
-        return [None if raw is None else KVCache.from_bytes(raw, source=f"redis key {k!r}")
-                for k, raw in zip(keys, self.client.mget(keys))]
+        out = []
+        for k, raw in zip(keys, self.client.mget(keys) if keys else []):
+            try:
+                out.append(None if raw is None else KVCache.from_bytes(raw, source=f"redis key {k!r}"))
+            except ValueError:
+                if damaged == "raise":
+                    raise
+                out.append(None)
+        return out
 
     def get_bytes(self, users: Iterable) -> list[bytes | None]:
         """The stored byte forms, undecoded (what crosses the network)."""
