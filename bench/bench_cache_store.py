@@ -19,9 +19,10 @@ import sys
 import time
 from pathlib import Path
 
+import serving_models
+
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = " ".join(["python", f"bench/{Path(__file__).name}", *sys.argv[1:]])  # recorded with the results
-TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
 
 
 def median_ms(fn, repeats: int) -> tuple[float, float]:
@@ -46,9 +47,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "bench/results/cache_store"))
     args = ap.parse_args()
-    if os.environ.get("MALLOC_TRIM_THRESHOLD_") != TUNED_MALLOC["MALLOC_TRIM_THRESHOLD_"]:
-        # as bench_serving.py: glibc keeps freed memory (no page faults per request)
-        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], {**os.environ, **TUNED_MALLOC})
+    serving_models.with_tuned_malloc(__file__)     # as bench_serving.py: no page faults per request
     if args.quick:
         args.lengths, args.batches, args.repeats = "200", "1,8", 3
     if args.cpu:
@@ -56,7 +55,6 @@ def main() -> int:
     import redis
     import torch
 
-    import serving_models
     from seqctr.data import prepare
     from seqctr.serving import KVCache
     from seqctr.serving.store import RedisCacheStore, local_redis

@@ -31,11 +31,9 @@ import sys
 import time
 from pathlib import Path
 
+import serving_models
+
 ROOT = Path(__file__).resolve().parents[1]
-# Without these, glibc hands every large per-request buffer (e.g. the no-cache forward's [N, T, D]
-# history broadcast) back to the OS and page-faults it in again on the next request: most of that
-# path's time, and a noise source for every variant. A CPU server would run like this (or use jemalloc).
-TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
 COMMAND = " ".join(["python", f"bench/{Path(__file__).name}", *sys.argv[1:]])  # recorded with the results
 
 
@@ -93,16 +91,14 @@ def main() -> int:
     args = ap.parse_args()
     args.out = args.out or str(ROOT / ("bench/results/serving" if args.malloc == "tuned" else
                                        "bench/results/serving_glibc_default"))
-    if args.malloc == "tuned" and os.environ.get("MALLOC_TRIM_THRESHOLD_") != TUNED_MALLOC["MALLOC_TRIM_THRESHOLD_"]:
-        # glibc reads these at start-up only: re-run this script with them set
-        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], {**os.environ, **TUNED_MALLOC})
+    if args.malloc == "tuned":
+        serving_models.with_tuned_malloc(__file__)
     if args.quick:
         args.lengths, args.candidates, args.repeats = "50,1000", "1,200", 3
     if args.cpu:
         os.sched_setaffinity(0, {int(args.cpu)})
     import torch
 
-    import serving_models
     from seqctr.data import SeqBatch, prepare
     from seqctr.serving.accounting import kv_cache_bytes
     from seqctr.utils.io import write_json, write_text

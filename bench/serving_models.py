@@ -7,9 +7,22 @@ two-branch models (their whole K/V cache) and on every HSTU layer.
 """
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Without these, glibc hands every large per-request buffer (e.g. the no-cache forward's [N, T, D]
+# history broadcast) back to the OS and page-faults it in again on the next request: most of that
+# path's time, and a noise source for every variant. A CPU server would run like this (or use jemalloc).
+TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
+
+
+def with_tuned_malloc(script: str) -> None:
+    """Re-run ``script`` (this process's command line) with :data:`TUNED_MALLOC` set, unless it
+    already is: glibc reads these at start-up only."""
+    if os.environ.get("MALLOC_TRIM_THRESHOLD_") != TUNED_MALLOC["MALLOC_TRIM_THRESHOLD_"]:
+        os.execve(sys.executable, [sys.executable, script, *sys.argv[1:]], {**os.environ, **TUNED_MALLOC})
 
 WIDE = {"sim": ["model.options.attention_dim=256", "model.options.num_heads=8"],
         "twin": ["model.options.attention_dim=256", "model.options.num_heads=8"],
