@@ -13,10 +13,8 @@ Writes ``bench/results/cache_store.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import serving_models
@@ -27,13 +25,8 @@ COMMAND = " ".join(["python", f"bench/{Path(__file__).name}", *sys.argv[1:]])  #
 
 def median_ms(fn, repeats: int) -> tuple[float, float]:
     """Median and slowest wall time of ``fn()`` in ms, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times), 1000 * max(times)
+    times = serving_models.timed(fn, repeats)
+    return 1000 * statistics.median(times), 1000 * times[-1]
 
 
 def main() -> int:
@@ -50,19 +43,14 @@ def main() -> int:
     serving_models.with_tuned_malloc(__file__)     # as bench_serving.py: no page faults per request
     if args.quick:
         args.lengths, args.batches, args.repeats = "200", "1,8", 3
-    if args.cpu:
-        os.sched_setaffinity(0, {int(args.cpu)})
+    ds, items = serving_models.setup(args.cpu)
     import redis
     import torch
 
-    from seqctr.data import prepare
     from seqctr.serving import KVCache
     from seqctr.serving.store import RedisCacheStore, local_redis
     from seqctr.utils.io import write_json, write_text
 
-    torch.set_num_threads(1)
-    ds, _, _ = prepare("ml100k")
-    items = torch.from_numpy(ds.item_feats).long()
     users = torch.from_numpy(ds.user_feats).long()
     batches = [int(b) for b in args.batches.split(",")]
     n_users = max(batches)

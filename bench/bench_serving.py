@@ -25,10 +25,8 @@ Models use the CollectiveKV paper's width (attention_dim 256, 8 heads) and rando
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import serving_models
@@ -95,17 +93,13 @@ def main() -> int:
         serving_models.with_tuned_malloc(__file__)
     if args.quick:
         args.lengths, args.candidates, args.repeats = "50,1000", "1,200", 3
-    if args.cpu:
-        os.sched_setaffinity(0, {int(args.cpu)})
+    ds, items = serving_models.setup(args.cpu)
     import torch
 
-    from seqctr.data import SeqBatch, prepare
+    from seqctr.data import SeqBatch
     from seqctr.serving.accounting import kv_cache_bytes
     from seqctr.utils.io import write_json, write_text
 
-    torch.set_num_threads(1)
-    ds, _, _ = prepare("ml100k")
-    items = torch.from_numpy(ds.item_feats).long()
     g = torch.Generator().manual_seed(0)
     fuxictr = fuxictr_forward(args, ds) if args.fuxictr else {}
     rows = []
@@ -137,14 +131,8 @@ def main() -> int:
                         run = scorer(m, cache, cands, forget)
                     slow = v in ("recompute", "forward") and L >= 1000
                     reps = max(2, args.repeats // (4 if slow else 1))
-                    times = []
                     with torch.no_grad():
-                        run()
-                        for _ in range(reps):
-                            t0 = time.perf_counter()
-                            run()
-                            times.append(time.perf_counter() - t0)
-                    times.sort()
+                        times = serving_models.timed(run, reps)
                     median = statistics.median(times)
                     acc = kv_cache_bytes(m.backbone, L) if name != "hstu" else None
                     kv_keys = [k for k in cache.tensors if k not in ("user", "ids", "user_ids")] if cache else []

@@ -114,7 +114,10 @@ def serving(args, model_cls, params, fmap, data: Path, loader_cls) -> list[dict]
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    import serving_models        # bench/ (this script's folder): the timing loop bench_serving.py uses
+
     n_items = pq.read_table(data / "item_info.parquet").num_rows
+    first = pq.read_table(data / "test.parquet").slice(0, 1).to_pydict()     # any row: its user features
     g = np.random.default_rng(0)
     cells = []
     for L in [int(x) for x in args.lengths.split(",")]:
@@ -124,7 +127,6 @@ def serving(args, model_cls, params, fmap, data: Path, loader_cls) -> list[dict]
         folder.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.table({"full_item_seq": [g.integers(1, n_items, L).tolist()]}), folder / "user_info.parquet")
         for N in [int(x) for x in args.candidates.split(",")]:
-            first = pq.read_table(data / "test.parquet").slice(0, 1).to_pydict()
             cols = {k: [v[0]] * N for k, v in first.items()}
             cols.update(user_index=[0] * N, seq_len=[L] * N, item_index=g.integers(1, n_items, N).tolist())
             pq.write_table(pa.table(cols), folder / f"req_{N}.parquet")
@@ -132,12 +134,8 @@ def serving(args, model_cls, params, fmap, data: Path, loader_cls) -> list[dict]
                                          item_info=str(data / "item_info.parquet"), batch_size=N, shuffle=False,
                                          num_workers=0, max_len=L)))
             with torch.no_grad():
-                model.forward(batch)
-                times = []
-                for _ in range(max(2, args.repeats // (4 if L >= 1000 else 1))):
-                    t0 = time.perf_counter()
-                    model.forward(batch)
-                    times.append(time.perf_counter() - t0)
+                times = serving_models.timed(lambda: model.forward(batch),
+                                             max(2, args.repeats // (4 if L >= 1000 else 1)))
             cells.append({"events": L, "candidates": N, "median_ms": 1000 * statistics.median(times),
                           "repeats": len(times)})
             print(json.dumps(cells[-1]), file=sys.stderr, flush=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +24,31 @@ def with_tuned_malloc(script: str) -> None:
     already is: glibc reads these at start-up only."""
     if os.environ.get("MALLOC_TRIM_THRESHOLD_") != TUNED_MALLOC["MALLOC_TRIM_THRESHOLD_"]:
         os.execve(sys.executable, [sys.executable, script, *sys.argv[1:]], {**os.environ, **TUNED_MALLOC})
+
+def timed(fn, repeats: int) -> list[float]:
+    """Wall times of ``repeats`` calls of ``fn()`` in seconds, sorted, after one untimed warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)
+
+
+def setup(cpu: str):
+    """Pin this process to ``cpu`` ('' = no pinning), one torch thread, and the prepared ml100k:
+    ``(dataset, item feature rows [I, Fi] as a LongTensor)``."""
+    if cpu:
+        os.sched_setaffinity(0, {int(cpu)})
+    import torch
+
+    from seqctr.data import prepare
+
+    torch.set_num_threads(1)
+    ds, _, _ = prepare("ml100k")
+    return ds, torch.from_numpy(ds.item_feats).long()
+
 
 WIDE = {"sim": ["model.options.attention_dim=256", "model.options.num_heads=8"],
         "twin": ["model.options.attention_dim=256", "model.options.num_heads=8"],

@@ -56,9 +56,9 @@ class RedisCacheStore:
         then prefills that user again instead of failing the whole batch)."""
         if damaged not in ("raise", "miss"):
             raise ValueError(f"damaged must be 'raise' or 'miss', got {damaged!r}")
-        keys = [self.key(u) for u in users]
+        keys, raws = self._mget(users)
         out = []
-        for k, raw in zip(keys, self.client.mget(keys) if keys else []):
+        for k, raw in zip(keys, raws):
             try:
                 out.append(None if raw is None else KVCache.from_bytes(raw, source=f"redis key {k!r}"))
             except ValueError:
@@ -69,8 +69,12 @@ class RedisCacheStore:
 
     def get_bytes(self, users: Iterable) -> list[bytes | None]:
         """The stored byte forms, undecoded (what crosses the network)."""
+        return self._mget(users)[1]
+
+    def _mget(self, users: Iterable) -> tuple[list[str], list[bytes | None]]:
+        """The users' keys and one ``MGET`` of them (none for no users: Redis refuses an empty MGET)."""
         keys = [self.key(u) for u in users]
-        return list(self.client.mget(keys)) if keys else []
+        return keys, (list(self.client.mget(keys)) if keys else [])
 
     def delete(self, *users) -> int:
         return int(self.client.delete(*[self.key(u) for u in users])) if users else 0
