@@ -1,23 +1,55 @@
-"""GSU selection: the k-th largest value vs a full sort, and whether it is tied."""
+"""GSU selection: both implementations of the top-k positions against a stable-sort reference."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from seqctr.nn.retrieval import kth_largest
+from seqctr.nn.retrieval import _positions_numpy, _positions_torch
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_kth_largest_equals_the_sorted_reference(dtype):
-    """Every k, with ties (integer-valued scores) and -inf padding; float32/64 take the NumPy
-    path on CPU, bfloat16 the torch.topk one."""
+def reference(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The textbook rule: stable sort of the time-reversed row, best first; ties go to the
+    rightmost positions. ``[R, T] -> [R, k]`` ascending."""
+    T = x.shape[-1]
+    order = torch.sort(x.float().flip(-1), dim=-1, descending=True, stable=True).indices[:, :k]
+    return (T - 1 - order).sort(-1).values
+
+
+@pytest.mark.parametrize("impl", ["numpy", "torch", "torch-bf16"])
+def test_topk_positions_equal_the_stable_sort_reference(impl):
+    """Every k, integer-valued scores full of ties, -inf padding, rows of distinct values."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 6, (4, 3, 17), generator=g).to(dtype)
-    x[0, 0, :9] = float("-inf")
-    x[1] = torch.randn(3, 17, generator=g).to(dtype)
-    ref = x.sort(-1, descending=True).values
+    x = torch.randint(0, 6, (12, 17), generator=g).float()
+    x[0, :9] = float("-inf")
+    x[1:4] = torch.randn(3, 17, generator=g)
+    x[4] = 2.0                                                   # one value everywhere
+    x = x.bfloat16().float()                                     # the same values in every dtype
     for k in range(1, 18):
-        got, tied = kth_largest(x, k)
-        assert got.shape == (4, 3, 1) and got.dtype == dtype
-        assert torch.equal(got, ref[..., k - 1: k]), k
-        assert torch.equal(tied, (x >= got).sum(-1) > k), k
+        if impl == "numpy":
+            got = torch.from_numpy(_positions_numpy(x.numpy(), k))
+        else:
+            got = _positions_torch(x.bfloat16() if impl == "torch-bf16" else x, k)
+        assert got.shape == (12, k)
+        assert torch.equal(got, reference(x, k)), k
+
+
+@pytest.mark.parametrize("impl", ["numpy", "torch"])
+@pytest.mark.parametrize("where", [0, 2, 5])
+def test_topk_positions_refuse_nan_anywhere(impl, where):
+    """A NaN is refused wherever it sits (inside or outside the top k), not silently ranked."""
+    x = torch.tensor([[3.0, 1.0, 1.0, 4.0, 0.5, 2.0]]).repeat(2, 1)
+    x[1, where] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        if impl == "numpy":
+            _positions_numpy(x.numpy(), 2)
+        else:
+            _positions_torch(x, 2)
+
+
+def test_numpy_positions_on_a_long_row_with_duplicated_items():
+    """The serving case: 1,000 events drawn from 300 items (many equal scores), k = 50."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(300).astype(np.float32)[rng.integers(0, 300, (64, 1000))]
+    got = torch.from_numpy(_positions_numpy(x, 50))
+    assert torch.equal(got, reference(torch.from_numpy(x), 50))

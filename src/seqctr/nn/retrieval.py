@@ -5,20 +5,45 @@ import numpy as np
 import torch
 
 
-def kth_largest(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k``-th largest value along the last dim and whether more than ``k`` values reach it:
-    ``x [..., T] -> (kth [..., 1], tied [...] bool)`` (``1 <= k <= T``).
+def _positions_numpy(x: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` largest values of every row of ``x [R, T]``, ascending ``[R, k]``;
+    ties at the k-th value go to the rightmost positions.
 
-    On CPU it is NumPy's ``partition`` (a vectorised selection: 2x faster than ``torch.topk`` at
-    T = 1,000 and 5x at T = 200 here), elsewhere ``torch.topk``."""
-    T = x.shape[-1]
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
-        part = np.partition(x.detach().numpy(), T - k, axis=-1)
-        kth = part[..., T - k: T - k + 1]
-        tied = (part[..., : T - k] == kth).any(-1)          # a value below the top k equals the k-th
-        return torch.from_numpy(kth), torch.from_numpy(tied)
+    One selection of the k-th value per row (``np.partition``), then the positions at or above it
+    in row-major order (``flatnonzero``: each row's in ascending order), dropping the oldest ties
+    of the rows that have too many. About 2x faster than the torch path below on CPU at T = 1,000
+    (no full-row tie scan, no ``nonzero`` over a torch bool tensor)."""
+    R, T = x.shape
+    part = np.partition(x, T - k, axis=-1)
+    if np.isnan(part[:, T - k:]).any():                    # NaN sorts above every number
+        raise ValueError("topk_select: scores contain NaN")
+    kth = part[:, T - k: T - k + 1]
+    pos = np.flatnonzero(x >= kth)
+    row = pos // T
+    excess = np.bincount(row, minlength=R) - k              # > 0: more events than k reach the k-th
+    if excess.any():
+        tie = x.ravel()[pos] == kth[row, 0]
+        per_row = np.bincount(row, weights=tie, minlength=R).astype(np.int64)
+        rank = np.cumsum(tie) - 1 - (np.cumsum(per_row) - per_row)[row]     # 0 = the row's oldest tie
+        pos = pos[~(tie & (rank < excess[row]))]
+        row = pos // T
+    return (pos - row * T).reshape(R, k)
+
+
+def _positions_torch(x: torch.Tensor, k: int) -> torch.Tensor:
+    """:func:`_positions_numpy` in torch (any device or dtype): ``x [R, T] -> [R, k]``."""
     kth = torch.topk(x, k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
-    return kth, (x >= kth).sum(-1) > k
+    chosen = x >= kth
+    tied = chosen.sum(-1) > k
+    if tied.any():                                # rows with more than one event at the k-th score
+        ks, ths = x[tied], kth[tied]
+        above, tie = ks > ths, ks == ths
+        drop = tie.sum(-1, keepdim=True) - (k - above.sum(-1, keepdim=True))       # oldest ties left out
+        chosen[tied] = above | (tie & (tie.cumsum(-1) > drop))
+    pos = chosen.nonzero()[:, -1]
+    if pos.numel() != x.shape[0] * k:
+        raise ValueError("topk_select: scores contain NaN")
+    return pos.view(-1, k)
 
 
 def _all_true(mask: torch.Tensor) -> bool:
@@ -34,8 +59,9 @@ def topk_select(scores: torch.Tensor, mask: torch.Tensor, k: int):
     beyond a row's real events are masked. Ties at the k-th score go to the more recent
     (rightmost) events, so the choice never depends on how much left padding a batch has.
 
-    Done as a selection of the k-th score (:func:`kth_largest`) plus an exact tie rule, not a full
-    sort: O(T) per row instead of O(T log T) (the selection is most of TWIN's cached scoring time)."""
+    A selection of the k-th score plus an exact tie rule, not a full sort: O(T) per row instead
+    of O(T log T) (the selection is most of TWIN's scoring time). CPU float32/64 scores take the
+    NumPy path (:func:`_positions_numpy`), anything else torch's."""
     T = scores.shape[-1]
     k = min(k, T)
     mask = mask.expand_as(scores)
@@ -43,16 +69,11 @@ def topk_select(scores: torch.Tensor, mask: torch.Tensor, k: int):
         idx = torch.zeros(*scores.shape[:-1], 0, dtype=torch.long, device=scores.device)
         return idx, mask[..., :0]
     key = scores if _all_true(mask) else torch.where(mask, scores, float("-inf"))
-    kth, tied = kth_largest(key, k)
-    chosen = key >= kth
-    if tied.any():                               # rows with more than one event at the k-th score
-        ks, ths = key[tied], kth[tied]
-        above, tie = ks > ths, ks == ths
-        drop = tie.sum(-1, keepdim=True) - (k - above.sum(-1, keepdim=True))       # oldest ties left out
-        chosen[tied] = above | (tie & (tie.cumsum(-1) > drop))
-    pos = chosen.nonzero()[:, -1]
-    if pos.numel() != chosen[..., 0].numel() * k:
-        raise ValueError("topk_select: scores contain NaN")
+    rows = key.detach().reshape(-1, T)
+    if rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64):
+        pos = torch.from_numpy(_positions_numpy(rows.numpy(), k))
+    else:
+        pos = _positions_torch(rows, k)
     idx = pos.view(*scores.shape[:-1], k)
     return idx, torch.gather(mask, -1, idx)
 
