@@ -10,6 +10,9 @@ times ``CTRModel.score`` (median and p99 over ``--repeats``) with:
   the reference the cache-equivalence tests compare against);
 - ``recompute``: the cache holds only the embedded history; every request runs the backbone once
   for all candidates (history embedded and shared once per request);
+- ``rebuild``: no stored cache — every request prefills the user's cache from the raw history and
+  scores from it (``prefill`` + ``score``: the cheapest exact no-cache path when a request has many
+  candidates, since the history's K/V are then projected once per request, not per candidate);
 - ``cache``: the backbone's own cache (K/V of target attention, GSU projections, HSTU's per-layer K/V);
 - ``collective``: the same model with CollectiveKV (``d_u`` 1, pool 10,000; the cache holds user
   parts + int16 indices) on both branches' target attention, or on every HSTU layer; timed with
@@ -104,7 +107,8 @@ def main() -> int:
     fuxictr = fuxictr_forward(args, ds) if args.fuxictr else {}
     rows = []
     for name in args.models.split(","):
-        variants = {"forward": (False, None), "recompute": (False, "recompute"), "cache": (False, "cache")}
+        variants = {"forward": (False, None), "recompute": (False, "recompute"), "rebuild": (False, "cache"),
+                    "cache": (False, "cache")}
         if name in serving_models.COLLECTIVE:
             variants["collective"] = variants["collective_cold"] = (True, "cache")
         models = {}
@@ -123,6 +127,9 @@ def main() -> int:
                     if v == "forward":
                         batch = SeqBatch.for_candidates(user, hist, cands)
                         run = lambda: m(batch)                                           # noqa: E731
+                        cache = None
+                    elif v == "rebuild":
+                        run = lambda: m.score(m.prefill(user, hist), cands)              # noqa: E731
                         cache = None
                     else:
                         cache = m.prefill(user, hist, max_len=None, mode=mode)
@@ -154,20 +161,21 @@ def main() -> int:
              "median per request (the cache's p99 and candidates/s in their own column, every p99 in the JSON). "
              "`forward` = the model's forward pass over one row per candidate (no serving split); "
              "`recompute` = the backbone run once per request over the embedded history; "
-             "(x / y) = speed-up of the variant over forward / over recompute, same run"
+             "`rebuild` = prefill the cache from the raw history, then score from it, every request; "
+             "(x / y / z) = speed-up of the variant over forward / recompute / rebuild, same run"
              + ("; `FuxiCTR forward` = FuxiCTR 2.3.10's LongCTR model over the same request (it has no serving "
                 "split), same widths, same core, same run, with the cache's speed-up over it." if fuxictr else "."),
              "",
              "| model | events | candidates |" + (" FuxiCTR forward ms (cache speed-up) |" if fuxictr else "")
-             + " forward ms | recompute ms | cache ms (x / y) | CollectiveKV ms (x / y) "
+             + " forward ms | recompute ms | rebuild ms | cache ms (x / y / z) | CollectiveKV ms (x / y / z) "
              "| CKV, memo cold ms | cache p99 ms / candidates/s | cache bytes | CKV bytes |",
-             "|---|---:|---:|" + ("---:|" if fuxictr else "") + "---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|" + ("---:|" if fuxictr else "") + "---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     key = {(r["model"], r["events"], r["candidates"], r["variant"]): r for r in rows}
     for (mname, L, N, v), r in key.items():
         if v != "cache":
             continue
-        fw, rc, ck, cold = (key.get((mname, L, N, x)) for x in ("forward", "recompute", "collective",
-                                                                "collective_cold"))
+        fw, rc, rb, ck, cold = (key.get((mname, L, N, x)) for x in ("forward", "recompute", "rebuild", "collective",
+                                                                    "collective_cold"))
 
         def ms(x):
             return f"{x['median_ms']:.2f}" if x else "n/a (too large)"
@@ -175,13 +183,13 @@ def main() -> int:
         def cell(x):
             if x is None:
                 return "n/a"
-            ratios = [f"{b['median_ms'] / x['median_ms']:.1f}x" if b else "-" for b in (fw, rc)]
+            ratios = [f"{b['median_ms'] / x['median_ms']:.1f}x" if b else "-" for b in (fw, rc, rb)]
             return f"{x['median_ms']:.2f} ({' / '.join(ratios)})"
         ck_bytes = f"{ck['cache_bytes']:,}" if ck else "n/a"
         cold_ms = f"{cold['median_ms']:.2f}" if cold else "n/a"
         fx = fuxictr.get((mname, L, N))
         fx_cell = (f" {fx:.2f} ({fx / r['median_ms']:.1f}x) |" if fx else " n/a |") if fuxictr else ""
-        lines.append(f"| {mname} | {L} | {N} |{fx_cell} {ms(fw)} | {ms(rc)} | {cell(r)} | {cell(ck)} | {cold_ms} "
+        lines.append(f"| {mname} | {L} | {N} |{fx_cell} {ms(fw)} | {ms(rc)} | {ms(rb)} | {cell(r)} | {cell(ck)} | {cold_ms} "
                      f"| {r['p99_ms']:.2f} / {r['candidates_per_s']:,.0f} | {r['cache_bytes']:,} | {ck_bytes} |")
     write_text(args.out + ".md", "\n".join(lines) + "\n")
     print("\n".join(lines))
