@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from seqctr.nn import MultiHeadTargetAttention
-from seqctr.nn.collective_kv import CollectiveKV, index_dtype
+from seqctr.nn.collective_kv import CollectiveKV, index_dtype, row_argmax
 
 
 def test_training_gate_and_losses_match_hand_computation():
@@ -153,3 +153,17 @@ def test_routing_memo_equals_the_router_and_forgets_changed_weights():
     assert len(m.memos["k"].table) <= 8
     m.load_state_dict(plain.state_dict())                         # same values, new version: still right
     check(rows.unsqueeze(0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_row_argmax_equals_torch_argmax_with_ties_and_nan(dtype):
+    """First index on ties, NaN as the largest — the NumPy path (float32/64) and torch's (bf16) alike."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 4, (50, 30), generator=g).to(dtype)      # many ties
+    x[3, 7] = float("nan")
+    x[4, [2, 9]] = float("nan")
+    x[5] = 1.0
+    assert torch.equal(row_argmax(x), x.argmax(-1))
+    assert row_argmax(x).dtype == torch.int64
+    assert row_argmax(x)[3] == 7 and row_argmax(x)[4] == 2 and row_argmax(x)[5] == 0
+    assert torch.equal(row_argmax(torch.zeros(0, 30, dtype=dtype)), torch.zeros(0, dtype=torch.long))
