@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from seqctr.nn.retrieval import _positions_numpy, _positions_torch
+from seqctr.nn.retrieval import _positions_numpy, _positions_torch, topk_select
 
 
 def reference(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -53,3 +53,15 @@ def test_numpy_positions_on_a_long_row_with_duplicated_items():
     x = rng.standard_normal(300).astype(np.float32)[rng.integers(0, 300, (64, 1000))]
     got = torch.from_numpy(_positions_numpy(x, 50))
     assert torch.equal(got, reference(torch.from_numpy(x), 50))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_topk_select_reads_transposed_scores_as_their_contiguous_copy(dtype):
+    """Scores laid out [H, B, T] and viewed as [B, H, T] (the shared-cache GEMM's layout) select the
+    same indices and masks as their contiguous copy, with and without padding."""
+    g = torch.Generator().manual_seed(1)
+    s = torch.randint(0, 5, (8, 6, 40), generator=g).to(dtype).transpose(0, 1)
+    for mask in (torch.ones(6, 1, 40, dtype=torch.bool), torch.rand(6, 1, 40, generator=g) > 0.3):
+        got, got_mask = topk_select(s, mask, 7)
+        want, want_mask = topk_select(s.contiguous(), mask, 7)
+        assert torch.equal(got, want) and torch.equal(got_mask, want_mask)

@@ -69,12 +69,15 @@ def topk_select(scores: torch.Tensor, mask: torch.Tensor, k: int):
         idx = torch.zeros(*scores.shape[:-1], 0, dtype=torch.long, device=scores.device)
         return idx, mask[..., :0]
     key = scores if _all_true(mask) else torch.where(mask, scores, float("-inf"))
-    rows = key.detach().reshape(-1, T)
+    # rows in memory order (e.g. [H, B, T] scores seen as [B, H, T]): no copy of the scores
+    lead = sorted(range(key.dim() - 1), key=lambda d: -key.stride(d))
+    inner = key.detach().permute(*lead, -1)
+    rows = inner.reshape(-1, T)
     if rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64):
         pos = torch.from_numpy(_positions_numpy(rows.numpy(), k))
     else:
         pos = _positions_torch(rows, k)
-    idx = pos.view(*scores.shape[:-1], k)
+    idx = pos.view(*inner.shape[:-1], k).permute(*[lead.index(d) for d in range(key.dim() - 1)], -1)
     return idx, torch.gather(mask, -1, idx)
 
 
