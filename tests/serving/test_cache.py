@@ -252,3 +252,31 @@ def test_append_updates_in_place_where_exact(synth_ds, monkeypatch):
     monkeypatch.setattr(CTRModel, "prefill", lambda *a, **k: (_ for _ in ()).throw(AssertionError("re-prefilled")))
     grown = model.append(cache, hist[10:])
     assert grown.tensors["mask"].shape[1] == MAX_LEN
+
+
+def test_bad_serving_input_is_a_clear_error_naming_argument_feature_and_row(synth_ds):
+    """Unknown or negative ids, float ids and wrong shapes are refused at the serving entry points
+    with the argument, the feature and the row, not as an index error deep in the model."""
+    from seqctr.errors import InputError
+
+    model = make(synth_ds, "twin")
+    user, hist, cands = random_user(synth_ds, 6, seed=1)
+    cache = model.prefill(user[0], hist)
+    names, vocab = model.embedding.item_features, model.embedding.tables
+    bad = cands.clone()
+    bad[3, -1] = vocab[names[-1]].num_embeddings
+    with pytest.raises(InputError, match=rf"column '{names[-1]}', row 3: score\(candidates\): id \d+ is outside"):
+        model.score(cache, bad)
+    bad_hist = hist.clone()
+    bad_hist[2, 0] = -1
+    with pytest.raises(InputError, match=rf"column '{names[0]}', row 2: prefill\(hist\): id -1 is outside"):
+        model.prefill(user[0], bad_hist)
+    with pytest.raises(InputError, match=r"append\(new_events\): id"):
+        model.append(cache, bad[2:4])
+    with pytest.raises(InputError, match=r"score\(candidates\): ids must be integers, got torch.float32"):
+        model.score(cache, cands.float())
+    with pytest.raises(InputError, match=r"prefill\(hist\): expected \[events, item features\], got shape \[6\]"):
+        model.prefill(user[0], hist[:, 0])
+    with pytest.raises(InputError, match=r"prefill\(user\): expected shape"):
+        model.prefill(torch.cat([user[0], user[0]]), hist)
+    torch.testing.assert_close(model.score(cache, cands), model.score(model.prefill(user[0], hist), cands))

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
 from ..nn import MLP, AttentionCondition, FeatureEmbedding
 
 _REGISTRY: dict[str, type["Backbone"]] = {}
@@ -216,6 +217,10 @@ class CTRModel(nn.Module):
         ``mode="recompute"`` keeps only the embedded history (the uncached baseline)."""
         from ..serving import KVCache
 
+        if hist.dim() != 2:
+            raise InputError(f"prefill(hist): expected [events, item features], got shape {list(hist.shape)}")
+        self.embedding.check_ids(user, "user", "prefill(user)")
+        self.embedding.check_ids(hist, "item", "prefill(hist)")
         T = hist.shape[0]
         seq_len = T if seq_len is None else seq_len
         if max_len is not None:
@@ -241,6 +246,7 @@ class CTRModel(nn.Module):
         from ..serving import KVCache
 
         self._check_version(cache)
+        self.embedding.check_ids(new_events, "item", "append(new_events)")
         ids = cache.tensors["ids"][0].long()
         max_len, mode = cache.meta.get("max_len"), cache.meta.get("mode", "cache")
         seq_len = cache.history_len + new_events.shape[0]
@@ -264,6 +270,10 @@ class CTRModel(nn.Module):
         """Click probabilities ``[N]`` of ``candidates [N, Fi]`` for the cached user."""
         self._check_version(cache)
         emb = self.embedding
+        if candidates.dim() != 2:
+            raise InputError(f"score(candidates): expected [candidates, item features], got shape "
+                             f"{list(candidates.shape)}")
+        emb.check_ids(candidates, "item", "score(candidates)")
         N = candidates.shape[0]
         target = emb.items(candidates)
         L = torch.full((N,), cache.history_len, dtype=torch.long, device=candidates.device)

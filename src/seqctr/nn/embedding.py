@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
+
 
 class FeatureEmbedding(nn.Module):
     """Embeds user features ``[B, Fu] -> [B, Fu*d]`` and item features ``[..., Fi] -> [..., Fi*d]``.
@@ -47,6 +49,26 @@ class FeatureEmbedding(nn.Module):
 
     def user(self, x: torch.Tensor) -> torch.Tensor:
         return self._embed(x, self.user_features)
+
+    def check_ids(self, x: torch.Tensor, kind: str, what: str) -> None:
+        """Refuse what the tables cannot embed, before it becomes an index error deep in a model:
+        ``x [..., F]`` must hold integer ids of the ``kind`` ("user" or "item") features, each in
+        ``[0, vocabulary)``. The :class:`InputError` names ``what`` (the argument), the feature and
+        the row (the position along the first axis: event, candidate). Serving entry points call it;
+        training batches were checked when the dataset was built."""
+        names = self.user_features if kind == "user" else self.item_features
+        if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+            raise InputError(f"{what}: ids must be integers, got {x.dtype}")
+        if x.dim() == 0 or x.shape[-1] != len(names):
+            raise InputError(f"{what}: expected shape [..., {len(names)}] (features {names}), got {list(x.shape)}")
+        for j, name in enumerate(names):
+            col, vocab = x[..., j], self.tables[name].num_embeddings
+            bad = (col < 0) | (col >= vocab)
+            if bool(bad.any()):
+                at = bad.nonzero()[0].tolist()
+                raise InputError(f"{what}: id {int(col[tuple(at)])} is outside the vocabulary [0, {vocab}) "
+                                 "(unseen ids: map them to 0, the padding id, or retrain)",
+                                 column=name, row=at[0] if at else None)
 
     def items(self, x: torch.Tensor) -> torch.Tensor:
         return self._embed(x, self.item_features)
