@@ -89,38 +89,38 @@ def main() -> int:
                     for v, m in (("cache", full), ("collective", ckv)):
                         stores[v].put_many({u: m.prefill(users[u], items[hist_ids[u]]) for u in chunk})
 
-                def recompute(B):
-                    raws = client.mget([ids_key(u) for u in range(B)])
-                    return [full.score(full.prefill(users[u], items[torch.from_numpy(np.frombuffer(raw, np.int32))
-                                                                     .long()]), cands[u])
-                            for u, raw in enumerate(raws)], sum(map(len, raws))
+                fetch = {"recompute": lambda B: client.mget([ids_key(u) for u in range(B)]),
+                         "cache": lambda B: stores["cache"].get_bytes(range(B)),
+                         "collective": lambda B: stores["collective"].get_bytes(range(B))}
 
-                def cached(v, model):
-                    def run(B):
-                        raws = stores[v].get_bytes(range(B))
-                        return [model.score(KVCache.from_bytes(raw), cands[u]) for u, raw in enumerate(raws)], \
-                            sum(map(len, raws))
-                    return run
+                def request(v, B):
+                    """One request: B users' stored state in one MGET, then each user's candidates scored."""
+                    model = ckv if v == "collective" else full
+                    out = []
+                    for u, raw in enumerate(fetch[v](B)):
+                        if v == "recompute":
+                            cache = full.prefill(users[u], items[torch.from_numpy(np.frombuffer(raw, np.int32)).long()])
+                        else:
+                            cache = KVCache.from_bytes(raw)
+                        out.append(model.score(cache, cands[u]))
+                    return out
 
-                variants = {"recompute": recompute, "cache": cached("cache", full),
-                            "collective": cached("collective", ckv)}
-                with torch.no_grad():                           # the three paths score the same thing
-                    ref = variants["recompute"](1)[0][0]
-                    if not torch.allclose(variants["cache"](1)[0][0], ref, atol=1e-5):
+                with torch.no_grad():                           # the stored cache scores as recomputing does
+                    if not torch.allclose(request("cache", 1)[0], request("recompute", 1)[0], atol=1e-5):
                         raise AssertionError(f"{name}: cached scores differ from recompute")
                 for B in batches:
                     for v in ("cache", "collective"):
-                        fetch_ms, _ = percentiles_ms(lambda: stores[v].get_bytes(range(B)), args.repeats)
-                        read_ms, read_p99 = percentiles_ms(
-                            lambda: [KVCache.from_bytes(b) for b in stores[v].get_bytes(range(B))], args.repeats)
+                        fetch_ms, _ = percentiles_ms(lambda: fetch[v](B), args.repeats)
+                        read_ms, read_p99 = percentiles_ms(lambda: [KVCache.from_bytes(b) for b in fetch[v](B)],
+                                                           args.repeats)
                         reads.append({"model": name, "variant": v, "events": L, "users": B,
-                                      "bytes_per_user": len(stores[v].get_bytes([0])[0]), "fetch_ms": fetch_ms,
+                                      "bytes_per_user": len(fetch[v](1)[0]), "fetch_ms": fetch_ms,
                                       "read_ms": read_ms, "read_p99_ms": read_p99, "repeats": args.repeats})
-                    for v, run in variants.items():
+                    for v in fetch:
                         reps = request_repeats(B, args.repeats)
                         with torch.no_grad():
-                            med, p99 = percentiles_ms(lambda: run(B), reps)
-                            nbytes = run(B)[1]
+                            med, p99 = percentiles_ms(lambda: request(v, B), reps)
+                        nbytes = sum(map(len, fetch[v](B)))
                         requests.append({"model": name, "variant": v, "events": L, "users": B, "candidates": C,
                                          "median_ms": med, "p99_ms": p99, "repeats": reps,
                                          "candidates_per_s": 1000 * B * C / med, "bytes_read": nbytes})
