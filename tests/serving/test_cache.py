@@ -61,6 +61,20 @@ def test_cached_scoring_equals_full_forward(synth_ds, name, T):
     torch.testing.assert_close(model.score(recompute, cands), want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", backbone_names())
+def test_empty_history_and_no_candidates(synth_ds, name):
+    """A user with no events scores like the forward pass does; a request with no candidates
+    returns no scores (not an error from inside a layer)."""
+    model = make(synth_ds, name)
+    user, hist, cands = random_user(synth_ds, 0, seed=3)
+    empty = model.prefill(user[0], hist)
+    torch.testing.assert_close(model.score(empty, cands), full_forward(model, user, hist, 0, cands),
+                               atol=1e-5, rtol=1e-5)
+    user, hist, _ = random_user(synth_ds, 6, seed=3)
+    none = model.score(model.prefill(user[0], hist), cands[:0])
+    assert none.shape == (0,) and none.dtype == torch.float32
+
+
 @pytest.mark.parametrize("attention_dim,key", [(64, "gsu_e"), (8, "gsu_k")])
 def test_sim_caches_the_narrower_form_of_its_gsu_keys(synth_ds, attention_dim, key):
     """Soft search keeps the events (width 16 here) when the attention is at least as wide, else

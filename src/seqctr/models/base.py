@@ -275,6 +275,8 @@ class CTRModel(nn.Module):
                              f"{list(candidates.shape)}")
         emb.check_ids(candidates, "item", "score(candidates)")
         N = candidates.shape[0]
+        if N == 0:                                     # nothing to score (the layers need a batch)
+            return torch.zeros(0, device=candidates.device)
         target = emb.items(candidates)
         L = torch.full((N,), cache.history_len, dtype=torch.long, device=candidates.device)
         x = SeqInputs(target=target, hist=None, mask=None, seq_len=L, target_ids=candidates,
