@@ -133,6 +133,14 @@ def main() -> int:
     return 0
 
 
+def by_cell(rows: list[dict], *variants: str):
+    """``((model, events, users), (row of each variant))`` per cell, in the order the cells were run."""
+    key = {(r["model"], r["events"], r["users"], r["variant"]): r for r in rows}
+    for (mname, L, B, v) in key:
+        if v == variants[0]:
+            yield (mname, L, B), tuple(key[(mname, L, B, x)] for x in variants)
+
+
 def report(reads: list[dict], requests: list[dict], C: int) -> list[str]:
     """The two markdown tables: whole requests, then cache reads."""
     lines = ["# Serving batches of users from Redis: recompute vs full K/V cache vs CollectiveKV", "",
@@ -145,12 +153,7 @@ def report(reads: list[dict], requests: list[dict], C: int) -> list[str]:
              "| model | events | users | recompute ms (p99) | cache ms (p99) (x) | CKV ms (p99) (x) "
              "| candidates/s: recompute / cache / CKV | bytes read: recompute / cache / CKV |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    req = {(r["model"], r["events"], r["users"], r["variant"]): r for r in requests}
-    for (mname, L, B, v), rc in req.items():
-        if v != "recompute":
-            continue
-        ca, ck = req[(mname, L, B, "cache")], req[(mname, L, B, "collective")]
-
+    for (mname, L, B), (rc, ca, ck) in by_cell(requests, "recompute", "cache", "collective"):
         def cell(r, ratio=True):
             x = f" ({rc['median_ms'] / r['median_ms']:.1f}x)" if ratio else ""
             return f"{r['median_ms']:.2f} ({r['p99_ms']:.2f}){x}"
@@ -163,11 +166,7 @@ def report(reads: list[dict], requests: list[dict], C: int) -> list[str]:
               "| model | events | users per batch | full: bytes/user | full: fetch / read ms | CKV: bytes/user "
               "| CKV: fetch / read ms | read ratio |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    rd = {(r["model"], r["events"], r["users"], r["variant"]): r for r in reads}
-    for (mname, L, B, v), full in rd.items():
-        if v != "cache":
-            continue
-        ckv = rd[(mname, L, B, "collective")]
+    for (mname, L, B), (full, ckv) in by_cell(reads, "cache", "collective"):
         lines.append(f"| {mname} | {L} | {B} | {full['bytes_per_user']:,} | {full['fetch_ms']:.2f} / "
                      f"{full['read_ms']:.2f} | {ckv['bytes_per_user']:,} | {ckv['fetch_ms']:.2f} / "
                      f"{ckv['read_ms']:.2f} | {full['read_ms'] / ckv['read_ms']:.1f}x |")

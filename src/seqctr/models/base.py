@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InputError
 from ..nn import MLP, AttentionCondition, FeatureEmbedding
 
 _REGISTRY: dict[str, type["Backbone"]] = {}
@@ -217,10 +216,8 @@ class CTRModel(nn.Module):
         ``mode="recompute"`` keeps only the embedded history (the uncached baseline)."""
         from ..serving import KVCache
 
-        if hist.dim() != 2:
-            raise InputError(f"prefill(hist): expected [events, item features], got shape {list(hist.shape)}")
+        self.embedding.check_ids(hist, "item", "prefill(hist)", rows="events")
         self.embedding.check_ids(user, "user", "prefill(user)")
-        self.embedding.check_ids(hist, "item", "prefill(hist)")
         T = hist.shape[0]
         seq_len = T if seq_len is None else seq_len
         if max_len is not None:
@@ -270,10 +267,7 @@ class CTRModel(nn.Module):
         """Click probabilities ``[N]`` of ``candidates [N, Fi]`` for the cached user."""
         self._check_version(cache)
         emb = self.embedding
-        if candidates.dim() != 2:
-            raise InputError(f"score(candidates): expected [candidates, item features], got shape "
-                             f"{list(candidates.shape)}")
-        emb.check_ids(candidates, "item", "score(candidates)")
+        emb.check_ids(candidates, "item", "score(candidates)", rows="candidates")
         N = candidates.shape[0]
         if N == 0:                                     # nothing to score (the layers need a batch)
             return torch.zeros(0, device=candidates.device)

@@ -50,13 +50,16 @@ class FeatureEmbedding(nn.Module):
     def user(self, x: torch.Tensor) -> torch.Tensor:
         return self._embed(x, self.user_features)
 
-    def check_ids(self, x: torch.Tensor, kind: str, what: str) -> None:
+    def check_ids(self, x: torch.Tensor, kind: str, what: str, rows: str | None = None) -> None:
         """Refuse what the tables cannot embed, before it becomes an index error deep in a model:
-        ``x [..., F]`` must hold integer ids of the ``kind`` ("user" or "item") features, each in
-        ``[0, vocabulary)``. The :class:`InputError` names ``what`` (the argument), the feature and
-        the row (the position along the first axis: event, candidate). Serving entry points call it;
-        training batches were checked when the dataset was built."""
+        ``x [..., F]`` (``[rows, F]`` when ``rows`` names the first axis, e.g. "events") must hold
+        integer ids of the ``kind`` ("user" or "item") features, each in ``[0, vocabulary)``. The
+        :class:`InputError` names ``what`` (the argument), the feature and the row (the position
+        along the first axis: event, candidate). Serving entry points call it; training batches were
+        checked when the dataset was built."""
         names = self.user_features if kind == "user" else self.item_features
+        if rows is not None and x.dim() != 2:
+            raise InputError(f"{what}: expected [{rows}, {kind} features], got shape {list(x.shape)}")
         if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
             raise InputError(f"{what}: ids must be integers, got {x.dtype}")
         if x.dim() == 0 or x.shape[-1] != len(names):
