@@ -21,8 +21,9 @@ from .errors import ConfigError
 class DataConfig:
     """Which dataset, and how its samples become batches.
 
-    ``source``: ``ml100k`` (built-in), a GroupLens ``ml-100k`` folder, or an interactions table
-    (parquet / CSV) described by ``columns``. ``max_len`` keeps the most recent events only.
+    ``source``: ``ml100k`` / ``ml-latest-small`` (built in), a GroupLens ``ml-100k`` folder, a
+    LongCTR or EB-NeRD folder, or an interactions table (parquet / CSV) described by ``columns``
+    (+ optional ``items`` / ``users`` side tables). ``max_len`` keeps the most recent events only.
     """
 
     source: str = "ml100k"
@@ -33,7 +34,9 @@ class DataConfig:
     bucket_chunk: int = 64           # batches per sorted chunk in the bucketed sampler
     columns: dict = field(default_factory=dict)   # generic table: role -> column name
     label: dict = field(default_factory=dict)     # generic table: label rule
-    split: dict = field(default_factory=dict)     # generic table: split rule
+    split: dict = field(default_factory=dict)     # split rule: valid_frac, test_frac, min_history
+    items: dict = field(default_factory=dict)     # generic table: item side table {path, key, features, multi}
+    users: dict = field(default_factory=dict)     # generic table: user side table {path, key, features, multi}
 
 
 @dataclass

@@ -75,9 +75,12 @@ def gather_batch(ds: SeqDataset, sample_idx: np.ndarray, max_len: int, pad_to: i
     users = ds.sample_user[sample_idx]
     pos = ds.sample_pos[sample_idx]
     items, mask = gather_windows(ds.seq_items, ds.offsets, users, pos, max_len, pad_to)
-    target_items = ds.seq_items[ds.offsets[users] + pos]
+    target_items = ds.sample_target[sample_idx]
+    user = ds.user_feats[users]
+    if ds.context_feats.shape[1]:
+        user = np.concatenate([user, ds.context_feats[sample_idx]], axis=1)
     return SeqBatch(
-        user=torch.from_numpy(ds.user_feats[users].astype(np.int64)),
+        user=torch.from_numpy(user.astype(np.int64)),
         target=torch.from_numpy(ds.item_feats[target_items].astype(np.int64)),
         hist=torch.from_numpy(ds.item_feats[items].astype(np.int64)),
         mask=torch.from_numpy(mask),

@@ -18,10 +18,13 @@ import numpy as np
 from ..errors import ConfigError, InputError
 from ..utils.io import seqctr_home
 from .dataset import SeqDataset
+from .encode import OOV, PAD, SideTable, encode, encode_multi  # noqa: F401  (PAD/OOV re-exported)
 from .sources import Interactions, resolve_source
 
 PROTOCOL_VERSION = "ml100k-seqctr-v1"
-PAD, OOV = 0, 1
+# Version of the prepared layout (arrays and meta); part of every cache key, so a cache written by an
+# older layout is rebuilt rather than misread.
+LAYOUT_VERSION = 2
 
 
 @dataclass
@@ -52,20 +55,78 @@ def _sort_key(raw: np.ndarray) -> np.ndarray:
         return np.unique(raw.astype(str), return_inverse=True)[1].astype(np.int64)
 
 
-def _encode(raw: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Map raw values to ids ``2..`` for values present where ``known`` is True, else OOV (1).
+def item_feature_table(item_vocab_size: int, item_ids: np.ndarray, per_event: dict, known: np.ndarray,
+                       side: SideTable | None, item_vocab: np.ndarray) -> tuple[np.ndarray, list, dict, dict]:
+    """The item feature table ``[I, C]``: column 0 = the item id, then one column per single-valued
+    feature and ``M`` columns per multi-valued one (named once per column).
 
-    Returns ``(ids [len(raw)], vocabulary of raw values in id order starting at id 2)``."""
-    as_str = raw.astype(str)
-    vocab = np.unique(as_str[known])
-    pos = np.searchsorted(vocab, as_str)
-    pos_c = np.minimum(pos, max(len(vocab) - 1, 0))
-    hit = (len(vocab) > 0) & (vocab[pos_c] == as_str) if len(vocab) else np.zeros(len(raw), bool)
-    ids = np.where(hit, pos_c + 2, OOV).astype(np.int32)
-    return ids, vocab
+    ``per_event``: name -> raw value per event (taken from each item's first event);
+    ``side``: an item side table keyed by raw item id (rows of OOV or absent items stay 0, "no
+    value"). Vocabularies come from ``known`` events / side rows of known items.
+    Returns ``(table, column names, vocabularies, vocabulary sizes)``."""
+    cols, names, vocabs, sizes = [np.arange(item_vocab_size, dtype=np.int32)[:, None]], ["item_id"], {}, {}
+    cols[0][OOV, 0] = OOV
+    first = np.unique(item_ids, return_index=True)[1]  # first event of each item id
+    for fname, col in per_event.items():
+        ids, voc = encode(col, known)
+        block = np.zeros((item_vocab_size, 1), dtype=np.int32)
+        block[item_ids[first], 0] = ids[first]
+        block[OOV, 0] = OOV
+        cols.append(block), names.append(fname)
+        vocabs[fname], sizes[fname] = voc, len(voc) + 2
+    if side is not None:
+        rows = side.rows_of(item_vocab)                       # side row of item id 2.. (or -1)
+        for fname in side.names():
+            if fname in vocabs or fname == "item_id":
+                raise InputError(f"item feature {fname!r} is given twice (interactions and side table)",
+                                 path=side.path, column=fname)
+            if fname in side.single:
+                raw = side.single[fname]
+                ids, voc = encode(raw[np.maximum(rows, 0)], rows >= 0)
+                block = np.zeros((item_vocab_size, 1), dtype=np.int32)
+                block[2:, 0] = np.where(rows >= 0, ids, PAD)
+                block[OOV, 0] = OOV
+            else:
+                sub = side.multi[fname].take(rows)
+                enc, voc = encode_multi(sub, rows >= 0)
+                block = np.zeros((item_vocab_size, enc.shape[1]), dtype=np.int32)
+                block[2:] = enc
+                block[OOV, 0] = OOV
+            cols.append(block), names.extend([fname] * block.shape[1])
+            vocabs[fname], sizes[fname] = voc, len(voc) + 2
+    return np.concatenate(cols, axis=1), names, vocabs, sizes
 
 
-def build_dataset(inter: Interactions, split: SplitRule, name: str) -> SeqDataset:
+def user_feature_table(user_raw: np.ndarray, user_ids: np.ndarray, per_event: dict, first_event: np.ndarray,
+                       known: np.ndarray, known_users: np.ndarray, side: SideTable | None):
+    """The user feature table ``[U, Fu]`` (column 0 = the user id; one column per feature, first
+    event's value for per-event features, side-table values by raw user id; multi-valued user
+    features take ``M`` columns like item ones). ``known``: events whose values enter the
+    vocabularies; ``known_users``: the same for side rows, per user row.
+    Returns ``(table, names, vocabularies, sizes)``."""
+    cols, names, vocabs, sizes = [user_ids[:, None].astype(np.int32)], ["user_id"], {}, {}
+    for fname, col in per_event.items():
+        ids, voc = encode(col, known)
+        cols.append(ids[first_event][:, None]), names.append(fname)
+        vocabs[fname], sizes[fname] = voc, len(voc) + 2
+    if side is not None:
+        rows = side.rows_of(user_raw)
+        for fname in side.names():
+            if fname in vocabs or fname == "user_id":
+                raise InputError(f"user feature {fname!r} is given twice (interactions and side table)",
+                                 path=side.path, column=fname)
+            ok = (rows >= 0) & known_users
+            if fname in side.single:
+                ids, voc = encode(side.single[fname][np.maximum(rows, 0)], ok)
+                block = np.where(rows >= 0, ids, PAD)[:, None].astype(np.int32)
+            else:
+                block, voc = encode_multi(side.multi[fname].take(rows), ok)
+            cols.append(block), names.extend([fname] * block.shape[1])
+            vocabs[fname], sizes[fname] = voc, len(voc) + 2
+    return np.concatenate(cols, axis=1), names, vocabs, sizes
+
+
+def build_dataset(inter: Interactions, split: SplitRule, name: str, protocol: str = PROTOCOL_VERSION) -> SeqDataset:
     """Build samples, splits and vocabularies (vectorised; one pass of sorting)."""
     n_events = len(inter.user)
     if n_events == 0:
@@ -98,83 +159,79 @@ def build_dataset(inter: Interactions, split: SplitRule, name: str) -> SeqDatase
 
     # vocabularies (from train-visible events only)
     item_raw = inter.item[order]
-    item_ids, item_vocab = _encode(item_raw, train_visible)
+    item_ids, item_vocab = encode(item_raw, train_visible)
     user_raw = inter.user[order]
     user_has_train = (n_train > 0)[u]
-    user_ids_ev, user_vocab = _encode(user_raw, user_has_train)
-    vocab_arrays = {"item_id": item_vocab, "user_id": user_vocab}
+    user_ids_ev, user_vocab = encode(user_raw, user_has_train)
     vocab_sizes = {"item_id": len(item_vocab) + 2, "user_id": len(user_vocab) + 2}
-
-    # item feature table [I, Fi]: column 0 = the item id, then categorical item features
-    item_feature_names = ["item_id"] + list(inter.item_features)
-    item_feats = np.zeros((vocab_sizes["item_id"], len(item_feature_names)), dtype=np.int32)
-    item_feats[:, 0] = np.arange(vocab_sizes["item_id"])
-    item_feats[OOV, 0] = OOV
-    first = np.unique(item_ids, return_index=True)[1]  # first event of each item id
-    for j, (fname, col) in enumerate(inter.item_features.items(), start=1):
-        ids, voc = _encode(col[order], train_visible)
-        vocab_arrays[fname], vocab_sizes[fname] = voc, len(voc) + 2
-        item_feats[item_ids[first], j] = ids[first]
-        item_feats[OOV, j] = OOV
-
-    # user feature table [U, Fu]
-    user_feature_names = ["user_id"] + list(inter.user_features)
-    user_feats = np.zeros((n_users, len(user_feature_names)), dtype=np.int32)
     ufirst = offsets[:-1]
-    user_feats[:, 0] = user_ids_ev[ufirst]
-    for j, (fname, col) in enumerate(inter.user_features.items(), start=1):
-        ids, voc = _encode(col[order], user_has_train)
-        vocab_arrays[fname], vocab_sizes[fname] = voc, len(voc) + 2
-        user_feats[:, j] = ids[ufirst]
+
+    item_feats, item_names, ivocabs, isizes = item_feature_table(
+        vocab_sizes["item_id"], item_ids, {n: c[order] for n, c in inter.item_features.items()}, train_visible,
+        inter.items, item_vocab)
+    user_feats, user_names, uvocabs, usizes = user_feature_table(
+        user_raw[ufirst], user_ids_ev[ufirst], {n: c[order] for n, c in inter.user_features.items()}, ufirst,
+        user_has_train, n_train > 0, inter.users)
+    vocab_arrays = {"item_id": item_vocab, "user_id": user_vocab, **ivocabs, **uvocabs}
+    vocab_sizes.update(isizes)
+    vocab_sizes.update(usizes)
 
     sel = np.flatnonzero(is_sample)
+    seq_items = item_ids.astype(np.int32)
     ds = SeqDataset(
-        seq_items=item_ids.astype(np.int32),
+        seq_items=seq_items,
         offsets=offsets,
         item_feats=item_feats,
         user_feats=user_feats,
         sample_user=user_of_event[sel].astype(np.int32),
         sample_pos=pos_in_user[sel].astype(np.int32),
+        sample_target=seq_items[sel],
         label=inter.label[order][sel].astype(np.float32),
         split=sp[sel],
-        meta={
-            "name": name,
-            "protocol": PROTOCOL_VERSION,
-            "origin": inter.origin,
-            "source_sha256": inter.checksum,
-            "split_rule": split.__dict__,
-            "item_features": item_feature_names,
-            "user_features": user_feature_names,
-            "vocab_sizes": vocab_sizes,
-            "n_users": int(n_users),
-            "n_events": int(n_events),
-            "_vocab_arrays": vocab_arrays,
-        },
+        meta=dataset_meta(name, protocol, inter.origin, inter.checksum, split.__dict__, item_names, user_names,
+                          vocab_sizes, n_users, n_events, vocab_arrays),
     )
     ds.meta["mean_train_len"] = ds.mean_train_len
     return ds
 
 
-def cache_key(name: str, checksum: str, split: SplitRule, label: dict, columns: dict) -> str:
-    blob = json.dumps({"p": PROTOCOL_VERSION, "sha": checksum, "split": split.__dict__,
-                       "label": label, "columns": columns}, sort_keys=True)
-    return f"{name}-{PROTOCOL_VERSION}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+def dataset_meta(name, protocol, origin, checksum, split_rule, item_names, user_names, vocab_sizes, n_users,
+                 n_events, vocab_arrays, **extra) -> dict:
+    """The ``meta`` every prepared dataset carries (``_vocab_arrays`` is saved beside it, not in it)."""
+    return {"name": name, "protocol": protocol, "layout": LAYOUT_VERSION, "origin": origin,
+            "source_sha256": checksum, "split_rule": split_rule, "item_features": item_names,
+            "user_features": user_names, "vocab_sizes": {k: int(v) for k, v in vocab_sizes.items()},
+            "n_users": int(n_users), "n_events": int(n_events), **extra, "_vocab_arrays": vocab_arrays}
+
+
+def cache_key(name: str, protocol: str, checksum: str, rules: dict) -> str:
+    """Folder name of a prepared dataset: its own name and protocol, plus a hash of the layout
+    version, the source checksum and every rule that shapes the result."""
+    blob = json.dumps({"layout": LAYOUT_VERSION, "p": protocol, "sha": checksum, **rules}, sort_keys=True,
+                      default=str)
+    return f"{name}-{protocol}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
 def prepare(source: str = "ml100k", *, columns: dict | None = None, label: dict | None = None,
-            split: dict | None = None, home: Path | None = None, force: bool = False) -> tuple[SeqDataset, Path, bool]:
+            split: dict | None = None, items: dict | None = None, users: dict | None = None,
+            home: Path | None = None, force: bool = False) -> tuple[SeqDataset, Path, bool]:
     """Prepare (or load from cache) a dataset. Returns ``(dataset, cache folder, was_cached)``.
 
-    The cache key covers the protocol version, the source files' checksum and the rules, so the
-    second run with the same inputs does no preprocessing."""
+    ``source``: ``ml100k`` | ``ml-latest-small`` (built in), a GroupLens ml-100k folder, a LongCTR
+    folder, an EB-NeRD folder, or an interactions table (``columns`` / ``label`` describe it;
+    ``items`` / ``users`` add side tables: ``{path, key, features, multi}``). The cache key covers
+    the protocol, the layout version, the source files' checksum and the rules, so the second run
+    with the same inputs does no preprocessing."""
     home = Path(home or seqctr_home())
     rule = SplitRule.from_dict(split)
-    src = resolve_source(source, columns, label, home)
-    key = cache_key(src.name, src.checksum, rule, label or {}, columns or {})
+    src = resolve_source(source, columns, label, home, items=items, users=users)
+    rules = {"split": rule.__dict__, "label": label or {}, "columns": columns or {}, "items": items or {},
+             "users": users or {}}
+    key = cache_key(src.name, src.protocol, src.checksum, rules)
     folder = home / "prepared" / key
     if folder.is_dir() and (folder / "meta.json").is_file() and not force:
         return SeqDataset.load(folder), folder, True
-    ds = build_dataset(src.read(), rule, src.name)
+    ds = src.build(rule)
     ds.save(folder)
     ds.meta.pop("_vocab_arrays", None)
     return ds, folder, False
@@ -182,4 +239,5 @@ def prepare(source: str = "ml100k", *, columns: dict | None = None, label: dict 
 
 def prepare_config(data, source: str | None = None) -> tuple[SeqDataset, Path, bool]:
     """:func:`prepare` for a run config's ``data`` section (``source`` overrides its source)."""
-    return prepare(source or data.source, columns=data.columns, label=data.label, split=data.split)
+    return prepare(source or data.source, columns=data.columns, label=data.label, split=data.split,
+                   items=data.items, users=data.users)

@@ -7,9 +7,16 @@ Layout (``E`` events, ``U`` users, ``N`` samples, ``I`` item vocabulary rows):
 - ``item_feats [I, Fi] int32``: row ``i`` = features of item id ``i`` (column 0 is ``i`` itself),
   row 0 = padding (all 0), row 1 = out-of-vocabulary;
 - ``user_feats [U, Fu] int32``: column 0 = user vocabulary id;
-- per sample: ``sample_user [N]``, ``sample_pos [N]`` (target = event ``pos`` of the user, history =
-  events ``0..pos-1``, so ``seq_len = pos``), ``label [N] float32``, ``split [N] int8`` (0/1/2 =
-  train/valid/test).
+- per sample: ``sample_user [N]``, ``sample_pos [N]`` (history = events ``0..pos-1`` of the user,
+  so ``seq_len = pos``), ``sample_target [N] int32`` (the candidate's item id: event ``pos`` itself
+  in the one-sample-per-event protocols, an impression's candidate in EB-NeRD / LongCTR data),
+  ``label [N] float32``, ``split [N] int8`` (0/1/2 = train/valid/test);
+- ``context_feats [N, Fc] int32``: per-sample categorical features (e.g. LongCTR sample columns
+  that vary within a user); ``Fc`` is usually 0. A batch's user input is ``user_feats`` then these.
+
+Multi-valued item features (genres) take several columns of ``item_feats`` under one name (0 =
+no value), pooled by the embedding layer. Pre-trained item vectors (``meta["pretrained"]``:
+name -> width) are stored as ``pretrained_<name>.npy [I, P] float32``, looked up by item id.
 
 Nothing of size samples x max_len is stored.
 """
@@ -25,7 +32,8 @@ from ..errors import SeqctrError
 from ..utils.io import atomic_dir
 
 SPLITS = {"train": 0, "valid": 1, "test": 2}
-ARRAYS = ("seq_items", "offsets", "item_feats", "user_feats", "sample_user", "sample_pos", "label", "split")
+ARRAYS = ("seq_items", "offsets", "item_feats", "user_feats", "sample_user", "sample_pos", "sample_target", "label",
+          "split", "context_feats")
 
 
 @dataclass
@@ -36,9 +44,16 @@ class SeqDataset:
     user_feats: np.ndarray
     sample_user: np.ndarray
     sample_pos: np.ndarray
+    sample_target: np.ndarray
     label: np.ndarray
     split: np.ndarray
+    context_feats: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
+    pretrained: dict = field(default_factory=dict)   # name -> [I, P] float32 (see the module doc)
+
+    def __post_init__(self):
+        if self.context_feats is None:
+            self.context_feats = np.zeros((len(self.sample_user), 0), dtype=np.int32)
 
     # --- schema -------------------------------------------------------------------------------
     @property
@@ -47,7 +62,8 @@ class SeqDataset:
 
     @property
     def user_feature_names(self) -> list[str]:
-        return self.meta["user_features"]
+        """Names of a batch's user columns: the per-user features, then the per-sample context."""
+        return self.meta["user_features"] + self.meta.get("context_features", [])
 
     @property
     def vocab_sizes(self) -> dict[str, int]:
@@ -76,6 +92,8 @@ class SeqDataset:
                 np.save(tmp / f"{name}.npy", getattr(self, name), allow_pickle=False)
             for name, arr in self.meta.get("_vocab_arrays", {}).items():
                 np.save(tmp / f"vocab_{name}.npy", arr, allow_pickle=False)
+            for name, arr in self.pretrained.items():
+                np.save(tmp / f"pretrained_{name}.npy", arr, allow_pickle=False)
             meta = {k: v for k, v in self.meta.items() if not k.startswith("_")}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
 
@@ -84,7 +102,8 @@ class SeqDataset:
         folder = Path(folder)
         meta = json.loads((folder / "meta.json").read_text())
         arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in ARRAYS}
-        return cls(**arrays, meta=meta)
+        pre = {n: np.load(folder / f"pretrained_{n}.npy", allow_pickle=False) for n in meta.get("pretrained", {})}
+        return cls(**arrays, meta=meta, pretrained=pre)
 
     def raw_vocab(self, folder: Path, feature: str) -> np.ndarray:
         """Raw ids of a vocabulary (index ``i`` -> raw value of id ``i + 2``)."""

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import InputError, SeqctrError
 from ..utils.io import atomic_path, seqctr_home
+from .encode import SideTable, _categorical, read_side_table
 
 ML100K_WHEEL = "recbole==1.2.1"
 ML100K_WHEEL_FILE = "recbole-1.2.1-py3-none-any.whl"
@@ -41,6 +42,8 @@ class Interactions:
     user_features: dict[str, np.ndarray] = field(default_factory=dict)
     checksum: str = ""
     origin: str = ""
+    items: SideTable | None = None   # item side table (by raw item id), e.g. movies.csv
+    users: SideTable | None = None   # user side table (by raw user id)
 
 
 def sha256_files(paths) -> str:
@@ -269,11 +272,21 @@ def _labels(table, rule: dict, path: Path) -> np.ndarray:
     return arr.astype(np.float32)
 
 
+def _names(v) -> list[str]:
+    """A feature list given as a list or as ``a+b`` / ``a,b`` text."""
+    if not v:
+        return []
+    if isinstance(v, str):
+        return [x.strip() for x in v.replace("+", ",").split(",") if x.strip()]
+    return [str(x) for x in v]
+
+
 def read_table(path: str | Path, columns: dict | None = None, label: dict | None = None) -> Interactions:
     """Read a generic interactions table.
 
     ``columns`` maps roles to column names: ``user``, ``item``, ``timestamp`` (required; default
-    the role name), ``category`` (optional item category) and ``user_features`` (optional list).
+    the role name), ``category`` (optional item category), ``item_features`` and ``user_features``
+    (optional lists of categorical columns, values taken from each item's / user's first event).
     ``names``: column names for a CSV without a header row.
     ``label``: ``{column: click}`` for a 0/1 column, ``{column: rating, threshold: 4}``, or
     ``{column: behavior, positive: [buy, cart]}`` for a categorical column.
@@ -293,52 +306,122 @@ def read_table(path: str | Path, columns: dict | None = None, label: dict | None
     y = _labels(table, label, path)
     item_feats = {}
     if columns.get("category"):
-        c = _column(table, columns["category"], path)
-        item_feats["category"] = np.array([("" if v is None else str(v)) for v in c.to_pylist()], dtype=object)
+        item_feats["category"] = _categorical(_column(table, columns["category"], path))
+    for name in _names(columns.get("item_features")):
+        item_feats[name] = _categorical(_column(table, name, path))
     user_feats = {}
-    for name in columns.get("user_features", []) or []:
-        c = _column(table, name, path)
-        user_feats[name] = np.array([("" if v is None else str(v)) for v in c.to_pylist()], dtype=object)
+    for name in _names(columns.get("user_features")):
+        user_feats[name] = _categorical(_column(table, name, path))
     return Interactions(user=user, item=item, timestamp=ts, label=y, item_features=item_feats,
                         user_features=user_feats, checksum=sha256_files([path]), origin=f"table:{path.name}")
 
 
 @dataclass
 class ResolvedSource:
-    """A source resolved to its files, before parsing: the checksum is known without reading rows."""
+    """A source resolved to its files, before parsing: the checksum is known without reading rows.
+
+    ``build(split_rule) -> SeqDataset`` parses and constructs; ``protocol`` names the construction
+    (it and the name go into the prepared cache's folder name)."""
 
     name: str
     files: list
-    reader: object  # () -> Interactions
+    build: object  # (SplitRule) -> SeqDataset
+    protocol: str
 
     @property
     def checksum(self) -> str:
         return sha256_files(self.files)
 
-    def read(self) -> Interactions:
-        return self.reader()
+
+def _events(name: str, protocol: str, files: list, read) -> ResolvedSource:
+    """A source of events, built by the one-sample-per-event construction."""
+    def build(rule):
+        from .construct import build_dataset
+
+        return build_dataset(read(), rule, name, protocol)
+
+    return ResolvedSource(name, files, build, protocol)
+
+
+def _side(spec: dict | None, default_key: str, what: str):
+    """``{path, key, features, multi}`` -> (files, reader of the side table)."""
+    if not spec:
+        return [], lambda: None
+    spec = dict(spec)
+    unknown = set(spec) - {"path", "key", "features", "multi"}
+    if unknown or "path" not in spec:
+        raise SeqctrError(f"data.{what}: expected keys path, key, features, multi; got {sorted(spec)}")
+    p = Path(spec["path"]).expanduser()
+    if not p.is_file():
+        raise InputError(f"{what} table does not exist", path=p)
+    multi = spec.get("multi") or {}
+    if isinstance(multi, (list, str)):
+        multi = {m: "|" for m in _names(multi)}
+    return [p], lambda: read_side_table(p, spec.get("key") or default_key, _names(spec.get("features")) or None,
+                                        multi, what)
 
 
 def resolve_source(source: str, columns: dict | None = None, label: dict | None = None,
-                   home: Path | None = None) -> ResolvedSource:
-    """Resolve a source string (``ml100k``, a GroupLens or recbole ml-100k folder, or a table path)."""
+                   home: Path | None = None, items: dict | None = None, users: dict | None = None) -> ResolvedSource:
+    """Resolve a source string: ``ml100k`` / ``ml-latest-small`` (built in), a GroupLens or recbole
+    ml-100k folder, a LongCTR folder, an EB-NeRD folder, or an interactions table (with optional
+    item / user side tables)."""
     if source == "ml100k":
         raw = fetch_ml100k(home)
-        return ResolvedSource("ml100k", [raw / m for m in ML100K_MEMBERS], lambda: read_ml100k_atomic(raw))
+        return _events("ml100k", "ml100k-seqctr-v1", [raw / m for m in ML100K_MEMBERS],
+                       lambda: read_ml100k_atomic(raw))
+    if source in ("ml-latest-small", "mlls"):
+        from .builtin import ml_latest_small
+
+        folder = ml_latest_small()
+        return _events("ml-latest-small", "mlls-seqctr-v1", [folder / "ratings.csv", folder / "movies.csv"],
+                       lambda: read_ml_latest(folder))
     p = Path(source).expanduser()
     if not p.exists():
-        raise InputError("path does not exist (use 'ml100k', a GroupLens ml-100k folder, or a "
-                         "parquet/CSV interactions table)", path=p)
+        raise InputError("path does not exist (use 'ml100k', 'ml-latest-small', a GroupLens ml-100k folder, a "
+                         "LongCTR or EB-NeRD folder, or a parquet/CSV interactions table)", path=p)
     if p.is_dir():
         if (p / "u.data").is_file():
             files = [p / "u.data", p / "u.item", p / "u.user"]
             for f in files:
                 if not f.is_file():
                     raise InputError("GroupLens ml-100k file missing", path=f)
-            return ResolvedSource("ml100k", files, lambda: read_grouplens_ml100k(p))
+            return _events("ml100k", "ml100k-seqctr-v1", files, lambda: read_grouplens_ml100k(p))
         if (p / "ml-100k.inter").is_file():
-            return ResolvedSource("ml100k", [p / m for m in ML100K_MEMBERS], lambda: read_ml100k_atomic(p))
-        raise InputError("folder holds neither u.data (GroupLens) nor ml-100k.inter", path=p)
+            return _events("ml100k", "ml100k-seqctr-v1", [p / m for m in ML100K_MEMBERS],
+                           lambda: read_ml100k_atomic(p))
+        if (p / "ratings.csv").is_file() and (p / "movies.csv").is_file():
+            return _events(p.name, "mlls-seqctr-v1", [p / "ratings.csv", p / "movies.csv"], lambda: read_ml_latest(p))
+        from . import ebnerd, longctr
+
+        if longctr.is_longctr(p):
+            return longctr.resolve(p)
+        if ebnerd.is_ebnerd(p):
+            return ebnerd.resolve(p)
+        raise InputError("folder is none of: GroupLens ml-100k (u.data), recbole ml-100k (ml-100k.inter), "
+                         "MovieLens latest (ratings.csv + movies.csv), LongCTR (train.parquet + user_info.parquet), "
+                         "EB-NeRD (behaviors.parquet + history.parquet)", path=p)
     if p.stat().st_size == 0:
         raise InputError("file is empty", path=p)
-    return ResolvedSource(p.stem, [p], lambda: read_table(p, columns, label))
+    item_files, read_items = _side(items, (columns or {}).get("item", "item"), "items")
+    user_files, read_users = _side(users, (columns or {}).get("user", "user"), "users")
+
+    def read():
+        inter = read_table(p, columns, label)
+        inter.items, inter.users = read_items(), read_users()
+        return inter
+
+    return _events(p.stem, "table-v1", [p] + item_files + user_files, read)
+
+
+# --------------------------------------------------------------------------- MovieLens latest (ml-latest-small)
+def read_ml_latest(folder: Path) -> Interactions:
+    """A MovieLens "latest" release (``ratings.csv`` + ``movies.csv``), protocol mlls-seqctr v1:
+    label = rating >= 4, item feature = genres (multi-valued, split on ``|``)."""
+    folder = Path(folder)
+    inter = read_table(folder / "ratings.csv", {"user": "userId", "item": "movieId", "timestamp": "timestamp"},
+                       {"column": "rating", "threshold": 4})
+    inter.items = read_side_table(folder / "movies.csv", "movieId", ["genres"], {"genres": "|"})
+    inter.checksum = sha256_files([folder / "ratings.csv", folder / "movies.csv"])
+    inter.origin = f"movielens-latest:{folder.name}"
+    return inter

@@ -297,8 +297,8 @@ def build_model(model_cfg, meta: dict) -> CTRModel:
 
     if model_cfg.name not in _REGISTRY:
         raise ConfigError(f"model.name: unknown backbone {model_cfg.name!r}; known: {backbone_names()}")
-    emb = FeatureEmbedding(meta["vocab_sizes"], meta["user_features"], meta["item_features"],
-                           model_cfg.embedding_dim)
+    emb = FeatureEmbedding(meta["vocab_sizes"], meta["user_features"] + meta.get("context_features", []),
+                           meta["item_features"], model_cfg.embedding_dim, pretrained=meta.get("pretrained"))
     try:
         backbone = _REGISTRY[model_cfg.name](item_dim=emb.item_dim, feature_dim=emb.dim, **model_cfg.options)
     except (TypeError, ValueError) as e:

@@ -89,7 +89,9 @@ class Trainer:
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         set_seed(cfg.train.seed)
-        self.model = build_model(cfg.model, ds.meta).to(self.device)
+        self.model = build_model(cfg.model, ds.meta)
+        self.model.embedding.load_pretrained(ds.pretrained)
+        self.model = self.model.to(self.device)
         self.opt = make_optimizer(self.model, cfg.train.lr, cfg.train.weight_decay)
         d = cfg.data
         self.train_loader = BatchLoader(ds, "train", max_len=d.max_len, batch_size=d.batch_size, shuffle=True,
