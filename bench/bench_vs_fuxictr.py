@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -60,41 +59,10 @@ def ensure_fuxictr_venv() -> Path:
 
 
 def export_longctr(ds, out: Path) -> Path:
-    """Write ``ds`` in LongCTR's parquet layout (idempotent)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    """Write ``ds`` in LongCTR's parquet layout once (``seqctr export-data --format longctr``)."""
+    from seqctr.data.longctr import export_longctr as export
 
-    if (out / "feature_map.json").exists():
-        return out
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    ufe = ds.user_feature_names
-    tgt = ds.seq_items[ds.offsets[ds.sample_user] + ds.sample_pos]
-    for split in ("train", "valid", "test"):
-        idx = ds.indices(split)
-        cols = {"user_index": ds.sample_user[idx].astype(np.int64), "item_index": tgt[idx].astype(np.int64),
-                "seq_len": ds.sample_pos[idx].astype(np.int64),
-                "label": ds.label[idx].astype(np.int64)}  # LongCTR column-stacks all columns: keep them integer
-        for j, name in enumerate(ufe):
-            cols[name] = ds.user_feats[ds.sample_user[idx], j].astype(np.int64)
-        pq.write_table(pa.table(cols), tmp / f"{split}.parquet")
-    seqs = [ds.seq_items[ds.offsets[u]:ds.offsets[u + 1]].astype(np.int64).tolist() for u in range(len(ds.offsets) - 1)]
-    pq.write_table(pa.table({"full_item_seq": seqs}), tmp / "user_info.parquet")
-    item_cols = {"item_index": np.arange(len(ds.item_feats), dtype=np.int64)}
-    for j, name in enumerate(ds.item_feature_names):
-        item_cols[name] = ds.item_feats[:, j].astype(np.int64)
-    pq.write_table(pa.table(item_cols), tmp / "item_info.parquet")
-    vs = ds.vocab_sizes
-    feats = [{n: {"source": "user", "type": "categorical", "padding_idx": 0, "vocab_size": vs[n]}} for n in ufe]
-    feats += [{n: {"source": "item", "type": "categorical", "padding_idx": 0, "vocab_size": vs[n]}}
-              for n in ds.item_feature_names]
-    feats += [{n: {"type": "meta"}} for n in ("user_index", "item_index", "seq_len")]
-    fmap = {"dataset_id": "ml100k", "num_fields": len(ufe) + len(ds.item_feature_names),
-            "total_features": int(sum(vs[n] for n in ufe + ds.item_feature_names)), "input_length": 0,
-            "labels": ["label"], "features": feats}
-    (tmp / "feature_map.json").write_text(json.dumps(fmap, indent=1))
-    os.replace(tmp, out)
-    return out
+    return out if (out / "feature_map.json").exists() else export(ds, out, dataset_id="ml100k")
 
 
 def ours_throughput(name: str, batches: int, threads: int) -> dict:

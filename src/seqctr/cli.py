@@ -24,7 +24,33 @@ def _columns_arg(text: str | None) -> dict:
     return out
 
 
-def _data_rules(args, cfg_data=None) -> tuple[dict, dict, dict]:
+def _multi_arg(text: str | None) -> dict:
+    """``genres,tags=;`` -> ``{genres: "|", tags: ";"}`` (default separator ``|``)."""
+    out = {}
+    for part in filter(None, (text or "").split(",")):
+        name, _, sep = part.partition("=")
+        out[name.strip()] = sep or "|"
+    return out
+
+
+def _side_arg(path, key, features, multi) -> dict:
+    if not path:
+        if key or features:
+            raise SeqctrError("--item-key / --item-features / --user-key / --user-features need --items / --users")
+        return {}
+    spec = {"path": path}
+    if key:
+        spec["key"] = key
+    if features:
+        spec["features"] = [f.strip() for f in features.split(",") if f.strip()]
+    if multi:
+        spec["multi"] = multi
+    return spec
+
+
+def _data_rules(args, cfg_data=None) -> dict:
+    """The data options of a command (over a config's ``data`` section) as ``prepare`` keywords:
+    ``columns``, ``label``, ``split``, ``items``, ``users``."""
     columns = dict(getattr(cfg_data, "columns", {}) or {})
     label = dict(getattr(cfg_data, "label", {}) or {})
     split = dict(getattr(cfg_data, "split", {}) or {})
@@ -36,15 +62,46 @@ def _data_rules(args, cfg_data=None) -> tuple[dict, dict, dict]:
     for key in ("valid_frac", "test_frac", "min_history"):
         if getattr(args, key, None) is not None:
             split[key] = getattr(args, key)
-    return columns, label, split
+    multi = _multi_arg(getattr(args, "multi_valued", None))
+    user_feats = set((getattr(args, "user_features", None) or "").split(","))
+    items = _side_arg(getattr(args, "items", None), getattr(args, "item_key", None),
+                      getattr(args, "item_features", None),
+                      {k: v for k, v in multi.items() if k not in user_feats}) or dict(getattr(cfg_data, "items", {}) or {})
+    users = _side_arg(getattr(args, "users", None), getattr(args, "user_key", None),
+                      getattr(args, "user_features", None),
+                      {k: v for k, v in multi.items() if k in user_feats}) or dict(getattr(cfg_data, "users", {}) or {})
+    return {"columns": columns, "label": label, "split": split, "items": items, "users": users}
+
+
+def data_options() -> argparse.ArgumentParser:
+    """The options that describe a data source, shared by every command that reads one."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("data source options (interaction tables; the built-in, LongCTR and EB-NeRD "
+                             "sources need none)")
+    g.add_argument("--columns", help="role=column list: user=,item=,timestamp=,category=,item_features=a+b,"
+                   "user_features=a+b, names=a+b+c (CSV without a header row)")
+    g.add_argument("--label-column", help="0/1 label column, or a rating column with --threshold")
+    g.add_argument("--threshold", type=float, help="label = value >= threshold")
+    g.add_argument("--valid-frac", type=float, help="share of each user's samples for validation (default 0.1)")
+    g.add_argument("--test-frac", type=float, help="share of each user's samples for test (default 0.1)")
+    g.add_argument("--min-history", type=int, help="events before a user's first sample (default 1)")
+    g.add_argument("--items", metavar="TABLE", help="item side table (parquet/CSV), one row per item")
+    g.add_argument("--item-key", metavar="COL", help="its item id column (default: the item column's name)")
+    g.add_argument("--item-features", metavar="A,B", help="its feature columns (default: all other columns)")
+    g.add_argument("--users", metavar="TABLE", help="user side table (parquet/CSV), one row per user")
+    g.add_argument("--user-key", metavar="COL", help="its user id column (default: the user column's name)")
+    g.add_argument("--user-features", metavar="A,B", help="its feature columns (default: all other columns)")
+    g.add_argument("--multi-valued", metavar="COL[=SEP],...",
+                   help="side-table columns holding several values, e.g. genres='|' (default separator |); "
+                   "mean-pooled by the model")
+    return p
 
 
 def cmd_prepare(args) -> int:
     from .data import prepare
     from .data.stats import split_summary
 
-    columns, label, split = _data_rules(args)
-    ds, folder, cached = prepare(args.source, columns=columns, label=label, split=split, force=args.force)
+    ds, folder, cached = prepare(args.source, **_data_rules(args), force=args.force)
     summary = {"dataset": ds.meta["name"], "protocol": ds.meta["protocol"], "cache": str(folder),
                "cached": cached, **split_summary(ds, args.buckets)}
     if args.json:
@@ -126,7 +183,7 @@ def cmd_analyze_data(args) -> int:
     from .experiments.data_analysis import analyze_dataset, format_data_table
     from .utils.io import write_json
 
-    ds, _, _ = prepare(args.source)
+    ds, _, _ = prepare(args.source, **_data_rules(args))
     a = analyze_dataset(ds, args.buckets)
     out = Path(args.out)
     write_json(out / "data.json", a)
@@ -226,6 +283,17 @@ def cmd_experiment(args) -> int:
     return 0
 
 
+def cmd_export_data(args) -> int:
+    from .data import prepare
+    from .data.longctr import export_longctr
+
+    ds, _, _ = prepare(args.source, **_data_rules(args))
+    out = export_longctr(ds, Path(args.out))
+    print(f"{ds.meta['name']} -> {out} ({args.format}: train/valid/test.parquet, user_info.parquet, "
+          f"item_info.parquet, feature_map.json)")
+    return 0
+
+
 def cmd_report(args) -> int:
     from .experiments.report import write_experiments_report
 
@@ -239,15 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
-    pr = sub.add_parser("prepare", help="prepare (and cache) a dataset; print its split counts")
-    pr.add_argument("source", help="ml100k | a GroupLens ml-100k folder | an interactions table (.parquet/.csv/.tsv)")
+    data = data_options()
+    source_help = ("ml100k | ml-latest-small (built in) | a GroupLens ml-100k folder | a LongCTR folder | "
+                   "an EB-NeRD folder | an interactions table (.parquet/.csv/.tsv)")
+    pr = sub.add_parser("prepare", parents=[data], help="prepare (and cache) a dataset; print its split counts")
+    pr.add_argument("source", help=source_help)
     pr.add_argument("--json", action="store_true", help="print one JSON object")
-    pr.add_argument("--columns", help="role=column list: user=,item=,timestamp=,category=,user_features=a+b, names=a+b+c (CSV without header)")
-    pr.add_argument("--label-column", help="0/1 label column, or a rating column with --threshold")
-    pr.add_argument("--threshold", type=float, help="label = value >= threshold")
-    pr.add_argument("--valid-frac", type=float)
-    pr.add_argument("--test-frac", type=float)
-    pr.add_argument("--min-history", type=int)
     pr.add_argument("--buckets", type=float, nargs="+", default=[1, 50, 100, 200])
     pr.add_argument("--force", action="store_true", help="rebuild even if cached")
     pr.set_defaults(func=cmd_prepare)
@@ -270,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     an = sub.add_parser("analyze", help="length-bucket analyses")
     an_sub = an.add_subparsers(dest="what", required=True)
-    ad = an_sub.add_parser("data", help="users / samples / label rate / diversity per length bucket")
+    ad = an_sub.add_parser("data", parents=[data], help="users / samples / label rate / diversity per length bucket")
     ad.add_argument("--source", default="ml100k")
     ad.add_argument("--buckets", type=float, nargs="+", default=[1, 50, 100, 200])
     ad.add_argument("--out", default="runs/experiments/data")
@@ -300,6 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ex.add_argument("--out", default="runs/experiments")
     ex.set_defaults(func=cmd_experiment)
+
+    xd = sub.add_parser("export-data", parents=[data], help="write a prepared dataset in another library's layout")
+    xd.add_argument("source", help=source_help)
+    xd.add_argument("--format", choices=["longctr"], default="longctr",
+                    help="longctr: FuxiCTR/LongCTR parquet (train/valid/test, user_info, item_info, feature_map.json)")
+    xd.add_argument("--out", required=True, help="folder to write (replaced atomically)")
+    xd.set_defaults(func=cmd_export_data)
 
     rp = sub.add_parser("report", help="one markdown report from whatever experiment results exist")
     rp.add_argument("--out", default="runs/experiments")

@@ -1,0 +1,210 @@
+"""EB-NeRD (Ekstra Bladet News Recommendation Dataset) folders in the official schema.
+
+A folder holds ``behaviors.parquet`` (one row per impression: ``impression_id``, ``impression_time``,
+``user_id``, ``article_ids_inview`` and ``article_ids_clicked`` lists), ``history.parquet`` (one
+row per user: ``article_id_fixed`` and ``impression_time_fixed`` lists) and optionally
+``articles.parquet`` (``article_id``, ``category``, ``subcategory`` list).
+
+Construction (protocol ``ebnerd-v1``):
+
+- one sample per (impression, article in view); label = the article is in ``article_ids_clicked``;
+- history = the user's history articles read strictly before the impression time, in time order
+  (ties by article id); ``seq_len`` = their number;
+- split by time over impressions (all of an impression's samples stay together): the last
+  ``test_frac`` of impressions -> test, the ``valid_frac`` before them -> valid, the rest -> train;
+  samples with ``seq_len < min_history`` are dropped;
+- vocabularies: articles of any history or of a training impression, users with a training
+  sample; others take the out-of-vocabulary id. Item features: ``category`` and the multi-valued
+  ``subcategory`` when ``articles.parquet`` is present.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .encode import Multi, SideTable, encode
+
+FILES = ("behaviors.parquet", "history.parquet")
+
+
+def is_ebnerd(folder: Path) -> bool:
+    return (folder / "behaviors.parquet").is_file() or (folder / "history.parquet").is_file()
+
+
+def resolve(folder: Path):
+    from .sources import ResolvedSource
+
+    for f in FILES:
+        if not (folder / f).is_file():
+            raise InputError(f"EB-NeRD folder is missing {f} (needs behaviors.parquet and history.parquet)",
+                             path=folder / f)
+    files = [folder / f for f in FILES] + ([folder / "articles.parquet"] if (folder / "articles.parquet").is_file()
+                                           else [])
+    return ResolvedSource(folder.name, files, lambda rule: read_ebnerd(folder, rule), "ebnerd-v1")
+
+
+def _lists(table, name, path, what="ids"):
+    """A list column -> (offsets, values) with the row of any null / non-list named."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if name not in table.column_names:
+        raise InputError(f"missing column (columns are {table.column_names})", path=path, column=name)
+    col = table.column(name).combine_chunks()
+    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
+        raise InputError(f"expected a list of {what}, got type {col.type}", path=path, column=name)
+    if col.null_count:
+        raise InputError("missing list", path=path, column=name,
+                         row=int(np.flatnonzero(np.asarray(col.is_null()))[0]) + 1)
+    offsets = np.asarray(col.offsets, dtype=np.int64)
+    return offsets - offsets[0], pc.list_flatten(col)
+
+
+def _seconds(arr, path, name) -> np.ndarray:
+    from .sources import _timestamps
+
+    import pyarrow as pa
+
+    return _timestamps(pa.chunked_array([arr]), path, name)
+
+
+def _ids(arr, path, name) -> np.ndarray:
+    import pyarrow as pa
+
+    from .sources import _ids as ids
+
+    return ids(pa.chunked_array([arr]) if not isinstance(arr, pa.ChunkedArray) else arr, path, name)
+
+
+def read_ebnerd(folder: Path, rule):
+    """Read an EB-NeRD folder into a :class:`SeqDataset` (rules in the module doc)."""
+    import pyarrow.parquet as pq
+
+    from .construct import dataset_meta, item_feature_table
+    from .dataset import SeqDataset
+    from .sources import sha256_files
+
+    folder = Path(folder)
+    bpath, hpath = folder / "behaviors.parquet", folder / "history.parquet"
+    beh, hist = pq.read_table(bpath), pq.read_table(hpath)
+    for t, p, cols in ((beh, bpath, ("impression_id", "impression_time", "user_id")), (hist, hpath, ("user_id",))):
+        for c in cols:
+            if c not in t.column_names:
+                raise InputError(f"missing column (columns are {t.column_names})", path=p, column=c)
+
+    # histories: per user, articles sorted by (time, article)
+    h_user = _ids(hist.column("user_id"), hpath, "user_id")
+    h_off, h_art = _lists(hist, "article_id_fixed", hpath)
+    t_off, h_time = _lists(hist, "impression_time_fixed", hpath, "timestamps")
+    if not np.array_equal(h_off, t_off):
+        r = int(np.flatnonzero(np.diff(h_off) != np.diff(t_off))[0])
+        raise InputError("article_id_fixed and impression_time_fixed differ in length", path=hpath,
+                         column="impression_time_fixed", row=r + 1)
+    h_art = _ids(h_art, hpath, "article_id_fixed")
+    h_time = _seconds(h_time, hpath, "impression_time_fixed")
+    if len(np.unique(h_user)) != len(h_user):
+        s = np.sort(h_user)
+        dup = s[1:][s[1:] == s[:-1]][0]
+        raise InputError(f"user {dup!r} has two history rows", path=hpath, column="user_id",
+                         row=int(np.flatnonzero(h_user == dup)[1]) + 1)
+
+    # impressions
+    b_user = _ids(beh.column("user_id"), bpath, "user_id")
+    b_time = _seconds(beh.column("impression_time").combine_chunks(), bpath, "impression_time")
+    b_imp = _ids(beh.column("impression_id"), bpath, "impression_id")
+    v_off, inview = _lists(beh, "article_ids_inview", bpath)
+    c_off, clicked = _lists(beh, "article_ids_clicked", bpath)
+    n_inview = np.diff(v_off)
+    if (n_inview == 0).any():
+        r = int(np.flatnonzero(n_inview == 0)[0])
+        raise InputError(f"impression {b_imp[r]} has no articles in view", path=bpath, column="article_ids_inview",
+                         row=r + 1)
+    inview = _ids(inview, bpath, "article_ids_inview")
+    clicked = _ids(clicked, bpath, "article_ids_clicked")
+
+    # users: history users then behaviour-only users; events per user row sorted by (time, article)
+    users = np.unique(np.concatenate([h_user, b_user]))
+    h_row = np.searchsorted(users, h_user)
+    ev_user = np.repeat(h_row, np.diff(h_off))
+    order = np.lexsort((h_art, h_time, ev_user))
+    ev_user, ev_art, ev_time = ev_user[order], h_art[order], h_time[order]
+    counts = np.bincount(ev_user, minlength=len(users))
+    offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
+
+    # samples: (impression, article in view)
+    imp_of = np.repeat(np.arange(len(b_imp)), n_inview)
+    s_user = np.searchsorted(users, b_user)[imp_of]
+    s_time = b_time[imp_of]
+    # label: (impression, article) pairs among the clicked ones
+    click_imp = np.repeat(np.arange(len(b_imp)), np.diff(c_off))
+    label = np.isin(_pair(imp_of, inview), _pair(click_imp, clicked)).astype(np.float32)
+    # seq_len = events of the user strictly before the impression time (one sorted int64 key)
+    t0 = min(int(ev_time.min(initial=0)), int(s_time.min(initial=0)))
+    key_ev = (ev_user.astype(np.int64) << 34) + (ev_time - t0)
+    pos = (np.searchsorted(key_ev, (s_user.astype(np.int64) << 34) + (s_time - t0), side="left")
+           - offsets[s_user]).astype(np.int64)
+
+    # split by time over impressions
+    n_imp = len(b_imp)
+    imp_order = np.lexsort((b_imp, b_time))
+    n_test = int(round(rule.test_frac * n_imp))
+    n_valid = int(round(rule.valid_frac * n_imp))
+    imp_split = np.zeros(n_imp, dtype=np.int8)
+    imp_split[imp_order[n_imp - n_test:]] = 2
+    imp_split[imp_order[n_imp - n_test - n_valid:n_imp - n_test]] = 1
+    s_split = imp_split[imp_of]
+    keep = pos >= rule.min_history
+
+    # vocabularies
+    train = keep & (s_split == 0)
+    raw_items = np.concatenate([ev_art, inview])
+    known = np.r_[np.ones(len(ev_art), bool), train]
+    item_ids, item_vocab = encode(raw_items, known)
+    seq_items, targets = item_ids[:len(ev_art)], item_ids[len(ev_art):]
+    has_train = np.bincount(s_user[train], minlength=len(users)) > 0
+    user_ids, user_vocab = encode(users, has_train)
+
+    side = None
+    apath = folder / "articles.parquet"
+    if apath.is_file():
+        art = pq.read_table(apath)
+        if "article_id" not in art.column_names:
+            raise InputError(f"missing column (columns are {art.column_names})", path=apath, column="article_id")
+        a_id = _ids(art.column("article_id"), apath, "article_id")
+        if len(np.unique(a_id)) != len(a_id):
+            raise InputError("duplicate article_id", path=apath, column="article_id")
+        side = SideTable(key=a_id, path=str(apath))
+        if "category" in art.column_names:
+            from .encode import _categorical
+
+            side.single["category"] = _categorical(art.column("category"))
+        if "subcategory" in art.column_names:
+            so, sv = _lists(art, "subcategory", apath)
+            side.multi["subcategory"] = Multi(so, np.asarray(sv.to_numpy(zero_copy_only=False)))
+    vocab_size = len(item_vocab) + 2
+    item_feats, item_names, ivocabs, isizes = item_feature_table(vocab_size, seq_items, {}, np.ones(0, bool),
+                                                                 side, item_vocab)
+    sel = np.flatnonzero(keep)
+    ds = SeqDataset(
+        seq_items=seq_items.astype(np.int32), offsets=offsets, item_feats=item_feats,
+        user_feats=user_ids[:, None].astype(np.int32),
+        sample_user=s_user[sel].astype(np.int32), sample_pos=pos[sel].astype(np.int32),
+        sample_target=targets[sel].astype(np.int32), label=label[sel], split=s_split[sel],
+        meta=dataset_meta(folder.name, "ebnerd-v1", f"ebnerd:{folder.name}",
+                          sha256_files([bpath, hpath] + ([apath] if apath.is_file() else [])), rule.__dict__,
+                          item_names, ["user_id"], {"item_id": vocab_size, "user_id": len(user_vocab) + 2, **isizes},
+                          len(users), len(ev_art), {"item_id": item_vocab, "user_id": user_vocab, **ivocabs}),
+    )
+    ds.meta["mean_train_len"] = ds.mean_train_len
+    return ds
+
+
+def _pair(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """One int64 key per (impression row, article id) pair (article ids are hashed into 32 bits of
+    their string form only when they are not integers)."""
+    b = np.asarray(b)
+    if b.dtype.kind not in "iu":
+        b = np.unique(b.astype(str), return_inverse=True)[1]
+    return (np.asarray(a, np.int64) << 32) + (b.astype(np.int64) & 0xFFFFFFFF)
