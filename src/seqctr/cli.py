@@ -20,7 +20,7 @@ def _columns_arg(text: str | None) -> dict:
         if "=" not in part:
             raise SeqctrError(f"--columns: expected role=column, got {part!r}")
         role, col = part.split("=", 1)
-        out[role.strip()] = col.strip().split("+") if role.strip() in ("user_features", "names") else col.strip()
+        out[role.strip()] = col.strip().split("+") if role.strip() in ("user_features", "item_features", "names") else col.strip()
     return out
 
 

@@ -107,7 +107,7 @@ def read_ebnerd(folder: Path, rule):
     if len(np.unique(h_user)) != len(h_user):
         s = np.sort(h_user)
         dup = s[1:][s[1:] == s[:-1]][0]
-        raise InputError(f"user {dup!r} has two history rows", path=hpath, column="user_id",
+        raise InputError(f"user {dup.item()!r} has two history rows", path=hpath, column="user_id",
                          row=int(np.flatnonzero(h_user == dup)[1]) + 1)
 
     # impressions

@@ -149,7 +149,7 @@ def read_side_table(path: str | Path, key: str, features: list[str] | None = Non
     dup = np.flatnonzero(s[order][1:] == s[order][:-1])
     if len(dup):
         rows = np.sort(order[dup[0]:dup[0] + 2])
-        raise InputError(f"duplicate key {s[rows[1]]!r} in the {what} table (first at row {rows[0] + 1})",
+        raise InputError(f"duplicate key {str(s[rows[1]])!r} in the {what} table (first at row {rows[0] + 1})",
                          path=path, column=key, row=int(rows[1]) + 1)
     multi = dict(multi or {})
     names = list(features) if features else [c for c in table.column_names if c != key]

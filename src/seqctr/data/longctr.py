@@ -85,8 +85,10 @@ def _int_column(table, name: str, path: Path, vocab: int | None = None) -> np.nd
         bad |= arr >= vocab
     if bad.any():
         r = int(bad.argmax())
-        raise InputError(f"id {arr[r]!r} is not an integer in [0, {vocab if vocab is not None else 'inf'})",
-                         path=path, column=name, row=r + 1)
+        v = arr[r]
+        what = (f"id {int(v)} is outside the vocabulary [0, {vocab})" if np.isfinite(v) and v == round(v) and v >= 0
+                else f"{float(v)!r} is not an integer id >= 0")
+        raise InputError(what, path=path, column=name, row=r + 1)
     return arr.astype(np.int64)
 
 
@@ -108,7 +110,7 @@ def _list_column(table, name: str, path: Path, floats: bool = False):
         bad = ~np.isfinite(values) | (values != np.round(values)) | (values < 0)
         if bad.any():
             r = int(np.searchsorted(offsets, int(bad.argmax()), side="right")) - 1
-            raise InputError(f"list holds {values[bad.argmax()]!r}, not an id", path=path, column=name, row=r + 1)
+            raise InputError(f"list holds {float(values[bad.argmax()])!r}, not an id", path=path, column=name, row=r + 1)
         values = values.astype(np.int64)
     return offsets, values
 
@@ -238,7 +240,7 @@ def read_longctr(folder: Path):
         bad = ~np.isin(y, (0.0, 1.0))
         if bad.any():
             r = int(bad.argmax())
-            raise InputError(f"label must be 0 or 1, got {y[r]!r}", path=path, column=labels_name, row=r + 1)
+            raise InputError(f"label must be 0 or 1, got {float(y[r])!r}", path=path, column=labels_name, row=r + 1)
         feats = {}
         for name in t.column_names:
             if name in META_COLUMNS or name == labels_name or name in fmap["labels"]:
