@@ -294,3 +294,26 @@ def test_bad_serving_input_is_a_clear_error_naming_argument_feature_and_row(synt
     with pytest.raises(InputError, match=r"prefill\(user\): expected shape"):
         model.prefill(torch.cat([user[0], user[0]]), hist)
     torch.testing.assert_close(model.score(cache, cands), model.score(model.prefill(user[0], hist), cands))
+
+
+@pytest.fixture(scope="module")
+def rich_ds(tmp_path_factory):
+    """A LongCTR-layout dataset with a multi-valued, a binned numeric and a pre-trained item
+    feature and a per-sample context feature (tests/data/test_longctr.py writes it)."""
+    from seqctr.data import prepare
+    from tests.data.test_longctr import write_longctr
+
+    folder = tmp_path_factory.mktemp("rich")
+    write_longctr(folder / "lc", seed=2)
+    return prepare(str(folder / "lc"), home=folder / "h")[0]
+
+
+@pytest.mark.parametrize("name", backbone_names())
+def test_cached_scoring_with_multi_valued_and_pretrained_features(rich_ds, name):
+    model = make(rich_ds, name)
+    model.embedding.load_pretrained(rich_ds.pretrained)
+    assert rich_ds.item_feats.shape[1] > len(dict.fromkeys(rich_ds.meta["item_features"])), "multi-valued columns"
+    user, hist, cands = random_user(rich_ds, 9, seed=1)
+    user = torch.cat([user, torch.tensor([[5]])], dim=1)                 # user feature + the context feature
+    got = model.score(model.prefill(user[0], hist, seq_len=9, max_len=MAX_LEN), cands)
+    torch.testing.assert_close(got, full_forward(model, user, hist, 9, cands), atol=1e-5, rtol=1e-5)
