@@ -58,3 +58,104 @@ def test_unknown_backbone(tmp_path, synth_csv, capsys):
     cfg.write_text(f"data:\n  source: {synth_csv}\n  label: {{column: label}}\nmodel:\n  name: nope\n")
     assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- grammar and validation (pinned)
+def _one_error_line(capsys, *needles):
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("seqctr: error: ") and "Traceback" not in err, err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+def test_version(capsys):
+    import pytest
+
+    from seqctr import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"seqctr {__version__}"
+
+
+def test_debug_works_after_the_subcommand(tmp_path):
+    import pytest
+
+    from seqctr.errors import SeqctrError
+
+    with pytest.raises(SeqctrError):
+        main(["prepare", str(tmp_path / "nope.csv"), "--debug"])
+    assert main(["prepare", str(tmp_path / "nope.csv")]) == 2
+
+
+def test_every_option_has_help():
+    from seqctr.cli import build_parser
+
+    def walk(parser):
+        for action in parser._actions:
+            if action.dest in ("help", "version"):
+                continue
+            if hasattr(action, "choices") and isinstance(action.choices, dict):
+                for sub in action.choices.values():
+                    yield from walk(sub)
+            else:
+                yield parser.prog, action
+
+    missing = [f"{prog} {a.option_strings or a.dest}" for prog, a in walk(build_parser()) if not a.help]
+    assert not missing, missing
+
+
+def test_one_list_style(tmp_path, synth_csv, seqctr_home, capsys):
+    assert main(["prepare", str(synth_csv), "--label-column", "label", "--json", "--buckets", "1,20,40"]) == 0
+    assert list(json.loads(capsys.readouterr().out)["test"]["buckets"]) == ["[1,20)", "[20,40)", "[40,inf)"]
+    import pytest
+
+    with pytest.raises(SystemExit) as e:
+        main(["experiment", "compare", "--seeds", "1,two"])
+    assert e.value.code == 2 and "comma-separated list of int" in capsys.readouterr().err
+
+
+def test_config_values_are_validated_before_any_work(tmp_path, capsys):
+    missing = str(tmp_path / "no-such-table.csv")       # would fail if data preparation ran first
+    for setting, needle in [("model.mlp_hidden=[a,b]", "model.mlp_hidden"), ("data.max_len=-5", "data.max_len"),
+                            ("model.dropout=1.5", "model.dropout"), ("train.device=gpu", "train.device"),
+                            ("eval.buckets=[50,1]", "eval.buckets"), ("model.name=nope", "model.name"),
+                            ("model.options={topk: 3}", "model.options"), ("model.lain={prompt: 1}", "model.lain"),
+                            ("data.split={test: 0.1}", "data.split"), ("data.label={col: x}", "data.label")]:
+        assert main(["train", "--config", _cfg(tmp_path, missing), "--set", setting]) == 2, setting
+        _one_error_line(capsys, needle)
+
+
+def _cfg(tmp_path, source):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"data": {"source": source}, "model": {"name": "din"}}))
+    return str(p)
+
+
+def test_evaluate_refuses_an_unknown_device(tmp_path, capsys):
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "x.pt"), "--device", "gpu"]) == 2
+    _one_error_line(capsys, "--device", "gpu")
+
+
+def test_json_output_is_strict(tmp_path):
+    """NaN (an empty bucket's AUC) is written as null, never as the invalid token NaN."""
+    from seqctr.utils.io import dumps, write_json
+
+    obj = {"auc": float("nan"), "n": 0, "x": [1.0, float("inf")]}
+    assert json.loads(dumps(obj)) == {"auc": None, "n": 0, "x": [1.0, None]}
+    write_json(tmp_path / "m.json", obj)
+    assert "NaN" not in (tmp_path / "m.json").read_text()
+
+
+def test_closed_pipe_is_not_a_traceback(tmp_path, synth_csv):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SEQCTR_HOME": str(tmp_path / "h")}
+    proc = subprocess.Popen([sys.executable, "-m", "seqctr", "prepare", str(synth_csv), "--label-column", "label",
+                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()                                           # the reader (`| head`) is gone
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err

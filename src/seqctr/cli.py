@@ -1,16 +1,19 @@
-"""Command line: ``seqctr prepare | train | evaluate | demo``.
+"""seqctr: length-aware CTR prediction from behaviour sequences -- prepare data, train, evaluate, analyse, export.
 
+Grammar: ``seqctr COMMAND [SOURCE] [options]``. Commands that read a dataset take it as the
+positional SOURCE with the shared data options; commands that read a model take ``--checkpoint``
+(``--source`` then overrides its dataset). Lists are comma-separated (``--buckets 1,50,100,200``).
 Bad input ends with one line ``seqctr: error: ...`` naming the file, column and row (exit 2);
-``--debug`` shows the traceback instead.
+``--debug`` (anywhere on the line) shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from .errors import SeqctrError
+from .utils.io import dumps
 
 
 def _columns_arg(text: str | None) -> dict:
@@ -22,6 +25,18 @@ def _columns_arg(text: str | None) -> dict:
         role, col = part.split("=", 1)
         out[role.strip()] = col.strip().split("+") if role.strip() in ("user_features", "item_features", "names") else col.strip()
     return out
+
+
+def comma_list(kind=float):
+    """argparse type: ``1,50,100`` -> ``[1.0, 50.0, 100.0]`` (the one list style of every option)."""
+    def parse(text: str) -> list:
+        try:
+            return [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, got {text!r}")
+
+    parse.__name__ = f"comma-separated {kind.__name__} list"
+    return parse
 
 
 def _multi_arg(text: str | None) -> dict:
@@ -105,7 +120,7 @@ def cmd_prepare(args) -> int:
     summary = {"dataset": ds.meta["name"], "protocol": ds.meta["protocol"], "cache": str(folder),
                "cached": cached, **split_summary(ds, args.buckets)}
     if args.json:
-        print(json.dumps(summary))
+        print(dumps(summary))
     else:
         print(f"{summary['dataset']} ({'from cache' if cached else 'prepared'}) -> {folder}")
         for s in ("train", "valid", "test"):
@@ -158,6 +173,9 @@ def cmd_evaluate(args) -> int:
     from .models import build_model
     from .training import load_checkpoint, predict, resolve_device
 
+    from .config import check_device
+
+    check_device(args.device, "--device")
     ck = load_checkpoint(args.checkpoint)
     cfg = config_from_dict(ck["config"])
     ds, _, _ = prepare_config(cfg.data, args.source)
@@ -172,7 +190,7 @@ def cmd_evaluate(args) -> int:
     pred = predict(model, loader, device)
     m = evaluate_predictions(pred["label"], pred["prob"], pred["user"], pred["seq_len"], cfg.eval.buckets)
     if args.json:
-        print(json.dumps(m))
+        print(dumps(m))
     else:
         print(format_metrics_table(m, f"{cfg.model.name}: {args.split}"))
     return 0
@@ -247,36 +265,30 @@ def cmd_analyze_kv(args) -> int:
     return 0
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x]
-    except ValueError:
-        raise SeqctrError(f"expected comma-separated integers, got {text!r}") from None
-
-
 def cmd_experiment(args) -> int:
     from .experiments import kv_suite, lain_suite
 
     common = dict(out=Path(args.out), config_dir=Path(args.config_dir), sets=args.set, jobs=args.jobs,
                   threads=args.threads)
-    seeds = _ints(args.seeds)
+    seeds = args.seeds
     if not args.backbones:
-        args.backbones = "sim,eta,sdim,twin,hstu" if args.kind == "kv" else "din,dien,sim,sdim,twin"
+        args.backbones = ["sim", "eta", "sdim", "twin", "hstu"] if args.kind == "kv" else ["din", "dien", "sim",
+                                                                                           "sdim", "twin"]
     if args.kind == "compare":
-        lain_suite.compare(args.backbones.split(","), seeds, **common)
+        lain_suite.compare(args.backbones, seeds, **common)
     elif args.kind == "maxlen":
-        lain_suite.maxlen(args.backbones.split(","), _ints(args.lengths), seeds, with_lain=not args.no_lain, **common)
+        lain_suite.maxlen(args.backbones, args.lengths, seeds, with_lain=not args.no_lain, **common)
     elif args.kind == "ablation":
-        lain_suite.ablation(args.backbones.split(",")[0], seeds, **common)
+        lain_suite.ablation(args.backbones[0], seeds, **common)
     elif args.kind == "kv":
-        unknown = set(args.variants.split(",")) - set(kv_suite.VARIANTS)
+        unknown = set(args.variants) - set(kv_suite.VARIANTS)
         if unknown:
             raise SeqctrError(f"--variants: unknown {sorted(unknown)}; known: {list(kv_suite.VARIANTS)}")
-        kv_suite.kv(args.backbones.split(","), seeds, variants=args.variants.split(","),
-                    sweep_backbone=args.sweep_backbone, user_dims=_ints(args.user_dims),
-                    pool_sizes=_ints(args.pool_sizes), **common)
+        kv_suite.kv(args.backbones, seeds, variants=args.variants,
+                    sweep_backbone=args.sweep_backbone, user_dims=args.user_dims,
+                    pool_sizes=args.pool_sizes, **common)
     else:
-        lain_suite.sensitivity(args.backbones.split(",")[0], seeds, **common)
+        lain_suite.sensitivity(args.backbones[0], seeds, **common)
     md = Path(args.out) / args.kind / "results.md"
     print(md.read_text())
     print(f"written: {md.parent}")
@@ -302,86 +314,109 @@ def cmd_report(args) -> int:
     return 0
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default when it has one worth showing (not None / False)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or action.default == [] or not action.help:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="seqctr", description=__doc__.splitlines()[0])
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = p.add_subparsers(dest="command", required=True)
+    from . import __version__
+
+    fmt = _Help
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an error instead of one line")
+    p = argparse.ArgumentParser(prog="seqctr", description=__doc__.split("\n\n")[0], formatter_class=fmt,
+                                epilog="`seqctr COMMAND --help` shows a command's options.")
+    p.add_argument("--version", action="version", version=f"seqctr {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, help, parents=()):
+        return sub.add_parser(name, help=help, description=help, parents=[common, *parents], formatter_class=fmt)
 
     data = data_options()
     source_help = ("ml100k | ml-latest-small (built in) | a GroupLens ml-100k folder | a LongCTR folder | "
                    "an EB-NeRD folder | an interactions table (.parquet/.csv/.tsv)")
-    pr = sub.add_parser("prepare", parents=[data], help="prepare (and cache) a dataset; print its split counts")
+    buckets = dict(type=comma_list(float), default="1,50,100,200", help="length bucket edges")
+    pr = command("prepare", "prepare (and cache) a dataset; print its split counts", [data])
     pr.add_argument("source", help=source_help)
     pr.add_argument("--json", action="store_true", help="print one JSON object")
-    pr.add_argument("--buckets", type=float, nargs="+", default=[1, 50, 100, 200])
+    pr.add_argument("--buckets", **buckets)
     pr.add_argument("--force", action="store_true", help="rebuild even if cached")
     pr.set_defaults(func=cmd_prepare)
 
-    tr = sub.add_parser("train", help="train a model from a YAML config")
-    tr.add_argument("--config", required=True)
+    tr = command("train", "train a model from a YAML config")
+    tr.add_argument("--config", required=True, help="YAML run config (see configs/); `extends:` merges a base file")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=3")
     tr.add_argument("--out", help="run folder (default runs/<source>-<model>)")
     tr.add_argument("--resume", action="store_true", help="continue after the last finished epoch")
-    tr.add_argument("--no-progress", action="store_true")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines only)")
     tr.set_defaults(func=cmd_train)
 
-    ev = sub.add_parser("evaluate", help="evaluate a checkpoint overall and per length bucket")
-    ev.add_argument("--checkpoint", required=True)
-    ev.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    ev = command("evaluate", "evaluate a checkpoint overall and per length bucket")
+    ev.add_argument("--checkpoint", required=True, help="a run's best.pt or last.pt")
+    ev.add_argument("--split", default="test", choices=["train", "valid", "test"], help="which split to score")
     ev.add_argument("--source", help="override the dataset source stored in the checkpoint's config")
-    ev.add_argument("--device", default="auto")
-    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ev.add_argument("--json", action="store_true", help="print one JSON object (empty buckets: null)")
     ev.set_defaults(func=cmd_evaluate)
 
-    an = sub.add_parser("analyze", help="length-bucket analyses")
+    an = command("analyze", "length-bucket analyses: data | kv")
     an_sub = an.add_subparsers(dest="what", required=True)
-    ad = an_sub.add_parser("data", parents=[data], help="users / samples / label rate / diversity per length bucket")
-    ad.add_argument("--source", default="ml100k")
-    ad.add_argument("--buckets", type=float, nargs="+", default=[1, 50, 100, 200])
-    ad.add_argument("--out", default="runs/experiments/data")
+    ad = an_sub.add_parser("data", parents=[common, data], formatter_class=fmt,
+                           help="users / samples / label rate / diversity per length bucket")
+    ad.add_argument("source", nargs="?", default="ml100k", help=source_help)
+    ad.add_argument("--buckets", **buckets)
+    ad.add_argument("--out", default="runs/experiments/data", help="folder for data.json / data.md / data.png")
     ad.set_defaults(func=cmd_analyze_data)
 
-    ak = an_sub.add_parser("kv", help="SVD of a trained model's short-branch K/V: shared vs user-specific")
-    ak.add_argument("--checkpoint", required=True)
-    ak.add_argument("--users", type=int, default=500)
-    ak.add_argument("--out", default="runs/experiments/kv")
+    ak = an_sub.add_parser("kv", parents=[common], formatter_class=fmt,
+                           help="SVD of a trained model's short-branch K/V: shared vs user-specific")
+    ak.add_argument("--checkpoint", required=True, help="a two-branch model's best.pt")
+    ak.add_argument("--users", type=int, default=500, help="users whose K/V enter the SVD")
+    ak.add_argument("--out", default="runs/experiments/kv", help="folder for kv.json / kv.md / kv.png")
     ak.set_defaults(func=cmd_analyze_kv)
 
-    ex = sub.add_parser("experiment", help="LAIN experiments: compare | maxlen | ablation | sensitivity; "
-                                           "CollectiveKV: kv")
-    ex.add_argument("kind", choices=["compare", "maxlen", "ablation", "sensitivity", "kv"])
-    ex.add_argument("--backbones", help="comma list (ablation / sensitivity use the first); default "
-                    "din,dien,sim,sdim,twin, for kv sim,eta,sdim,twin,hstu")
-    ex.add_argument("--seeds", default="2024,2025,2026")
-    ex.add_argument("--lengths", default="50,100,200,500", help="maxlen: the max_len values")
+    ex = command("experiment", "LAIN experiments: compare | maxlen | ablation | sensitivity; CollectiveKV: kv")
+    ex.add_argument("kind", choices=["compare", "maxlen", "ablation", "sensitivity", "kv"], help="which suite")
+    ex.add_argument("--backbones", type=comma_list(str), help="comma list (ablation / sensitivity use the first); "
+                    "default din,dien,sim,sdim,twin, for kv sim,eta,sdim,twin,hstu")
+    ex.add_argument("--seeds", type=comma_list(int), default="2024,2025,2026", help="one run per seed and variant")
+    ex.add_argument("--lengths", type=comma_list(int), default="50,100,200,500", help="maxlen: the max_len values")
     ex.add_argument("--no-lain", action="store_true", help="maxlen: bare backbones only")
-    ex.add_argument("--variants", default="base,silu,ck,cv,ckv", help="kv: which of base,silu,ck,cv,ckv")
+    ex.add_argument("--variants", type=comma_list(str), default="base,silu,ck,cv,ckv",
+                    help="kv: which of base,silu,ck,cv,ckv")
     ex.add_argument("--sweep-backbone", default="twin", help="kv: backbone for the d_u and m sweeps ('' = none)")
-    ex.add_argument("--user-dims", default="1,2,4,8", help="kv: d_u sweep")
-    ex.add_argument("--pool-sizes", default="100,1000,10000", help="kv: m sweep")
-    ex.add_argument("--config-dir", default="configs/ml100k")
+    ex.add_argument("--user-dims", type=comma_list(int), default="1,2,4,8", help="kv: d_u sweep")
+    ex.add_argument("--pool-sizes", type=comma_list(int), default="100,1000,10000", help="kv: m sweep")
+    ex.add_argument("--config-dir", default="configs/ml100k", help="folder of <backbone>.yaml run configs")
     ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="applied to every run")
     ex.add_argument("--jobs", type=int, default=2, help="runs at a time")
     ex.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    ex.add_argument("--out", default="runs/experiments")
+    ex.add_argument("--out", default="runs/experiments", help="results root (runs resume from here)")
     ex.set_defaults(func=cmd_experiment)
 
-    xd = sub.add_parser("export-data", parents=[data], help="write a prepared dataset in another library's layout")
+    xd = command("export-data", "write a prepared dataset in another library's layout", [data])
     xd.add_argument("source", help=source_help)
     xd.add_argument("--format", choices=["longctr"], default="longctr",
                     help="longctr: FuxiCTR/LongCTR parquet (train/valid/test, user_info, item_info, feature_map.json)")
     xd.add_argument("--out", required=True, help="folder to write (replaced atomically)")
     xd.set_defaults(func=cmd_export_data)
 
-    rp = sub.add_parser("report", help="one markdown report from whatever experiment results exist")
-    rp.add_argument("--out", default="runs/experiments")
+    rp = command("report", "one markdown report from whatever experiment results exist")
+    rp.add_argument("--out", default="runs/experiments", help="results root to read and write report.md into")
     rp.set_defaults(func=cmd_report)
 
-    de = sub.add_parser("demo", help="train and evaluate DIN on ml100k; print the table, write the report")
-    de.add_argument("--out", default="runs/demo")
-    de.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    de.add_argument("--resume", action="store_true")
-    de.add_argument("--no-progress", action="store_true")
+    de = command("demo", "train and evaluate DIN on ml100k; print the table, write the report")
+    de.add_argument("--out", default="runs/demo", help="run folder")
+    de.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=3")
+    de.add_argument("--resume", action="store_true", help="continue after the last finished epoch")
+    de.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines only)")
     de.set_defaults(func=cmd_demo)
     return p
 
@@ -396,6 +431,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"seqctr: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `seqctr ... | head`: the reader left; not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("seqctr: interrupted (finished epochs are kept; rerun with --resume)", file=sys.stderr)
         return 130

@@ -116,7 +116,64 @@ def _coerce(typ, val, where):
 
 
 def config_from_dict(values: dict) -> RunConfig:
-    return _build(RunConfig, values, "")
+    """Build and validate a :class:`RunConfig`: types, ranges and the nested ``options`` / ``lain``
+    / ``split`` / ``label`` blocks are checked here, before any data is read."""
+    cfg = _build(RunConfig, values, "")
+    validate(cfg)
+    return cfg
+
+
+def _check(ok: bool, where: str, want: str, got) -> None:
+    if not ok:
+        raise ConfigError(f"{where}: expected {want}, got {got!r}")
+
+
+def _pos_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def validate(cfg: RunConfig) -> None:
+    """Every value in range, every nested block known; one :class:`ConfigError` naming the key."""
+    d, m, t, e = cfg.data, cfg.model, cfg.train, cfg.eval
+    for key in ("max_len", "batch_size", "eval_batch_size", "bucket_chunk"):
+        _check(_pos_int(getattr(d, key)), f"data.{key}", "an integer >= 1", getattr(d, key))
+    _check(_pos_int(m.embedding_dim), "model.embedding_dim", "an integer >= 1", m.embedding_dim)
+    _check(all(_pos_int(h) for h in m.mlp_hidden), "model.mlp_hidden", "a list of integers >= 1", m.mlp_hidden)
+    _check(0 <= m.dropout < 1, "model.dropout", "a number in [0, 1)", m.dropout)
+    _check(t.epochs >= 1, "train.epochs", "an integer >= 1", t.epochs)
+    _check(t.lr > 0, "train.lr", "a number > 0", t.lr)
+    _check(t.weight_decay >= 0, "train.weight_decay", "a number >= 0", t.weight_decay)
+    _check(t.patience >= 0, "train.patience", "an integer >= 0", t.patience)
+    _check(0 < t.lr_decay <= 1, "train.lr_decay", "a number in (0, 1]", t.lr_decay)
+    _check(t.min_lr >= 0, "train.min_lr", "a number >= 0", t.min_lr)
+    _check(t.threads >= 0, "train.threads", "an integer >= 0 (0 = torch default)", t.threads)
+    _check(t.max_steps >= 0, "train.max_steps", "an integer >= 0 (0 = no limit)", t.max_steps)
+    _check(t.max_grad_norm > 0, "train.max_grad_norm", "a number > 0", t.max_grad_norm)
+    check_device(t.device, "train.device")
+    b = e.buckets
+    _check(len(b) >= 1 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in b)
+           and all(x < y for x, y in zip(b, b[1:])), "eval.buckets", "increasing numbers, e.g. [1, 50, 100, 200]", b)
+    from .data.construct import SplitRule
+
+    SplitRule.from_dict(d.split)
+    for key, val in d.label.items():
+        _check(key in ("column", "threshold", "positive"), f"data.label.{key}", "one of column, threshold, positive",
+               key)
+    from .models import backbone_names, check_options
+
+    _check(m.name in backbone_names(), "model.name", f"one of {backbone_names()}", m.name)
+    check_options(m.name, m.options)
+    from .lain import LainConfig
+
+    LainConfig.from_dict(m.lain)
+
+
+def check_device(name: str, where: str = "device") -> None:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    import re
+
+    _check(isinstance(name, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", name) is not None, where,
+           "auto, cpu, cuda or cuda:N", name)
 
 
 def apply_overrides(values: dict, overrides: list[str]) -> dict:

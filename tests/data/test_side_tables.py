@@ -131,7 +131,7 @@ def test_analyze_data_takes_the_data_options(tmp_path, seqctr_home, capsys):
     rows = synthetic_interactions(n_users=8, seed=2)
     rows["click"] = rows.pop("label")
     src = write_csv(tmp_path / "t.csv", rows)
-    code, out, err = run_cli(["analyze", "data", "--source", str(src), "--label-column", "click",
+    code, out, err = run_cli(["analyze", "data", str(src), "--label-column", "click",
                               "--out", str(tmp_path / "a")], capsys)
     assert code == 0, err
     assert (tmp_path / "a" / "data.json").is_file()

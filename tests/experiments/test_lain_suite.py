@@ -50,7 +50,7 @@ def test_compare_resume_and_report(tmp_path, seqctr_home, capsys):
     assert main(args) == 0                                         # resumes: nothing re-trained
     assert (out / "compare" / "twin/lain/seed1/metrics.json").stat().st_mtime_ns == stamp
 
-    assert main(["analyze", "data", "--source", str(tmp_path / "inter.csv"), "--out", str(out / "data")]) == 0
+    assert main(["analyze", "data", str(tmp_path / "inter.csv"), "--out", str(out / "data")]) == 0
     assert main(["report", "--out", str(out)]) == 0
     report = (out / "report.md").read_text()
     assert "LAIN vs bare backbones" in report and "Δ twin/lain" in report

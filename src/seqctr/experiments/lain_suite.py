@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..metrics.stats import mean_ci, paired_bootstrap
-from ..utils.io import write_json, write_text
+from ..utils.io import read_metrics, write_json, write_text
 from .runner import RunSpec, run_dir, run_specs
 
 ABLATION = {  # paper Table 6, one config each
@@ -177,8 +177,6 @@ def maxlen(backbones: list[str], lengths: list[int], seeds: list[int], out: Path
     groups = {f"{b}/{v}/len{n}": (str(Path(config_dir) / f"{b}.yaml"), ov + [f"data.max_len={n}"])
               for b in backbones for v, ov in variants.items() for n in lengths}
     metrics = run_specs(_specs(groups, seeds, list(sets) + ["eval.polarization=true"]), root, jobs, threads, log)
-    import json
-
     res, md = {}, ["# max_len sweep", ""]
     for b in backbones:
         base = f"{b}/bare/len{lengths[0]}"
@@ -186,7 +184,7 @@ def maxlen(backbones: list[str], lengths: list[int], seeds: list[int], out: Path
         pol = {}
         for g in groups:
             if g.startswith(b + "/"):
-                pol[g] = [json.loads((run_dir(root, RunSpec(f"{g}/seed{s}", "")) / "attention.json").read_text())
+                pol[g] = [read_metrics(run_dir(root, RunSpec(f"{g}/seed{s}", "")) / "attention.json")
                           for s in seeds]
         summ["polarization"] = {g: {br: {part: float(np.mean([p[br]["buckets"][part]["gini"] if part != "overall"
                                                               else p[br]["overall"]["gini"] for p in ps]))

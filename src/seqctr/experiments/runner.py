@@ -6,13 +6,14 @@ time with ``threads`` torch threads each (2 x 1 uses both cores of a small machi
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..utils.io import read_metrics
 
 from ..errors import SeqctrError
 
@@ -32,7 +33,7 @@ def run_dir(out: Path, spec: RunSpec) -> Path:
 
 def load_metrics(out: Path, spec: RunSpec) -> dict | None:
     p = run_dir(out, spec) / "metrics.json"
-    return json.loads(p.read_text()) if p.is_file() else None
+    return read_metrics(p) if p.is_file() else None
 
 
 def run_specs(specs: list[RunSpec], out: Path, jobs: int = 2, threads: int = 1, log=print) -> dict[str, dict]:

@@ -33,6 +33,37 @@ def backbone_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def backbone_options(name: str) -> dict:
+    """The options a backbone's constructor accepts (name -> default), following ``**kw`` up its
+    base classes (two-branch models pass theirs to :class:`TwoBranch`)."""
+    import inspect
+
+    out = {}
+    for cls in _REGISTRY[name].__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters
+        for p in params.values():
+            if p.name not in ("self", "item_dim", "feature_dim") and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                out.setdefault(p.name, None if p.default is p.empty else p.default)
+        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            break
+    return out
+
+
+def check_options(name: str, options: dict) -> None:
+    """Refuse ``model.options`` keys the backbone does not take (before any data is prepared)."""
+    from ..errors import ConfigError
+
+    if not isinstance(options, dict):
+        raise ConfigError(f"model.options: expected a mapping, got {options!r}")
+    known = backbone_options(name)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"model.options: unknown key(s) {unknown} for {name}; known: {sorted(known)}")
+
+
 @dataclass
 class SeqInputs:
     """Embedded inputs of a backbone.

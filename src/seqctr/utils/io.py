@@ -42,10 +42,50 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN / infinite floats as None (so the text is valid JSON: ``null``, never ``NaN``)."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    try:
+        import numpy as np
+
+        if isinstance(obj, np.floating):
+            return json_safe(float(obj))
+    except ImportError:  # pragma: no cover
+        pass
+    return obj
+
+
+def read_metrics(path: str | os.PathLike) -> Any:
+    """Read a metrics-like JSON file written by :func:`write_json`: its nulls (NaN when written,
+    e.g. the AUC of an empty bucket) come back as NaN so averages over seeds stay NumPy-correct."""
+    def back(o):
+        if o is None:
+            return float("nan")
+        if isinstance(o, dict):
+            return {k: back(v) for k, v in o.items()}
+        if isinstance(o, list):
+            return [back(v) for v in o]
+        return o
+
+    return back(json.loads(Path(path).read_text()))
+
+
+def dumps(obj: Any, **kw) -> str:
+    """Strict JSON text of ``obj`` (NaN -> null; NumPy scalars and arrays, paths converted)."""
+    return json.dumps(json_safe(obj), allow_nan=False, default=_json_default, **kw)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
+    """Write ``obj`` as indented strict JSON (NaN -> null), atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+        tmp.write_text(dumps(obj, indent=2) + "\n")
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -61,7 +101,7 @@ def _json_default(o: Any):
     if isinstance(o, (np.floating,)):
         return float(o)
     if isinstance(o, np.ndarray):
-        return o.tolist()
+        return json_safe(o.tolist())
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
