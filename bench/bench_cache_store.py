@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 import serving_models
+from seqctr.serving.runtime import fingerprint, prefill, score
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = " ".join(["python", f"bench/{Path(__file__).name}", *sys.argv[1:]])  # recorded with the results
@@ -80,14 +81,14 @@ def main() -> int:
                 hist_ids = torch.randint(2, len(items), (n_users, L), generator=g)
                 cands = items[torch.randint(2, len(items), (n_users, C), generator=g)]       # [U, C, Fi]
                 client.flushdb()
-                stores = {v: RedisCacheStore(client, namespace=f"bench:{v}:{m.model_version()}")
+                stores = {v: RedisCacheStore(client, namespace=f"bench:{v}:{fingerprint(m)}")
                           for v, m in (("cache", full), ("collective", ckv))}
                 ids_key = "bench:ids:{}".format
                 for start in range(0, n_users, 64):            # write in chunks: bounded memory here
                     chunk = range(start, min(start + 64, n_users))
                     client.mset({ids_key(u): hist_ids[u].numpy().astype(np.int32).tobytes() for u in chunk})
                     for v, m in (("cache", full), ("collective", ckv)):
-                        stores[v].put_many({u: m.prefill(users[u], items[hist_ids[u]]) for u in chunk})
+                        stores[v].put_many({u: prefill(m, users[u], items[hist_ids[u]]) for u in chunk})
 
                 fetch = {"recompute": lambda B: client.mget([ids_key(u) for u in range(B)]),
                          "cache": lambda B: stores["cache"].get_bytes(range(B)),
@@ -99,10 +100,10 @@ def main() -> int:
                     out = []
                     for u, raw in enumerate(fetch[v](B)):
                         if v == "recompute":
-                            cache = full.prefill(users[u], items[torch.from_numpy(np.frombuffer(raw, np.int32)).long()])
+                            cache = prefill(full, users[u], items[torch.from_numpy(np.frombuffer(raw, np.int32)).long()])
                         else:
                             cache = KVCache.from_bytes(raw)
-                        out.append(model.score(cache, cands[u]))
+                        out.append(score(model, cache, cands[u]))
                     return out
 
                 with torch.no_grad():                           # the stored cache scores as recomputing does

@@ -33,17 +33,18 @@ import sys
 from pathlib import Path
 
 import serving_models
+from seqctr.serving.runtime import prefill, score
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = " ".join(["python", f"bench/{Path(__file__).name}", *sys.argv[1:]])  # recorded with the results
 
 
 def scorer(model, cache, cands, forget=()):
-    """One request: ``model.score(cache, cands)``, the routing memos in ``forget`` emptied first."""
+    """One request: ``score(model, cache, cands)``, the routing memos in ``forget`` emptied first."""
     def run():
         for memo in forget:
             memo.table.clear()
-        return model.score(cache, cands)
+        return score(model, cache, cands)
     return run
 
 
@@ -129,10 +130,10 @@ def main() -> int:
                         run = lambda: m(batch)                                           # noqa: E731
                         cache = None
                     elif v == "rebuild":
-                        run = lambda: m.score(m.prefill(user, hist), cands)              # noqa: E731
+                        run = lambda: score(m, prefill(m, user, hist), cands)              # noqa: E731
                         cache = None
                     else:
-                        cache = m.prefill(user, hist, max_len=None, mode=mode)
+                        cache = prefill(m, user, hist, max_len=None, mode=mode)
                         forget = ([mm for mod in m.modules() for mm in getattr(mod, "memos", {}).values()]
                                   if v == "collective_cold" else [])
                         run = scorer(m, cache, cands, forget)

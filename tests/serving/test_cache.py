@@ -8,6 +8,7 @@ from seqctr.config import ModelConfig
 from seqctr.data import SeqBatch
 from seqctr.models import backbone_names, build_model
 from seqctr.serving import KVCache
+from seqctr.serving.runtime import append, prefill, score
 
 MAX_LEN = 12
 
@@ -52,13 +53,13 @@ def random_user(ds, T, seed):
 def test_cached_scoring_equals_full_forward(synth_ds, name, T):
     model = make(synth_ds, name)
     user, hist, cands = random_user(synth_ds, T, seed=T)
-    cache = model.prefill(user[0], hist, seq_len=T, max_len=MAX_LEN)
+    cache = prefill(model, user[0], hist, seq_len=T, max_len=MAX_LEN)
     assert "hist" not in cache.tensors, "the backbone's own cache, not the recompute fallback"
-    got = model.score(cache, cands)
+    got = score(model, cache, cands)
     want = full_forward(model, user, hist, T, cands)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    recompute = model.prefill(user[0], hist, seq_len=T, max_len=MAX_LEN, mode="recompute")
-    torch.testing.assert_close(model.score(recompute, cands), want, atol=1e-5, rtol=1e-5)
+    recompute = prefill(model, user[0], hist, seq_len=T, max_len=MAX_LEN, mode="recompute")
+    torch.testing.assert_close(score(model, recompute, cands), want, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", backbone_names())
@@ -67,11 +68,11 @@ def test_empty_history_and_no_candidates(synth_ds, name):
     returns no scores (not an error from inside a layer)."""
     model = make(synth_ds, name)
     user, hist, cands = random_user(synth_ds, 0, seed=3)
-    empty = model.prefill(user[0], hist)
-    torch.testing.assert_close(model.score(empty, cands), full_forward(model, user, hist, 0, cands),
+    empty = prefill(model, user[0], hist)
+    torch.testing.assert_close(score(model, empty, cands), full_forward(model, user, hist, 0, cands),
                                atol=1e-5, rtol=1e-5)
     user, hist, _ = random_user(synth_ds, 6, seed=3)
-    none = model.score(model.prefill(user[0], hist), cands[:0])
+    none = score(model, prefill(model, user[0], hist), cands[:0])
     assert none.shape == (0,) and none.dtype == torch.float32
 
 
@@ -81,13 +82,13 @@ def test_sim_caches_the_narrower_form_of_its_gsu_keys(synth_ds, attention_dim, k
     their projections W_b e; both score as the forward pass, before and after an append."""
     model = make(synth_ds, "sim", attention_dim=attention_dim)
     user, hist, cands = random_user(synth_ds, 20, seed=6)
-    cache = model.prefill(user[0], hist[:15], max_len=MAX_LEN)
+    cache = prefill(model, user[0], hist[:15], max_len=MAX_LEN)
     assert set(cache.tensors) & {"gsu_e", "gsu_k"} == {key}
     assert cache.tensors[key].shape[-1] == min(16, attention_dim)
-    torch.testing.assert_close(model.score(cache, cands), full_forward(model, user, hist[:15], 15, cands),
+    torch.testing.assert_close(score(model, cache, cands), full_forward(model, user, hist[:15], 15, cands),
                                atol=1e-5, rtol=1e-5)
-    grown = model.append(cache, hist[15:])
-    torch.testing.assert_close(model.score(grown, cands), full_forward(model, user, hist, 20, cands),
+    grown = append(model, cache, hist[15:])
+    torch.testing.assert_close(score(model, grown, cands), full_forward(model, user, hist, 20, cands),
                                atol=1e-5, rtol=1e-5)
 
 
@@ -95,15 +96,15 @@ def test_sim_caches_the_narrower_form_of_its_gsu_keys(synth_ds, attention_dim, k
 def test_cached_scoring_with_lain(synth_ds, name):
     model = make(synth_ds, name, lain=True)
     user, hist, cands = random_user(synth_ds, 20, seed=3)
-    cache = model.prefill(user[0], hist, seq_len=20, max_len=MAX_LEN)
-    torch.testing.assert_close(model.score(cache, cands), full_forward(model, user, hist, 20, cands),
+    cache = prefill(model, user[0], hist, seq_len=20, max_len=MAX_LEN)
+    torch.testing.assert_close(score(model, cache, cands), full_forward(model, user, hist, 20, cands),
                                atol=1e-5, rtol=1e-5)
 
 
 def test_cache_bytes_round_trip_and_version_check(synth_ds):
     model = make(synth_ds, "twin")
     user, hist, cands = random_user(synth_ds, 9, seed=1)
-    cache = model.prefill(user[0], hist, max_len=MAX_LEN)
+    cache = prefill(model, user[0], hist, max_len=MAX_LEN)
     back = KVCache.from_bytes(cache.to_bytes())
     assert back.history_len == 9 and back.model_version == cache.model_version
     assert set(back.tensors) == set(cache.tensors)
@@ -111,11 +112,11 @@ def test_cache_bytes_round_trip_and_version_check(synth_ds):
         assert back.tensors[k].dtype == cache.tensors[k].dtype
         assert back.tensors[k].data_ptr() % 8 == 0                     # views of one buffer, each aligned
         torch.testing.assert_close(back.tensors[k], cache.tensors[k], rtol=0, atol=0)
-    torch.testing.assert_close(model.score(back, cands), model.score(cache, cands))
+    torch.testing.assert_close(score(model, back, cands), score(model, cache, cands))
     with torch.no_grad():
         next(model.parameters()).add_(0.5)
     with pytest.raises(ValueError, match="other model weights"):
-        model.score(cache, cands)
+        score(model, cache, cands)
     with pytest.raises(ValueError, match="not a seqctr KV cache"):
         KVCache.from_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
 
@@ -137,7 +138,7 @@ def test_cache_bytes_without_alignment_padding_still_read():
 def test_damaged_cache_bytes_are_a_clear_error_naming_the_source(synth_ds):
     model = make(synth_ds, "sim")
     user, hist, _ = random_user(synth_ds, 9, seed=2)
-    data = model.prefill(user[0], hist, max_len=MAX_LEN).to_bytes()
+    data = prefill(model, user[0], hist, max_len=MAX_LEN).to_bytes()
     for bad, why in [(data[:5], "unreadable header"), (data[:40], "unreadable header"),
                      (b"\xff" * 64, "unreadable header"), (data[:-3], "truncated"),
                      (b"\x04\x00\x00\x00\x00\x00\x00\x00null", "format None")]:
@@ -159,10 +160,10 @@ def test_collective_kv_cache_equals_full_forward(synth_ds, name, branches):
     model = visible(build_model(ModelConfig(name=name, embedding_dim=8, mlp_hidden=[16], dropout=0.0, options=opts),
                                 synth_ds.meta).eval())
     user, hist, cands = random_user(synth_ds, 20, seed=5)
-    cache = model.prefill(user[0], hist, max_len=MAX_LEN)
+    cache = prefill(model, user[0], hist, max_len=MAX_LEN)
     assert cache.tensors["short_idx_k"].dtype == torch.uint8 and cache.tensors["short_u_k"].shape[-1] == 1
     assert "short_k" not in cache.tensors
-    torch.testing.assert_close(model.score(cache, cands), full_forward(model, user, hist, 20, cands),
+    torch.testing.assert_close(score(model, cache, cands), full_forward(model, user, hist, 20, cands),
                                atol=1e-5, rtol=1e-5)
 
 
@@ -172,22 +173,22 @@ def test_hstu_collective_kv_cache_equals_full_forward_and_appends(synth_ds, T, n
     after appending events) equals the full forward pass."""
     model = make(synth_ds, "hstu", collective_kv={"user_dim": 1, "pool_size": 300})
     user, hist, cands = random_user(synth_ds, T + n, seed=T)
-    cache = model.prefill(user[0], hist[:T], max_len=MAX_LEN)
+    cache = prefill(model, user[0], hist[:T], max_len=MAX_LEN)
     for i in range(2):
         assert cache.tensors[f"l{i}_idx_k"].dtype == torch.int16 and cache.tensors[f"l{i}_u_v"].shape[-1] == 1
         assert f"l{i}_k" not in cache.tensors
-    torch.testing.assert_close(model.score(cache, cands), full_forward(model, user, hist[:T], T, cands),
+    torch.testing.assert_close(score(model, cache, cands), full_forward(model, user, hist[:T], T, cands),
                                atol=1e-5, rtol=1e-5)
-    grown = model.append(cache, hist[T:])
-    torch.testing.assert_close(model.score(grown, cands), full_forward(model, user, hist, T + n, cands),
+    grown = append(model, cache, hist[T:])
+    torch.testing.assert_close(score(model, grown, cands), full_forward(model, user, hist, T + n, cands),
                                atol=1e-5, rtol=1e-5)
     # the first layer memoises routing (now warm: every item seen), deeper layers do not; a model
     # without any memo scores the same
     assert len(model.backbone.blocks[0].ckv.memos["k"].table) > 0 and model.backbone.blocks[1].ckv.memos == {}
     plain = make(synth_ds, "hstu", collective_kv={"user_dim": 1, "pool_size": 300, "memo_rows": 0})
     assert all(blk.ckv.memos == {} for blk in plain.backbone.blocks)
-    torch.testing.assert_close(model.score(grown, cands),
-                               plain.score(plain.append(plain.prefill(user[0], hist[:T], max_len=MAX_LEN), hist[T:]),
+    torch.testing.assert_close(score(model, grown, cands),
+                               score(plain, append(plain, prefill(plain, user[0], hist[:T], max_len=MAX_LEN), hist[T:]),
                                            cands), atol=1e-6, rtol=1e-6)
 
 
@@ -247,24 +248,24 @@ def test_append_equals_prefill_of_the_longer_history(synth_ds, name, T, n):
     """Including growth past max_len (12): the window slides; exact or re-prefilled."""
     model = make(synth_ds, name)
     user, hist, cands = random_user(synth_ds, T + n, seed=T + n)
-    cache = model.prefill(user[0], hist[:T], max_len=MAX_LEN)
-    grown = model.append(cache, hist[T:])
-    fresh = model.prefill(user[0], hist, max_len=MAX_LEN)
+    cache = prefill(model, user[0], hist[:T], max_len=MAX_LEN)
+    grown = append(model, cache, hist[T:])
+    fresh = prefill(model, user[0], hist, max_len=MAX_LEN)
     assert grown.history_len == T + n
-    torch.testing.assert_close(model.score(grown, cands), model.score(fresh, cands), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(score(model, grown, cands), score(model, fresh, cands), atol=1e-5, rtol=1e-5)
     for k in fresh.tensors:
         torch.testing.assert_close(grown.tensors[k].float(), fresh.tensors[k].float(), atol=1e-5, rtol=1e-5)
 
 
 def test_append_updates_in_place_where_exact(synth_ds, monkeypatch):
     """Two-branch caches update without a full prefill, even when the window slides."""
-    from seqctr.models.base import CTRModel
+    import seqctr.serving.runtime as runtime
 
     model = make(synth_ds, "twin")
     user, hist, cands = random_user(synth_ds, 20, seed=9)
-    cache = model.prefill(user[0], hist[:10], max_len=MAX_LEN)
-    monkeypatch.setattr(CTRModel, "prefill", lambda *a, **k: (_ for _ in ()).throw(AssertionError("re-prefilled")))
-    grown = model.append(cache, hist[10:])
+    cache = prefill(model, user[0], hist[:10], max_len=MAX_LEN)
+    monkeypatch.setattr(runtime, "prefill", lambda *a, **k: (_ for _ in ()).throw(AssertionError("re-prefilled")))
+    grown = append(model, cache, hist[10:])
     assert grown.tensors["mask"].shape[1] == MAX_LEN
 
 
@@ -275,25 +276,25 @@ def test_bad_serving_input_is_a_clear_error_naming_argument_feature_and_row(synt
 
     model = make(synth_ds, "twin")
     user, hist, cands = random_user(synth_ds, 6, seed=1)
-    cache = model.prefill(user[0], hist)
+    cache = prefill(model, user[0], hist)
     names, vocab = model.embedding.item_features, model.embedding.tables
     bad = cands.clone()
     bad[3, -1] = vocab[names[-1]].num_embeddings
     with pytest.raises(InputError, match=rf"column '{names[-1]}', row 3: score\(candidates\): id \d+ is outside"):
-        model.score(cache, bad)
+        score(model, cache, bad)
     bad_hist = hist.clone()
     bad_hist[2, 0] = -1
     with pytest.raises(InputError, match=rf"column '{names[0]}', row 2: prefill\(hist\): id -1 is outside"):
-        model.prefill(user[0], bad_hist)
+        prefill(model, user[0], bad_hist)
     with pytest.raises(InputError, match=r"append\(new_events\): id"):
-        model.append(cache, bad[2:4])
+        append(model, cache, bad[2:4])
     with pytest.raises(InputError, match=r"score\(candidates\): ids must be integers, got torch.float32"):
-        model.score(cache, cands.float())
+        score(model, cache, cands.float())
     with pytest.raises(InputError, match=r"prefill\(hist\): expected \[events, item features\], got shape \[6\]"):
-        model.prefill(user[0], hist[:, 0])
+        prefill(model, user[0], hist[:, 0])
     with pytest.raises(InputError, match=r"prefill\(user\): expected shape"):
-        model.prefill(torch.cat([user[0], user[0]]), hist)
-    torch.testing.assert_close(model.score(cache, cands), model.score(model.prefill(user[0], hist), cands))
+        prefill(model, torch.cat([user[0], user[0]]), hist)
+    torch.testing.assert_close(score(model, cache, cands), score(model, prefill(model, user[0], hist), cands))
 
 
 @pytest.fixture(scope="module")
@@ -315,5 +316,5 @@ def test_cached_scoring_with_multi_valued_and_pretrained_features(rich_ds, name)
     assert rich_ds.item_feats.shape[1] > len(dict.fromkeys(rich_ds.meta["item_features"])), "multi-valued columns"
     user, hist, cands = random_user(rich_ds, 9, seed=1)
     user = torch.cat([user, torch.tensor([[5]])], dim=1)                 # user feature + the context feature
-    got = model.score(model.prefill(user[0], hist, seq_len=9, max_len=MAX_LEN), cands)
+    got = score(model, prefill(model, user[0], hist, seq_len=9, max_len=MAX_LEN), cands)
     torch.testing.assert_close(got, full_forward(model, user, hist, 9, cands), atol=1e-5, rtol=1e-5)

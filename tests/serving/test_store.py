@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from seqctr.serving.store import RedisCacheStore, local_redis
+from seqctr.serving.runtime import fingerprint, prefill, score
 from tests.serving.test_cache import MAX_LEN, make, random_user
 
 redis = pytest.importorskip("redis")
@@ -32,11 +33,11 @@ def test_caches_round_trip_through_redis_and_score_the_same(synth_ds, client):
     """A CollectiveKV model's caches, written in one pipeline and read back in one MGET, score
     exactly as the originals; a user never written reads as None in its place."""
     model = make(synth_ds, "twin", collective_kv={"user_dim": 1, "pool_size": 64, "branches": ["short", "long"]})
-    store = RedisCacheStore(client, namespace=f"seqctr:{model.model_version()}")
+    store = RedisCacheStore(client, namespace=f"seqctr:{fingerprint(model)}")
     caches, cands = {}, None
     for uid, T in (("u1", 0), ("u2", 5), ("u3", 30)):
         user, hist, cands = random_user(synth_ds, T, seed=T + 1)
-        caches[uid] = model.prefill(user[0], hist, max_len=MAX_LEN)
+        caches[uid] = prefill(model, user[0], hist, max_len=MAX_LEN)
     store.put_many(caches, ttl_s=60)
     got = store.get_many(["u3", "nobody", "u1", "u2"])
     assert got[1] is None
@@ -45,7 +46,7 @@ def test_caches_round_trip_through_redis_and_score_the_same(synth_ds, client):
         assert back.history_len == want.history_len and back.model_version == want.model_version
         for k, t in want.tensors.items():
             assert back.tensors[k].dtype == t.dtype and torch.equal(back.tensors[k], t)
-        assert torch.equal(model.score(back, cands), model.score(want, cands))
+        assert torch.equal(score(model, back, cands), score(model, want, cands))
     assert 0 < client.pttl(store.key("u2")) <= 60_000
     assert [len(b) for b in store.get_bytes(["u2", "nobody"]) if b] == [len(caches["u2"].to_bytes())]
     assert store.delete("u1", "nobody") == 1 and store.get("u1") is None and store.get_many([]) == []
@@ -55,7 +56,7 @@ def test_namespaces_keep_models_apart(synth_ds, client):
     model = make(synth_ds, "sim")
     user, hist, _ = random_user(synth_ds, 6, seed=4)
     a, b = RedisCacheStore(client, namespace="m1"), RedisCacheStore(client, namespace="m2")
-    a.put("u", model.prefill(user[0], hist, max_len=MAX_LEN))
+    a.put("u", prefill(model, user[0], hist, max_len=MAX_LEN))
     assert b.get("u") is None and a.get("u").history_len == 6
 
 
@@ -63,7 +64,7 @@ def test_a_damaged_value_is_an_error_naming_its_key(synth_ds, client):
     model = make(synth_ds, "sim")
     user, hist, _ = random_user(synth_ds, 6, seed=5)
     store = RedisCacheStore(client, namespace="ns")
-    store.put("ok", model.prefill(user[0], hist, max_len=MAX_LEN))
+    store.put("ok", prefill(model, user[0], hist, max_len=MAX_LEN))
     client.set(store.key("cut"), client.get(store.key("ok"))[:-10])
     with pytest.raises(ValueError, match="redis key 'ns:cut': KV cache truncated"):
         store.get_many(["ok", "cut"])

@@ -128,6 +128,7 @@ class Backbone(nn.Module):
 
     registry_name = "?"
     supports_lain: bool | str = True   # or a string saying why the plug-in does not apply
+    cache_uses_condition: bool = False  # True: cached states depend on LAIN's length condition (append re-prefills)
     out_dim: int
     aux_dim: int = 0          # > 0: the model adds an auxiliary CTR head on [user, target, aux_vector]
     aux_weight: float = 0.0   # its BCE weight in the loss
@@ -219,97 +220,6 @@ class CTRModel(nn.Module):
         if self.aux_head is not None and out.aux_vector is not None and self.training:
             aux_logits = self.aux_head(torch.cat([user, target, out.aux_vector], dim=-1)).squeeze(-1)
         return ModelOutput(logits=logits, aux_loss=out.aux_loss, aux_logits=aux_logits, attention=out.attention)
-
-    def model_version(self) -> str:
-        """Fingerprint of the current weights: a cache from other weights is refused. Recomputed
-        only when some tensor changed (PyTorch counts in-place updates in ``tensor._version``)."""
-        import hashlib
-
-        state = self.state_dict()
-        key = tuple((n, t.data_ptr(), t._version) for n, t in state.items())
-        if getattr(self, "_version_key", None) != key:
-            h = hashlib.sha1()
-            for name, p in state.items():
-                h.update(name.encode())
-                h.update(repr(round(float(p.double().sum()), 6)).encode())
-            self._version_key, self._version = key, h.hexdigest()[:16]
-        return self._version
-
-    def _check_version(self, cache) -> None:
-        if cache.model_version != self.model_version():
-            raise ValueError("this cache was made by other model weights; prefill again")
-
-    @torch.no_grad()
-    def prefill(self, user: torch.Tensor, hist: torch.Tensor, seq_len: int | None = None, max_len: int | None = None,
-                mode: str = "cache"):
-        """Cache one user: ``user [Fu]`` feature ids, ``hist [T, Fi]`` item feature ids (oldest
-        first). Keeps the most recent ``max_len`` events; ``seq_len`` defaults to ``T``.
-        ``mode="recompute"`` keeps only the embedded history (the uncached baseline)."""
-        from ..serving import KVCache
-
-        self.embedding.check_ids(hist, "item", "prefill(hist)", rows="events")
-        self.embedding.check_ids(user, "user", "prefill(user)")
-        T = hist.shape[0]
-        seq_len = T if seq_len is None else seq_len
-        if max_len is not None:
-            hist = hist[max(T - max_len, 0):]
-        emb = self.embedding
-        L = torch.tensor([seq_len], device=hist.device)
-        x = SeqInputs(target=None, hist=emb.items(hist.unsqueeze(0)), seq_len=L, hist_ids=hist.unsqueeze(0),
-                      mask=torch.ones(1, hist.shape[0], dtype=torch.bool, device=hist.device),
-                      cond=self.lain(L) if self.lain is not None else None, embed=emb.items)
-        prefill = Backbone.prefill if mode == "recompute" else type(self.backbone).prefill
-        state = dict(prefill(self.backbone, x))
-        state["user"] = emb.user(user.unsqueeze(0))
-        state["ids"] = hist.to(torch.int32).unsqueeze(0)     # item ids of the window (for append)
-        state["user_ids"] = user.to(torch.int32)
-        return KVCache({k: v for k, v in state.items() if v is not None}, seq_len, self.model_version(),
-                       {"backbone": self.backbone.registry_name, "mode": mode, "max_len": max_len})
-
-    @torch.no_grad()
-    def append(self, cache, new_events: torch.Tensor):
-        """A cache for the history extended by ``new_events [n, Fi]`` (oldest first). Updated in
-        place of a full recompute wherever the backbone can do it exactly; else prefilled again
-        from the stored ids. Returns a new :class:`KVCache`."""
-        from ..serving import KVCache
-
-        self._check_version(cache)
-        self.embedding.check_ids(new_events, "item", "append(new_events)")
-        ids = cache.tensors["ids"][0].long()
-        max_len, mode = cache.meta.get("max_len"), cache.meta.get("mode", "cache")
-        seq_len = cache.history_len + new_events.shape[0]
-        all_ids = torch.cat([ids, new_events.to(ids.device)], 0)
-        n_evict = 0 if max_len is None else max(all_ids.shape[0] - max_len, 0)
-        lain_depends = self.lain is not None and getattr(self.backbone, "cache_uses_condition", False)
-        if mode == "cache" and not lain_depends and new_events.shape[0] > 0:
-            emb = self.embedding
-            n = new_events.shape[0]
-            new = SeqInputs(target=None, hist=emb.items(new_events.unsqueeze(0)), seq_len=torch.tensor([seq_len]),
-                            mask=torch.ones(1, n, dtype=torch.bool), hist_ids=new_events.unsqueeze(0), embed=emb.items)
-            evicted = emb.items(ids[:n_evict].unsqueeze(0)) if n_evict else None
-            state = type(self.backbone).append(self.backbone, dict(cache.tensors), new, evicted, max_len)
-            if state is not None:
-                state["ids"] = all_ids[n_evict:].to(torch.int32).unsqueeze(0)
-                return KVCache(state, seq_len, cache.model_version, dict(cache.meta))
-        return self.prefill(cache.tensors["user_ids"].long(), all_ids, seq_len, max_len, mode)
-
-    @torch.no_grad()
-    def score(self, cache, candidates: torch.Tensor) -> torch.Tensor:
-        """Click probabilities ``[N]`` of ``candidates [N, Fi]`` for the cached user."""
-        self._check_version(cache)
-        emb = self.embedding
-        emb.check_ids(candidates, "item", "score(candidates)", rows="candidates")
-        N = candidates.shape[0]
-        if N == 0:                                     # nothing to score (the layers need a batch)
-            return torch.zeros(0, device=candidates.device)
-        target = emb.items(candidates)
-        L = torch.full((N,), cache.history_len, dtype=torch.long, device=candidates.device)
-        x = SeqInputs(target=target, hist=None, mask=None, seq_len=L, target_ids=candidates,
-                      cond=self.lain(L) if self.lain is not None else None)
-        score = Backbone.score if cache.meta.get("mode") == "recompute" else type(self.backbone).score
-        out = score(self.backbone, cache.tensors, x)
-        user = expand(cache.tensors["user"], N)
-        return torch.sigmoid(self.head(torch.cat([user, target, out.vector], dim=-1)).squeeze(-1))
 
     def loss(self, out: ModelOutput, label: torch.Tensor) -> torch.Tensor:
         """The training objective of every model: BCE on the logits, plus the auxiliary head's

@@ -22,7 +22,7 @@ from .cache import KVCache
 
 class RedisCacheStore:
     """``put``/``get`` of :class:`KVCache` per user id. Keys are ``{namespace}:{user}``: use a
-    namespace per model (e.g. ``f"seqctr:{model.model_version()}"``) so that caches of other
+    namespace per model (e.g. ``f"seqctr:{fingerprint(model)}"``) so that caches of other
     weights are never read — they simply miss, and expire with ``ttl_s``.
 
     ``get_many`` is one ``MGET`` round trip for a batch of users; a missing user gives None."""

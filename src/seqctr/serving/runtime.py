@@ -1,0 +1,111 @@
+"""Serving a :class:`CTRModel` from per-user caches, on vocabulary ids.
+
+``prefill(model, user, hist) -> KVCache`` runs everything that does not depend on the candidate
+once per user (each backbone's own ``Backbone.prefill``); ``score(model, cache, candidates)`` scores
+many candidates against it and equals the full forward pass; ``append(model, cache, new_events)``
+extends the history in place where the backbone can do it exactly. ``fingerprint(model)`` names
+the weights: a cache made by other weights is refused.
+
+Raw ids (strings, ints as they were in the data) are the job of :mod:`seqctr.serving.scorer`.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from ..models import Backbone, CTRModel, SeqInputs
+from ..models.base import expand
+from .cache import KVCache
+
+
+def fingerprint(model: CTRModel) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes (weights and buffers): change any
+    element of any tensor and it changes. Recomputed only when some tensor changed (PyTorch counts
+    in-place updates in ``tensor._version``), so asking per request costs nothing."""
+    state = model.state_dict()
+    key = tuple((n, t.data_ptr(), t._version) for n, t in state.items())
+    if getattr(model, "_fingerprint_key", None) != key:
+        h = hashlib.sha256()
+        for name, t in state.items():
+            a = t.detach().cpu().contiguous()
+            h.update(f"{name}|{a.dtype}|{list(a.shape)}|".encode())
+            h.update(a.reshape(-1).view(torch.uint8).numpy().tobytes() if a.numel() else b"")
+        model._fingerprint_key, model._fingerprint = key, h.hexdigest()[:32]
+    return model._fingerprint
+
+
+def check_version(model: CTRModel, cache: KVCache) -> None:
+    if cache.model_version != fingerprint(model):
+        raise ValueError("this cache was made by other model weights; prefill again")
+
+
+@torch.no_grad()
+def prefill(model: CTRModel, user: torch.Tensor, hist: torch.Tensor, seq_len: int | None = None,
+            max_len: int | None = None, mode: str = "cache") -> KVCache:
+    """Cache one user: ``user [Fu]`` feature ids, ``hist [T, Fi]`` item feature ids (oldest
+    first). Keeps the most recent ``max_len`` events; ``seq_len`` defaults to ``T``.
+    ``mode="recompute"`` keeps only the embedded history (the uncached baseline)."""
+    emb = model.embedding
+    emb.check_ids(hist, "item", "prefill(hist)", rows="events")
+    emb.check_ids(user, "user", "prefill(user)")
+    T = hist.shape[0]
+    seq_len = T if seq_len is None else seq_len
+    if max_len is not None:
+        hist = hist[max(T - max_len, 0):]
+    L = torch.tensor([seq_len], device=hist.device)
+    x = SeqInputs(target=None, hist=emb.items(hist.unsqueeze(0)), seq_len=L, hist_ids=hist.unsqueeze(0),
+                  mask=torch.ones(1, hist.shape[0], dtype=torch.bool, device=hist.device),
+                  cond=model.lain(L) if model.lain is not None else None, embed=emb.items)
+    run = Backbone.prefill if mode == "recompute" else type(model.backbone).prefill
+    state = dict(run(model.backbone, x))
+    state["user"] = emb.user(user.unsqueeze(0))
+    state["ids"] = hist.to(torch.int32).unsqueeze(0)     # item ids of the window (for append)
+    state["user_ids"] = user.to(torch.int32)
+    return KVCache({k: v for k, v in state.items() if v is not None}, seq_len, fingerprint(model),
+                   {"backbone": model.backbone.registry_name, "mode": mode, "max_len": max_len})
+
+
+@torch.no_grad()
+def append(model: CTRModel, cache: KVCache, new_events: torch.Tensor) -> KVCache:
+    """A cache for the history extended by ``new_events [n, Fi]`` (oldest first). Updated in
+    place of a full recompute wherever the backbone can do it exactly; else prefilled again
+    from the stored ids. Returns a new :class:`KVCache`."""
+    check_version(model, cache)
+    emb = model.embedding
+    emb.check_ids(new_events, "item", "append(new_events)", rows="events")
+    ids = cache.tensors["ids"][0].long()
+    max_len, mode = cache.meta.get("max_len"), cache.meta.get("mode", "cache")
+    seq_len = cache.history_len + new_events.shape[0]
+    all_ids = torch.cat([ids, new_events.to(ids.device)], 0)
+    n_evict = 0 if max_len is None else max(all_ids.shape[0] - max_len, 0)
+    lain_depends = model.lain is not None and model.backbone.cache_uses_condition
+    if mode == "cache" and not lain_depends and new_events.shape[0] > 0:
+        n = new_events.shape[0]
+        new = SeqInputs(target=None, hist=emb.items(new_events.unsqueeze(0)), seq_len=torch.tensor([seq_len]),
+                        mask=torch.ones(1, n, dtype=torch.bool), hist_ids=new_events.unsqueeze(0), embed=emb.items)
+        evicted = emb.items(ids[:n_evict].unsqueeze(0)) if n_evict else None
+        state = type(model.backbone).append(model.backbone, dict(cache.tensors), new, evicted, max_len)
+        if state is not None:
+            state["ids"] = all_ids[n_evict:].to(torch.int32).unsqueeze(0)
+            return KVCache(state, seq_len, cache.model_version, dict(cache.meta))
+    return prefill(model, cache.tensors["user_ids"].long(), all_ids, seq_len, max_len, mode)
+
+
+@torch.no_grad()
+def score(model: CTRModel, cache: KVCache, candidates: torch.Tensor) -> torch.Tensor:
+    """Click probabilities ``[N]`` of ``candidates [N, Fi]`` for the cached user."""
+    check_version(model, cache)
+    emb = model.embedding
+    emb.check_ids(candidates, "item", "score(candidates)", rows="candidates")
+    N = candidates.shape[0]
+    if N == 0:                                     # nothing to score (the layers need a batch)
+        return torch.zeros(0, device=candidates.device)
+    target = emb.items(candidates)
+    L = torch.full((N,), cache.history_len, dtype=torch.long, device=candidates.device)
+    x = SeqInputs(target=target, hist=None, mask=None, seq_len=L, target_ids=candidates,
+                  cond=model.lain(L) if model.lain is not None else None)
+    run = Backbone.score if cache.meta.get("mode") == "recompute" else type(model.backbone).score
+    out = run(model.backbone, cache.tensors, x)
+    user = expand(cache.tensors["user"], N)
+    return torch.sigmoid(model.head(torch.cat([user, target, out.vector], dim=-1)).squeeze(-1))
