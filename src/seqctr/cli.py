@@ -306,6 +306,56 @@ def cmd_export_data(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .serving.bundle import export_bundle, load_bundle
+
+    out = export_bundle(args.checkpoint, args.out, args.source)
+    b = load_bundle(out)
+    print(f"bundle: {out} (model {b.info['config']['model']['name']}, fingerprint {b.fingerprint}, "
+          f"{len(b.items):,} items, {len(b.users):,} users)")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from . import load
+    from .serving.predict import predict_table
+
+    scorer = load(args.model)
+    res = predict_table(scorer, args.input, args.out, columns=_columns_arg(args.columns),
+                        label_column=args.label_column, chunk=args.chunk,
+                        progress=False if args.no_progress else None)
+    print(dumps(res) if args.json else f"scored {res['rows']:,} events -> {res['out']}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import os
+
+    from .serving.bundle import load_bundle
+
+    import importlib.util
+
+    missing = [m for m in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SeqctrError(f"seqctr serve needs the serve extra (missing {', '.join(missing)}): "
+                          "pip install 'seqctr[serve]'")
+    import uvicorn
+    if args.workers > 1 and args.store == "memory" and not args.history_file:
+        raise SeqctrError("--workers > 1 with the memory store needs --history-file (shared histories) "
+                          "or --store redis://...: otherwise each worker sees other histories")
+    b = load_bundle(args.model)                         # fail here, with one line, not in each worker
+    env = {"SEQCTR_SERVE_MODEL": str(args.model), "SEQCTR_SERVE_STORE": args.store,
+           "SEQCTR_SERVE_CACHE_BYTES": str(args.cache_bytes), "SEQCTR_SERVE_HISTORY_FILE": args.history_file or "",
+           "SEQCTR_SERVE_MAX_CANDIDATES": str(args.max_candidates), "SEQCTR_SERVE_MAX_EVENTS": str(args.max_events),
+           "SEQCTR_SERVE_MAX_BODY": str(args.max_body)}
+    os.environ.update(env)
+    print(f"serving {args.model} (fingerprint {b.fingerprint}) on http://{args.host}:{args.port} "
+          f"store={args.store} workers={args.workers}; docs at /docs", flush=True)
+    uvicorn.run("seqctr.serving.http:app_from_env", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level=args.log_level)
+    return 0
+
+
 def cmd_report(args) -> int:
     from .experiments.report import write_experiments_report
 
@@ -407,6 +457,38 @@ def build_parser() -> argparse.ArgumentParser:
                     help="longctr: FuxiCTR/LongCTR parquet (train/valid/test, user_info, item_info, feature_map.json)")
     xd.add_argument("--out", required=True, help="folder to write (replaced atomically)")
     xd.set_defaults(func=cmd_export_data)
+
+    xp = command("export", "write a trained run's model bundle: all a server needs (weights, config, vocabularies)")
+    xp.add_argument("--checkpoint", required=True, help="the run's best.pt")
+    xp.add_argument("--out", required=True, help="bundle folder to write (replaced atomically)")
+    xp.add_argument("--source", help="override the dataset source stored in the checkpoint's config")
+    xp.set_defaults(func=cmd_export)
+
+    pd = command("predict", "score every event of an interactions table with a bundle (history = the "
+                            "user's earlier events in the table)")
+    pd.add_argument("--model", required=True, help="bundle folder (seqctr export)")
+    pd.add_argument("--input", required=True, help="interactions table (.parquet/.csv/.tsv)")
+    pd.add_argument("--out", required=True, help="scores parquet to write")
+    pd.add_argument("--columns", help="role=column list: user=,item=,timestamp=, names=a+b+c (CSV without header)")
+    pd.add_argument("--label-column", help="a column copied into the output beside the score")
+    pd.add_argument("--chunk", type=int, default=4096, help="events scored per batch")
+    pd.add_argument("--json", action="store_true", help="print one JSON object")
+    pd.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pd.set_defaults(func=cmd_predict)
+
+    sv = command("serve", "HTTP scoring service of a bundle (FastAPI + uvicorn; needs the serve extra)")
+    sv.add_argument("--model", required=True, help="bundle folder (seqctr export)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    sv.add_argument("--port", type=int, default=8000, help="port to listen on")
+    sv.add_argument("--store", default="memory", help="memory | redis://host:port/db (histories and caches)")
+    sv.add_argument("--workers", type=int, default=1, help="worker processes")
+    sv.add_argument("--cache-bytes", type=int, default=256 << 20, help="memory store: cache budget per process")
+    sv.add_argument("--history-file", help="memory store: persist histories to this SQLite file")
+    sv.add_argument("--max-candidates", type=int, default=1000, help="cap on candidates per request")
+    sv.add_argument("--max-events", type=int, default=1000, help="cap on events per append")
+    sv.add_argument("--max-body", type=int, default=1 << 20, help="cap on request body bytes")
+    sv.add_argument("--log-level", default="warning", help="uvicorn log level")
+    sv.set_defaults(func=cmd_serve)
 
     rp = command("report", "one markdown report from whatever experiment results exist")
     rp.add_argument("--out", default="runs/experiments", help="results root to read and write report.md into")

@@ -51,11 +51,13 @@ def save_torch(obj, path: Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Read a checkpoint the trainer wrote. Only tensors and plain containers are accepted
+    (``weights_only=True``): a checkpoint cannot run code when it is loaded."""
     path = Path(path)
     if not path.is_file():
         raise SeqctrError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # corrupt or foreign file
         raise SeqctrError(f"checkpoint {path} cannot be read: {e}") from None
 

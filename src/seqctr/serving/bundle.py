@@ -1,0 +1,146 @@
+"""A model bundle: one folder that is all a server needs, loadable without unpickling anything.
+
+``export_bundle(checkpoint, out)`` writes:
+
+- ``bundle.json``: format and major version, seqctr and torch versions, the run config, the
+  dataset meta (features, vocabulary sizes, ``mean_train_len`` = LAIN's L0), the fingerprint of
+  the weights and the SHA-256 of every other file (a damaged bundle is refused);
+- ``weights.pt``: the state dict (tensors only; read with ``torch.load(weights_only=True)``);
+- ``vocab_<feature>.npy``: raw value of vocabulary id ``i + 2`` at index ``i`` (strings), for every
+  feature that has raw values (LongCTR data has none: its ids are used as given);
+- ``items.npy [I, C]``: the item feature table by item id (row 1 = out-of-vocabulary);
+- ``users.npy [V, Fu]``: the user feature table by user vocabulary id (row 1 = unknown user).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import SeqctrError
+from ..utils.io import atomic_dir
+
+FORMAT = "seqctr-bundle"
+MAJOR = 1
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: the model (eval mode) and what maps raw ids to its inputs."""
+
+    model: object
+    info: dict
+    vocabs: dict          # feature -> sorted raw values (id = index + 2)
+    items: np.ndarray     # [I, C] item feature ids by item id
+    users: np.ndarray     # [V, Fu] user feature ids by user id
+    path: Path
+
+    @property
+    def fingerprint(self) -> str:
+        return self.info["fingerprint"]
+
+    @property
+    def max_len(self) -> int:
+        return int(self.info["config"]["data"]["max_len"])
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _user_table(ds) -> np.ndarray:
+    """User features by user vocabulary id (the dataset stores them by user row)."""
+    V = ds.vocab_sizes["user_id"]
+    table = np.ones((V, ds.user_feats.shape[1]), dtype=np.int32)    # unknown users: OOV everywhere
+    table[0] = 0
+    ids = ds.user_feats[:, 0]
+    known = ids >= 2
+    table[ids[known]] = ds.user_feats[known]
+    return table
+
+
+def export_bundle(checkpoint: str | Path, out: str | Path, source: str | None = None) -> Path:
+    """Write the bundle of a trained run (its ``best.pt``) into ``out`` (atomically)."""
+    from .. import __version__
+    from ..config import config_from_dict
+    from ..data import prepare_config
+    from ..models import build_model
+    from ..training import load_checkpoint
+    from .runtime import fingerprint
+
+    ck = load_checkpoint(checkpoint)
+    if "meta" not in ck:
+        raise SeqctrError(f"{checkpoint}: not a best checkpoint (export a run's best.pt)")
+    cfg = config_from_dict(ck["config"])
+    ds, folder, _ = prepare_config(cfg.data, source)
+    if ds.meta["vocab_sizes"] != ck["meta"]["vocab_sizes"]:
+        raise SeqctrError(f"checkpoint {checkpoint} was trained on a dataset with other vocabularies than "
+                          f"{folder}")
+    model = build_model(cfg.model, ck["meta"])
+    model.load_state_dict(ck["model"])
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / "weights.pt")
+        np.save(tmp / "items.npy", np.asarray(ds.item_feats, np.int32), allow_pickle=False)
+        np.save(tmp / "users.npy", _user_table(ds), allow_pickle=False)
+        vocab_names = []
+        for name in ds.vocab_sizes:
+            f = folder / f"vocab_{name}.npy"
+            if f.is_file():
+                np.save(tmp / f"vocab_{name}.npy", ds.raw_vocab(folder, name).astype(str), allow_pickle=False)
+                vocab_names.append(name)
+        info = {"format": FORMAT, "version": f"{MAJOR}.0", "seqctr": __version__, "torch": torch.__version__,
+                "fingerprint": fingerprint(model), "config": cfg.to_dict(), "meta": ck["meta"],
+                "vocabularies": vocab_names, "checkpoint": str(checkpoint), "epoch": ck.get("epoch"),
+                "files": {p.name: _sha256(p) for p in sorted(tmp.iterdir())}}
+        (tmp / "bundle.json").write_text(json.dumps(info, indent=1, default=str))
+    return out
+
+
+def load_bundle(path: str | Path, device: str = "cpu") -> Bundle:
+    """Load a bundle; another major format version, a missing or damaged file is a clear error."""
+    from ..config import config_from_dict
+    from ..models import build_model
+    from .runtime import fingerprint
+
+    path = Path(path)
+    meta_file = path / "bundle.json"
+    if not meta_file.is_file():
+        raise SeqctrError(f"{path} is not a seqctr bundle (no bundle.json); make one with `seqctr export`")
+    try:
+        info = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as e:
+        raise SeqctrError(f"{meta_file} is damaged ({e})") from None
+    if info.get("format") != FORMAT:
+        raise SeqctrError(f"{meta_file}: not a seqctr bundle (format {info.get('format')!r})")
+    major = int(str(info.get("version", "0")).split(".")[0])
+    if major != MAJOR:
+        raise SeqctrError(f"{path}: bundle format {info.get('version')} (written by seqctr {info.get('seqctr')}) "
+                          f"cannot be read by this seqctr, which reads format {MAJOR}.x; export it again")
+    for name, digest in info["files"].items():
+        f = path / name
+        if not f.is_file():
+            raise SeqctrError(f"{path}: bundle file {name} is missing")
+        if _sha256(f) != digest:
+            raise SeqctrError(f"{path}: bundle file {name} is damaged (checksum differs from bundle.json)")
+    cfg = config_from_dict(info["config"])
+    model = build_model(cfg.model, info["meta"])
+    try:
+        state = torch.load(path / "weights.pt", map_location=device, weights_only=True)
+        model.load_state_dict(state)
+    except Exception as e:  # wrong shapes, not a state dict
+        raise SeqctrError(f"{path}: weights do not fit the model in bundle.json ({e})") from None
+    model.to(device).eval()
+    if fingerprint(model) != info["fingerprint"]:
+        raise SeqctrError(f"{path}: the weights' fingerprint differs from bundle.json; the bundle is damaged")
+    vocabs = {n: np.load(path / f"vocab_{n}.npy", allow_pickle=False) for n in info["vocabularies"]}
+    return Bundle(model, info, vocabs, np.load(path / "items.npy", allow_pickle=False),
+                  np.load(path / "users.npy", allow_pickle=False), path)

@@ -1,0 +1,146 @@
+"""The HTTP scoring service (FastAPI; ``seqctr serve``). Needs the ``serve`` extra.
+
+- ``POST /v1/score`` ``{"user": ..., "candidates": [...], "history": [optional]}`` ->
+  ``{"scores": [...], "model": "<fingerprint>", "cached": true|false}``
+- ``POST /v1/users/{user}/events`` ``{"events": [{"item": ..., "timestamp": ...}, ...]}`` ->
+  ``{"user": ..., "history_len": n, "model": ...}`` (appends; the cache is updated incrementally)
+- ``GET /healthz``, ``GET /metrics`` (Prometheus text), OpenAPI docs at ``/docs``.
+
+Client mistakes are 4xx JSON ``{"error": "..."}`` (422 malformed JSON / wrong types / empty
+candidates, 413 a body or a candidate list over its cap, 400 bad ids); never a 500.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Union
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from ..errors import SeqctrError
+
+RawId = Union[StrictStr, StrictInt]
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    item: RawId
+    timestamp: Union[StrictInt, float, StrictStr, None] = None
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: RawId
+    candidates: list[RawId] = Field(min_length=1)
+    history: Union[list[Union[RawId, Event]], None] = None
+
+
+class EventsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    events: list[Union[Event, RawId]] = Field(min_length=1)
+
+
+def _items(events) -> tuple[list, list]:
+    items = [e.item if isinstance(e, Event) else e for e in events]
+    ts = [e.timestamp if isinstance(e, Event) else None for e in events]
+    return items, [t if isinstance(t, int) else None for t in ts]
+
+
+def create_app(scorer, max_candidates: int = 1000, max_events: int = 1000, max_body: int = 1 << 20) -> FastAPI:
+    """The service around a :class:`~seqctr.serving.scorer.Scorer` (its store holds the state)."""
+    app = FastAPI(title="seqctr scoring service", version=scorer.bundle.info.get("seqctr", ""),
+                  description="Click probabilities for a user's candidates from a seqctr model bundle.")
+    reg = CollectorRegistry()
+    requests = Counter("seqctr_requests", "HTTP requests", ["endpoint", "status"], registry=reg)
+    latency = Histogram("seqctr_request_seconds", "request latency", ["endpoint"], registry=reg,
+                        buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
+    hits = Counter("seqctr_cache_hits", "scores served from a stored cache", registry=reg)
+    misses = Counter("seqctr_cache_misses", "caches built (missing or stale)", registry=reg)
+    cache_bytes = Gauge("seqctr_cache_bytes", "bytes of caches held in process", registry=reg)
+    cached_users = Gauge("seqctr_cached_users", "users with a cache held in process", registry=reg)
+    fp = scorer.fingerprint
+
+    def error(status: int, message: str, **extra) -> JSONResponse:
+        return JSONResponse({"error": message, **extra}, status_code=status)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        t0 = time.perf_counter()
+        endpoint = request.scope.get("path", "?")
+        endpoint = "/v1/users/{user}/events" if endpoint.startswith("/v1/users/") else endpoint
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > max_body):
+            resp = error(413, f"request body over {max_body} bytes")
+        else:
+            try:
+                resp = await call_next(request)
+            except Exception as e:  # a server fault: answered, logged in the status, never a crash
+                resp = error(500, f"internal error: {type(e).__name__}")
+        requests.labels(endpoint, str(resp.status_code)).inc()
+        latency.labels(endpoint).observe(time.perf_counter() - t0)
+        return resp
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        parts = []
+        for e in exc.errors():
+            where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+            parts.append(f"{where or 'body'}: {e.get('msg')}")
+        return error(422, "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(SeqctrError)
+    async def bad_input(request: Request, exc: SeqctrError):
+        return error(400, str(exc))
+
+    @app.post("/v1/score")
+    def score(req: ScoreRequest) -> dict[str, Any]:
+        if len(req.candidates) > max_candidates:
+            return error(413, f"candidates: {len(req.candidates)} over the cap of {max_candidates}")
+        history = None if req.history is None else _items(req.history)[0]
+        probs, cached = scorer.score_ex(req.user, req.candidates, history)
+        if history is None:
+            (hits if cached else misses).inc()
+        return {"scores": [float(p) for p in probs], "model": fp, "cached": cached}
+
+    @app.post("/v1/users/{user}/events")
+    def events(user: str, req: EventsRequest) -> dict[str, Any]:
+        if len(req.events) > max_events:
+            return error(413, f"events: {len(req.events)} over the cap of {max_events}")
+        items, ts = _items(req.events)
+        n = scorer.append(user, items, ts)
+        return {"user": user, "history_len": n, "model": fp}
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "model": fp, "store": getattr(scorer.store, "kind", "?")}
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        st = scorer.store.stats()
+        if st:
+            cache_bytes.set(st.get("cache_bytes", 0))
+            cached_users.set(st.get("cached_users", 0))
+        return Response(generate_latest(reg), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def app_from_env():
+    """uvicorn factory for ``seqctr serve --workers N`` (each worker builds its own app from the
+    ``SEQCTR_SERVE_*`` variables that ``seqctr serve`` sets)."""
+    import os
+
+    from .scorer import Scorer
+    from .bundle import load_bundle
+    from .stores import open_store
+
+    bundle = load_bundle(os.environ["SEQCTR_SERVE_MODEL"])
+    store = open_store(os.environ.get("SEQCTR_SERVE_STORE", "memory"), bundle.fingerprint,
+                       int(os.environ.get("SEQCTR_SERVE_CACHE_BYTES", 256 << 20)),
+                       os.environ.get("SEQCTR_SERVE_HISTORY_FILE") or None)
+    return create_app(Scorer(bundle, store), int(os.environ.get("SEQCTR_SERVE_MAX_CANDIDATES", 1000)),
+                      int(os.environ.get("SEQCTR_SERVE_MAX_EVENTS", 1000)),
+                      int(os.environ.get("SEQCTR_SERVE_MAX_BODY", 1 << 20)))

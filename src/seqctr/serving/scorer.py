@@ -1,0 +1,154 @@
+"""Scoring by raw ids: ``seqctr.load(BUNDLE)`` returns a :class:`Scorer`.
+
+Raw ids are the values as they were in the data (``"u42"``, ``42``): an int and its decimal
+string name the same id. Unknown users and items are not errors: they take the out-of-vocabulary
+path (id 1, the cold-start embedding, with every side feature unknown too). Malformed input (a
+float, a bool, a list where an id belongs, no candidates list) is an :class:`InputError` naming the
+field. Per-user state (history, cache) lives in a store (:mod:`seqctr.serving.stores`); with none
+given, an in-process :class:`MemoryStore`.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.encode import OOV, lookup
+from ..errors import InputError
+from .bundle import Bundle, load_bundle
+from .runtime import append, fingerprint, prefill, score
+from .stores import MemoryStore
+
+
+def raw_id(x, field: str, row: int | None = None) -> str:
+    """One raw id as its string form; anything that is not an int or a string is refused."""
+    if isinstance(x, bool) or not isinstance(x, (int, str, np.integer, np.str_)):
+        raise InputError(f"{field}: an id must be a string or an integer, got {type(x).__name__} {x!r}", row=row)
+    return str(x)
+
+
+def raw_ids(xs, field: str) -> list[str]:
+    if isinstance(xs, (str, bytes)) or not hasattr(xs, "__iter__"):
+        raise InputError(f"{field}: expected a list of ids, got {type(xs).__name__}")
+    return [raw_id(x, field, i) for i, x in enumerate(xs)]
+
+
+class Scorer:
+    """Score candidates for a user by raw ids, with per-user caches in ``store``.
+
+    - ``score(user, candidates, history=None)``: probabilities ``[N]``. With ``history`` (raw item
+      ids, oldest first) exactly that history is scored and nothing is stored; without, the user's
+      stored history (empty for a new user) and its cache (built when missing or stale).
+    - ``prefill(user, history)``: set the user's stored history and build its cache;
+      ``append(user, events)``: extend it and update the cache incrementally.
+    """
+
+    def __init__(self, bundle: Bundle, store=None, max_len: int | None = None):
+        self.bundle, self.model = bundle, bundle.model
+        self.store = store if store is not None else MemoryStore()
+        self.max_len = int(max_len or bundle.max_len)
+        meta = bundle.info["meta"]
+        self.n_context = len(meta.get("context_features", []))
+        self.item_vocab_size = meta["vocab_sizes"]["item_id"]
+        self.items = torch.from_numpy(np.asarray(bundle.items, np.int64))
+        self.users = torch.from_numpy(np.asarray(bundle.users, np.int64))
+        self._locks = [threading.Lock() for _ in range(64)]
+        self.stats = {"hits": 0, "misses": 0}
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.model)
+
+    # -- raw ids -> model inputs ---------------------------------------------------------------
+    def item_ids(self, raw: list[str]) -> np.ndarray:
+        """Item vocabulary ids of raw item ids (unknown -> OOV)."""
+        vocab = self.bundle.vocabs.get("item_id")
+        if vocab is not None:
+            return lookup(vocab, np.asarray(raw, dtype=object)) if raw else np.zeros(0, np.int32)
+        out = np.full(len(raw), OOV, np.int64)            # data with ids used as given (LongCTR)
+        for i, r in enumerate(raw):
+            if r.lstrip("-").isdigit() and 0 < int(r) < self.item_vocab_size:
+                out[i] = int(r)
+        return out
+
+    def item_rows(self, raw: list[str]) -> torch.Tensor:
+        """``[N, C]`` item feature ids of raw item ids."""
+        return self.items[torch.from_numpy(np.asarray(self.item_ids(raw), np.int64))]
+
+    def user_row(self, user: str) -> torch.Tensor:
+        """``[Fu]`` user (and context) feature ids of a raw user id; unknown -> all OOV."""
+        vocab = self.bundle.vocabs.get("user_id")
+        if vocab is not None:
+            uid = int(lookup(vocab, np.asarray([user], dtype=object))[0])
+        else:
+            uid = int(user) + 2 if user.isdigit() and int(user) + 2 < len(self.users) else OOV
+        row = self.users[uid]
+        if self.n_context:
+            row = torch.cat([row, torch.full((self.n_context,), OOV, dtype=row.dtype)])
+        return row
+
+    def _lock(self, user: str) -> threading.Lock:
+        return self._locks[hash(user) % len(self._locks)]
+
+    # -- API --------------------------------------------------------------------------------------
+    def score(self, user, candidates, history=None) -> np.ndarray:
+        return self.score_ex(user, candidates, history)[0]
+
+    def score_ex(self, user, candidates, history=None) -> tuple[np.ndarray, bool]:
+        """``(probabilities, cached)``: ``cached`` is True when a stored cache was used as it was."""
+        user = raw_id(user, "user")
+        cands = self.item_rows(raw_ids(candidates, "candidates"))
+        if history is not None:
+            hist = self.item_rows(raw_ids(history, "history"))
+            cache = prefill(self.model, self.user_row(user), hist, max_len=self.max_len)
+            return score(self.model, cache, cands).numpy(), False
+        with self._lock(user):
+            cache, hit = self._cache(user)
+        return score(self.model, cache, cands).numpy(), hit
+
+    def _cache(self, user: str):
+        """The user's valid cache (built and stored when missing or stale). Caller holds the lock."""
+        hist = self.store.history(user)
+        cache = self.store.get_cache(user)
+        if cache is not None and cache.model_version == self.fingerprint and cache.history_len == len(hist):
+            self.stats["hits"] += 1
+            return cache, True
+        self.stats["misses"] += 1
+        cache = prefill(self.model, self.user_row(user), self.item_rows(hist), max_len=self.max_len)
+        self.store.put_cache(user, cache)
+        return cache, False
+
+    def prefill(self, user, history, timestamps=None):
+        """Replace the user's stored history by ``history`` and cache it."""
+        user = raw_id(user, "user")
+        items = raw_ids(history, "history")
+        with self._lock(user):
+            self.store.replace(user, items, timestamps)
+            cache = prefill(self.model, self.user_row(user), self.item_rows(items), max_len=self.max_len)
+            self.store.put_cache(user, cache)
+        return cache
+
+    def append(self, user, events, timestamps=None):
+        """Add ``events`` (raw item ids, oldest first) to the user's history; the cache is updated
+        incrementally (``append``) when it is valid, else rebuilt. Returns the new history length."""
+        user = raw_id(user, "user")
+        items = raw_ids(events, "events")
+        with self._lock(user):
+            cache = self.store.get_cache(user)
+            before = len(self.store.history(user))
+            n = self.store.extend(user, items, timestamps)
+            if cache is not None and cache.model_version == self.fingerprint and cache.history_len == before \
+                    and n == before + len(items):
+                cache = append(self.model, cache, self.item_rows(items))
+            else:
+                cache = prefill(self.model, self.user_row(user), self.item_rows(self.store.history(user)),
+                                max_len=self.max_len)
+            self.store.put_cache(user, cache)
+        return n
+
+
+def load(path: str | Path, store=None, device: str = "cpu") -> Scorer:
+    """``seqctr.load(BUNDLE)``: a :class:`Scorer` of an exported bundle."""
+    return Scorer(load_bundle(path, device=device), store)
