@@ -12,11 +12,12 @@ measured in the same run. Writes ``bench/results/collective_train.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
+
+import serving_models
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = " ".join(["python", f"bench/{Path(__file__).name}", *sys.argv[1:]])  # recorded with the results
@@ -30,21 +31,18 @@ def main() -> int:
     ap.add_argument("--cpu", default="0", help="pin to this CPU ('' = no pinning)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/collective_train"))
     args = ap.parse_args()
-    if args.cpu:
-        os.sched_setaffinity(0, {int(args.cpu)})
+    ds, _ = serving_models.setup(args.cpu)          # pinned, one thread, ml100k
     import torch
 
     from seqctr.config import load_config
-    from seqctr.data import BatchLoader, gather_batch, prepare
+    from seqctr.data import BatchLoader
     from seqctr.experiments.kv_suite import variant_overrides
     from seqctr.models import build_model
-    from seqctr.training import make_optimizer
+    from seqctr.training import make_optimizer, train_step
     from seqctr.utils.io import write_json, write_text
 
-    torch.set_num_threads(1)
-    ds, _, _ = prepare("ml100k")
     loader = BatchLoader(ds, "train", max_len=200, batch_size=256, shuffle=True, seed=0)
-    batches = [gather_batch(ds, loader.indices[p], 200) for p in loader.batches(1)[: args.batches]]
+    batches = [loader.batch(p) for p in loader.batches(1)[: args.batches]]
     n_samples = sum(len(b) for b in batches)
     results = {}
     for name in args.models.split(","):
@@ -62,10 +60,7 @@ def main() -> int:
             for v, (m, opt) in models.items():
                 t0 = time.perf_counter()
                 for b in batches:
-                    loss = m.loss(m(b), b.label)
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
+                    train_step(m, opt, b, 0.0)
                 if r:
                     times[v].append(time.perf_counter() - t0)
             print(f"{name} round {r}: " + ", ".join(f"{v} {t[-1]:.2f}s" for v, t in times.items() if t), flush=True)

@@ -38,14 +38,12 @@ VARIANTS = {
 
 def run_variant(name: str, train_batches: int, threads: int) -> dict:
     """Measure one variant in this process; returns samples/s and peak RSS."""
-    import numpy as np
     import torch
-    import torch.nn.functional as F
 
     from seqctr.config import load_config
-    from seqctr.data import gather_batch, make_batches, prepare
+    from seqctr.data import BatchLoader, prepare
     from seqctr.models import build_model
-    from seqctr.training import make_optimizer
+    from seqctr.training import make_optimizer, train_step
 
     v = VARIANTS[name]
     torch.set_num_threads(threads)
@@ -57,33 +55,24 @@ def run_variant(name: str, train_batches: int, threads: int) -> dict:
     max_len, bs = cfg.data.max_len, cfg.data.batch_size
     pad_to = max_len if v["pad_to_max"] else None
 
-    train_idx = ds.indices("train")
-    eff = np.minimum(ds.sample_pos[train_idx], max_len)
-    batches = make_batches(eff, bs, shuffle=True, bucket=v["bucket"], rng=np.random.default_rng(0))
-    batches = batches[: train_batches + 3]
+    tr = BatchLoader(ds, "train", max_len=max_len, batch_size=bs, shuffle=True, bucket=v["bucket"], seed=0,
+                     pad_to=pad_to)
     model.train()
     n, t0 = 0, None
-    for i, pos in enumerate(batches):
+    for i, pos in enumerate(tr.batches(0)[: train_batches + 3]):
         if i == 3:  # warm-up done
             n, t0 = 0, time.perf_counter()
-        b = gather_batch(ds, train_idx[pos], max_len, pad_to)
-        loss = F.binary_cross_entropy_with_logits(model(b).logits, b.label)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        train_step(model, opt, tr.batch(pos), cfg.train.max_grad_norm)   # the Trainer's step
         n += len(pos)
     train_sps = n / (time.perf_counter() - t0)
 
     model.eval()
-    test_idx = ds.indices("test")
-    eff = np.minimum(ds.sample_pos[test_idx], max_len)
-    eval_batches = make_batches(eff, 1024, shuffle=False, bucket=v["bucket"])
+    te = BatchLoader(ds, "test", max_len=max_len, batch_size=1024, shuffle=False, bucket=v["bucket"], pad_to=pad_to)
     t0 = time.perf_counter()
     with torch.no_grad():
-        for pos in eval_batches:
-            b = gather_batch(ds, test_idx[pos], max_len, pad_to)
+        for b in te:
             model(b)
-    infer_sps = len(test_idx) / (time.perf_counter() - t0)
+    infer_sps = len(te.indices) / (time.perf_counter() - t0)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"train_samples_per_s": train_sps, "infer_samples_per_s": infer_sps, "peak_rss_mb": rss_mb}
 

@@ -10,11 +10,12 @@ also given without the embedding tables). Writes ``bench/results/lain_overhead.{
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
+
+import serving_models
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = " ".join(["python", f"bench/{Path(__file__).name}", *sys.argv[1:]])  # recorded with the results
@@ -27,20 +28,17 @@ def main() -> int:
     ap.add_argument("--cpu", default="0", help="pin to this CPU ('' = no pinning)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/lain_overhead"))
     args = ap.parse_args()
-    if args.cpu:
-        os.sched_setaffinity(0, {int(args.cpu)})
+    ds, _ = serving_models.setup(args.cpu)          # pinned, one thread, ml100k
     import torch
 
     from seqctr.config import load_config
-    from seqctr.data import BatchLoader, gather_batch, prepare
-    from seqctr.lain.overhead import parameter_overhead
+    from seqctr.data import BatchLoader
+    from seqctr.experiments.lain_overhead import parameter_overhead
     from seqctr.models import build_model
     from seqctr.utils.io import write_json
 
-    torch.set_num_threads(1)
-    ds, _, _ = prepare("ml100k")
     loader = BatchLoader(ds, "test", max_len=200, batch_size=1024, shuffle=False)
-    batches = [gather_batch(ds, loader.indices[p], 200) for p in loader.batches()]
+    batches = list(loader)
     res = {}
     for name in args.models.split(","):
         cfg = load_config(ROOT / f"configs/ml100k/{name}.yaml")

@@ -70,9 +70,9 @@ def ours_throughput(name: str, batches: int, threads: int) -> dict:
     import torch
 
     from seqctr.config import load_config
-    from seqctr.data import BatchLoader, gather_batch, prepare
+    from seqctr.data import BatchLoader, prepare
     from seqctr.models import build_model
-    from seqctr.training import make_optimizer
+    from seqctr.training import make_optimizer, train_step
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -86,20 +86,15 @@ def ours_throughput(name: str, batches: int, threads: int) -> dict:
     for i, pos in enumerate(tr.batches(1)[: batches + 3]):
         if i == 3:
             n, t0 = 0, time.perf_counter()
-        b = gather_batch(ds, tr.indices[pos], 200)
-        loss = model.loss(model(b), b.label)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        opt.step()
+        train_step(model, opt, tr.batch(pos), 10.0)          # the Trainer's step
         n += len(pos)
     train_sps = n / (time.perf_counter() - t0)
     te = BatchLoader(ds, "test", max_len=200, batch_size=1024, shuffle=False)
     model.eval()
     t0 = time.perf_counter()
     with torch.no_grad():
-        for pos in te.batches():
-            model(gather_batch(ds, te.indices[pos], 200))
+        for b in te:
+            model(b)
     infer = len(te.indices) / (time.perf_counter() - t0)
     return {"train_samples_per_s": train_sps, "infer_samples_per_s": infer,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

@@ -159,3 +159,78 @@ def test_closed_pipe_is_not_a_traceback(tmp_path, synth_csv):
     proc.stdout.close()                                           # the reader (`| head`) is gone
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_packaged_configs_work_from_any_directory(tmp_path, monkeypatch, capsys):
+    from seqctr.config import load_config, resolve_config_dir
+
+    monkeypatch.chdir(tmp_path)                      # not the repository root
+    assert load_config("din").model.name == "din"
+    assert load_config("mlls/twin_1000").data.max_len == 1000
+    assert (resolve_config_dir("mlls") / "sim.yaml").is_file()
+    assert main(["configs"]) == 0 and "ml100k/din" in capsys.readouterr().out
+    assert main(["train", "--config", "nope"]) == 2
+    _one_error_line(capsys, "packaged", "ml100k/din")
+
+
+def test_configuration_reference_is_current():
+    """docs/configuration.md is generated from the code; regenerate with `seqctr configs --reference`."""
+    from pathlib import Path
+
+    from seqctr.config import reference
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    assert doc.read_text().strip() == reference().strip(), "run: seqctr configs --reference > docs/configuration.md"
+    for key in ("max_len", "tensorboard", "qk_condition", "collective_kv", "min_history"):
+        assert f"`{key}`" in doc.read_text()
+
+
+def test_a_failed_experiment_run_says_why(tmp_path, capsys):
+    from seqctr.errors import SeqctrError
+    from seqctr.experiments.runner import RunSpec, run_specs
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"source": str(tmp_path / "missing.csv")}}))
+    import pytest
+
+    with pytest.raises(SeqctrError, match="missing.csv"):
+        run_specs([RunSpec("a/seed1", str(cfg))], tmp_path / "out", jobs=1, log=lambda m: None)
+
+
+def test_train_records_provenance_and_can_log_to_tensorboard(tmp_path, synth_csv, seqctr_home):
+    cfg = {"data": {"source": str(synth_csv), "max_len": 10, "batch_size": 64, "label": {"column": "label"}},
+           "model": {"name": "din", "embedding_dim": 4, "mlp_hidden": [8]},
+           "train": {"epochs": 1, "threads": 1, "tensorboard": True}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r"), "--no-progress"]) == 0
+    for f in ("metrics.json", "config.json"):
+        prov = json.loads((tmp_path / "r" / f).read_text())["provenance"]
+        assert prov["seqctr"] and prov["torch"]
+    events = list((tmp_path / "r" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "r" / "tensorboard"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"train/loss", "train/lr", "train/samples_per_s", "valid/auc"} <= set(tags)
+    assert any(t.startswith("valid_auc_by_length/") for t in tags)
+
+
+def test_help_shows_defaults_and_every_reporting_command_has_json(capsys):
+    import pytest
+
+    from seqctr.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        main(["prepare", "--help"])
+    assert "(default: 1,50,100,200)" in capsys.readouterr().out
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(getattr(a, "choices", None), dict)).choices
+    reporting = {"prepare": sub["prepare"], "evaluate": sub["evaluate"], "predict": sub["predict"],
+                 "analyze data": sub["analyze"]._actions[-1].choices["data"],
+                 "analyze kv": sub["analyze"]._actions[-1].choices["kv"]}
+    exp = next(a for a in sub["experiment"]._actions if isinstance(getattr(a, "choices", None), dict)).choices
+    reporting.update({f"experiment {k}": v for k, v in exp.items()})
+    missing = [n for n, p in reporting.items() if not any("--json" in a.option_strings for a in p._actions)]
+    assert not missing, missing

@@ -166,25 +166,15 @@ def cmd_demo(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .config import config_from_dict
-    from .data import BatchLoader, prepare_config
+    from .config import check_device
+    from .data import BatchLoader
     from .experiments import format_metrics_table
     from .metrics import evaluate_predictions
-    from .models import build_model
-    from .training import load_checkpoint, predict, resolve_device
-
-    from .config import check_device
+    from .training import load_trained, predict, resolve_device
 
     check_device(args.device, "--device")
-    ck = load_checkpoint(args.checkpoint)
-    cfg = config_from_dict(ck["config"])
-    ds, _, _ = prepare_config(cfg.data, args.source)
-    if ds.meta["vocab_sizes"] != ck["meta"]["vocab_sizes"]:
-        raise SeqctrError(f"checkpoint {args.checkpoint} was trained on a dataset with other vocabularies "
-                          f"({ck['meta']['name']}, sha {ck['meta']['source_sha256'][:12]})")
     device = resolve_device(args.device)
-    model = build_model(cfg.model, ck["meta"]).to(device)
-    model.load_state_dict(ck["model"])
+    model, cfg, ds, _ = load_trained(args.checkpoint, args.source, device)
     loader = BatchLoader(ds, args.split, max_len=cfg.data.max_len, batch_size=cfg.data.eval_batch_size,
                          shuffle=False)
     pred = predict(model, loader, device)
@@ -207,26 +197,26 @@ def cmd_analyze_data(args) -> int:
     write_json(out / "data.json", a)
     table = format_data_table(a)
     md = f"# Length buckets of {ds.meta['name']}\n\n{a['n_users']:,} users, {a['n_samples']:,} samples.\n\n{table}\n"
-    _plot_data(a, out / "data.png")
+    _plot_data(a, out / "data.png", f"{ds.meta['name']}: users and samples by history length")
     if (out / "data.png").exists():
         md += "\n![users vs samples per bucket](data.png)\n"
     from .utils.io import write_text
 
     write_text(out / "data.md", md)
-    print(table)
-    print(f"\nwritten: {out / 'data.json'}, {out / 'data.md'}")
+    if args.json:
+        print(dumps(a))
+    else:
+        print(table)
+        print(f"\nwritten: {out / 'data.json'}, {out / 'data.md'}")
     return 0
 
 
-def _plot_data(a: dict, path: Path) -> None:
-    try:
-        import matplotlib
+def _plot_data(a: dict, path: Path, title: str) -> None:
+    from .utils.plot import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
-    from .utils.io import atomic_path
 
     names = list(a["buckets"])
     us = [a["buckets"][b]["user_share"] for b in names]
@@ -235,45 +225,38 @@ def _plot_data(a: dict, path: Path) -> None:
 
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.bar(x - 0.2, us, 0.4, label="share of users")
-    ax.bar(x + 0.2, ss, 0.4, label="share of samples")
-    ax.set_xticks(x, names)
-    ax.set_xlabel("history length")
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    ax.bar(x - 0.2, us, 0.4, label="share of users (by their whole history)")
+    ax.bar(x + 0.2, ss, 0.4, label="share of samples (by the history before each)")
+    ax.set_xticks(x, [f"{b}\n{a['buckets'][b]['users']:,} users / {a['buckets'][b]['samples']:,} samples"
+                      for b in names], fontsize=7)
+    ax.set_xlabel("history length (events)")
+    ax.set_ylabel("share")
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    save_figure(fig, path, dpi=110)
 
 
 def cmd_analyze_kv(args) -> int:
-    from .config import config_from_dict
-    from .data import prepare_config
     from .experiments.kv_analysis import analyze_kv
-    from .models import build_model
-    from .training import load_checkpoint
+    from .training import load_trained
 
-    ck = load_checkpoint(args.checkpoint)
-    cfg = config_from_dict(ck["config"])
-    model = build_model(cfg.model, ck["meta"])
-    model.load_state_dict(ck["model"])
-    if not hasattr(model.backbone, "short_attention"):
+    model, cfg, ds, _ = load_trained(args.checkpoint)
+    if not model.backbone.two_branch:
         raise SeqctrError(f"analyze kv needs a two-branch model (sim, eta, sdim, twin), got {cfg.model.name}")
-    ds, _, _ = prepare_config(cfg.data)
     analyze_kv(model, ds, Path(args.out), users=args.users)
-    print((Path(args.out) / "kv.md").read_text())
+    print((Path(args.out) / ("kv.json" if args.json else "kv.md")).read_text().strip())
     return 0
 
 
 def cmd_experiment(args) -> int:
     from .experiments import kv_suite, lain_suite
 
-    common = dict(out=Path(args.out), config_dir=Path(args.config_dir), sets=args.set, jobs=args.jobs,
+    from .config import resolve_config_dir
+
+    common = dict(out=Path(args.out), config_dir=resolve_config_dir(args.config_dir), sets=args.set, jobs=args.jobs,
                   threads=args.threads)
     seeds = args.seeds
-    if not args.backbones:
-        args.backbones = ["sim", "eta", "sdim", "twin", "hstu"] if args.kind == "kv" else ["din", "dien", "sim",
-                                                                                           "sdim", "twin"]
     if args.kind == "compare":
         lain_suite.compare(args.backbones, seeds, **common)
     elif args.kind == "maxlen":
@@ -290,8 +273,11 @@ def cmd_experiment(args) -> int:
     else:
         lain_suite.sensitivity(args.backbones[0], seeds, **common)
     md = Path(args.out) / args.kind / "results.md"
-    print(md.read_text())
-    print(f"written: {md.parent}")
+    if args.json:
+        print((md.parent / "results.json").read_text().strip())
+    else:
+        print(md.read_text())
+        print(f"written: {md.parent}")
     return 0
 
 
@@ -347,12 +333,23 @@ def cmd_serve(args) -> int:
     env = {"SEQCTR_SERVE_MODEL": str(args.model), "SEQCTR_SERVE_STORE": args.store,
            "SEQCTR_SERVE_CACHE_BYTES": str(args.cache_bytes), "SEQCTR_SERVE_HISTORY_FILE": args.history_file or "",
            "SEQCTR_SERVE_MAX_CANDIDATES": str(args.max_candidates), "SEQCTR_SERVE_MAX_EVENTS": str(args.max_events),
-           "SEQCTR_SERVE_MAX_BODY": str(args.max_body)}
+           "SEQCTR_SERVE_MAX_BODY": str(args.max_body), "SEQCTR_SERVE_THREADS": str(args.threads)}
     os.environ.update(env)
     print(f"serving {args.model} (fingerprint {b.fingerprint}) on http://{args.host}:{args.port} "
           f"store={args.store} workers={args.workers}; docs at /docs", flush=True)
     uvicorn.run("seqctr.serving.http:app_from_env", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level=args.log_level)
+    return 0
+
+
+def cmd_configs(args) -> int:
+    from .config import PACKAGED, packaged_configs, reference
+
+    if args.reference:
+        print(reference())
+    else:
+        for name in packaged_configs():
+            print(f"{name:24s} {PACKAGED / (name + '.yaml')}")
     return 0
 
 
@@ -392,7 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = data_options()
     source_help = ("ml100k | ml-latest-small (built in) | a GroupLens ml-100k folder | a LongCTR folder | "
                    "an EB-NeRD folder | an interactions table (.parquet/.csv/.tsv)")
-    buckets = dict(type=comma_list(float), default="1,50,100,200", help="length bucket edges")
+    from .metrics import DEFAULT_BUCKETS
+
+    buckets = dict(type=comma_list(float), default=",".join(map(str, DEFAULT_BUCKETS)), help="length bucket edges")
     pr = command("prepare", "prepare (and cache) a dataset; print its split counts", [data])
     pr.add_argument("source", help=source_help)
     pr.add_argument("--json", action="store_true", help="print one JSON object")
@@ -401,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_prepare)
 
     tr = command("train", "train a model from a YAML config")
-    tr.add_argument("--config", required=True, help="YAML run config (see configs/); `extends:` merges a base file")
+    tr.add_argument("--config", required=True, help="YAML run config: a file, or a packaged name such as din, "
+                    "ml100k/twin, mlls/sim_1000 (`extends:` merges a base file)")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=3")
     tr.add_argument("--out", help="run folder (default runs/<source>-<model>)")
     tr.add_argument("--resume", action="store_true", help="continue after the last finished epoch")
@@ -423,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("source", nargs="?", default="ml100k", help=source_help)
     ad.add_argument("--buckets", **buckets)
     ad.add_argument("--out", default="runs/experiments/data", help="folder for data.json / data.md / data.png")
+    ad.add_argument("--json", action="store_true", help="print one JSON object")
     ad.set_defaults(func=cmd_analyze_data)
 
     ak = an_sub.add_parser("kv", parents=[common], formatter_class=fmt,
@@ -430,26 +431,41 @@ def build_parser() -> argparse.ArgumentParser:
     ak.add_argument("--checkpoint", required=True, help="a two-branch model's best.pt")
     ak.add_argument("--users", type=int, default=500, help="users whose K/V enter the SVD")
     ak.add_argument("--out", default="runs/experiments/kv", help="folder for kv.json / kv.md / kv.png")
+    ak.add_argument("--json", action="store_true", help="print kv.json instead of the markdown")
     ak.set_defaults(func=cmd_analyze_kv)
 
-    ex = command("experiment", "LAIN experiments: compare | maxlen | ablation | sensitivity; CollectiveKV: kv")
-    ex.add_argument("kind", choices=["compare", "maxlen", "ablation", "sensitivity", "kv"], help="which suite")
-    ex.add_argument("--backbones", type=comma_list(str), help="comma list (ablation / sensitivity use the first); "
-                    "default din,dien,sim,sdim,twin, for kv sim,eta,sdim,twin,hstu")
-    ex.add_argument("--seeds", type=comma_list(int), default="2024,2025,2026", help="one run per seed and variant")
-    ex.add_argument("--lengths", type=comma_list(int), default="50,100,200,500", help="maxlen: the max_len values")
-    ex.add_argument("--no-lain", action="store_true", help="maxlen: bare backbones only")
-    ex.add_argument("--variants", type=comma_list(str), default="base,silu,ck,cv,ckv",
-                    help="kv: which of base,silu,ck,cv,ckv")
-    ex.add_argument("--sweep-backbone", default="twin", help="kv: backbone for the d_u and m sweeps ('' = none)")
-    ex.add_argument("--user-dims", type=comma_list(int), default="1,2,4,8", help="kv: d_u sweep")
-    ex.add_argument("--pool-sizes", type=comma_list(int), default="100,1000,10000", help="kv: m sweep")
-    ex.add_argument("--config-dir", default="configs/ml100k", help="folder of <backbone>.yaml run configs")
-    ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="applied to every run")
-    ex.add_argument("--jobs", type=int, default=2, help="runs at a time")
-    ex.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    ex.add_argument("--out", default="runs/experiments", help="results root (runs resume from here)")
-    ex.set_defaults(func=cmd_experiment)
+    runs = argparse.ArgumentParser(add_help=False)
+    g = runs.add_argument_group("runs (every suite)")
+    g.add_argument("--seeds", type=comma_list(int), default="2024,2025,2026", help="one run per seed and variant")
+    g.add_argument("--config-dir", default="ml100k", help="folder of <backbone>.yaml run configs, or a packaged "
+                   "set: ml100k, mlls")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="applied to every run")
+    g.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    g.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    g.add_argument("--out", default="runs/experiments", help="results root (runs resume from here)")
+    g.add_argument("--json", action="store_true", help="print results.json instead of the markdown table")
+    ex = command("experiment", "experiment suites: LAIN (compare | maxlen | ablation | sensitivity), CollectiveKV (kv)")
+    ex_sub = ex.add_subparsers(dest="kind", required=True, metavar="SUITE")
+
+    def suite(name, help, backbones_help, default_backbones):
+        sp = ex_sub.add_parser(name, help=help, description=help, parents=[common, runs], formatter_class=fmt)
+        sp.add_argument("--backbones", type=comma_list(str), default=default_backbones, help=backbones_help)
+        sp.set_defaults(func=cmd_experiment)
+        return sp
+
+    suite("compare", "LAIN vs bare backbones per length bucket", "comma list", "din,dien,sim,sdim,twin")
+    ml = suite("maxlen", "max_len sweep, bare and +LAIN: per-bucket AUC and attention Gini", "comma list", "din,twin")
+    ml.add_argument("--lengths", type=comma_list(int), default="50,100,200,500", help="the max_len values")
+    ml.add_argument("--no-lain", action="store_true", help="bare backbones only")
+    suite("ablation", "LAIN component ablation (paper Table 6)", "the backbone (first of the list)", "twin")
+    suite("sensitivity", "LAIN sensitivity grid: d_f x hidden x prompts (paper Fig. 4)",
+          "the backbone (first of the list)", "twin")
+    kv = suite("kv", "CollectiveKV variants vs the uncompressed model, cache bytes, d_u and pool sweeps",
+               "comma list", "sim,eta,sdim,twin,hstu")
+    kv.add_argument("--variants", type=comma_list(str), default="base,silu,ck,cv,ckv", help="which of base,silu,ck,cv,ckv")
+    kv.add_argument("--sweep-backbone", default="twin", help="backbone for the d_u and pool-size sweeps ('' = none)")
+    kv.add_argument("--user-dims", type=comma_list(int), default="1,2,4,8", help="d_u sweep")
+    kv.add_argument("--pool-sizes", type=comma_list(int), default="100,1000,10000", help="pool-size sweep")
 
     xd = command("export-data", "write a prepared dataset in another library's layout", [data])
     xd.add_argument("source", help=source_help)
@@ -487,8 +503,15 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-candidates", type=int, default=1000, help="cap on candidates per request")
     sv.add_argument("--max-events", type=int, default=1000, help="cap on events per append")
     sv.add_argument("--max-body", type=int, default=1 << 20, help="cap on request body bytes")
+    sv.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = torch default)")
     sv.add_argument("--log-level", default="warning", help="uvicorn log level")
     sv.set_defaults(func=cmd_serve)
+
+    cf = command("configs", "list the packaged run configs (use them as --config NAME), or print the "
+                            "configuration reference")
+    cf.add_argument("--reference", action="store_true", help="print every config key, backbone option and default "
+                    "(markdown; docs/configuration.md is this)")
+    cf.set_defaults(func=cmd_configs)
 
     rp = command("report", "one markdown report from whatever experiment results exist")
     rp.add_argument("--out", default="runs/experiments", help="results root to read and write report.md into")

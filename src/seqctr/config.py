@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, check_keys
+from .metrics.core import DEFAULT_BUCKETS
 
 
 @dataclass
@@ -26,14 +27,14 @@ class DataConfig:
     (+ optional ``items`` / ``users`` side tables). ``max_len`` keeps the most recent events only.
     """
 
-    source: str = "ml100k"
-    max_len: int = 200
-    batch_size: int = 256
-    eval_batch_size: int = 1024
+    source: str = "ml100k"           # ml100k | ml-latest-small | a folder (GroupLens, LongCTR, EB-NeRD) | a table
+    max_len: int = 200               # most recent events a model sees (the true length still reaches LAIN)
+    batch_size: int = 256            # training samples per step
+    eval_batch_size: int = 1024      # samples per evaluation batch
     bucket_sampler: bool = True      # length-bucketed shuffled batches for training
     bucket_chunk: int = 64           # batches per sorted chunk in the bucketed sampler
-    columns: dict = field(default_factory=dict)   # generic table: role -> column name
-    label: dict = field(default_factory=dict)     # generic table: label rule
+    columns: dict = field(default_factory=dict)   # generic table: role -> column (user, item, timestamp, category, item_features, user_features, names)
+    label: dict = field(default_factory=dict)     # generic table: {column, threshold} or {column, positive: [values]}
     split: dict = field(default_factory=dict)     # split rule: valid_frac, test_frac, min_history
     items: dict = field(default_factory=dict)     # generic table: item side table {path, key, features, multi}
     users: dict = field(default_factory=dict)     # generic table: user side table {path, key, features, multi}
@@ -43,32 +44,37 @@ class DataConfig:
 class ModelConfig:
     """Backbone and head. ``options`` are passed to the backbone's constructor."""
 
-    name: str = "din"
-    embedding_dim: int = 64
-    mlp_hidden: list = field(default_factory=lambda: [512, 128, 64])
-    dropout: float = 0.2
-    options: dict = field(default_factory=dict)
-    lain: dict = field(default_factory=dict)   # the LAIN plug-in, see seqctr.lain.LainConfig
+    name: str = "din"                # backbone: din | dien | sim | eta | sdim | twin | hstu
+    embedding_dim: int = 64          # width of every feature's embedding
+    mlp_hidden: list = field(default_factory=lambda: [512, 128, 64])   # hidden widths of the prediction MLP
+    dropout: float = 0.2             # dropout in the prediction MLP
+    options: dict = field(default_factory=dict)   # the backbone's own options (see "Backbone options")
+    lain: dict = field(default_factory=dict)      # the LAIN plug-in (see "model.lain")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    patience: int = 2
+    """The optimiser and early stopping (one training loop for every model)."""
+
+    epochs: int = 10                 # at most this many epochs
+    lr: float = 1e-3                 # Adam learning rate
+    weight_decay: float = 0.0        # Adam weight decay
+    patience: int = 2                # stop after this many epochs without a better validation AUC
     lr_decay: float = 0.1            # multiply the LR by this on an epoch without improvement (1 = off)
-    min_lr: float = 1e-6
-    seed: int = 2024
-    device: str = "auto"             # auto | cpu | cuda
-    threads: int = 0                 # 0 = torch default (all cores)
+    min_lr: float = 1e-6             # the LR never decays below this
+    seed: int = 2024                 # seeds weights, shuffling and dropout
+    device: str = "auto"             # auto | cpu | cuda | cuda:N
+    threads: int = 0                 # torch threads; 0 = torch default (all cores)
     max_steps: int = 0               # 0 = no limit; else stop an epoch after this many steps
-    max_grad_norm: float = 10.0
+    max_grad_norm: float = 10.0      # gradient clipping by global norm
+    tensorboard: bool = False        # also log to <run>/tensorboard (needs the tensorboard extra)
 
 
 @dataclass
 class EvalConfig:
-    buckets: list = field(default_factory=lambda: [1, 50, 100, 200])
+    """How results are reported."""
+
+    buckets: list = field(default_factory=lambda: list(DEFAULT_BUCKETS))   # history-length bucket edges
     save_predictions: bool = True    # test predictions -> predictions_test.npz (for paired bootstraps)
     polarization: bool = False       # attention Gini / entropy per bucket on test -> attention.json
 
@@ -85,13 +91,8 @@ class RunConfig:
 
 
 def _build(cls, values: dict, where: str):
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    check_keys(values, {f.name for f in dataclasses.fields(cls)}, where or "config")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - names
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
     kwargs = {}
     for key, val in values.items():
         typ = hints[key]
@@ -204,7 +205,8 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def read_yaml(path: Path, _seen: tuple = ()) -> dict:
-    """Read a YAML config; ``extends: other.yaml`` (relative to this file) merges this file over it."""
+    """Read a YAML config; ``extends: other.yaml`` (relative to this file, else a packaged config
+    name such as ``ml100k/din``) merges this file over it."""
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     if path.resolve() in _seen:
@@ -217,12 +219,104 @@ def read_yaml(path: Path, _seen: tuple = ()) -> dict:
         raise ConfigError(f"config file {path}: expected a mapping at the top level")
     base = values.pop("extends", None)
     if base is not None:
-        values = _merge(read_yaml(path.parent / base, _seen + (path.resolve(),)), values)
+        local = path.parent / str(base)
+        values = _merge(read_yaml(local if local.is_file() else resolve_config(base), _seen + (path.resolve(),)), values)
     return values
 
 
+PACKAGED = Path(__file__).resolve().parent / "configs"
+
+
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped with seqctr (``ml100k/din``, ``mlls/twin_1000``, ...)."""
+    return sorted(f"{p.parent.name}/{p.stem}" for p in PACKAGED.glob("*/*.yaml") if p.stem != "base")
+
+
+def resolve_config(name: str | Path) -> Path:
+    """A config file path, or a packaged config name: ``din`` (= ``ml100k/din``), ``mlls/twin``,
+    with or without ``.yaml``. Works from any directory."""
+    p = Path(name).expanduser()
+    if p.is_file():
+        return p
+    stem = str(name).removesuffix(".yaml")
+    for cand in (PACKAGED / f"{stem}.yaml", PACKAGED / "ml100k" / f"{stem}.yaml"):
+        if cand.is_file():
+            return cand
+    raise ConfigError(f"config {name!r} is neither a file nor a packaged config; packaged: "
+                      f"{', '.join(packaged_configs())}")
+
+
+def resolve_config_dir(name: str | Path) -> Path:
+    """A folder of ``<backbone>.yaml`` configs, or a packaged set: ``ml100k``, ``mlls``."""
+    p = Path(name).expanduser()
+    if p.is_dir():
+        return p
+    if (PACKAGED / str(name)).is_dir():
+        return PACKAGED / str(name)
+    raise ConfigError(f"config folder {name!r} does not exist; packaged sets: "
+                      f"{', '.join(sorted(d.name for d in PACKAGED.iterdir() if d.is_dir()))}")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config (or defaults when ``path`` is None) and apply ``--set`` overrides."""
-    values: dict[str, Any] = read_yaml(Path(path)) if path is not None else {}
+    """Read a YAML config (a path or a packaged name; defaults when ``path`` is None) and apply
+    ``--set`` overrides."""
+    values: dict[str, Any] = read_yaml(resolve_config(path)) if path is not None else {}
     apply_overrides(values, overrides or [])
     return config_from_dict(values)
+
+
+# --------------------------------------------------------------------------- the configuration reference
+def _field_docs(cls) -> dict[str, str]:
+    """The trailing ``# comment`` of each dataclass field in its source: the code is the documentation."""
+    import inspect
+    import re
+
+    docs = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+):\s*[^=]+=.*?#\s*(.+)$", line)
+        if m:
+            docs[m.group(1)] = m.group(2).strip()
+    return docs
+
+
+def _default(f) -> str:
+    if f.default is not dataclasses.MISSING:
+        return repr(f.default)
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return repr(f.default_factory())              # type: ignore[misc]
+    return "(required)"
+
+
+def reference() -> str:
+    """The configuration reference (docs/configuration.md), generated from the dataclasses, the LAIN
+    config and every backbone's constructor, so it cannot drift from the code (a test compares)."""
+    from .data.construct import SplitRule
+    from .lain import LainConfig
+    from .models import backbone_names
+    from .models.base import _REGISTRY, backbone_options
+
+    out = ["# Configuration reference", "",
+           "Generated from the code by `seqctr configs --reference` (a test keeps this file equal to it). A run "
+           "config is YAML with four sections; `extends: base.yaml` merges a base file; `--set section.key=value` "
+           "overrides any key (the value is parsed as YAML). Unknown keys and out-of-range values are errors "
+           "before any work starts.", ""]
+    for section, cls in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig), ("eval", EvalConfig),
+                         ("data.split", SplitRule), ("model.lain", LainConfig)):
+        docs = _field_docs(cls)
+        doc = (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        out += [f"## `{section}`", "", doc, "", "| key | default | meaning |", "|---|---|---|"]
+        for f in dataclasses.fields(cls):
+            out.append(f"| `{f.name}` | `{_default(f)}` | {docs.get(f.name, '').replace('|', chr(92) + '|')} |")
+        out.append("")
+    out += ["## Backbone options (`model.options`)", "",
+            "Passed to the backbone's constructor; the defaults below are the constructor's. Every backbone "
+            "documents its options in its class docstring (`seqctr/models/<name>.py`).", ""]
+    for name in backbone_names():
+        opts = backbone_options(name)
+        doc = " ".join((_REGISTRY[name].__doc__ or "").split()).replace("|", chr(92) + "|")
+        out += [f"### `{name}`", "", doc, "", "| option | default |", "|---|---|"]
+        out += [f"| `{k}` | `{v!r}` |" for k, v in sorted(opts.items())]
+        out.append("")
+    out += ["## Packaged configs", "", "`--config NAME` finds these from any directory (`din` = `ml100k/din`):", "",
+            ", ".join(f"`{n}`" for n in packaged_configs()), ""]
+    return "\n".join(out)

@@ -26,3 +26,12 @@ class InputError(SeqctrError):
 
 class ConfigError(SeqctrError):
     """A config file or --set override that cannot be applied."""
+
+
+def check_keys(values: dict, known, where: str) -> None:
+    """Refuse keys of a config block that nothing reads: a typo must not silently do nothing."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")

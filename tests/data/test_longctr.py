@@ -11,7 +11,7 @@ import pytest
 
 from seqctr.cli import main
 from seqctr.data import BatchLoader, prepare
-from seqctr.data.longctr import N_BINS, export_longctr
+from seqctr.data.longctr import N_BINS
 from tests.data.test_bad_input import assert_clean_error, run_cli
 from tests.helpers import synthetic_interactions, write_csv
 
@@ -85,7 +85,7 @@ def test_reads_the_layout_field_by_field(tmp_path):
     np.testing.assert_allclose(ds.pretrained["item_emb"], np.array(items["item_emb"]), rtol=0, atol=0)
     assert ds.vocab_sizes["tags"] == 9 and ds.vocab_sizes["price"] == N_BINS + 2
     # a batch gathers user + context columns and the candidate's features
-    b = next(iter(BatchLoader(ds, "test", max_len=8, batch_size=64, shuffle=False, bucket=False)))[1]
+    b = next(iter(BatchLoader(ds, "test", max_len=8, batch_size=64, shuffle=False, bucket=False)))
     assert b.user.shape[1] == 2 and b.target.shape[1] == len(names)
     assert b.target[:, 0].tolist() == splits["test"]["item_index"].tolist()
 

@@ -110,7 +110,7 @@ def test_branches_switch_and_unsupported_backbone(synth_ds):
 
 
 def test_parameter_overhead_is_reported(synth_ds):
-    from seqctr.lain.overhead import parameter_overhead
+    from seqctr.experiments.lain_overhead import parameter_overhead
 
     ov = parameter_overhead(ModelConfig(name="twin", embedding_dim=8, mlp_hidden=[16], lain={"enabled": True}),
                             synth_ds.meta)

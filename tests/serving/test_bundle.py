@@ -36,23 +36,6 @@ def train_run(root, name="twin", string_ids=True, options=None):
     return rows, root / "bundle"
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bundle")
-    import os
-
-    old = os.environ.get("SEQCTR_HOME")
-    os.environ["SEQCTR_HOME"] = str(root / "home")
-    try:
-        rows, bundle = train_run(root)
-    finally:
-        if old is None:
-            os.environ.pop("SEQCTR_HOME")
-        else:
-            os.environ["SEQCTR_HOME"] = old
-    return rows, bundle, root
-
-
 def forward(scorer, user, history, candidates):
     """The ordinary forward pass over internal ids: the reference for raw-id scoring."""
     hist = scorer.item_rows([str(x) for x in history])[-scorer.max_len:]

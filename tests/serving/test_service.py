@@ -5,7 +5,6 @@ and the Redis store against a real redis-server."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -16,17 +15,12 @@ import numpy as np
 import pytest
 
 import seqctr
-from tests.serving.test_bundle import forward, trained  # noqa: F401  (module fixture)
+from seqctr.serving.store import free_port, stop_process
+from tests.serving.test_bundle import forward
 
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("fastapi")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Served:
@@ -60,7 +54,7 @@ def service(bundle, store=None, **kw):
     return scorer, Served(create_app(scorer, **kw))
 
 
-def test_scores_over_http_equal_the_scorer_and_the_forward_pass(trained):  # noqa: F811
+def test_scores_over_http_equal_the_scorer_and_the_forward_pass(trained):
     rows, bundle, _ = trained
     scorer, served = service(bundle)
     ref = seqctr.load(bundle)
@@ -101,7 +95,7 @@ BAD = [
 ]
 
 
-def test_bad_requests_get_4xx_json_and_the_service_stays_up(trained):  # noqa: F811
+def test_bad_requests_get_4xx_json_and_the_service_stays_up(trained):
     _, bundle, _ = trained
     scorer, served = service(bundle, max_candidates=5, max_body=4096)
     with served as http:
@@ -121,7 +115,7 @@ def test_bad_requests_get_4xx_json_and_the_service_stays_up(trained):  # noqa: F
         assert http.get("/healthz").status_code == 200, "still serving"
 
 
-def test_concurrent_requests_for_one_user_do_not_corrupt_its_cache(trained):  # noqa: F811
+def test_concurrent_requests_for_one_user_do_not_corrupt_its_cache(trained):
     rows, bundle, _ = trained
     scorer, served = service(bundle)
     items = sorted(set(rows["item"]))
@@ -158,16 +152,7 @@ def serve_process(bundle, port, *extra):
         time.sleep(0.2)
 
 
-def stop(proc):
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
-def test_restart_with_a_persisted_history_loses_nothing(trained, tmp_path):  # noqa: F811
+def test_restart_with_a_persisted_history_loses_nothing(trained, tmp_path):
     rows, bundle, _ = trained
     db = tmp_path / "histories.sqlite"
     history = [x for u, x in zip(rows["user"], rows["item"]) if u == "u7"][:20]
@@ -178,20 +163,20 @@ def test_restart_with_a_persisted_history_loses_nothing(trained, tmp_path):  # n
         r = httpx.post(f"http://127.0.0.1:{port}/v1/users/u7/events", json={"events": history}, timeout=30)
         assert r.json()["history_len"] == len(history) > 0
     finally:
-        stop(proc)
+        stop_process(proc)
     proc = serve_process(bundle, port, "--history-file", str(db))      # a new process: empty caches
     try:
         r = httpx.post(f"http://127.0.0.1:{port}/v1/score", json={"user": "u7", "candidates": cands}, timeout=30)
         body = r.json()
     finally:
-        stop(proc)
+        stop_process(proc)
     assert body["cached"] is False, "the cache was rebuilt from the persisted history"
     np.testing.assert_allclose(body["scores"], seqctr.load(bundle).score("u7", cands, history=history),
                                rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
-def test_redis_store_across_two_services(trained):  # noqa: F811
+def test_redis_store_across_two_services(trained):
     """Two service instances on one Redis: an append through one is seen by the other, and a
     cache written for a shorter history is rebuilt, never served."""
     pytest.importorskip("redis")

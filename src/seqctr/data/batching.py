@@ -122,15 +122,19 @@ def padding_fraction(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
 
 
 class BatchLoader:
-    """Iterate :class:`SeqBatch` over one split.
+    """Batches of one split, as :class:`SeqBatch`: ``for batch in loader`` (the current epoch's
+    order), or ``loader.batches(epoch)`` (positions into ``loader.indices``) with
+    ``loader.batch(positions)`` where the caller needs to know which samples a batch holds.
 
-    ``shuffle`` for training (a new order each epoch from ``seed + epoch``); ``order`` gives, for
-    the last iteration, the sample indices in the order they were yielded."""
+    ``shuffle`` for training: a new order each epoch from ``seed + epoch`` (set ``loader.epoch``);
+    ``bucket`` groups samples of similar length; ``pad_to`` pads every batch to that width (FuxiCTR's
+    fixed-width layout, for comparisons) instead of the batch's own longest history."""
 
     def __init__(self, ds: SeqDataset, split: str, *, max_len: int, batch_size: int, shuffle: bool,
-                 bucket: bool = True, chunk: int = 64, seed: int = 0, indices: np.ndarray | None = None):
+                 bucket: bool = True, chunk: int = 64, seed: int = 0, indices: np.ndarray | None = None,
+                 pad_to: int | None = None):
         self.ds, self.max_len, self.batch_size = ds, max_len, batch_size
-        self.shuffle, self.bucket, self.chunk, self.seed = shuffle, bucket, chunk, seed
+        self.shuffle, self.bucket, self.chunk, self.seed, self.pad_to = shuffle, bucket, chunk, seed, pad_to
         self.indices = ds.indices(split) if indices is None else np.asarray(indices)
         self.eff_len = np.minimum(ds.sample_pos[self.indices], max_len)
         self.epoch = 0
@@ -141,6 +145,10 @@ class BatchLoader:
         return make_batches(self.eff_len, self.batch_size, shuffle=self.shuffle, bucket=self.bucket,
                             chunk=self.chunk, rng=rng)
 
+    def batch(self, positions: np.ndarray) -> SeqBatch:
+        """The :class:`SeqBatch` of the samples at ``positions`` (into ``self.indices``)."""
+        return gather_batch(self.ds, self.indices[positions], self.max_len, self.pad_to)
+
     def padding_fraction(self, epoch: int | None = None) -> float:
         return padding_fraction(self.eff_len, self.batches(epoch))
 
@@ -148,5 +156,5 @@ class BatchLoader:
         return (len(self.indices) + self.batch_size - 1) // self.batch_size
 
     def __iter__(self):
-        for b in self.batches():
-            yield self.indices[b], gather_batch(self.ds, self.indices[b], self.max_len)
+        for pos in self.batches():
+            yield self.batch(pos)

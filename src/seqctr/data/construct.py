@@ -8,6 +8,7 @@ ids seen only later map to the out-of-vocabulary id 1. Id 0 is padding.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, check_keys
 from ..utils.io import seqctr_home
 from .dataset import SeqDataset
 from .encode import OOV, PAD, SideTable, encode, encode_multi  # noqa: F401  (PAD/OOV re-exported)
@@ -29,16 +30,17 @@ LAYOUT_VERSION = 2
 
 @dataclass
 class SplitRule:
-    valid_frac: float = 0.1
-    test_frac: float = 0.1
-    min_history: int = 1
+    """How samples are split: per user, chronologically, for one-sample-per-event sources (EB-NeRD:
+    by time over impressions; LongCTR: the splits as given)."""
+
+    valid_frac: float = 0.1      # share of each user's samples for validation (at least one)
+    test_frac: float = 0.1       # share of each user's samples for test (the latest; at least one)
+    min_history: int = 1         # events before a user's first sample (1 drops the empty-history event)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "SplitRule":
         d = dict(d or {})
-        unknown = set(d) - {"valid_frac", "test_frac", "min_history"}
-        if unknown:
-            raise ConfigError(f"data.split: unknown key(s) {sorted(unknown)}")
+        check_keys(d, [f.name for f in dataclasses.fields(cls)], "data.split")
         rule = cls(**d)
         if not (0 <= rule.valid_frac < 1 and 0 <= rule.test_frac < 1) or rule.min_history < 0:
             raise ConfigError(f"data.split: fractions must be in [0, 1) and min_history >= 0, got {d}")

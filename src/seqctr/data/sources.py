@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, SeqctrError
+from ..errors import InputError, SeqctrError, check_keys
 from ..utils.io import atomic_path, seqctr_home
 from .encode import SideTable, _categorical, read_side_table
 
@@ -348,9 +348,9 @@ def _side(spec: dict | None, default_key: str, what: str):
     if not spec:
         return [], lambda: None
     spec = dict(spec)
-    unknown = set(spec) - {"path", "key", "features", "multi"}
-    if unknown or "path" not in spec:
-        raise SeqctrError(f"data.{what}: expected keys path, key, features, multi; got {sorted(spec)}")
+    check_keys(spec, ("path", "key", "features", "multi"), f"data.{what}")
+    if "path" not in spec:
+        raise SeqctrError(f"data.{what}: needs a path (keys: path, key, features, multi)")
     p = Path(spec["path"]).expanduser()
     if not p.is_file():
         raise InputError(f"{what} table does not exist", path=p)

@@ -2,15 +2,14 @@
 paper, Table 1 / Fig. 1b). Users are bucketed by their full history length, samples by theirs."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
 from ..data import SeqDataset
-from ..metrics import bucket_labels
+from ..metrics import DEFAULT_BUCKETS, bucket_masks
 
 
-def analyze_dataset(ds: SeqDataset, edges=(1, 50, 100, 200), category_feature: int | None = 1) -> dict:
+def analyze_dataset(ds: SeqDataset, edges=DEFAULT_BUCKETS, category_feature: int | None = 1) -> dict:
     """Per bucket: users, samples, their shares, label rate, coefficient of variation of the
     per-user label rate, mean distinct categories per user, and samples-per-user imbalance."""
     n_users = len(ds.offsets) - 1
@@ -24,11 +23,10 @@ def analyze_dataset(ds: SeqDataset, edges=(1, 50, 100, 200), category_feature: i
         users_of_event = np.repeat(np.arange(n_users), user_len)
         pairs = np.unique(users_of_event.astype(np.int64) * (int(cats.max()) + 1) + cats)
         distinct = np.bincount(pairs // (int(cats.max()) + 1), minlength=n_users)
-    e = list(edges) + [math.inf]
     out = {"n_users": int(n_users), "n_samples": int(len(ds.label)), "buckets": {}}
-    for label, a, b in zip(bucket_labels(edges), e[:-1], e[1:]):
-        u = (user_len >= a) & (user_len < b)
-        s = (ds.sample_pos >= a) & (ds.sample_pos < b)
+    sample_masks = bucket_masks(ds.sample_pos, edges)
+    for label, u in bucket_masks(user_len, edges).items():
+        s = sample_masks[label]
         r = rate[u & (per_user_n > 0)]
         out["buckets"][label] = {
             "users": int(u.sum()), "user_share": float(u.mean()),

@@ -78,14 +78,11 @@ def svd_share(x: np.ndarray, energy: float = 0.9, center: bool = True) -> dict:
 
 
 def plot_kv(results: dict, path: Path) -> bool:
-    try:
-        import matplotlib
+    from ..utils.plot import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
-    from ..utils.io import atomic_path
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 6))
     centers = np.linspace(-1, 1, 41)[:-1] + 1 / 40
@@ -94,17 +91,19 @@ def plot_kv(results: dict, path: Path) -> bool:
         ax = axes[row, 0]
         ax.plot(np.cumsum(r["energy_share"]), marker=".")
         ax.axhline(r["energy"], color="r", ls="--", lw=0.8)
-        ax.set_title(f"{name.upper()}: cumulative SVD energy (rank {r['rank_at_energy']} holds {r['energy']:.0%})")
-        ax.set_xlabel("component")
+        ax.set_title(f"{name.upper()}: cumulative SVD energy (rank {r['rank_at_energy']} holds {r['energy']:.0%})",
+                     fontsize=9)
+        ax.set_xlabel("singular component (largest first)")
+        ax.set_ylabel("share of energy")
+        ax.set_ylim(0, 1.02)
         ax = axes[row, 1]
-        ax.bar(centers, r["principal_corr"]["hist"], width=0.05, alpha=0.6, label="principal")
-        ax.bar(centers, r["residual_corr"]["hist"], width=0.05, alpha=0.6, label="residual")
-        ax.set_title(f"{name.upper()}: cross-user correlation")
+        ax.bar(centers, r["principal_corr"]["hist"], width=0.05, alpha=0.6, label="shared (top components)")
+        ax.bar(centers, r["residual_corr"]["hist"], width=0.05, alpha=0.6, label="user-specific (residual)")
+        ax.set_title(f"{name.upper()}: correlation between users' K/V parts", fontsize=9)
+        ax.set_xlabel("correlation between two users")
+        ax.set_ylabel("share of user pairs")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
     return True
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .lain_suite import _finish, _specs, format_summary, summarise
+from .summary import finish, format_summary, specs, summarise
 from .runner import run_specs
 
 VARIANTS = ("base", "silu", "ck", "cv", "ckv")
@@ -119,7 +119,7 @@ def kv(backbones: list[str], seeds: list[int], out: Path, config_dir: Path, sets
     """Backbones x CollectiveKV variants x seeds, plus d_u / m sweeps on ``sweep_backbone``."""
     root = Path(out) / "kv"
     groups = kv_groups(backbones, config_dir, variants, sweep_backbone, user_dims, pool_sizes)
-    metrics = run_specs(_specs(groups, seeds, sets), root, jobs, threads, log)
+    metrics = run_specs(specs(groups, seeds, sets), root, jobs, threads, log)
     acc = cache_accounting(groups, sets)
     res, md = {"backbones": {}, "cache": acc}, ["# CollectiveKV: accuracy and per-user cache", ""]
     for b in backbones:
@@ -129,4 +129,4 @@ def kv(backbones: list[str], seeds: list[int], out: Path, config_dir: Path, sets
         md += [format_summary(res["backbones"][b], f"{b} (Δ vs {control.split('/')[1]})"), ""]
     md += ["## Per-user cache bytes (float32 K/V; CollectiveKV: user parts + pool indices)", "",
            format_bytes_table(acc)]
-    return _finish(Path(out), "kv", res, "\n".join(md))
+    return finish(Path(out), "kv", res, "\n".join(md))

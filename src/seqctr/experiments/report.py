@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..utils.io import atomic_path, write_text
+from ..utils.io import write_text
 
 
 def format_metrics_table(metrics: dict, title: str = "") -> str:
@@ -18,30 +18,32 @@ def format_metrics_table(metrics: dict, title: str = "") -> str:
     return "\n".join(lines)
 
 
-def _plot_buckets(metrics: dict, path: Path) -> bool:
-    try:
-        import matplotlib
+def _plot_buckets(metrics: dict, path: Path, title: str = "") -> bool:
+    from ..utils.plot import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     names = list(metrics["buckets"])
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
-    for ax, key in zip(axes, ("auc", "gauc", "logloss")):
+    ticks = [f"{b}\nn={metrics['buckets'][b]['n']:,}" for b in names]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
+    for ax, key, label in zip(axes, ("auc", "gauc", "logloss"), ("AUC", "GAUC", "log loss")):
         vals = [metrics["buckets"][b][key] for b in names]
-        ax.bar(names, vals, color="#4c72b0")
-        ax.axhline(metrics["overall"][key], color="#c44e52", ls="--", label="overall")
-        ax.set_title(key.upper() if key != "logloss" else "logloss")
-        ax.set_xlabel("history length (seq_len)")
-        lo = min(v for v in vals if v == v)
-        ax.set_ylim(lo * 0.95, max(vals) * 1.02)
-        ax.tick_params(axis="x", labelsize=8)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+        ax.bar(ticks, vals, color="#4c72b0", label="per history-length bucket")
+        ax.axhline(metrics["overall"][key], color="#c44e52", ls="--", label="all test samples")
+        ax.set_title(label)
+        ax.set_xlabel("history length (events before the target)")
+        ax.set_ylabel(f"test {label}")
+        finite = [v for v in vals if v == v]
+        if finite:   # the axis is zoomed, not from 0: say so
+            lo, hi = min(finite), max(finite + [metrics["overall"][key]])
+            ax.set_ylim(lo - 0.1 * (hi - lo + 1e-3), hi + 0.1 * (hi - lo + 1e-3))
+            ax.text(0.01, 0.01, "y axis does not start at 0", transform=ax.transAxes, fontsize=6, color="0.4")
+        ax.tick_params(axis="x", labelsize=7)
+    axes[0].legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    save_figure(fig, path, dpi=110)
     return True
 
 
@@ -66,7 +68,8 @@ def write_run_report(run_dir: str | Path, result: dict) -> Path:
                      f"padded slots {100 * sorted(pad)[len(pad) // 2]:.1f}% (length-bucketed batches)")
     lines.append(f"- test inference: {result['test']['infer_samples_per_s']:,.0f} samples/s")
     lines += ["", format_metrics_table(result["test"], "test"), "", format_metrics_table(result["valid"], "valid")]
-    if _plot_buckets(result["test"], run_dir / "buckets.png"):
+    title = f"{cfg['model']['name']} on {result['dataset'].get('name', '?')}: test split"
+    if _plot_buckets(result["test"], run_dir / "buckets.png", title):
         lines += ["", "![test metrics per length bucket](buckets.png)"]
     if hist:
         lines += ["", "| epoch | train loss | valid AUC | valid GAUC | samples/s |", "|---:|---:|---:|---:|---:|"]
@@ -79,7 +82,8 @@ def write_run_report(run_dir: str | Path, result: dict) -> Path:
 
 EXPERIMENTS = [("data", "data.md", "Length buckets of the data"), ("compare", "results.md", "LAIN vs bare backbones"),
                ("maxlen", "results.md", "max_len sweep"), ("ablation", "results.md", "LAIN ablation"),
-               ("sensitivity", "results.md", "LAIN sensitivity")]
+               ("sensitivity", "results.md", "LAIN sensitivity"), ("kv", "results.md", "CollectiveKV vs uncompressed K/V"),
+               ("kv", "kv.md", "K/V SVD diagnostic")]
 
 
 def write_experiments_report(root: Path) -> Path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,6 +37,16 @@ def load_metrics(out: Path, spec: RunSpec) -> dict | None:
     return read_metrics(p) if p.is_file() else None
 
 
+def last_error(log: Path) -> str:
+    """The line of a run's log that says why it failed (the ``seqctr: error:`` line, else the last one)."""
+    try:
+        lines = [ln.strip() for ln in Path(log).read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no train.log"
+    errs = [ln for ln in lines if ln.startswith("seqctr: error:") or "Error" in ln.split(":")[0]]
+    return (errs or lines or ["empty train.log"])[-1]
+
+
 def run_specs(specs: list[RunSpec], out: Path, jobs: int = 2, threads: int = 1, log=print) -> dict[str, dict]:
     """Train every spec not yet finished; returns ``{name: metrics}`` for all specs."""
     out = Path(out)
@@ -54,12 +65,18 @@ def run_specs(specs: list[RunSpec], out: Path, jobs: int = 2, threads: int = 1, 
             res = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         return spec, res.returncode
 
-    failed = []
+    failed, t0 = [], time.monotonic()
     with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
-        for spec, code in pool.map(one, todo):
+        for k, (spec, code) in enumerate(pool.map(one, todo), start=1):
+            elapsed = time.monotonic() - t0
+            eta = elapsed / k * (len(todo) - k)
             if code != 0:
                 failed.append(spec.name)
-            log(f"{'done' if code == 0 else 'FAILED'}: {spec.name}")
+                log(f"[{k}/{len(todo)}] FAILED: {spec.name}: {last_error(run_dir(out, spec) / 'train.log')}")
+            else:
+                log(f"[{k}/{len(todo)}] done: {spec.name}  ({elapsed / 60:.1f} min elapsed, ~{eta / 60:.1f} min left)")
     if failed:
-        raise SeqctrError(f"{len(failed)} run(s) failed (see train.log in each): {', '.join(failed)}")
+        first = last_error(run_dir(out, next(s for s in todo if s.name == failed[0])) / "train.log")
+        raise SeqctrError(f"{len(failed)} run(s) failed: {', '.join(failed)}; first error: {first} "
+                          "(whole logs: train.log in each run folder)")
     return {s.name: load_metrics(out, s) for s in specs}

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_keys
 from ..nn import AttentionCondition, Conditionable
 
 BRANCHES = ("short", "long")
@@ -38,25 +38,22 @@ class LainConfig:
     w/o LCP = ``prompts: 0``; w/o QK conditioning = ``qk_condition: false``; w/o temperature =
     ``temperature: false``; w/o LMA = both false; w/o short branch = ``branches: [long]``."""
 
-    enabled: bool = False
-    prompts: int = 4
-    qk_condition: bool = True
-    temperature: bool = True
-    branches: list = field(default_factory=lambda: list(BRANCHES))
-    fourier_dim: int = 32
-    hidden: int = 512
+    enabled: bool = False        # switch the plug-in on
+    prompts: int = 4             # length-conditioned prompt tokens per branch (0 = none)
+    qk_condition: bool = True    # add e_len to query and keys of the attention layers
+    temperature: bool = True     # length-dependent softmax temperature tau = 1 + sigmoid(-beta (L - L0)) gamma
+    branches: list = field(default_factory=lambda: list(BRANCHES))   # which branches: short, long
+    fourier_dim: int = 32        # Spectral Length Encoder: Fourier features of the length
+    hidden: int = 512            # Spectral Length Encoder: hidden width
     cond_dim: int = 16           # width of e_len
-    gamma: float = 0.5
-    beta: float = 0.01
+    gamma: float = 0.5           # temperature range
+    beta: float = 0.01           # temperature slope
     mean_len: float | None = None   # L0; None = the training split's mean history length
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "LainConfig":
         d = dict(d or {})
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"model.lain: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
+        check_keys(d, {f.name for f in dataclasses.fields(cls)}, "model.lain")
         cfg = cls(**d)
         bad = set(cfg.branches) - set(BRANCHES)
         if bad or not cfg.branches:
@@ -110,9 +107,8 @@ class LAIN(nn.Module):
     def attach(self, backbone: nn.Module) -> int:
         """Enable query/key conditioning on the backbone's layers of the chosen branches.
         Returns how many attention layers were found in those branches."""
-        reason = getattr(backbone, "supports_lain", True)
-        if reason is not True:
-            raise ConfigError(f"model.lain: not available for {getattr(backbone, 'registry_name', '?')}: {reason}")
+        if backbone.lain_unsupported:
+            raise ConfigError(f"model.lain: not available for {backbone.registry_name}: {backbone.lain_unsupported}")
         layers = [m for m in backbone.modules() if isinstance(m, Conditionable) and m.branch in self.cfg.branches]
         if self.cfg.qk_condition:
             for m in layers:

@@ -6,11 +6,10 @@ attention (DIN without softmax) is measured as a distribution too. ``w [N, T]``,
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
-from .core import bucket_labels
+from .core import DEFAULT_BUCKETS, bucket_masks
 
 
 def _normalise(w: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -43,7 +42,7 @@ def entropy(w: np.ndarray, mask: np.ndarray, normalised: bool = False) -> np.nda
     return np.where(n > 0, h, np.nan)
 
 
-def polarization_by_bucket(w: np.ndarray, mask: np.ndarray, seq_len: np.ndarray, edges=(1, 50, 100, 200)) -> dict:
+def polarization_by_bucket(w: np.ndarray, mask: np.ndarray, seq_len: np.ndarray, edges=DEFAULT_BUCKETS) -> dict:
     """Mean Gini and entropy overall and per length bucket: ``{"overall": {...}, "buckets": {...}}``."""
     g, h, hn = gini(w, mask), entropy(w, mask), entropy(w, mask, normalised=True)
 
@@ -52,8 +51,7 @@ def polarization_by_bucket(w: np.ndarray, mask: np.ndarray, seq_len: np.ndarray,
                 "entropy": float(np.nanmean(h[m])) if m.any() else float("nan"),
                 "normalised_entropy": float(np.nanmean(hn[m])) if np.isfinite(hn[m]).any() else float("nan")}
 
-    e = list(edges) + [math.inf]
     out = {"overall": block(mask.any(1)), "buckets": {}}
-    for label, a, b in zip(bucket_labels(edges), e[:-1], e[1:]):
-        out["buckets"][label] = block((seq_len >= a) & (seq_len < b) & mask.any(1))
+    for label, m in bucket_masks(seq_len, edges).items():
+        out["buckets"][label] = block(m & mask.any(1))
     return out

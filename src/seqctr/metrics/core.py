@@ -65,6 +65,16 @@ def logloss(y: np.ndarray, p: np.ndarray, eps: float = 1e-7) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
+DEFAULT_BUCKETS = (1, 50, 100, 200)   # history-length bucket edges of every report: [1,50) [50,100) [100,200) [200,inf)
+
+
+def bucket_masks(seq_len: np.ndarray, edges=DEFAULT_BUCKETS) -> dict[str, np.ndarray]:
+    """``{"[a,b)": seq_len >= a & seq_len < b}`` for the buckets of ``edges`` (last one open)."""
+    seq_len = np.asarray(seq_len)
+    e = list(edges) + [math.inf]
+    return {lab: (seq_len >= a) & (seq_len < b) for lab, a, b in zip(bucket_labels(edges), e[:-1], e[1:])}
+
+
 def bucket_labels(edges: list[float]) -> list[str]:
     """``[1, 50, 100, 200]`` -> ``["[1,50)", "[50,100)", "[100,200)", "[200,inf)"]``."""
     e = list(edges) + [math.inf]
@@ -82,15 +92,13 @@ def _block(y, p, g) -> dict:
             "logloss": logloss(y, p) if len(y) else float("nan")}
 
 
-def evaluate_predictions(y, p, groups, seq_len, edges=(1, 50, 100, 200)) -> dict:
+def evaluate_predictions(y, p, groups, seq_len, edges=DEFAULT_BUCKETS) -> dict:
     """``{"overall": {n, label_rate, auc, gauc, logloss}, "buckets": {label: {...}}}``.
 
     Bucket ``[a, b)`` holds samples with ``a <= seq_len < b``; samples below the first edge (e.g.
     empty histories) are in overall only."""
     y, p, groups, seq_len = map(np.asarray, (y, p, groups, seq_len))
     out = {"overall": _block(y, p, groups), "buckets": {}}
-    e = list(edges) + [math.inf]
-    for label, a, b in zip(bucket_labels(edges), e[:-1], e[1:]):
-        m = (seq_len >= a) & (seq_len < b)
+    for label, m in bucket_masks(seq_len, edges).items():
         out["buckets"][label] = _block(y[m], p[m], groups[m])
     return out

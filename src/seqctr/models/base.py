@@ -54,14 +54,9 @@ def backbone_options(name: str) -> dict:
 
 def check_options(name: str, options: dict) -> None:
     """Refuse ``model.options`` keys the backbone does not take (before any data is prepared)."""
-    from ..errors import ConfigError
+    from ..errors import check_keys
 
-    if not isinstance(options, dict):
-        raise ConfigError(f"model.options: expected a mapping, got {options!r}")
-    known = backbone_options(name)
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ConfigError(f"model.options: unknown key(s) {unknown} for {name}; known: {sorted(known)}")
+    check_keys(options, backbone_options(name), f"model.options ({name})")
 
 
 @dataclass
@@ -127,8 +122,11 @@ class Backbone(nn.Module):
     mask) and must not depend on the amount of left padding."""
 
     registry_name = "?"
-    supports_lain: bool | str = True   # or a string saying why the plug-in does not apply
+    # Capabilities, declared (never probed with hasattr):
+    lain_unsupported: str = ""          # non-empty: why the LAIN plug-in does not apply to this backbone
     cache_uses_condition: bool = False  # True: cached states depend on LAIN's length condition (append re-prefills)
+    two_branch: bool = False            # a short-term branch (``short_attention``) beside the long-term one
+    two_stage: bool = False             # the long branch attends to a top-k selection (GSU -> ESU)
     out_dim: int
     aux_dim: int = 0          # > 0: the model adds an auxiliary CTR head on [user, target, aux_vector]
     aux_weight: float = 0.0   # its BCE weight in the loss

@@ -29,6 +29,8 @@ class ETA(TwoBranchBackbone):
     """Options: ``hash_bits`` (32), ``topk`` (50), ``hash_seed`` (fixed rotations, saved with the
     model), plus the two-branch options."""
 
+    two_stage = True
+
     def __init__(self, item_dim: int, hash_bits: int = 32, topk: int = 50, hash_seed: int = 0, **kw):
         super().__init__(item_dim, **kw)
         self.topk = topk

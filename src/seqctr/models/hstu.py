@@ -152,7 +152,7 @@ class HSTU(Backbone):
     1/N normaliser; 256), ``dropout`` (0.0), ``collective_kv`` (CollectiveKV options for every
     layer; None = off)."""
 
-    supports_lain = ("HSTU has no softmax to temper and its relative-position bias would move prompt tokens "
+    lain_unsupported = ("HSTU has no softmax to temper and its relative-position bias would move prompt tokens "
                      "with the padding; LAIN is not attached to it")
 
     def __init__(self, item_dim: int, feature_dim: int = 64, num_layers: int = 2, num_heads: int = 2,

@@ -22,6 +22,8 @@ class SIM(TwoBranchBackbone):
     sees ``sum_t s_t e_t``; top-k by ``s``. Hard GSU: the ``topk`` most recent events sharing the
     target's category."""
 
+    two_stage = True
+
     def __init__(self, item_dim: int, gsu: str = "soft", topk: int = 50, aux_weight: float = 1.0,
                  category_feature: int = 1, **kw):
         super().__init__(item_dim, **kw)

@@ -19,6 +19,8 @@ class TWIN(TwoBranchBackbone):
     by ``s``; softmax over the selected scores; values ``W_v e_t``; ``W_o`` over the heads
     (:class:`~seqctr.nn.MultiHeadTargetAttention` with ``topk``)."""
 
+    two_stage = True
+
     def __init__(self, item_dim: int, topk: int = 50, behavior_features: int = 0, **kw):
         super().__init__(item_dim, **kw)
         self.topk = topk

@@ -42,6 +42,7 @@ def left_pad_to(w: torch.Tensor, T: int) -> torch.Tensor:
 
 
 class TwoBranchBackbone(Backbone):
+    two_branch = True
     """Base class: short-term target attention + a long-term branch from the subclass.
 
     Options shared by all: ``short_seq_len`` (50), ``attention_dim`` (64), ``num_heads`` (1),

@@ -1,7 +1,8 @@
 """CollectiveKV (arXiv 2601.19178): each history event's key and value = a small user-specific
 part plus an entry of a learnable pool shared by all users, chosen by a router.
 
-Follows the authors' code as digested in ``shared/papers/collectivekv.md`` (section 2.3):
+Follows the authors' code (the CollectiveKV repository's history, target_attention.py; the paper gives the
+equations, the code the details):
 
 - user part ``u = W_u s`` (width ``d_u``; SiLU on it when ``user_silu``), separate routers for K
   and V, pools of ``m`` entries of width ``d - d_u`` initialised N(0, 1);

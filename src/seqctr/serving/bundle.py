@@ -69,23 +69,21 @@ def _user_table(ds) -> np.ndarray:
 
 def export_bundle(checkpoint: str | Path, out: str | Path, source: str | None = None) -> Path:
     """Write the bundle of a trained run (its ``best.pt``) into ``out`` (atomically)."""
+    from ..training import load_checkpoint, load_trained
+
+    model, cfg, ds, folder = load_trained(checkpoint, source)
+    ck = load_checkpoint(checkpoint)
+    return write_bundle(model, cfg, ds, folder, out, ck["meta"], {"checkpoint": str(checkpoint),
+                                                                  "epoch": ck.get("epoch")})
+
+
+def write_bundle(model, cfg, ds, folder: Path, out: str | Path, meta: dict | None = None,
+                 extra: dict | None = None) -> Path:
+    """Write the bundle of ``model`` (built by ``cfg`` on the prepared dataset ``ds`` cached in
+    ``folder``, which holds its raw vocabularies) into ``out``, atomically."""
     from .. import __version__
-    from ..config import config_from_dict
-    from ..data import prepare_config
-    from ..models import build_model
-    from ..training import load_checkpoint
     from .runtime import fingerprint
 
-    ck = load_checkpoint(checkpoint)
-    if "meta" not in ck:
-        raise SeqctrError(f"{checkpoint}: not a best checkpoint (export a run's best.pt)")
-    cfg = config_from_dict(ck["config"])
-    ds, folder, _ = prepare_config(cfg.data, source)
-    if ds.meta["vocab_sizes"] != ck["meta"]["vocab_sizes"]:
-        raise SeqctrError(f"checkpoint {checkpoint} was trained on a dataset with other vocabularies than "
-                          f"{folder}")
-    model = build_model(cfg.model, ck["meta"])
-    model.load_state_dict(ck["model"])
     out = Path(out)
     with atomic_dir(out) as tmp:
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / "weights.pt")
@@ -93,13 +91,13 @@ def export_bundle(checkpoint: str | Path, out: str | Path, source: str | None = 
         np.save(tmp / "users.npy", _user_table(ds), allow_pickle=False)
         vocab_names = []
         for name in ds.vocab_sizes:
-            f = folder / f"vocab_{name}.npy"
+            f = Path(folder) / f"vocab_{name}.npy"
             if f.is_file():
                 np.save(tmp / f"vocab_{name}.npy", ds.raw_vocab(folder, name).astype(str), allow_pickle=False)
                 vocab_names.append(name)
         info = {"format": FORMAT, "version": f"{MAJOR}.0", "seqctr": __version__, "torch": torch.__version__,
-                "fingerprint": fingerprint(model), "config": cfg.to_dict(), "meta": ck["meta"],
-                "vocabularies": vocab_names, "checkpoint": str(checkpoint), "epoch": ck.get("epoch"),
+                "fingerprint": fingerprint(model), "config": cfg.to_dict(), "meta": meta or ds.meta,
+                "vocabularies": vocab_names, **(extra or {}),
                 "files": {p.name: _sha256(p) for p in sorted(tmp.iterdir())}}
         (tmp / "bundle.json").write_text(json.dumps(info, indent=1, default=str))
     return out

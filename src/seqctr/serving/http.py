@@ -137,6 +137,11 @@ def app_from_env():
     from .bundle import load_bundle
     from .stores import open_store
 
+    threads = int(os.environ.get("SEQCTR_SERVE_THREADS", 0))
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
     bundle = load_bundle(os.environ["SEQCTR_SERVE_MODEL"])
     store = open_store(os.environ.get("SEQCTR_SERVE_STORE", "memory"), bundle.fingerprint,
                        int(os.environ.get("SEQCTR_SERVE_CACHE_BYTES", 256 << 20)),

@@ -80,6 +80,16 @@ class RedisCacheStore:
         return int(self.client.delete(*[self.key(u) for u in users])) if users else 0
 
 
+def stop_process(proc: subprocess.Popen, timeout_s: float = 20) -> None:
+    """Terminate ``proc`` and wait for it; kill it if it does not stop within ``timeout_s``."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -115,9 +125,4 @@ def local_redis(cpu: int | None = None, timeout_s: float = 10.0) -> Iterator[str
                 time.sleep(0.05)
             yield f"redis://127.0.0.1:{port}/0"
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, timeout_s=5)

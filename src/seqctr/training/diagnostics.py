@@ -4,21 +4,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data import BatchLoader, gather_batch
+from ..data import BatchLoader
+from ..metrics import DEFAULT_BUCKETS
 from ..metrics.attention import polarization_by_bucket
 
 
 @torch.no_grad()
-def attention_polarization(model, loader: BatchLoader, device, edges=(1, 50, 100, 200)) -> dict:
+def attention_polarization(model, loader: BatchLoader, device, edges=DEFAULT_BUCKETS) -> dict:
     """``{branch: polarization_by_bucket(...)}`` over every sample of ``loader``.
 
     Each branch's weights ``[B, H, T]`` are averaged over heads; the distribution is taken over
     the positions that branch can attend to (real events where its weights are defined)."""
     model.eval()
     per_branch: dict[str, list] = {}
-    for pos in loader.batches():
-        idx = loader.indices[pos]
-        batch = gather_batch(loader.ds, idx, loader.max_len).to(device)
+    for batch in loader:
+        batch = batch.to(device)
         att = model(batch, need_weights=True).attention
         for name, w in att.items():
             if w is None:
@@ -28,7 +28,7 @@ def attention_polarization(model, loader: BatchLoader, device, edges=(1, 50, 100
             if name == "short":  # the short branch sees only the most recent short_seq_len - 1 events
                 S = model.backbone.short_seq_len - 1
                 mask = mask & (np.arange(mask.shape[1]) >= mask.shape[1] - S)[None, :]
-            if name in ("long",) and hasattr(model.backbone, "topk"):  # two-stage: the selected events
+            if name == "long" and model.backbone.two_stage:  # GSU -> ESU: the selected events
                 mask = mask & (w != 0)
             per_branch.setdefault(name, []).append((w, mask, batch.seq_len.cpu().numpy()))
     out = {}

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..config import RunConfig
 from ..data import BatchLoader, SeqDataset
 from ..errors import SeqctrError
 from ..metrics import evaluate_predictions
 from ..models import CTRModel, build_model
-from ..utils.io import atomic_path, write_json
+from ..utils.io import atomic_path, provenance, write_json
+from ..utils.progress import Progress
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -62,24 +62,52 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise SeqctrError(f"checkpoint {path} cannot be read: {e}") from None
 
 
+def load_trained(checkpoint: str | Path, source: str | None = None, device="cpu"):
+    """A trained run's model, config and prepared dataset: ``(model in eval mode, RunConfig, dataset,
+    dataset folder)``. ``source`` overrides the config's data source; a dataset whose vocabularies
+    differ from the checkpoint's is an error (the ids would mean other things)."""
+    from ..config import config_from_dict
+    from ..data import prepare_config
+
+    ck = load_checkpoint(checkpoint)
+    if "meta" not in ck:
+        raise SeqctrError(f"{checkpoint}: not a best checkpoint (use a run's best.pt)")
+    cfg = config_from_dict(ck["config"])
+    ds, folder, _ = prepare_config(cfg.data, source)
+    if ds.meta["vocab_sizes"] != ck["meta"]["vocab_sizes"]:
+        raise SeqctrError(f"checkpoint {checkpoint} was trained on a dataset with other vocabularies "
+                          f"({ck['meta']['name']}, sha {ck['meta'].get('source_sha256', '?')[:12]}) than {folder}")
+    model = build_model(cfg.model, ck["meta"])
+    model.load_state_dict(ck["model"])
+    return model.to(device).eval(), cfg, ds, folder
+
+
 @torch.no_grad()
-def predict(model: CTRModel, loader: BatchLoader, device: torch.device) -> dict[str, np.ndarray]:
-    """Probabilities for every sample of ``loader``, in the order of ``loader.indices``."""
+def predict(model: CTRModel, loader: BatchLoader, device: torch.device, progress: bool | None = False,
+            desc: str = "predict", log=None) -> dict[str, np.ndarray]:
+    """Probabilities for every sample of ``loader``, in the order of ``loader.indices``
+    (``progress`` as in :class:`~seqctr.utils.progress.Progress`; off by default)."""
     model.eval()
     n = len(loader.indices)
     prob = np.empty(n, dtype=np.float64)
-    for pos in loader.batches():
-        batch = loader_batch(loader, pos).to(device)
+    for pos in Progress(loader.batches(), desc, progress, log=log):
+        batch = loader.batch(pos).to(device)
         prob[pos] = torch.sigmoid(model(batch).logits).double().cpu().numpy()
     ds, idx = loader.ds, loader.indices
     return {"prob": prob, "label": ds.label[idx], "user": ds.sample_user[idx], "seq_len": ds.sample_pos[idx],
             "index": idx}
 
 
-def loader_batch(loader: BatchLoader, pos: np.ndarray):
-    from ..data import gather_batch
-
-    return gather_batch(loader.ds, loader.indices[pos], loader.max_len)
+def train_step(model: CTRModel, opt: torch.optim.Optimizer, batch, max_grad_norm: float = 10.0) -> float:
+    """One optimiser step on ``batch`` with the model's own loss (BCE + its auxiliary losses);
+    returns the loss. The Trainer and every training benchmark use this one step."""
+    loss = model.loss(model(batch), batch.label)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    opt.step()
+    return float(loss.detach())
 
 
 class Trainer:
@@ -99,6 +127,8 @@ class Trainer:
         self.train_loader = BatchLoader(ds, "train", max_len=d.max_len, batch_size=d.batch_size, shuffle=True,
                                         bucket=d.bucket_sampler, chunk=d.bucket_chunk, seed=cfg.train.seed)
         self.progress = progress
+        self.log = print
+        self._tb = None   # TensorBoard writer, opened on the first epoch when train.tensorboard is on
         self.state = {"epoch": 0, "best_auc": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": []}
 
     def eval_loader(self, split: str) -> BatchLoader:
@@ -140,21 +170,14 @@ class Trainer:
         if self.cfg.train.max_steps > 0:
             batches = batches[: self.cfg.train.max_steps]
         total, n_seen, t0 = 0.0, 0, time.perf_counter()
-        # progress=None: a bar only on a terminal (tqdm's own check); True/False force it.
-        bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
-                   disable=None if self.progress is None else not self.progress)
+        # progress=None: a bar on a terminal, a line every 30 s in a log; True/False force the bar / nothing.
+        bar = Progress(batches, f"epoch {epoch}", self.progress, log=self.log)
         for pos in bar:
-            batch = loader_batch(self.train_loader, pos).to(self.device)
-            loss = self.model.loss(self.model(batch), batch.label)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.cfg.train.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm)
-            self.opt.step()
-            total += float(loss.detach()) * len(batch)
+            batch = self.train_loader.batch(pos).to(self.device)
+            total += train_step(self.model, self.opt, batch, self.cfg.train.max_grad_norm) * len(batch)
             n_seen += len(batch)
             dt = time.perf_counter() - t0
-            bar.set_postfix(loss=f"{total / n_seen:.4f}", sps=f"{n_seen / max(dt, 1e-9):.0f}")
+            bar.note(loss=f"{total / n_seen:.4f}", samples_per_s=f"{n_seen / max(dt, 1e-9):.0f}")
         dt = time.perf_counter() - t0
         return {"loss": total / max(n_seen, 1), "samples": n_seen, "seconds": dt,
                 "train_samples_per_s": n_seen / max(dt, 1e-9),
@@ -162,8 +185,9 @@ class Trainer:
 
     def fit(self, resume: bool = False, log=print) -> dict:
         """Train with early stopping on validation AUC; returns the metrics written to metrics.json."""
+        self.log = log
         self.out.mkdir(parents=True, exist_ok=True)
-        write_json(self.out / "config.json", self.cfg.to_dict())
+        write_json(self.out / "config.json", {**self.cfg.to_dict(), "provenance": provenance()})
         if resume and self.resume():
             log(f"resumed from {self.out / 'last.pt'} after epoch {self.state['epoch']}")
         st = self.state
@@ -180,11 +204,34 @@ class Trainer:
                 st["bad_epochs"] += 1
                 self._decay_lr()
             st["history"].append({"epoch": epoch, **tr, "lr": self.opt.param_groups[0]["lr"], "valid": va["overall"]})
+            self._tensorboard(epoch, tr, va)
             self._save_last()
             log(f"epoch {epoch}: loss {tr['loss']:.4f}  valid AUC {va['overall']['auc']:.4f} "
                 f"GAUC {va['overall']['gauc']:.4f}  {tr['train_samples_per_s']:.0f} samples/s"
                 f"{'  *best' if improved else ''}")
         return self.finish()
+
+    def _tensorboard(self, epoch: int, tr: dict, va: dict) -> None:
+        """Per epoch: training loss, samples/s, learning rate, validation AUC / GAUC / logloss overall
+        and AUC per length bucket, under ``<run>/tensorboard`` (``train.tensorboard: true``)."""
+        if not self.cfg.train.tensorboard:
+            return
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise SeqctrError("train.tensorboard needs the tensorboard extra: pip install 'seqctr[tensorboard]'") \
+                    from None
+            self._tb = SummaryWriter(str(self.out / "tensorboard"))
+        tb = self._tb
+        tb.add_scalar("train/loss", tr["loss"], epoch)
+        tb.add_scalar("train/samples_per_s", tr["train_samples_per_s"], epoch)
+        tb.add_scalar("train/lr", self.opt.param_groups[0]["lr"], epoch)
+        for k in ("auc", "gauc", "logloss"):
+            tb.add_scalar(f"valid/{k}", va["overall"][k], epoch)
+        for bucket, m in va["buckets"].items():
+            tb.add_scalar(f"valid_auc_by_length/{bucket}", m["auc"], epoch)
+        tb.flush()
 
     def finish(self) -> dict:
         """Reload the best weights, evaluate valid and test, write metrics.json."""
@@ -194,18 +241,21 @@ class Trainer:
         result = {"config": self.cfg.to_dict(), "dataset": {k: v for k, v in self.ds.meta.items()},
                   "best_epoch": self.state["best_epoch"], "history": self.state["history"],
                   "valid": self.evaluate("valid"), "test": self.evaluate("test"),
-                  "n_parameters": sum(p.numel() for p in self.model.parameters())}
+                  "n_parameters": sum(p.numel() for p in self.model.parameters()), "provenance": provenance()}
         if self.cfg.eval.polarization:
             from .diagnostics import attention_polarization
 
             write_json(self.out / "attention.json",
                        attention_polarization(self.model, self.eval_loader("test"), self.device, self.cfg.eval.buckets))
+        if self._tb is not None:
+            self._tb.close()
         write_json(self.out / "metrics.json", result)  # last: its presence marks a finished run
         return result
 
     def evaluate(self, split: str) -> dict:
         t0 = time.perf_counter()
-        pred = predict(self.model, self.eval_loader(split), self.device)
+        pred = predict(self.model, self.eval_loader(split), self.device,
+                       progress=False if self.progress is False else None, desc=f"evaluate {split}", log=self.log)
         dt = time.perf_counter() - t0
         m = evaluate_predictions(pred["label"], pred["prob"], pred["user"], pred["seq_len"], self.cfg.eval.buckets)
         m["infer_samples_per_s"] = len(pred["prob"]) / max(dt, 1e-9)

@@ -1,1 +1,1 @@
-"""Small shared helpers (atomic file writes, seeding, device choice)."""
+"""Small shared helpers: atomic file and folder writes, strict JSON, provenance (io); progress for terminals and logs (progress)."""

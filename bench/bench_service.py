@@ -1,0 +1,248 @@
+"""Load benchmark of the HTTP scoring service (`seqctr serve`), on loopback.
+
+One command: ``.venv/bin/python bench/bench_service.py`` (``--quick`` for a smoke run).
+
+For DIN, SIM, TWIN and HSTU (random weights at the serving benchmarks' widths, see
+serving_models.py; bundles written with max_len 1,000 on the prepared ml100k vocabularies), each
+variant runs as a real `seqctr serve` process:
+
+- ``full``: per-user caches of the full K/V (or the backbone's own state);
+- ``ckv``: the CollectiveKV model, whose caches hold user parts + pool indices (not DIN);
+- ``none``: no cache (``--cache-bytes 0``): every request prefills the stored history again;
+
+with the embedded store and with Redis (a private redis-server on loopback). Users with 50, 200
+and 1,000 stored events (sent once through ``POST /v1/users/{user}/events``) are scored by
+``--concurrency`` asyncio + httpx clients, 200 random candidates per request, bounded by a request
+count and a time limit per cell. The target cells (SIM and TWIN, 1,000 events, a cache) run
+``--target-requests`` requests. Reported: requests/s, p50 / p99 latency (client side), errors, and
+the bytes of one user's cache (``KVCache.nbytes``). Results: bench/results/service.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import serving_models
+from seqctr.serving.store import free_port, stop_process
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "results"
+MODELS = ("din", "sim", "twin", "hstu")
+LENGTHS = (50, 200, 1000)
+DEFAULTS = {"models": ",".join(MODELS), "lengths": "50,200,1000", "stores": "memory,redis", "variants": "full,ckv,none",
+            "concurrency": 8, "tag": "service"}
+
+
+def make_bundles(work: Path, models) -> dict:
+    """``{(model, variant): bundle folder}`` (variant full / ckv), written once."""
+    from seqctr.config import load_config
+    from seqctr.data import prepare
+    from seqctr.serving.bundle import write_bundle
+
+    ds, folder, _ = prepare("ml100k")
+    out = {}
+    for name in models:
+        for variant in ("full", "ckv"):
+            if variant == "ckv" and name not in serving_models.COLLECTIVE:
+                continue
+            path = work / f"{name}-{variant}"
+            if not (path / "bundle.json").exists():
+                cfg = load_config(ROOT / f"configs/ml100k/{name}.yaml",
+                                  serving_models.overrides(name, variant == "ckv") + ["data.max_len=1000"])
+                write_bundle(serving_models.build(name, ds.meta, variant == "ckv"), cfg, ds, folder, path)
+            out[(name, variant)] = path
+    return out
+
+
+def start_server(bundle: Path, port: int, store: str, cache_bytes: int, workers: int, threads: int, work: Path):
+    env = {**os.environ, **serving_models.TUNED_MALLOC}
+    cmd = [sys.executable, "-m", "seqctr", "serve", "--model", str(bundle), "--port", str(port), "--store", store,
+           "--cache-bytes", str(cache_bytes), "--workers", str(workers), "--threads", str(threads),
+           "--max-events", "1000"]
+    if store == "memory" and workers > 1:   # workers share histories through the SQLite file
+        db = work / f"hist-{port}.sqlite"
+        cmd += ["--history-file", str(db)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    import httpx
+
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.2)
+        if proc.poll() is not None:
+            break
+    proc.kill()
+    raise RuntimeError(f"server did not start: {proc.stderr.read().decode()[-2000:]}")
+
+
+async def load(url: str, users: list[str], items: list[str], candidates: int, concurrency: int,
+               n_requests: int, max_s: float, seed: int) -> dict:
+    """``concurrency`` clients send score requests until ``n_requests`` are done or ``max_s`` passed."""
+    import httpx
+
+    rng = random.Random(seed)
+    lat, errors, sent = [], 0, 0
+    t_end = time.perf_counter() + max_s
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        async def worker():
+            nonlocal errors, sent
+            while sent < n_requests and time.perf_counter() < t_end:
+                sent += 1
+                body = {"user": rng.choice(users), "candidates": rng.sample(items, candidates)}
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post("/v1/score", json=body)
+                    ok = r.status_code == 200 and len(r.json()["scores"]) == candidates
+                except httpx.HTTPError:
+                    ok = False
+                lat.append(time.perf_counter() - t0)
+                errors += not ok
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    lat.sort()
+    return {"requests": len(lat), "errors": errors, "wall_s": wall, "rps": len(lat) / wall,
+            "p50_ms": 1000 * statistics.median(lat), "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+            "max_ms": 1000 * lat[-1]}
+
+
+def cache_bytes_per_user(bundle: Path, items: list[str], lengths) -> dict:
+    import seqctr
+
+    sc = seqctr.load(bundle)
+    rng = random.Random(0)
+    return {L: sc.prefill("probe", [rng.choice(items) for _ in range(L)]).nbytes() for L in lengths}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
+    ap.add_argument("--stores", default="memory,redis")
+    ap.add_argument("--variants", default="full,ckv,none")
+    ap.add_argument("--users", type=int, default=16, help="users per history length")
+    ap.add_argument("--candidates", type=int, default=200)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=300, help="requests per ordinary cell")
+    ap.add_argument("--max-seconds", type=float, default=20, help="time limit per ordinary cell")
+    ap.add_argument("--target-requests", type=int, default=10000, help="requests per target cell")
+    ap.add_argument("--target-seconds", type=float, default=400, help="time limit per target cell")
+    ap.add_argument("--workers", type=int, default=1, help="server worker processes")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per server worker (0 = default)")
+    ap.add_argument("--tag", default="service", help="results file name: bench/results/<tag>.{json,md}")
+    ap.add_argument("--quick", action="store_true", help="smoke run: few requests, one model")
+    args = ap.parse_args()
+    if args.quick:
+        args.models, args.lengths, args.requests, args.target_requests, args.max_seconds = "twin", "50,1000", 40, 80, 10
+    models = args.models.split(",")
+    lengths = [int(x) for x in args.lengths.split(",")]
+    from seqctr.utils.io import write_json, write_text
+
+    work = Path(tempfile.mkdtemp(prefix="seqctr-bench-service-"))
+    bundles = make_bundles(ROOT / "bench" / "work" / "service_bundles", models)
+    import seqctr
+
+    vocab = list(seqctr.load(bundles[(models[0], "full")]).bundle.vocabs["item_id"])
+    results = {"config": vars(args), "cells": [], "cache_bytes": {}}
+    for (name, variant), b in bundles.items():
+        results["cache_bytes"][f"{name}/{variant}"] = cache_bytes_per_user(b, vocab, lengths)
+    import contextlib
+
+    from seqctr.serving.store import local_redis
+
+    for store_kind in args.stores.split(","):
+        ctx = local_redis() if store_kind == "redis" else contextlib.nullcontext("memory")
+        with ctx as store:
+            for name in models:
+                for variant in args.variants.split(","):
+                    key = (name, "ckv" if variant == "ckv" else "full")
+                    if key not in bundles:
+                        continue
+                    if store_kind == "redis":
+                        import redis
+
+                        redis.Redis.from_url(store).flushdb()
+                    port = free_port()
+                    proc = start_server(bundles[key], port, store, 0 if variant == "none" else 1 << 30, args.workers,
+                                        args.threads, work)
+                    url = f"http://127.0.0.1:{port}"
+                    try:
+                        import httpx
+
+                        rng = random.Random(1)
+                        users = {L: [f"u{L}_{k}" for k in range(args.users)] for L in lengths}
+                        with httpx.Client(base_url=url, timeout=120) as c:
+                            for L in lengths:
+                                for u in users[L]:
+                                    r = c.post(f"/v1/users/{u}/events",
+                                               json={"events": [rng.choice(vocab) for _ in range(L)]})
+                                    assert r.status_code == 200, r.text
+                        for L in lengths:
+                            target = name in ("sim", "twin") and L == 1000 and variant != "none"
+                            n, t = ((args.target_requests, args.target_seconds) if target
+                                    else (args.requests, args.max_seconds))
+                            asyncio.run(load(url, users[L], vocab, args.candidates, 2, 2 * len(users[L]), 60, 7))
+                            res = asyncio.run(load(url, users[L], vocab, args.candidates, args.concurrency, n, t, L))
+                            cell = {"store": store_kind, "model": name, "variant": variant, "events": L,
+                                    "target": target, **res}
+                            results["cells"].append(cell)
+                            print(f"{store_kind:6s} {name:5s} {variant:4s} L={L:5d}: {res['rps']:7.1f} req/s  "
+                                  f"p50 {res['p50_ms']:7.1f} ms  p99 {res['p99_ms']:7.1f} ms  "
+                                  f"errors {res['errors']}/{res['requests']}", flush=True)
+                            write_json(OUT / f"{args.tag}.json", results)
+                    finally:
+                        stop_process(proc)
+    write_json(OUT / f"{args.tag}.json", results)
+    write_text(OUT / f"{args.tag}.md", render(results))
+    print(render(results))
+    return 0
+
+
+def render(results: dict) -> str:
+    cfg = results["config"]
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in cfg.items()
+                     if k in ("models", "lengths", "stores", "variants", "concurrency", "tag") and v != DEFAULTS.get(k))
+    lines = ["# The HTTP scoring service under load (loopback, `seqctr serve`)", "",
+             f"Command: `.venv/bin/python bench/bench_service.py {flags}`".replace(" `", "`") + f" ({cfg['concurrency']} concurrent clients, "
+             f"{cfg['candidates']} candidates per request, {cfg['users']} users per history length, "
+             f"{cfg['workers']} server worker(s) x {cfg['threads'] or 'default'} torch threads, random weights at the serving benchmarks' widths; target cells "
+             f"(SIM / TWIN, 1,000 events, a cache) {cfg['target_requests']:,} requests, others {cfg['requests']} or "
+             f"{cfg['max_seconds']:.0f} s). Client-side latency; `none` = no cache (every request prefills the stored "
+             "history).", "",
+             "| store | model | cache | events | requests | errors | req/s | p50 ms | p99 ms |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for c in results["cells"]:
+        mark = " **target**" if c["target"] else ""
+        lines.append(f"| {c['store']} | {c['model']} | {c['variant']}{mark} | {c['events']:,} | {c['requests']:,} | "
+                     f"{c['errors']} | {c['rps']:.1f} | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} |")
+    lines += ["", "Cache bytes per user (`KVCache.nbytes`), and CollectiveKV's share of the full cache:", "",
+              "| model | events | full | CollectiveKV | share |", "|---|---:|---:|---:|---:|"]
+    cb = results["cache_bytes"]
+    for key, per in cb.items():
+        name, variant = key.split("/")
+        if variant != "full":
+            continue
+        for L, full in per.items():
+            ck = cb.get(f"{name}/ckv", {}).get(L)
+            share = f"{100 * ck / full:.2f}%" if ck else "—"
+            lines.append(f"| {name} | {int(L):,} | {full:,} | {ck if ck is None else f'{ck:,}'} | {share} |"
+                         .replace("| None |", "| — |"))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    serving_models.with_tuned_malloc(__file__)
+    sys.exit(main())
