@@ -42,13 +42,14 @@ def left_pad_to(w: torch.Tensor, T: int) -> torch.Tensor:
 
 
 class TwoBranchBackbone(Backbone):
-    two_branch = True
     """Base class: short-term target attention + a long-term branch from the subclass.
 
     Options shared by all: ``short_seq_len`` (50), ``attention_dim`` (64), ``num_heads`` (1),
     ``attention_dropout`` (0), ``collective_kv`` (CollectiveKV options plus ``branches``, default
     ``[short]`` as in the authors' code; None = off), ``silu_qkv`` (the authors' extra SiLU on
     q/K/V; with CollectiveKV off it is the control for the uncompressed baseline)."""
+
+    two_branch = True
 
     def __init__(self, item_dim: int, feature_dim: int = 64, short_seq_len: int = 50, attention_dim: int = 64,
                  num_heads: int = 1, attention_dropout: float = 0.0, collective_kv: dict | None = None,
