@@ -44,7 +44,7 @@ def test_full_lain_changes_outputs_and_keeps_padding_invariance(synth_ds, name):
 
 
 def test_temperature_above_one_for_short_and_falling_with_length():
-    lain = LAIN(LainConfig(enabled=True, prompts=0, qk_condition=False), item_dim=8, feature_dim=8, mean_len=100.0)
+    lain = LAIN(LainConfig(enabled=True, prompts=0, qk_condition=False), item_dim=8, feature_dim=8, l0=100.0)
     L = torch.tensor([0, 1, 10, 50, 99, 100, 150, 400, 3000])
     tau = lain.temperature(L)
     assert (tau[L < 100] > 1).all()
@@ -118,3 +118,49 @@ def test_parameter_overhead_is_reported(synth_ds):
     assert ov["bare_parameters"] == bare
     assert ov["lain_parameters"] > bare
     assert ov["parameter_ratio"] == pytest.approx(ov["lain_parameters"] / bare - 1)
+
+
+def test_l0_is_the_sample_mean_the_user_mean_or_a_number(synth_ds):
+    """``model.lain.l0``: samples (the default), users (each user once) or a fixed number; it is a
+    buffer of the model, so a served model keeps its trained L0."""
+    import numpy as np
+    import pytest
+
+    from seqctr.config import ModelConfig
+    from seqctr.errors import ConfigError
+    from seqctr.models import build_model
+
+    tr = synth_ds.indices("train")
+    longest = {}
+    for u, L in zip(synth_ds.sample_user[tr], synth_ds.sample_pos[tr]):
+        longest[int(u)] = max(longest.get(int(u), 0), int(L))
+    assert synth_ds.meta["mean_user_len"] == pytest.approx(np.mean(list(longest.values())))
+    assert synth_ds.meta["mean_train_len"] == pytest.approx(synth_ds.sample_pos[tr].mean())
+    for l0, want in (("samples", synth_ds.meta["mean_train_len"]), ("users", synth_ds.meta["mean_user_len"]),
+                     (37.5, 37.5)):
+        m = build_model(ModelConfig(name="din", embedding_dim=8, mlp_hidden=[8], lain={"enabled": True, "l0": l0}),
+                        synth_ds.meta)
+        assert float(m.lain.L0) == pytest.approx(want)
+        assert "lain.L0" in m.state_dict()
+    with pytest.raises(ConfigError, match="l0"):
+        build_model(ModelConfig(name="din", lain={"enabled": True, "l0": "median"}), synth_ds.meta)
+
+
+def test_prompt_scale_starts_prompts_at_the_items_size(synth_ds):
+    import torch
+
+    from seqctr.config import ModelConfig
+    from seqctr.models import build_model
+
+    def prompt_norm(scale):
+        torch.manual_seed(0)
+        m = build_model(ModelConfig(name="twin", embedding_dim=8, mlp_hidden=[8],
+                                    options={"topk": 4, "short_seq_len": 4, "attention_dim": 8},
+                                    lain={"enabled": True, "prompt_scale": scale}), synth_ds.meta)
+        return m, m.lain(torch.tensor([3, 40]))["short"].prompts.norm(dim=-1).mean()
+
+    plain, n1 = prompt_norm(1.0)
+    small, n2 = prompt_norm(1e-3)
+    assert torch.isclose(n2, n1 * 1e-3, rtol=1e-4)
+    assert "lain.prompt_scale" in small.state_dict() and "lain.prompt_scale" not in plain.state_dict()
+    assert small.lain.prompt_scale.requires_grad, "learnable"

@@ -99,3 +99,29 @@ def test_hstu_target_only_last_layer_equals_full_encode():
     out = m(x)
     torch.testing.assert_close(out.vector, m.norm_out(full[:, -1]), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.attention["hstu"], w_full[:, :, -1, :-1], atol=1e-6, rtol=1e-5)
+
+
+def test_dien_auxiliary_loss_skips_lain_prompts(synth_ds, monkeypatch):
+    """With LAIN, the prompt tokens open the extractor's sequence; the next-event loss must use the
+    events only (no prompt predicted, none predicting)."""
+    from seqctr.config import ModelConfig
+    from seqctr.data import gather_batch
+    from seqctr.models import build_model
+
+    cfg = ModelConfig(name="dien", embedding_dim=8, mlp_hidden=[16], options={"aux_loss": True},
+                      lain={"enabled": True, "prompts": 3, "hidden": 16})
+    model = build_model(cfg, synth_ds.meta).train()
+    seen, original = {}, DIEN.auxiliary_loss
+
+    def spy(self, states, seq, mask):
+        seen.update(states=states, seq=seq, mask=mask)
+        return original(self, states, seq, mask)
+
+    monkeypatch.setattr(DIEN, "auxiliary_loss", spy)
+    batch = gather_batch(synth_ds, synth_ds.indices("train")[:16], max_len=20)
+    out = model(batch)
+    seq, mask = left_align(model.embedding.items(batch.hist), batch.mask)
+    assert seen["seq"].shape[1] == batch.hist.shape[1], "no prompt rows"
+    torch.testing.assert_close(seen["seq"], seq)
+    assert torch.equal(seen["mask"], mask) and seen["states"].shape[1] == seq.shape[1]
+    assert out.aux_loss is not None and torch.isfinite(out.aux_loss)

@@ -143,3 +143,18 @@ def test_eta_hamming_equals_counting_differing_bits():
     many = torch.rand(5, 32, generator=g) > 0.5                  # one user's codes vs 5 candidates
     torch.testing.assert_close(hamming(codes[:1], many), (codes[:1] != many.unsqueeze(1)).sum(-1).float(),
                                rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("ckv", [None, {"user_dim": 1, "pool_size": 16}])
+def test_silu_only_where_collective_kv_or_its_control_applies(ckv):
+    """The authors put the extra SiLU on q/K/V in the compressed short-branch module only: the long
+    branch (and TWIN's retrieval scores) stay those of the plain model, for CollectiveKV and its
+    SiLU control alike."""
+    m = TWIN(16, topk=4, attention_dim=8, short_seq_len=5, silu_qkv=True, collective_kv=ckv)
+    assert m.short_attention.silu is True
+    assert m.long_attention.silu is False
+    both = TWIN(16, topk=4, attention_dim=8, short_seq_len=5, silu_qkv=True,
+                collective_kv={"user_dim": 1, "pool_size": 16, "branches": ["short", "long"]})
+    assert both.long_attention.silu is True, "CollectiveKV on both branches: SiLU on both"
+    plain = TWIN(16, topk=4, attention_dim=8, short_seq_len=5)
+    assert not plain.short_attention.silu and not plain.long_attention.silu

@@ -25,7 +25,7 @@ from .sources import Interactions, resolve_source
 PROTOCOL_VERSION = "ml100k-seqctr-v1"
 # Version of the prepared layout (arrays and meta); part of every cache key, so a cache written by an
 # older layout is rebuilt rather than misread.
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 
 
 @dataclass
@@ -193,7 +193,7 @@ def build_dataset(inter: Interactions, split: SplitRule, name: str, protocol: st
         meta=dataset_meta(name, protocol, inter.origin, inter.checksum, split.__dict__, item_names, user_names,
                           vocab_sizes, n_users, n_events, vocab_arrays),
     )
-    ds.meta["mean_train_len"] = ds.mean_train_len
+    ds.meta.update(ds.length_stats())
     return ds
 
 

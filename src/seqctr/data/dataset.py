@@ -81,8 +81,26 @@ class SeqDataset:
 
     @property
     def mean_train_len(self) -> float:
+        """Mean history length over training samples (long users weigh more: one sample per event)."""
         idx = self.indices("train")
         return float(self.sample_pos[idx].mean()) if len(idx) else 0.0
+
+    @property
+    def mean_user_len(self) -> float:
+        """Mean over users (with a training sample) of their longest training history: the
+        "dataset mean sequence length" with every user counted once."""
+        idx = self.indices("train")
+        if not len(idx):
+            return 0.0
+        longest = np.zeros(len(self.offsets) - 1)
+        np.maximum.at(longest, self.sample_user[idx], self.sample_pos[idx])
+        has = np.zeros(len(longest), bool)
+        has[self.sample_user[idx]] = True
+        return float(longest[has].mean())
+
+    def length_stats(self) -> dict:
+        """The length statistics LAIN's L0 can be (``model.lain.l0``), recorded in ``meta``."""
+        return {"mean_train_len": self.mean_train_len, "mean_user_len": self.mean_user_len}
 
     # --- storage ------------------------------------------------------------------------------
     def save(self, folder: Path) -> None:

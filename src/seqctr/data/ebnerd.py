@@ -197,7 +197,7 @@ def read_ebnerd(folder: Path, rule):
                           item_names, ["user_id"], {"item_id": vocab_size, "user_id": len(user_vocab) + 2, **isizes},
                           len(users), len(ev_art), {"item_id": item_vocab, "user_id": user_vocab, **ivocabs}),
     )
-    ds.meta["mean_train_len"] = ds.mean_train_len
+    ds.meta.update(ds.length_stats())
     return ds
 
 

@@ -297,7 +297,7 @@ def read_longctr(folder: Path):
             vocab_sizes, n_users, len(seq), {}, context_features=ctx_names,
             pretrained={n: list(m.shape) for n, m in pretrained.items()}, ignored_columns=ignored),
     )
-    ds.meta["mean_train_len"] = ds.mean_train_len
+    ds.meta.update(ds.length_stats())
     return ds
 
 

@@ -48,7 +48,8 @@ class LainConfig:
     cond_dim: int = 16           # width of e_len
     gamma: float = 0.5           # temperature range
     beta: float = 0.01           # temperature slope
-    mean_len: float | None = None   # L0; None = the training split's mean history length
+    prompt_scale: float = 1.0    # learnable scale on the prompt tokens, initialised here (1 = the paper's plain MLP output)
+    l0: str | float = "samples"  # L0: samples (mean over training samples) | users (mean over users) | a number
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "LainConfig":
@@ -60,7 +61,20 @@ class LainConfig:
             raise ConfigError(f"model.lain.branches: use a non-empty subset of {list(BRANCHES)}, got {cfg.branches}")
         if cfg.prompts < 0 or cfg.fourier_dim < 1 or cfg.hidden < 1 or cfg.cond_dim < 1:
             raise ConfigError(f"model.lain: prompts >= 0 and positive sizes required, got {d}")
+        if not (cfg.l0 in ("samples", "users") or (isinstance(cfg.l0, (int, float)) and not isinstance(cfg.l0, bool)
+                                                    and cfg.l0 > 0)):
+            raise ConfigError(f"model.lain.l0: expected samples, users or a positive number, got {cfg.l0!r}")
         return cfg
+
+    def resolve_l0(self, meta: dict) -> float:
+        """The L0 this config asks for, from a prepared dataset's ``meta``."""
+        if not isinstance(self.l0, str):
+            return float(self.l0)
+        key = {"samples": "mean_train_len", "users": "mean_user_len"}[self.l0]
+        if key not in meta:
+            raise ConfigError(f"model.lain.l0={self.l0}: the dataset was prepared before seqctr recorded {key}; "
+                              "prepare it again (--force) or give l0 as a number")
+        return float(meta[key])
 
 
 class SpectralLengthEncoder(nn.Module):
@@ -87,7 +101,7 @@ class LAIN(nn.Module):
     ``item_dim`` = width of an embedded item (prompt tokens are items); ``feature_dim`` = width of
     ``h_len`` (the backbone's embedding size)."""
 
-    def __init__(self, cfg: LainConfig, item_dim: int, feature_dim: int, mean_len: float):
+    def __init__(self, cfg: LainConfig, item_dim: int, feature_dim: int, l0: float):
         super().__init__()
         self.cfg, self.item_dim = cfg, item_dim
         self.encoder = SpectralLengthEncoder(cfg.fourier_dim, cfg.hidden, feature_dim)
@@ -95,6 +109,10 @@ class LAIN(nn.Module):
         if cfg.prompts > 0:
             self.prompt = nn.Sequential(nn.Linear(feature_dim, feature_dim), nn.ReLU(),
                                         nn.Linear(feature_dim, cfg.prompts * item_dim))
+        # Prompts start ~1000x larger than N(0, 1e-4) item embeddings; a scale initialised small
+        # (e.g. 1e-3) starts them at the items' size (the paper gives no initialisation).
+        self.prompt_scale = nn.Parameter(torch.tensor(float(cfg.prompt_scale))) \
+            if cfg.prompts > 0 and cfg.prompt_scale != 1.0 else None
         self.e_len = None
         if cfg.qk_condition:
             self.e_len = nn.Sequential(nn.Linear(feature_dim, feature_dim), nn.ReLU(),
@@ -102,7 +120,7 @@ class LAIN(nn.Module):
         if cfg.temperature:
             self.gamma = nn.Parameter(torch.tensor(float(cfg.gamma)))
             self.beta = nn.Parameter(torch.tensor(float(cfg.beta)))
-        self.register_buffer("L0", torch.tensor(float(cfg.mean_len if cfg.mean_len is not None else mean_len)))
+        self.register_buffer("L0", torch.tensor(float(l0)))   # saved with the weights: serving uses the trained L0
 
     def attach(self, backbone: nn.Module) -> int:
         """Enable query/key conditioning on the backbone's layers of the chosen branches.
@@ -123,6 +141,8 @@ class LAIN(nn.Module):
         h = self.encoder(seq_len)
         B = seq_len.shape[0]
         prompts = self.prompt(h).view(B, self.cfg.prompts, self.item_dim) if self.prompt is not None else None
+        if prompts is not None and self.prompt_scale is not None:
+            prompts = prompts * self.prompt_scale
         qk = self.e_len(h) if self.e_len is not None else None
         tau = self.temperature(seq_len) if self.cfg.temperature else None
         cond = AttentionCondition(prompts=prompts, qk=qk, temperature=tau)

@@ -199,10 +199,10 @@ class CTRModel(nn.Module):
         # Plug-ins come last, so the bare model's parameters are initialised exactly as without them.
         self.lain = None
         if lain is not None:
-            lain_cfg, mean_len = lain
+            lain_cfg, l0 = lain
             from ..lain import LAIN
 
-            self.lain = LAIN(lain_cfg, embedding.item_dim, embedding.dim, mean_len)
+            self.lain = LAIN(lain_cfg, embedding.item_dim, embedding.dim, l0)
             self.lain.attach(backbone)
 
     def forward(self, batch, need_weights: bool = False) -> ModelOutput:
@@ -247,7 +247,7 @@ def build_model(model_cfg, meta: dict) -> CTRModel:
 
     lain_cfg = LainConfig.from_dict(model_cfg.lain)
     if lain_cfg.enabled:
-        lain = (lain_cfg, float(meta.get("mean_train_len", 0.0)))
+        lain = (lain_cfg, lain_cfg.resolve_l0(meta))
     return CTRModel(emb, backbone, model_cfg.mlp_hidden, model_cfg.dropout, lain=lain)
 
 

@@ -109,8 +109,9 @@ class DIEN(Backbone):
         att = self.attention(x.target, states, mask, cond)
         final = self.augru(states, att, L)
         aux = None
-        if self.use_aux and self.training and seq.shape[1] > 1:
-            aux = self.aux_loss_weight * self.auxiliary_loss(states, seq, mask)
+        if self.use_aux and self.training and seq.shape[1] - P > 1:
+            # events only: LAIN's prompt tokens are neither predicted nor predictors of the next event
+            aux = self.aux_loss_weight * self.auxiliary_loss(states[:, P:], seq[:, P:], mask[:, P:])
         weights = {}
         if x.need_weights:  # history part, back to right-aligned positions
             att, L = att[:, P:], L - P

@@ -47,13 +47,16 @@ class TwoBranchBackbone(Backbone):
     Options shared by all: ``short_seq_len`` (50), ``attention_dim`` (64), ``num_heads`` (1),
     ``attention_dropout`` (0), ``collective_kv`` (CollectiveKV options plus ``branches``, default
     ``[short]`` as in the authors' code; None = off), ``silu_qkv`` (the authors' extra SiLU on
-    q/K/V; with CollectiveKV off it is the control for the uncompressed baseline)."""
+    q/K/V; with CollectiveKV off it is the control for the uncompressed baseline) on the branches
+    ``silu_branches`` (default: where CollectiveKV is, else ``[short]`` — in the authors' code only
+    the compressed short-branch module has it, so the long branch and TWIN's retrieval stay as in
+    the plain model)."""
 
     two_branch = True
 
     def __init__(self, item_dim: int, feature_dim: int = 64, short_seq_len: int = 50, attention_dim: int = 64,
                  num_heads: int = 1, attention_dropout: float = 0.0, collective_kv: dict | None = None,
-                 silu_qkv: bool = False):
+                 silu_qkv: bool = False, silu_branches: list | None = None):
         super().__init__()
         self.feature_dim = feature_dim
         if short_seq_len < 2:
@@ -63,13 +66,15 @@ class TwoBranchBackbone(Backbone):
         ckv = dict(collective_kv or {})
         self.ckv_branches = ckv.pop("branches", ["short"]) if collective_kv else []
         self.ckv_options, self.silu_qkv = ckv, silu_qkv
+        self.silu_branches = list(silu_branches) if silu_branches is not None else (self.ckv_branches or ["short"])
         self.short_attention = self.make_attention("short")
         self.out_dim = 2 * item_dim
 
     def make_attention(self, branch: str, key_dim: int | None = None) -> MultiHeadTargetAttention:
         """A branch's target attention, with CollectiveKV / SiLU as configured for that branch."""
         return MultiHeadTargetAttention(self.item_dim, self.attention_dim, self.num_heads, self.attention_dropout,
-                                        key_dim=key_dim, branch=branch, silu=self.silu_qkv,
+                                        key_dim=key_dim, branch=branch,
+                                        silu=self.silu_qkv and branch in self.silu_branches,
                                         collective=self.ckv_options if branch in self.ckv_branches else None)
 
     def short_window(self, x: SeqInputs) -> tuple[torch.Tensor, torch.Tensor]:

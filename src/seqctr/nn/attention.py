@@ -21,6 +21,26 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> t
     return torch.nan_to_num(w, nan=0.0)
 
 
+class DiceMLP(nn.Module):
+    """``[..., in_dim] -> [..., 1]``: Linear -> :class:`MaskedDice` per hidden layer, then a Linear to
+    one score (DIN's activation unit after its first layer). Parameter names match :class:`MLP`'s
+    when there is no hidden layer, so checkpoints of the shipped ``[64]`` unit load unchanged."""
+
+    def __init__(self, in_dim: int, hidden: list[int]):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for h in hidden:
+            layers += [nn.Linear(in_dim, h), MaskedDice(h)]
+            in_dim = h
+        layers.append(nn.Linear(in_dim, 1))
+        self.net = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        for layer in self.net:
+            x = layer(x, mask) if isinstance(layer, MaskedDice) else layer(x)
+        return x
+
+
 class MaskedDice(nn.Module):
     """Dice activation (DIN paper): ``p = sigmoid(BN(x)); y = p*x + (1-p)*alpha*x``.
 
@@ -97,7 +117,8 @@ class DINAttention(Conditionable):
         self.first = nn.Linear(4 * dim, hidden[0])
         self.dice = act.lower() == "dice"
         self.act = MaskedDice(hidden[0]) if self.dice else activation(act)
-        self.rest = MLP(hidden[0], hidden[1:], out_dim=1, act="relu" if self.dice else act)
+        # deeper layers use the same activation as the first (Dice in every hidden layer, as FuxiCTR)
+        self.rest = DiceMLP(hidden[0], hidden[1:]) if self.dice else MLP(hidden[0], hidden[1:], out_dim=1, act=act)
         self.dim, self.use_softmax = dim, use_softmax
 
     def condition_widths(self) -> tuple[int, int]:
@@ -129,13 +150,18 @@ class DINAttention(Conditionable):
         else:  # serving: the key term comes from the cache
             kp = key_term + (query.unsqueeze(1) * keys) @ wp.T
         h = self._activate(kp + q_term.unsqueeze(1), mask)
-        return self.rest(h).squeeze(-1)
+        return self._rest(h, mask).squeeze(-1)
+
+    def _rest(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if not self.dice:
+            return self.rest(h)
+        return self.rest(h, mask if mask is not None else torch.ones(h.shape[:-1], dtype=torch.bool, device=h.device))
 
     def reference_scores(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor | None = None):
         """The textbook form (concatenate, then the MLP); kept as the test oracle of :meth:`scores`."""
         q = query.unsqueeze(1).expand_as(keys)
         x = torch.cat([q, keys, q - keys, q * keys], dim=-1)
-        return self.rest(self._activate(self.first(x), mask)).squeeze(-1)
+        return self._rest(self._activate(self.first(x), mask), mask).squeeze(-1)
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
                 cond: AttentionCondition | None = None, key_term: torch.Tensor | None = None) -> AttentionResult:

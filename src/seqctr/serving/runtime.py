@@ -93,19 +93,29 @@ def append(model: CTRModel, cache: KVCache, new_events: torch.Tensor) -> KVCache
 
 
 @torch.no_grad()
-def score(model: CTRModel, cache: KVCache, candidates: torch.Tensor) -> torch.Tensor:
-    """Click probabilities ``[N]`` of ``candidates [N, Fi]`` for the cached user."""
+def backbone_output(model: CTRModel, cache: KVCache, candidates: torch.Tensor):
+    """``(embedded candidates [N, D], the backbone's output)`` for the cached user: the pooled
+    interest vectors ``[N, out_dim]`` the head then scores (tests compare them with the forward pass's)."""
     check_version(model, cache)
     emb = model.embedding
     emb.check_ids(candidates, "item", "score(candidates)", rows="candidates")
     N = candidates.shape[0]
-    if N == 0:                                     # nothing to score (the layers need a batch)
-        return torch.zeros(0, device=candidates.device)
     target = emb.items(candidates)
     L = torch.full((N,), cache.history_len, dtype=torch.long, device=candidates.device)
     x = SeqInputs(target=target, hist=None, mask=None, seq_len=L, target_ids=candidates,
                   cond=model.lain(L) if model.lain is not None else None)
     run = Backbone.score if cache.meta.get("mode") == "recompute" else type(model.backbone).score
-    out = run(model.backbone, cache.tensors, x)
-    user = expand(cache.tensors["user"], N)
+    return target, run(model.backbone, cache.tensors, x)
+
+
+@torch.no_grad()
+def score(model: CTRModel, cache: KVCache, candidates: torch.Tensor) -> torch.Tensor:
+    """Click probabilities ``[N]`` of ``candidates [N, Fi]`` for the cached user."""
+    N = candidates.shape[0] if candidates.dim() == 2 else None
+    if N == 0:                                     # nothing to score (the layers need a batch)
+        check_version(model, cache)
+        model.embedding.check_ids(candidates, "item", "score(candidates)", rows="candidates")
+        return torch.zeros(0, device=candidates.device)
+    target, out = backbone_output(model, cache, candidates)
+    user = expand(cache.tensors["user"], target.shape[0])
     return torch.sigmoid(model.head(torch.cat([user, target, out.vector], dim=-1)).squeeze(-1))
