@@ -224,10 +224,10 @@ def _plot_data(a: dict, path: Path, title: str) -> None:
     import numpy as np
 
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = plt.subplots(figsize=(7, 3.6))
     ax.bar(x - 0.2, us, 0.4, label="share of users (by their whole history)")
     ax.bar(x + 0.2, ss, 0.4, label="share of samples (by the history before each)")
-    ax.set_xticks(x, [f"{b}\n{a['buckets'][b]['users']:,} users / {a['buckets'][b]['samples']:,} samples"
+    ax.set_xticks(x, [f"{b}\n{a['buckets'][b]['users']:,} users\n{a['buckets'][b]['samples']:,} samples"
                       for b in names], fontsize=7)
     ax.set_xlabel("history length (events)")
     ax.set_ylabel("share")

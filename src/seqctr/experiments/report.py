@@ -33,17 +33,16 @@ def _plot_buckets(metrics: dict, path: Path, title: str = "") -> bool:
         ax.axhline(metrics["overall"][key], color="#c44e52", ls="--", label="all test samples")
         ax.set_title(label)
         ax.set_xlabel("history length (events before the target)")
-        ax.set_ylabel(f"test {label}")
+        ax.set_ylabel(f"test {label} (axis zoomed, not from 0)", fontsize=8)
         finite = [v for v in vals if v == v]
-        if finite:   # the axis is zoomed, not from 0: say so
+        if finite:
             lo, hi = min(finite), max(finite + [metrics["overall"][key]])
             ax.set_ylim(lo - 0.1 * (hi - lo + 1e-3), hi + 0.1 * (hi - lo + 1e-3))
-            ax.text(0.01, 0.01, "y axis does not start at 0", transform=ax.transAxes, fontsize=6, color="0.4")
         ax.tick_params(axis="x", labelsize=7)
-    axes[0].legend(fontsize=7, loc="lower right")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    save_figure(fig, path, dpi=110)
+    save_figure(fig, path, dpi=110, rect=(0, 0.07, 1, 1))
     return True
 
 

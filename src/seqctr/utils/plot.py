@@ -19,11 +19,12 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
-    """Write ``fig`` as PNG at ``path`` (whole or not at all) and close it."""
+def save_figure(fig, path: str | Path, dpi: int = 110, rect=None) -> None:
+    """Write ``fig`` as PNG at ``path`` (whole or not at all) and close it (``rect``: the area
+    ``tight_layout`` may use, leaving room for a figure legend or title)."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
