@@ -58,7 +58,7 @@ def run_specs(specs: list[RunSpec], out: Path, jobs: int = 2, threads: int = 1, 
         d = run_dir(out, spec)
         d.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "seqctr", "train", "--config", spec.config, "--out", str(d), "--resume",
-               "--no-progress", "--set", f"train.threads={threads}"]
+               "--set", f"train.threads={threads}"]
         for o in spec.overrides:
             cmd += ["--set", o]
         with open(d / "train.log", "a") as logf:
