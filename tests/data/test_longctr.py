@@ -74,15 +74,16 @@ def test_reads_the_layout_field_by_field(tmp_path):
     # item table: id, category, 3 tag columns (0-padded, values as given), price bins; vectors frozen apart
     names = ds.meta["item_features"]
     assert names == ["item_id", "cate_id", "tags", "tags", "tags", "price"]
-    assert ds.item_feats[:, 1].tolist() == items["cate_id"].tolist()
-    for i, t in enumerate(items["tags"]):
+    assert not ds.item_feats[0].any() and not ds.pretrained["item_emb"][0].any(), "index 0 is padding"
+    assert ds.item_feats[1:, 1].tolist() == items["cate_id"][1:].tolist()
+    for i, t in enumerate(items["tags"][1:], start=1):
         row = ds.item_feats[i, 2:5]
         assert row[:len(t)].tolist() == t and not row[len(t):].any()
-    bins = ds.item_feats[:, 5]
+    bins = ds.item_feats[1:, 5]
     assert bins.min() >= 2 and bins.max() <= N_BINS + 1
-    order = np.argsort(items["price"])
+    order = np.argsort(items["price"][1:])
     assert (np.diff(bins[order]) >= 0).all(), "bins follow the numeric order"
-    np.testing.assert_allclose(ds.pretrained["item_emb"], np.array(items["item_emb"]), rtol=0, atol=0)
+    np.testing.assert_allclose(ds.pretrained["item_emb"][1:], np.array(items["item_emb"])[1:], rtol=0, atol=0)
     assert ds.vocab_sizes["tags"] == 9 and ds.vocab_sizes["price"] == N_BINS + 2
     # a batch gathers user + context columns and the candidate's features
     b = next(iter(BatchLoader(ds, "test", max_len=8, batch_size=64, shuffle=False, bucket=False)))

@@ -157,3 +157,29 @@ def test_predict_scores_each_event_after_its_users_earlier_events(trained, tmp_p
         assert t["history_len"][r] == len(history)
         np.testing.assert_allclose(t["score"][r], scorer.score(u, [events[k][2]], history=history)[0],
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_bundle_of_a_longctr_model_scores_by_its_given_ids(tmp_path, monkeypatch):
+    """LongCTR data carries no raw vocabularies: the bundle scores by the dataset's own ids (user row,
+    item index), and user features that are not an id (here a gender column) still reach the model."""
+    from tests.data.test_longctr import write_longctr
+
+    monkeypatch.setenv("SEQCTR_HOME", str(tmp_path / "home"))
+    seqs, _, splits = write_longctr(tmp_path / "lc", seed=4)
+    cfg = {"data": {"source": str(tmp_path / "lc"), "max_len": 16, "batch_size": 32},
+           "model": {"name": "sim", "embedding_dim": 8, "mlp_hidden": [8],
+                     "options": {"topk": 4, "short_seq_len": 4, "attention_dim": 8}},
+           "train": {"epochs": 1, "threads": 1}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert main(["export", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--out", str(tmp_path / "b")]) == 0
+    scorer = seqctr.load(tmp_path / "b")
+    u = int(splits["test"]["user_index"][0])
+    row = scorer.user_row(str(u))
+    assert row[0] == (u % 2) + 1, "the user's gender feature, looked up by the user row"
+    history = seqs[u][:5]
+    cands = [int(x) for x in splits["test"]["item_index"][:4]]
+    np.testing.assert_allclose(scorer.score(str(u), cands, history=history),
+                               forward(scorer, u, history, cands), rtol=1e-5, atol=1e-6)
+    assert (scorer.user_row("999") == 0).all() and (scorer.item_rows(["999"]) == 0).all(), \
+        "no OOV id in given-id data: unknown -> padding"

@@ -212,6 +212,9 @@ def read_longctr(folder: Path):
         item_names.extend([name] * block.shape[1])
     vocab_sizes[id_name] = n_item_rows
     item_feats = np.concatenate([id_col[:, None]] + item_cols, axis=1)
+    item_feats[0] = 0                  # item index 0 is LongCTR's padding: it must embed to nothing
+    for mat in pretrained.values():
+        mat[0] = 0
     item_names = [id_name] + item_names
 
     # samples

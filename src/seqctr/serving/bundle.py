@@ -57,11 +57,17 @@ def _sha256(path: Path) -> str:
 
 
 def _user_table(ds) -> np.ndarray:
-    """User features by user vocabulary id (the dataset stores them by user row)."""
-    V = ds.vocab_sizes["user_id"]
-    table = np.ones((V, ds.user_feats.shape[1]), dtype=np.int32)    # unknown users: OOV everywhere
+    """User features by user key ``k`` at row ``k``: the user vocabulary id when the dataset has a
+    ``user_id`` feature, else (LongCTR data whose user columns are other features) the dataset's
+    user row + 2. Row 1: an unknown user, out-of-vocabulary in every feature; row 0: padding."""
+    F = ds.user_feats.shape[1]
+    if ds.meta["user_features"][:1] == ["user_id"]:
+        ids = np.asarray(ds.user_feats[:, 0])
+        table = np.ones((ds.vocab_sizes["user_id"], F), dtype=np.int32)
+    else:
+        ids = np.arange(len(ds.user_feats)) + 2
+        table = np.ones((len(ds.user_feats) + 2, F), dtype=np.int32)
     table[0] = 0
-    ids = ds.user_feats[:, 0]
     known = ids >= 2
     table[ids[known]] = ds.user_feats[known]
     return table

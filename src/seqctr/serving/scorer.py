@@ -2,7 +2,9 @@
 
 Raw ids are the values as they were in the data (``"u42"``, ``42``): an int and its decimal
 string name the same id. Unknown users and items are not errors: they take the out-of-vocabulary
-path (id 1, the cold-start embedding, with every side feature unknown too). Malformed input (a
+path (id 1, the cold-start embedding, with every side feature unknown too). Data whose ids were
+given already encoded (LongCTR) has no out-of-vocabulary id: there ids are the dataset's own (user
+row, item index) and an unknown one is the padding id 0 ("no information"). Malformed input (a
 float, a bool, a list where an id belongs, no candidates list) is an :class:`InputError` naming the
 field. Per-user state (history, cache) lives in a store (:mod:`seqctr.serving.stores`); with none
 given, an in-process :class:`MemoryStore`.
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.encode import OOV, lookup
+from ..data.encode import OOV, PAD, lookup
 from ..errors import InputError
 from .bundle import Bundle, load_bundle
 from .runtime import append, fingerprint, prefill, score
@@ -67,7 +69,9 @@ class Scorer:
         vocab = self.bundle.vocabs.get("item_id")
         if vocab is not None:
             return lookup(vocab, np.asarray(raw, dtype=object)) if raw else np.zeros(0, np.int32)
-        out = np.full(len(raw), OOV, np.int64)            # data with ids used as given (LongCTR)
+        # data with ids used as given (LongCTR): there is no out-of-vocabulary id (1 is a real item),
+        # so an unknown item is the padding id, "no information"
+        out = np.full(len(raw), PAD, np.int64)
         for i, r in enumerate(raw):
             if r.lstrip("-").isdigit() and 0 < int(r) < self.item_vocab_size:
                 out[i] = int(r)
@@ -82,11 +86,13 @@ class Scorer:
         vocab = self.bundle.vocabs.get("user_id")
         if vocab is not None:
             uid = int(lookup(vocab, np.asarray([user], dtype=object))[0])
-        else:
-            uid = int(user) + 2 if user.isdigit() and int(user) + 2 < len(self.users) else OOV
+            unknown = OOV
+        else:   # ids as given (LongCTR): the user row + 2; unknown -> the padding row (no OOV id there)
+            uid = int(user) + 2 if user.isdigit() and int(user) + 2 < len(self.users) else PAD
+            unknown = PAD
         row = self.users[uid]
         if self.n_context:
-            row = torch.cat([row, torch.full((self.n_context,), OOV, dtype=row.dtype)])
+            row = torch.cat([row, torch.full((self.n_context,), unknown, dtype=row.dtype)])
         return row
 
     def _lock(self, user: str) -> threading.Lock:
