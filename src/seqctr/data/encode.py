@@ -25,17 +25,40 @@ def as_str(raw: np.ndarray) -> np.ndarray:
     return raw.astype(str)
 
 
+def _unique_inverse(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(distinct values as strings, index of each row's value)`` without turning every row into a
+    string: integers through ``np.unique``, anything else through PyArrow's dictionary encoding."""
+    raw = np.asarray(raw)
+    if raw.dtype.kind in "iu":
+        u, inv = np.unique(raw, return_inverse=True)
+        return u.astype(str), inv.reshape(-1)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = pa.array(raw, from_pandas=True) if raw.dtype.kind == "O" else pa.array(raw)
+    if not pa.types.is_string(arr.type) and not pa.types.is_large_string(arr.type):
+        arr = pc.cast(arr, pa.string())
+    enc = pc.dictionary_encode(pc.fill_null(arr, "")).combine_chunks() if isinstance(arr, pa.ChunkedArray) \
+        else pc.dictionary_encode(pc.fill_null(arr, ""))
+    return (np.asarray(enc.dictionary.to_numpy(zero_copy_only=False)).astype(str),
+            np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64))
+
+
 def encode(raw: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Map raw values to ids ``2..`` for values present where ``known`` is True, else OOV (1).
 
-    Returns ``(ids [len(raw)] int32, vocabulary of raw values (strings) in id order from id 2)``."""
-    s = as_str(raw)
-    vocab = np.unique(s[np.asarray(known, bool)])
-    if len(vocab) == 0:
-        return np.full(len(s), OOV, dtype=np.int32), vocab
-    pos = np.minimum(np.searchsorted(vocab, s), len(vocab) - 1)
-    ids = np.where(vocab[pos] == s, pos + 2, OOV).astype(np.int32)
-    return ids, vocab
+    Returns ``(ids [len(raw)] int32, vocabulary of raw values (strings) in id order from id 2)``: the
+    known values sorted as strings (ints by their decimal form). Vectorised over the distinct values,
+    not the rows (an id column of millions of rows is never turned into strings row by row)."""
+    values, inv = _unique_inverse(raw)
+    is_known = np.zeros(len(values), bool)
+    is_known[inv[np.asarray(known, bool)]] = True
+    kv = values[is_known]
+    order = np.argsort(kv, kind="stable")
+    vocab = kv[order]
+    id_of = np.full(len(values), OOV, dtype=np.int32)
+    id_of[np.flatnonzero(is_known)[order]] = np.arange(len(vocab), dtype=np.int32) + 2
+    return id_of[inv], vocab
 
 
 def lookup(vocab: np.ndarray, raw: np.ndarray) -> np.ndarray:
