@@ -69,7 +69,7 @@ def run_specs(specs: list[RunSpec], out: Path, jobs: int = 2, threads: int = 1, 
     with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
         for k, (spec, code) in enumerate(pool.map(one, todo), start=1):
             elapsed = time.monotonic() - t0
-            eta = elapsed / k * (len(todo) - k)
+            eta = elapsed / max(k, min(jobs, len(todo))) * (len(todo) - k)   # runs finish in parallel waves
             if code != 0:
                 failed.append(spec.name)
                 log(f"[{k}/{len(todo)}] FAILED: {spec.name}: {last_error(run_dir(out, spec) / 'train.log')}")
