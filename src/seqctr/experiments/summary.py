@@ -43,7 +43,8 @@ def summarise(out: Path, groups: dict, seeds: list[int], baseline: str | None, m
     y, L, idx, edges = split_labels(metrics)
     masks = {"overall": np.ones(len(y), bool), **bucket_masks(L, edges)}
     buckets = list(masks)[1:]
-    res: dict = {"groups": {}, "baseline": baseline, "seeds": seeds, "buckets": buckets}
+    res: dict = {"groups": {}, "baseline": baseline, "seeds": seeds, "buckets": buckets,
+                 "dataset": next(iter(metrics.values())).get("dataset", {}).get("name", "?")}
     preds = {g: [predictions(out, RunSpec(f"{g}/seed{s}", ""), idx) for s in seeds] for g in groups}
     for g in groups:
         ms = [metrics[f"{g}/seed{s}"]["test"] for s in seeds]
@@ -113,7 +114,9 @@ def plot_deltas(res_by_name: dict[str, dict], path: Path, title: str) -> None:
     ax.set_xticks(np.arange(len(parts)) + 0.4 - width / 2, ["all" if p == "overall" else p for p in parts])
     ax.set_xlabel("history length of the test sample (events)")
     ax.set_ylabel("difference in test AUC")
-    ax.set_title(f"{title}\nbars: mean over seeds' paired difference; error bars: 95% paired-bootstrap interval",
+    dataset = next(iter(res_by_name.values())).get("dataset", "?")
+    ax.set_title(f"{title} ({dataset}, test split)\n"
+                 "bars: mean over seeds' paired difference; error bars: 95% paired-bootstrap interval",
                  fontsize=9)
     ax.legend(fontsize=7)
 
