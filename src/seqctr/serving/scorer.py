@@ -57,7 +57,6 @@ class Scorer:
         self.items = torch.from_numpy(np.asarray(bundle.items, np.int64))
         self.users = torch.from_numpy(np.asarray(bundle.users, np.int64))
         self._locks = [threading.Lock() for _ in range(64)]
-        self.stats = {"hits": 0, "misses": 0}
 
     @property
     def fingerprint(self) -> str:
@@ -98,6 +97,14 @@ class Scorer:
     def _lock(self, user: str) -> threading.Lock:
         return self._locks[hash(user) % len(self._locks)]
 
+    def _build(self, user: str, items: list[str]):
+        """A fresh cache of ``user`` with the history ``items`` (raw ids, oldest first)."""
+        return prefill(self.model, self.user_row(user), self.item_rows(items), max_len=self.max_len)
+
+    def _valid(self, cache, history_len: int) -> bool:
+        """A stored cache may be served: these weights made it, and it covers the whole stored history."""
+        return cache is not None and cache.model_version == self.fingerprint and cache.history_len == history_len
+
     # -- API --------------------------------------------------------------------------------------
     def score(self, user, candidates, history=None) -> np.ndarray:
         return self.score_ex(user, candidates, history)[0]
@@ -107,9 +114,7 @@ class Scorer:
         user = raw_id(user, "user")
         cands = self.item_rows(raw_ids(candidates, "candidates"))
         if history is not None:
-            hist = self.item_rows(raw_ids(history, "history"))
-            cache = prefill(self.model, self.user_row(user), hist, max_len=self.max_len)
-            return score(self.model, cache, cands).numpy(), False
+            return score(self.model, self._build(user, raw_ids(history, "history")), cands).numpy(), False
         with self._lock(user):
             cache, hit = self._cache(user)
         return score(self.model, cache, cands).numpy(), hit
@@ -118,11 +123,9 @@ class Scorer:
         """The user's valid cache (built and stored when missing or stale). Caller holds the lock."""
         hist = self.store.history(user)
         cache = self.store.get_cache(user)
-        if cache is not None and cache.model_version == self.fingerprint and cache.history_len == len(hist):
-            self.stats["hits"] += 1
+        if self._valid(cache, len(hist)):
             return cache, True
-        self.stats["misses"] += 1
-        cache = prefill(self.model, self.user_row(user), self.item_rows(hist), max_len=self.max_len)
+        cache = self._build(user, hist)
         self.store.put_cache(user, cache)
         return cache, False
 
@@ -132,7 +135,7 @@ class Scorer:
         items = raw_ids(history, "history")
         with self._lock(user):
             self.store.replace(user, items, timestamps)
-            cache = prefill(self.model, self.user_row(user), self.item_rows(items), max_len=self.max_len)
+            cache = self._build(user, items)
             self.store.put_cache(user, cache)
         return cache
 
@@ -143,14 +146,13 @@ class Scorer:
         items = raw_ids(events, "events")
         with self._lock(user):
             cache = self.store.get_cache(user)
-            before = len(self.store.history(user))
+            before = self.store.history(user)
             n = self.store.extend(user, items, timestamps)
-            if cache is not None and cache.model_version == self.fingerprint and cache.history_len == before \
-                    and n == before + len(items):
+            alone = n == len(before) + len(items)      # else another process appended too (Redis)
+            if alone and self._valid(cache, len(before)):
                 cache = append(self.model, cache, self.item_rows(items))
             else:
-                cache = prefill(self.model, self.user_row(user), self.item_rows(self.store.history(user)),
-                                max_len=self.max_len)
+                cache = self._build(user, before + items if alone else self.store.history(user))
             self.store.put_cache(user, cache)
         return n
 
