@@ -92,13 +92,13 @@ def append(model: CTRModel, cache: KVCache, new_events: torch.Tensor) -> KVCache
     return prefill(model, cache.tensors["user_ids"].long(), all_ids, seq_len, max_len, mode)
 
 
-@torch.no_grad()
-def backbone_output(model: CTRModel, cache: KVCache, candidates: torch.Tensor):
-    """``(embedded candidates [N, D], the backbone's output)`` for the cached user: the pooled
-    interest vectors ``[N, out_dim]`` the head then scores (tests compare them with the forward pass's)."""
+def _check_request(model: CTRModel, cache: KVCache, candidates: torch.Tensor) -> None:
     check_version(model, cache)
+    model.embedding.check_ids(candidates, "item", "score(candidates)", rows="candidates")
+
+
+def _backbone_output(model: CTRModel, cache: KVCache, candidates: torch.Tensor):
     emb = model.embedding
-    emb.check_ids(candidates, "item", "score(candidates)", rows="candidates")
     N = candidates.shape[0]
     target = emb.items(candidates)
     L = torch.full((N,), cache.history_len, dtype=torch.long, device=candidates.device)
@@ -109,13 +109,19 @@ def backbone_output(model: CTRModel, cache: KVCache, candidates: torch.Tensor):
 
 
 @torch.no_grad()
+def backbone_output(model: CTRModel, cache: KVCache, candidates: torch.Tensor):
+    """``(embedded candidates [N, D], the backbone's output)`` for the cached user: the pooled
+    interest vectors ``[N, out_dim]`` the head then scores (tests compare them with the forward pass's)."""
+    _check_request(model, cache, candidates)
+    return _backbone_output(model, cache, candidates)
+
+
+@torch.no_grad()
 def score(model: CTRModel, cache: KVCache, candidates: torch.Tensor) -> torch.Tensor:
     """Click probabilities ``[N]`` of ``candidates [N, Fi]`` for the cached user."""
-    N = candidates.shape[0] if candidates.dim() == 2 else None
-    if N == 0:                                     # nothing to score (the layers need a batch)
-        check_version(model, cache)
-        model.embedding.check_ids(candidates, "item", "score(candidates)", rows="candidates")
+    _check_request(model, cache, candidates)
+    if candidates.shape[0] == 0:                   # nothing to score (the layers need a batch)
         return torch.zeros(0, device=candidates.device)
-    target, out = backbone_output(model, cache, candidates)
+    target, out = _backbone_output(model, cache, candidates)
     user = expand(cache.tensors["user"], target.shape[0])
     return torch.sigmoid(model.head(torch.cat([user, target, out.vector], dim=-1)).squeeze(-1))
