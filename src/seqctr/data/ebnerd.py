@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import InputError
 from .encode import Multi, SideTable, encode
+from .sources import ResolvedSource, _categorical, _ids, _timestamps, list_column, sha256_files
 
 FILES = ("behaviors.parquet", "history.parquet")
 
@@ -34,8 +35,6 @@ def is_ebnerd(folder: Path) -> bool:
 
 
 def resolve(folder: Path):
-    from .sources import ResolvedSource
-
     for f in FILES:
         if not (folder / f).is_file():
             raise InputError(f"EB-NeRD folder is missing {f} (needs behaviors.parquet and history.parquet)",
@@ -45,46 +44,12 @@ def resolve(folder: Path):
     return ResolvedSource(folder.name, files, lambda rule: read_ebnerd(folder, rule), "ebnerd-v1")
 
 
-def _lists(table, name, path, what="ids"):
-    """A list column -> (offsets, values) with the row of any null / non-list named."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if name not in table.column_names:
-        raise InputError(f"missing column (columns are {table.column_names})", path=path, column=name)
-    col = table.column(name).combine_chunks()
-    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
-        raise InputError(f"expected a list of {what}, got type {col.type}", path=path, column=name)
-    if col.null_count:
-        raise InputError("missing list", path=path, column=name,
-                         row=int(np.flatnonzero(np.asarray(col.is_null()))[0]) + 1)
-    offsets = np.asarray(col.offsets, dtype=np.int64)
-    return offsets - offsets[0], pc.list_flatten(col)
-
-
-def _seconds(arr, path, name) -> np.ndarray:
-    from .sources import _timestamps
-
-    import pyarrow as pa
-
-    return _timestamps(pa.chunked_array([arr]), path, name)
-
-
-def _ids(arr, path, name) -> np.ndarray:
-    import pyarrow as pa
-
-    from .sources import _ids as ids
-
-    return ids(pa.chunked_array([arr]) if not isinstance(arr, pa.ChunkedArray) else arr, path, name)
-
-
 def read_ebnerd(folder: Path, rule):
     """Read an EB-NeRD folder into a :class:`SeqDataset` (rules in the module doc)."""
     import pyarrow.parquet as pq
 
     from .construct import dataset_meta, item_feature_table
     from .dataset import SeqDataset
-    from .sources import sha256_files
 
     folder = Path(folder)
     bpath, hpath = folder / "behaviors.parquet", folder / "history.parquet"
@@ -96,14 +61,14 @@ def read_ebnerd(folder: Path, rule):
 
     # histories: per user, articles sorted by (time, article)
     h_user = _ids(hist.column("user_id"), hpath, "user_id")
-    h_off, h_art = _lists(hist, "article_id_fixed", hpath)
-    t_off, h_time = _lists(hist, "impression_time_fixed", hpath, "timestamps")
+    h_off, h_art = list_column(hist, "article_id_fixed", hpath)
+    t_off, h_time = list_column(hist, "impression_time_fixed", hpath, "timestamps")
     if not np.array_equal(h_off, t_off):
         r = int(np.flatnonzero(np.diff(h_off) != np.diff(t_off))[0])
         raise InputError("article_id_fixed and impression_time_fixed differ in length", path=hpath,
                          column="impression_time_fixed", row=r + 1)
     h_art = _ids(h_art, hpath, "article_id_fixed")
-    h_time = _seconds(h_time, hpath, "impression_time_fixed")
+    h_time = _timestamps(h_time, hpath, "impression_time_fixed")
     if len(np.unique(h_user)) != len(h_user):
         s = np.sort(h_user)
         dup = s[1:][s[1:] == s[:-1]][0]
@@ -112,10 +77,10 @@ def read_ebnerd(folder: Path, rule):
 
     # impressions
     b_user = _ids(beh.column("user_id"), bpath, "user_id")
-    b_time = _seconds(beh.column("impression_time").combine_chunks(), bpath, "impression_time")
+    b_time = _timestamps(beh.column("impression_time").combine_chunks(), bpath, "impression_time")
     b_imp = _ids(beh.column("impression_id"), bpath, "impression_id")
-    v_off, inview = _lists(beh, "article_ids_inview", bpath)
-    c_off, clicked = _lists(beh, "article_ids_clicked", bpath)
+    v_off, inview = list_column(beh, "article_ids_inview", bpath)
+    c_off, clicked = list_column(beh, "article_ids_clicked", bpath)
     n_inview = np.diff(v_off)
     if (n_inview == 0).any():
         r = int(np.flatnonzero(n_inview == 0)[0])
@@ -177,11 +142,9 @@ def read_ebnerd(folder: Path, rule):
             raise InputError("duplicate article_id", path=apath, column="article_id")
         side = SideTable(key=a_id, path=str(apath))
         if "category" in art.column_names:
-            from .encode import _categorical
-
             side.single["category"] = _categorical(art.column("category"))
         if "subcategory" in art.column_names:
-            so, sv = _lists(art, "subcategory", apath)
+            so, sv = list_column(art, "subcategory", apath)
             side.multi["subcategory"] = Multi(so, np.asarray(sv.to_numpy(zero_copy_only=False)))
     vocab_size = len(item_vocab) + 2
     item_feats, item_names, ivocabs, isizes = item_feature_table(vocab_size, seq_items, {}, np.ones(0, bool),

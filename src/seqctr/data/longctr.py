@@ -93,19 +93,11 @@ def _int_column(table, name: str, path: Path, vocab: int | None = None) -> np.nd
 
 
 def _list_column(table, name: str, path: Path, floats: bool = False):
-    """A list column -> (offsets [R+1], flat values). Anything else is an error naming file and column."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    """A list column -> (offsets [R+1], flat values as numbers; ids checked unless ``floats``)."""
+    from .sources import list_column
 
-    col = table.column(name).combine_chunks()
-    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
-        raise InputError(f"expected a list column, got type {col.type}", path=path, column=name)
-    if col.null_count:
-        r = int(np.flatnonzero(np.asarray(col.is_null()))[0])
-        raise InputError("missing list", path=path, column=name, row=r + 1)
-    offsets = np.asarray(col.offsets, dtype=np.int64)
-    values = np.asarray(pc.list_flatten(col).to_numpy(zero_copy_only=False), dtype=np.float64)
-    offsets = offsets - offsets[0]
+    offsets, flat = list_column(table, name, path, "vectors" if floats else "ids")
+    values = np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float64)
     if not floats:
         bad = ~np.isfinite(values) | (values != np.round(values)) | (values < 0)
         if bad.any():

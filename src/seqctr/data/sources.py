@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import InputError, SeqctrError, check_keys
 from ..utils.io import atomic_path, seqctr_home
-from .encode import SideTable, _categorical, read_side_table
+from .encode import Multi, SideTable, as_str
 
 ML100K_WHEEL = "recbole==1.2.1"
 ML100K_WHEEL_FILE = "recbole-1.2.1-py3-none-any.whl"
@@ -314,6 +314,98 @@ def read_table(path: str | Path, columns: dict | None = None, label: dict | None
         user_feats[name] = _categorical(_column(table, name, path))
     return Interactions(user=user, item=item, timestamp=ts, label=y, item_features=item_feats,
                         user_features=user_feats, checksum=sha256_files([path]), origin=f"table:{path.name}")
+
+
+def list_column(table, name: str, path, what: str = "ids"):
+    """A list column -> ``(offsets [R+1] int64, flat values as an Arrow array)``; a missing column, a
+    column that is not a list, or a null list is an error naming the file, column (and row)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    col = _column(table, name, path).combine_chunks()
+    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
+        raise InputError(f"expected a list of {what}, got type {col.type}", path=path, column=name)
+    if col.null_count:
+        raise InputError("missing list", path=path, column=name,
+                         row=int(np.flatnonzero(np.asarray(col.is_null()))[0]) + 1)
+    offsets = np.asarray(col.offsets, dtype=np.int64)
+    return offsets - offsets[0], pc.list_flatten(col)
+
+
+# --------------------------------------------------------------------------- side tables
+def split_multi(col, sep: str, path, name) -> Multi:
+    """A string column ``a|b|c`` (or an Arrow list column) -> :class:`Multi`. Empty strings and
+    nulls are rows with no values."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+        lists = col
+    elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        filled = pc.fill_null(col, "")
+        lists = pc.split_pattern(filled, sep)
+        # "" splits to [""]: drop empty tokens
+        flat = pc.list_flatten(lists)
+        keep = pc.not_equal(flat, "")
+        parent = pc.list_parent_indices(lists)
+        counts = np.bincount(np.asarray(parent)[np.asarray(keep, bool)], minlength=len(col))
+        return Multi(np.r_[0, np.cumsum(counts)].astype(np.int64),
+                     np.asarray(pc.filter(flat, keep).to_numpy(zero_copy_only=False)))
+    else:
+        raise InputError(f"a multi-valued column must hold strings ('a{sep}b') or lists, got type {col.type}",
+                         path=path, column=name)
+    lists = pc.fill_null(lists, pa.scalar([], type=lists.type)) if lists.null_count else lists
+    offsets = np.asarray(lists.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
+    offsets = offsets - offsets[0]
+    values = np.asarray(pc.list_flatten(lists).to_numpy(zero_copy_only=False))
+    return Multi(offsets, values)
+
+
+def read_side_table(path: str | Path, key: str, features: list[str] | None = None,
+                    multi: dict | None = None, what: str = "items") -> SideTable:
+    """Read an item (or user) side table: one row per ``key``, the given feature columns (default:
+    every other column). ``multi`` maps multi-valued columns to their separator (``{genres: "|"}``).
+    Duplicate keys, a missing key column or a missing feature column are errors naming the file,
+    column and row."""
+    path = Path(path)
+    table = _read_table(path)
+    keys = _ids(_column(table, key, path), path, key)
+    s = as_str(keys)
+    order = np.argsort(s, kind="stable")
+    dup = np.flatnonzero(s[order][1:] == s[order][:-1])
+    if len(dup):
+        rows = np.sort(order[dup[0]:dup[0] + 2])
+        raise InputError(f"duplicate key {str(s[rows[1]])!r} in the {what} table (first at row {rows[0] + 1})",
+                         path=path, column=key, row=int(rows[1]) + 1)
+    multi = dict(multi or {})
+    names = list(features) if features else [c for c in table.column_names if c != key]
+    for m in multi:
+        if m not in names:
+            names.append(m)
+    out = SideTable(key=keys, path=str(path))
+    for name in names:
+        col = _column(table, name, path)
+        if name in multi:
+            out.multi[name] = split_multi(col, multi[name] or "|", path, name)
+        else:
+            out.single[name] = _categorical(col)
+    return out
+
+
+def _categorical(col) -> np.ndarray:
+    """A categorical column as raw values (nulls -> ''), without a per-row Python loop."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_floating(col.type):
+        arr = col.to_numpy(zero_copy_only=False)
+        whole = np.isfinite(arr) & (arr == np.round(arr))
+        if whole.all():
+            return arr.astype(np.int64)
+    col = pc.cast(col, pa.string())
+    return np.asarray(pc.fill_null(col, "").to_numpy(zero_copy_only=False))
 
 
 @dataclass
