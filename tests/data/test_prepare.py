@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from seqctr.data import prepare
-from seqctr.data.construct import OOV
+from seqctr.data.encode import OOV
 from seqctr.data.stats import split_summary
 
 from tests.helpers import shared_path, synthetic_interactions, write_csv

@@ -5,6 +5,10 @@ Per user, events sorted by ``(timestamp, item)``; event ``i >= min_history`` bec
 ``max(1, round(test_frac * n))`` samples -> test, as many before them -> valid, the rest -> train.
 Vocabularies come from what training can see (the events up to each user's last training target);
 ids seen only later map to the out-of-vocabulary id 1. Id 0 is padding.
+
+Also the one entry point that resolves a source string to its reader and construction
+(:func:`resolve_source`, :func:`prepare`): readers live in ``sources`` / ``longctr`` / ``ebnerd``,
+encoding and feature tables in ``encode``, the layout in ``dataset``.
 """
 from __future__ import annotations
 
@@ -16,16 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, InputError, check_keys
+from ..errors import ConfigError, InputError, SeqctrError, check_keys
 from ..utils.io import seqctr_home
-from .dataset import SeqDataset
-from .encode import OOV, PAD, SideTable, encode, encode_multi  # noqa: F401  (PAD/OOV re-exported)
-from .sources import Interactions, resolve_source
+from . import ebnerd, longctr
+from .dataset import LAYOUT_VERSION, SeqDataset, dataset_meta
+from .encode import encode, item_feature_table, user_feature_table
+from .sources import (ML100K_MEMBERS, Interactions, ResolvedSource, _names, fetch_ml100k, read_grouplens_ml100k,
+                      read_ml100k_atomic, read_ml_latest, read_side_table, read_table)
 
 PROTOCOL_VERSION = "ml100k-seqctr-v1"
-# Version of the prepared layout (arrays and meta); part of every cache key, so a cache written by an
-# older layout is rebuilt rather than misread.
-LAYOUT_VERSION = 3
 
 
 @dataclass
@@ -65,77 +68,6 @@ def _sort_key(raw: np.ndarray) -> np.ndarray:
         rank = np.empty(len(values), np.int64)
         rank[np.argsort(values, kind="stable")] = np.arange(len(values))
         return rank[inv]
-
-
-def item_feature_table(item_vocab_size: int, item_ids: np.ndarray, per_event: dict, known: np.ndarray,
-                       side: SideTable | None, item_vocab: np.ndarray) -> tuple[np.ndarray, list, dict, dict]:
-    """The item feature table ``[I, C]``: column 0 = the item id, then one column per single-valued
-    feature and ``M`` columns per multi-valued one (named once per column).
-
-    ``per_event``: name -> raw value per event (taken from each item's first event);
-    ``side``: an item side table keyed by raw item id (rows of OOV or absent items stay 0, "no
-    value"). Vocabularies come from ``known`` events / side rows of known items.
-    Returns ``(table, column names, vocabularies, vocabulary sizes)``."""
-    cols, names, vocabs, sizes = [np.arange(item_vocab_size, dtype=np.int32)[:, None]], ["item_id"], {}, {}
-    cols[0][OOV, 0] = OOV
-    first = np.unique(item_ids, return_index=True)[1]  # first event of each item id
-    for fname, col in per_event.items():
-        ids, voc = encode(col, known)
-        block = np.zeros((item_vocab_size, 1), dtype=np.int32)
-        block[item_ids[first], 0] = ids[first]
-        block[OOV, 0] = OOV
-        cols.append(block), names.append(fname)
-        vocabs[fname], sizes[fname] = voc, len(voc) + 2
-    if side is not None:
-        rows = side.rows_of(item_vocab)                       # side row of item id 2.. (or -1)
-        for fname in side.names():
-            if fname in vocabs or fname == "item_id":
-                raise InputError(f"item feature {fname!r} is given twice (interactions and side table)",
-                                 path=side.path, column=fname)
-            if fname in side.single:
-                raw = side.single[fname]
-                ids, voc = encode(raw[np.maximum(rows, 0)], rows >= 0)
-                block = np.zeros((item_vocab_size, 1), dtype=np.int32)
-                block[2:, 0] = np.where(rows >= 0, ids, PAD)
-                block[OOV, 0] = OOV
-            else:
-                sub = side.multi[fname].take(rows)
-                enc, voc = encode_multi(sub, rows >= 0)
-                block = np.zeros((item_vocab_size, enc.shape[1]), dtype=np.int32)
-                block[2:] = enc
-                block[OOV, 0] = OOV
-            cols.append(block), names.extend([fname] * block.shape[1])
-            vocabs[fname], sizes[fname] = voc, len(voc) + 2
-    return np.concatenate(cols, axis=1), names, vocabs, sizes
-
-
-def user_feature_table(user_raw: np.ndarray, user_ids: np.ndarray, per_event: dict, first_event: np.ndarray,
-                       known: np.ndarray, known_users: np.ndarray, side: SideTable | None):
-    """The user feature table ``[U, Fu]`` (column 0 = the user id; one column per feature, first
-    event's value for per-event features, side-table values by raw user id; multi-valued user
-    features take ``M`` columns like item ones). ``known``: events whose values enter the
-    vocabularies; ``known_users``: the same for side rows, per user row.
-    Returns ``(table, names, vocabularies, sizes)``."""
-    cols, names, vocabs, sizes = [user_ids[:, None].astype(np.int32)], ["user_id"], {}, {}
-    for fname, col in per_event.items():
-        ids, voc = encode(col, known)
-        cols.append(ids[first_event][:, None]), names.append(fname)
-        vocabs[fname], sizes[fname] = voc, len(voc) + 2
-    if side is not None:
-        rows = side.rows_of(user_raw)
-        for fname in side.names():
-            if fname in vocabs or fname == "user_id":
-                raise InputError(f"user feature {fname!r} is given twice (interactions and side table)",
-                                 path=side.path, column=fname)
-            ok = (rows >= 0) & known_users
-            if fname in side.single:
-                ids, voc = encode(side.single[fname][np.maximum(rows, 0)], ok)
-                block = np.where(rows >= 0, ids, PAD)[:, None].astype(np.int32)
-            else:
-                block, voc = encode_multi(side.multi[fname].take(rows), ok)
-            cols.append(block), names.extend([fname] * block.shape[1])
-            vocabs[fname], sizes[fname] = voc, len(voc) + 2
-    return np.concatenate(cols, axis=1), names, vocabs, sizes
 
 
 def build_dataset(inter: Interactions, split: SplitRule, name: str, protocol: str = PROTOCOL_VERSION) -> SeqDataset:
@@ -207,13 +139,81 @@ def build_dataset(inter: Interactions, split: SplitRule, name: str, protocol: st
     return ds
 
 
-def dataset_meta(name, protocol, origin, checksum, split_rule, item_names, user_names, vocab_sizes, n_users,
-                 n_events, vocab_arrays, **extra) -> dict:
-    """The ``meta`` every prepared dataset carries (``_vocab_arrays`` is saved beside it, not in it)."""
-    return {"name": name, "protocol": protocol, "layout": LAYOUT_VERSION, "origin": origin,
-            "source_sha256": checksum, "split_rule": split_rule, "item_features": item_names,
-            "user_features": user_names, "vocab_sizes": {k: int(v) for k, v in vocab_sizes.items()},
-            "n_users": int(n_users), "n_events": int(n_events), **extra, "_vocab_arrays": vocab_arrays}
+def _events(name: str, protocol: str, files: list, read) -> ResolvedSource:
+    """A source of events, built by the one-sample-per-event construction."""
+    def build(rule):
+        return build_dataset(read(), rule, name, protocol)
+
+    return ResolvedSource(name, files, build, protocol)
+
+
+def _side(spec: dict | None, default_key: str, what: str):
+    """``{path, key, features, multi}`` -> (files, reader of the side table)."""
+    if not spec:
+        return [], lambda: None
+    spec = dict(spec)
+    check_keys(spec, ("path", "key", "features", "multi"), f"data.{what}")
+    if "path" not in spec:
+        raise SeqctrError(f"data.{what}: needs a path (keys: path, key, features, multi)")
+    p = Path(spec["path"]).expanduser()
+    if not p.is_file():
+        raise InputError(f"{what} table does not exist", path=p)
+    multi = spec.get("multi") or {}
+    if isinstance(multi, (list, str)):
+        multi = {m: "|" for m in _names(multi)}
+    return [p], lambda: read_side_table(p, spec.get("key") or default_key, _names(spec.get("features")) or None,
+                                        multi, what)
+
+
+def resolve_source(source: str, columns: dict | None = None, label: dict | None = None,
+                   home: Path | None = None, items: dict | None = None, users: dict | None = None) -> ResolvedSource:
+    """Resolve a source string: ``ml100k`` / ``ml-latest-small`` (built in), a GroupLens or recbole
+    ml-100k folder, a LongCTR folder, an EB-NeRD folder, or an interactions table (with optional
+    item / user side tables)."""
+    if source == "ml100k":
+        raw = fetch_ml100k(home)
+        return _events("ml100k", "ml100k-seqctr-v1", [raw / m for m in ML100K_MEMBERS],
+                       lambda: read_ml100k_atomic(raw))
+    if source in ("ml-latest-small", "mlls"):
+        from .builtin import ml_latest_small
+
+        folder = ml_latest_small()
+        return _events("ml-latest-small", "mlls-seqctr-v1", [folder / "ratings.csv", folder / "movies.csv"],
+                       lambda: read_ml_latest(folder))
+    p = Path(source).expanduser()
+    if not p.exists():
+        raise InputError("path does not exist (use 'ml100k', 'ml-latest-small', a GroupLens ml-100k folder, a "
+                         "LongCTR or EB-NeRD folder, or a parquet/CSV interactions table)", path=p)
+    if p.is_dir():
+        if (p / "u.data").is_file():
+            files = [p / "u.data", p / "u.item", p / "u.user"]
+            for f in files:
+                if not f.is_file():
+                    raise InputError("GroupLens ml-100k file missing", path=f)
+            return _events("ml100k", "ml100k-seqctr-v1", files, lambda: read_grouplens_ml100k(p))
+        if (p / "ml-100k.inter").is_file():
+            return _events("ml100k", "ml100k-seqctr-v1", [p / m for m in ML100K_MEMBERS],
+                           lambda: read_ml100k_atomic(p))
+        if (p / "ratings.csv").is_file() and (p / "movies.csv").is_file():
+            return _events(p.name, "mlls-seqctr-v1", [p / "ratings.csv", p / "movies.csv"], lambda: read_ml_latest(p))
+        if longctr.is_longctr(p):
+            return longctr.resolve(p)
+        if ebnerd.is_ebnerd(p):
+            return ebnerd.resolve(p)
+        raise InputError("folder is none of: GroupLens ml-100k (u.data), recbole ml-100k (ml-100k.inter), "
+                         "MovieLens latest (ratings.csv + movies.csv), LongCTR (train.parquet + user_info.parquet), "
+                         "EB-NeRD (behaviors.parquet + history.parquet)", path=p)
+    if p.stat().st_size == 0:
+        raise InputError("file is empty", path=p)
+    item_files, read_items = _side(items, (columns or {}).get("item", "item"), "items")
+    user_files, read_users = _side(users, (columns or {}).get("user", "user"), "users")
+
+    def read():
+        inter = read_table(p, columns, label)
+        inter.items, inter.users = read_items(), read_users()
+        return inter
+
+    return _events(p.stem, "table-v1", [p] + item_files + user_files, read)
 
 
 def cache_key(name: str, protocol: str, checksum: str, rules: dict) -> str:

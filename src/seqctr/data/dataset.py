@@ -32,6 +32,9 @@ from ..errors import SeqctrError
 from ..utils.io import atomic_dir
 
 SPLITS = {"train": 0, "valid": 1, "test": 2}
+# Version of the prepared layout (arrays and meta); part of every cache key, so a cache written by an
+# older layout is rebuilt rather than misread.
+LAYOUT_VERSION = 3
 ARRAYS = ("seq_items", "offsets", "item_feats", "user_feats", "sample_user", "sample_pos", "sample_target", "label",
           "split", "context_feats")
 
@@ -126,3 +129,12 @@ class SeqDataset:
     def raw_vocab(self, folder: Path, feature: str) -> np.ndarray:
         """Raw ids of a vocabulary (index ``i`` -> raw value of id ``i + 2``)."""
         return np.load(Path(folder) / f"vocab_{feature}.npy", allow_pickle=False)
+
+
+def dataset_meta(name, protocol, origin, checksum, split_rule, item_names, user_names, vocab_sizes, n_users,
+                 n_events, vocab_arrays, **extra) -> dict:
+    """The ``meta`` every prepared dataset carries (``_vocab_arrays`` is saved beside it, not in it)."""
+    return {"name": name, "protocol": protocol, "layout": LAYOUT_VERSION, "origin": origin,
+            "source_sha256": checksum, "split_rule": split_rule, "item_features": item_names,
+            "user_features": user_names, "vocab_sizes": {k: int(v) for k, v in vocab_sizes.items()},
+            "n_users": int(n_users), "n_events": int(n_events), **extra, "_vocab_arrays": vocab_arrays}

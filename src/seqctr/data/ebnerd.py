@@ -48,7 +48,8 @@ def read_ebnerd(folder: Path, rule):
     """Read an EB-NeRD folder into a :class:`SeqDataset` (rules in the module doc)."""
     import pyarrow.parquet as pq
 
-    from .construct import dataset_meta, item_feature_table
+    from .dataset import dataset_meta
+    from .encode import item_feature_table
     from .dataset import SeqDataset
 
     folder = Path(folder)

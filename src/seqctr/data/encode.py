@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 import numpy as np
 
+from ..errors import InputError
+
 PAD, OOV = 0, 1
 
 
@@ -121,3 +123,74 @@ class SideTable:
 
     def names(self) -> list[str]:
         return list(self.single) + list(self.multi)
+
+
+def item_feature_table(item_vocab_size: int, item_ids: np.ndarray, per_event: dict, known: np.ndarray,
+                       side: SideTable | None, item_vocab: np.ndarray) -> tuple[np.ndarray, list, dict, dict]:
+    """The item feature table ``[I, C]``: column 0 = the item id, then one column per single-valued
+    feature and ``M`` columns per multi-valued one (named once per column).
+
+    ``per_event``: name -> raw value per event (taken from each item's first event);
+    ``side``: an item side table keyed by raw item id (rows of OOV or absent items stay 0, "no
+    value"). Vocabularies come from ``known`` events / side rows of known items.
+    Returns ``(table, column names, vocabularies, vocabulary sizes)``."""
+    cols, names, vocabs, sizes = [np.arange(item_vocab_size, dtype=np.int32)[:, None]], ["item_id"], {}, {}
+    cols[0][OOV, 0] = OOV
+    first = np.unique(item_ids, return_index=True)[1]  # first event of each item id
+    for fname, col in per_event.items():
+        ids, voc = encode(col, known)
+        block = np.zeros((item_vocab_size, 1), dtype=np.int32)
+        block[item_ids[first], 0] = ids[first]
+        block[OOV, 0] = OOV
+        cols.append(block), names.append(fname)
+        vocabs[fname], sizes[fname] = voc, len(voc) + 2
+    if side is not None:
+        rows = side.rows_of(item_vocab)                       # side row of item id 2.. (or -1)
+        for fname in side.names():
+            if fname in vocabs or fname == "item_id":
+                raise InputError(f"item feature {fname!r} is given twice (interactions and side table)",
+                                 path=side.path, column=fname)
+            if fname in side.single:
+                raw = side.single[fname]
+                ids, voc = encode(raw[np.maximum(rows, 0)], rows >= 0)
+                block = np.zeros((item_vocab_size, 1), dtype=np.int32)
+                block[2:, 0] = np.where(rows >= 0, ids, PAD)
+                block[OOV, 0] = OOV
+            else:
+                sub = side.multi[fname].take(rows)
+                enc, voc = encode_multi(sub, rows >= 0)
+                block = np.zeros((item_vocab_size, enc.shape[1]), dtype=np.int32)
+                block[2:] = enc
+                block[OOV, 0] = OOV
+            cols.append(block), names.extend([fname] * block.shape[1])
+            vocabs[fname], sizes[fname] = voc, len(voc) + 2
+    return np.concatenate(cols, axis=1), names, vocabs, sizes
+
+
+def user_feature_table(user_raw: np.ndarray, user_ids: np.ndarray, per_event: dict, first_event: np.ndarray,
+                       known: np.ndarray, known_users: np.ndarray, side: SideTable | None):
+    """The user feature table ``[U, Fu]`` (column 0 = the user id; one column per feature, first
+    event's value for per-event features, side-table values by raw user id; multi-valued user
+    features take ``M`` columns like item ones). ``known``: events whose values enter the
+    vocabularies; ``known_users``: the same for side rows, per user row.
+    Returns ``(table, names, vocabularies, sizes)``."""
+    cols, names, vocabs, sizes = [user_ids[:, None].astype(np.int32)], ["user_id"], {}, {}
+    for fname, col in per_event.items():
+        ids, voc = encode(col, known)
+        cols.append(ids[first_event][:, None]), names.append(fname)
+        vocabs[fname], sizes[fname] = voc, len(voc) + 2
+    if side is not None:
+        rows = side.rows_of(user_raw)
+        for fname in side.names():
+            if fname in vocabs or fname == "user_id":
+                raise InputError(f"user feature {fname!r} is given twice (interactions and side table)",
+                                 path=side.path, column=fname)
+            ok = (rows >= 0) & known_users
+            if fname in side.single:
+                ids, voc = encode(side.single[fname][np.maximum(rows, 0)], ok)
+                block = np.where(rows >= 0, ids, PAD)[:, None].astype(np.int32)
+            else:
+                block, voc = encode_multi(side.multi[fname].take(rows), ok)
+            cols.append(block), names.extend([fname] * block.shape[1])
+            vocabs[fname], sizes[fname] = voc, len(voc) + 2
+    return np.concatenate(cols, axis=1), names, vocabs, sizes

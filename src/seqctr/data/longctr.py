@@ -117,7 +117,7 @@ def _bins(values: np.ndarray, fit: np.ndarray) -> np.ndarray:
 
 def read_longctr(folder: Path):
     """Read a LongCTR folder into a :class:`SeqDataset` (see the module doc for the rules)."""
-    from .construct import dataset_meta
+    from .dataset import dataset_meta
     from .sources import sha256_files
     from .dataset import SeqDataset
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, SeqctrError, check_keys
+from ..errors import InputError, SeqctrError
 from ..utils.io import atomic_path, seqctr_home
 from .encode import Multi, SideTable, as_str
 
@@ -423,87 +423,6 @@ class ResolvedSource:
     @property
     def checksum(self) -> str:
         return sha256_files(self.files)
-
-
-def _events(name: str, protocol: str, files: list, read) -> ResolvedSource:
-    """A source of events, built by the one-sample-per-event construction."""
-    def build(rule):
-        from .construct import build_dataset
-
-        return build_dataset(read(), rule, name, protocol)
-
-    return ResolvedSource(name, files, build, protocol)
-
-
-def _side(spec: dict | None, default_key: str, what: str):
-    """``{path, key, features, multi}`` -> (files, reader of the side table)."""
-    if not spec:
-        return [], lambda: None
-    spec = dict(spec)
-    check_keys(spec, ("path", "key", "features", "multi"), f"data.{what}")
-    if "path" not in spec:
-        raise SeqctrError(f"data.{what}: needs a path (keys: path, key, features, multi)")
-    p = Path(spec["path"]).expanduser()
-    if not p.is_file():
-        raise InputError(f"{what} table does not exist", path=p)
-    multi = spec.get("multi") or {}
-    if isinstance(multi, (list, str)):
-        multi = {m: "|" for m in _names(multi)}
-    return [p], lambda: read_side_table(p, spec.get("key") or default_key, _names(spec.get("features")) or None,
-                                        multi, what)
-
-
-def resolve_source(source: str, columns: dict | None = None, label: dict | None = None,
-                   home: Path | None = None, items: dict | None = None, users: dict | None = None) -> ResolvedSource:
-    """Resolve a source string: ``ml100k`` / ``ml-latest-small`` (built in), a GroupLens or recbole
-    ml-100k folder, a LongCTR folder, an EB-NeRD folder, or an interactions table (with optional
-    item / user side tables)."""
-    if source == "ml100k":
-        raw = fetch_ml100k(home)
-        return _events("ml100k", "ml100k-seqctr-v1", [raw / m for m in ML100K_MEMBERS],
-                       lambda: read_ml100k_atomic(raw))
-    if source in ("ml-latest-small", "mlls"):
-        from .builtin import ml_latest_small
-
-        folder = ml_latest_small()
-        return _events("ml-latest-small", "mlls-seqctr-v1", [folder / "ratings.csv", folder / "movies.csv"],
-                       lambda: read_ml_latest(folder))
-    p = Path(source).expanduser()
-    if not p.exists():
-        raise InputError("path does not exist (use 'ml100k', 'ml-latest-small', a GroupLens ml-100k folder, a "
-                         "LongCTR or EB-NeRD folder, or a parquet/CSV interactions table)", path=p)
-    if p.is_dir():
-        if (p / "u.data").is_file():
-            files = [p / "u.data", p / "u.item", p / "u.user"]
-            for f in files:
-                if not f.is_file():
-                    raise InputError("GroupLens ml-100k file missing", path=f)
-            return _events("ml100k", "ml100k-seqctr-v1", files, lambda: read_grouplens_ml100k(p))
-        if (p / "ml-100k.inter").is_file():
-            return _events("ml100k", "ml100k-seqctr-v1", [p / m for m in ML100K_MEMBERS],
-                           lambda: read_ml100k_atomic(p))
-        if (p / "ratings.csv").is_file() and (p / "movies.csv").is_file():
-            return _events(p.name, "mlls-seqctr-v1", [p / "ratings.csv", p / "movies.csv"], lambda: read_ml_latest(p))
-        from . import ebnerd, longctr
-
-        if longctr.is_longctr(p):
-            return longctr.resolve(p)
-        if ebnerd.is_ebnerd(p):
-            return ebnerd.resolve(p)
-        raise InputError("folder is none of: GroupLens ml-100k (u.data), recbole ml-100k (ml-100k.inter), "
-                         "MovieLens latest (ratings.csv + movies.csv), LongCTR (train.parquet + user_info.parquet), "
-                         "EB-NeRD (behaviors.parquet + history.parquet)", path=p)
-    if p.stat().st_size == 0:
-        raise InputError("file is empty", path=p)
-    item_files, read_items = _side(items, (columns or {}).get("item", "item"), "items")
-    user_files, read_users = _side(users, (columns or {}).get("user", "user"), "users")
-
-    def read():
-        inter = read_table(p, columns, label)
-        inter.items, inter.users = read_items(), read_users()
-        return inter
-
-    return _events(p.stem, "table-v1", [p] + item_files + user_files, read)
 
 
 # --------------------------------------------------------------------------- MovieLens latest (ml-latest-small)
