@@ -146,25 +146,30 @@ def item_feature_table(item_vocab_size: int, item_ids: np.ndarray, per_event: di
         vocabs[fname], sizes[fname] = voc, len(voc) + 2
     if side is not None:
         rows = side.rows_of(item_vocab)                       # side row of item id 2.. (or -1)
-        for fname in side.names():
-            if fname in vocabs or fname == "item_id":
-                raise InputError(f"item feature {fname!r} is given twice (interactions and side table)",
-                                 path=side.path, column=fname)
-            if fname in side.single:
-                raw = side.single[fname]
-                ids, voc = encode(raw[np.maximum(rows, 0)], rows >= 0)
-                block = np.zeros((item_vocab_size, 1), dtype=np.int32)
-                block[2:, 0] = np.where(rows >= 0, ids, PAD)
-                block[OOV, 0] = OOV
-            else:
-                sub = side.multi[fname].take(rows)
-                enc, voc = encode_multi(sub, rows >= 0)
-                block = np.zeros((item_vocab_size, enc.shape[1]), dtype=np.int32)
-                block[2:] = enc
-                block[OOV, 0] = OOV
+        for fname, enc, voc in side_columns(side, rows, rows >= 0, set(vocabs) | {"item_id"}, "item"):
+            block = np.zeros((item_vocab_size, enc.shape[1]), dtype=np.int32)
+            block[2:] = enc
+            block[OOV, 0] = OOV
             cols.append(block), names.extend([fname] * block.shape[1])
             vocabs[fname], sizes[fname] = voc, len(voc) + 2
     return np.concatenate(cols, axis=1), names, vocabs, sizes
+
+
+def side_columns(side: SideTable, rows: np.ndarray, known: np.ndarray, taken: set, what: str):
+    """Encode every feature of a side table for the entities whose side rows are ``rows`` (``-1``:
+    absent, which gets no value): yields ``(name, ids [R, width], vocabulary)``, one column for a
+    single-valued feature, ``M`` for a multi-valued one. Vocabularies come from ``known`` rows; a
+    feature already in ``taken`` is an error (given twice)."""
+    for fname in side.names():
+        if fname in taken:
+            raise InputError(f"{what} feature {fname!r} is given twice (interactions and side table)",
+                             path=side.path, column=fname)
+        if fname in side.single:
+            ids, voc = encode(side.single[fname][np.maximum(rows, 0)], known)
+            yield fname, np.where(rows >= 0, ids, PAD)[:, None].astype(np.int32), voc
+        else:
+            enc, voc = encode_multi(side.multi[fname].take(rows), known)
+            yield fname, enc, voc
 
 
 def user_feature_table(user_raw: np.ndarray, user_ids: np.ndarray, per_event: dict, first_event: np.ndarray,
@@ -181,16 +186,8 @@ def user_feature_table(user_raw: np.ndarray, user_ids: np.ndarray, per_event: di
         vocabs[fname], sizes[fname] = voc, len(voc) + 2
     if side is not None:
         rows = side.rows_of(user_raw)
-        for fname in side.names():
-            if fname in vocabs or fname == "user_id":
-                raise InputError(f"user feature {fname!r} is given twice (interactions and side table)",
-                                 path=side.path, column=fname)
-            ok = (rows >= 0) & known_users
-            if fname in side.single:
-                ids, voc = encode(side.single[fname][np.maximum(rows, 0)], ok)
-                block = np.where(rows >= 0, ids, PAD)[:, None].astype(np.int32)
-            else:
-                block, voc = encode_multi(side.multi[fname].take(rows), ok)
+        for fname, block, voc in side_columns(side, rows, (rows >= 0) & known_users, set(vocabs) | {"user_id"},
+                                              "user"):
             cols.append(block), names.extend([fname] * block.shape[1])
             vocabs[fname], sizes[fname] = voc, len(voc) + 2
     return np.concatenate(cols, axis=1), names, vocabs, sizes
