@@ -18,6 +18,7 @@ from ..data.batching import gather_windows
 from ..data.encode import as_str
 from ..errors import InputError
 from ..utils.io import atomic_path
+from ..utils.progress import Progress
 
 
 @torch.no_grad()
@@ -26,7 +27,6 @@ def predict_table(scorer, path: str | Path, out: str | Path, columns: dict | Non
     """Score ``path`` into the parquet file ``out``; returns ``{"rows": n, "out": out}``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from tqdm import tqdm
 
     from ..data import SeqBatch
     from ..data.sources import _column, _ids, _read_table, _timestamps
@@ -55,12 +55,10 @@ def predict_table(scorer, path: str | Path, out: str | Path, columns: dict | Non
     items = scorer.items
     model, max_len = scorer.model, scorer.max_len
     model.eval()
-    probs = []
-    bar = tqdm(total=n, unit="ev", desc="predict", disable=None if progress is None else not progress,
-               mininterval=5.0)
+    score_sum = 0.0
     with atomic_path(out) as tmp:
         writer = None
-        for s in range(0, n, chunk):
+        for s in Progress(range(0, n, chunk), f"predict ({chunk} events a step)", progress):
             sl = slice(s, min(s + chunk, n))
             hist, mask = gather_windows(seq_items, offsets, user_row[sl], pos[sl], max_len)
             batch = SeqBatch(user=user_feats[user_row[sl]], target=items[torch.from_numpy(seq_items[sl])],
@@ -68,7 +66,7 @@ def predict_table(scorer, path: str | Path, out: str | Path, columns: dict | Non
                              seq_len=torch.from_numpy(pos[sl].astype(np.int64)),
                              label=torch.zeros(sl.stop - s), user_index=torch.from_numpy(user_row[sl]))
             p = torch.sigmoid(model(batch).logits).double().numpy()
-            probs.append(p)
+            score_sum += float(p.sum())
             rows = order[sl]
             cols = {"row": rows + 1, names["user"]: user[rows], names["item"]: item[rows],
                     names["timestamp"]: ts[rows], "history_len": pos[sl], "score": p}
@@ -78,9 +76,7 @@ def predict_table(scorer, path: str | Path, out: str | Path, columns: dict | Non
             if writer is None:
                 writer = pq.ParquetWriter(tmp, t.schema)
             writer.write_table(t)
-            bar.update(sl.stop - s)
         if writer is None:
             raise InputError("table has no rows", path=path)
         writer.close()
-    bar.close()
-    return {"rows": n, "out": str(out), "mean_score": float(np.concatenate(probs).mean()) if probs else None}
+    return {"rows": n, "out": str(out), "mean_score": score_sum / n}
