@@ -57,7 +57,9 @@ def _side_arg(path, key, features, multi) -> dict:
     if key:
         spec["key"] = key
     if features:
-        spec["features"] = [f.strip() for f in features.split(",") if f.strip()]
+        from .data.sources import _names
+
+        spec["features"] = _names(features)
     if multi:
         spec["multi"] = multi
     return spec
