@@ -57,11 +57,7 @@ class MemoryStore:
         with self._lock:
             h = self._load(user)
             if self._db is not None and items:
-                ts = timestamps or [None] * len(items)
-                self._db.execute("BEGIN")
-                self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?)",
-                                     [(user, len(h) + i, it, t) for i, (it, t) in enumerate(zip(items, ts))])
-                self._db.execute("COMMIT")
+                self._persist(user, items, timestamps, start=len(h), replace=False)
             h.extend(items)
             return len(h)
 
@@ -69,14 +65,24 @@ class MemoryStore:
         """Set the user's whole history."""
         with self._lock:
             if self._db is not None:
-                self._db.execute("BEGIN")
-                self._db.execute("DELETE FROM events WHERE user = ?", (user,))
-                ts = timestamps or [None] * len(items)
-                self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?)",
-                                     [(user, i, it, t) for i, (it, t) in enumerate(zip(items, ts))])
-                self._db.execute("COMMIT")
+                self._persist(user, items, timestamps, start=0, replace=True)
             self._hist[user] = list(items)
             self._drop(user)
+
+    def _persist(self, user: str, items: list[str], timestamps: list | None, start: int, replace: bool) -> None:
+        """Write events ``start..`` of ``user`` (after deleting the old ones when ``replace``) in one
+        transaction: all of them or, on any error, none. Caller holds the lock."""
+        ts = timestamps or [None] * len(items)
+        self._db.execute("BEGIN")
+        try:
+            if replace:
+                self._db.execute("DELETE FROM events WHERE user = ?", (user,))
+            self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?)",
+                                 [(user, start + i, it, t) for i, (it, t) in enumerate(zip(items, ts))])
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def get_cache(self, user: str) -> KVCache | None:
         with self._lock:
