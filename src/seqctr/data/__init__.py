@@ -1,9 +1,22 @@
-"""Data: raw sources -> prepared per-user histories + samples -> length-aware batches."""
-from .batching import BatchLoader, SeqBatch, gather_batch, make_batches, padding_fraction
+"""Data: raw sources -> prepared per-user histories + samples -> length-aware batches.
+
+Preparation (``prepare``, readers, the dataset layout) needs NumPy and PyArrow only; the batching
+names (``BatchLoader``, ``SeqBatch``...) load PyTorch on first use, so ``seqctr prepare`` neither
+waits for nor holds the ~200 MB of an imported torch.
+"""
 from .dataset import SeqDataset
 from .construct import PROTOCOL_VERSION, SplitRule, build_dataset, prepare, prepare_config, resolve_source
 from .sources import Interactions, read_table
 
-__all__ = ["BatchLoader", "SeqBatch", "gather_batch", "make_batches", "padding_fraction", "SeqDataset",
-           "PROTOCOL_VERSION", "SplitRule", "build_dataset", "prepare", "prepare_config", "Interactions", "read_table",
-           "resolve_source"]
+_BATCHING = ("BatchLoader", "SeqBatch", "gather_batch", "make_batches", "padding_fraction")
+
+__all__ = [*_BATCHING, "SeqDataset", "PROTOCOL_VERSION", "SplitRule", "build_dataset", "prepare", "prepare_config",
+           "Interactions", "read_table", "resolve_source"]
+
+
+def __getattr__(name: str):
+    if name in _BATCHING:
+        from . import batching
+
+        return getattr(batching, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

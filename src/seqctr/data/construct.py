@@ -26,7 +26,7 @@ from . import ebnerd, longctr
 from .dataset import LAYOUT_VERSION, SeqDataset, dataset_meta
 from .encode import encode, item_feature_table, user_feature_table
 from .sources import (ML100K_MEMBERS, Interactions, ResolvedSource, _names, fetch_ml100k, read_grouplens_ml100k,
-                      read_ml100k_atomic, read_ml_latest, read_side_table, read_table)
+                      read_ml100k_atomic, read_ml_latest, read_side_table, read_table, table_files)
 
 PROTOCOL_VERSION = "ml100k-seqctr-v1"
 
@@ -54,7 +54,7 @@ def _sort_key(raw: np.ndarray) -> np.ndarray:
     """Integer sort key of raw ids: numeric order when all ids are integers (or integer strings),
     else string order. Vectorised (PyArrow casts, dictionary ranks), no per-row Python."""
     if raw.dtype.kind in "iu":
-        return raw.astype(np.int64)
+        return raw.astype(np.int64, copy=False)
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -70,23 +70,87 @@ def _sort_key(raw: np.ndarray) -> np.ndarray:
         return rank[inv]
 
 
+def _bits(n: int) -> int:
+    return max(int(n).bit_length(), 1)
+
+
+def event_order(ukey: np.ndarray, ts: np.ndarray, ikey: np.ndarray) -> np.ndarray | None:
+    """Order of events by ``(user, timestamp, item)``, ties kept in input order, or ``None`` when
+    the input already is in that order (logs written per user: O(n), no sort).
+
+    Otherwise one ``argsort`` of a packed int64 key ``user << b | timestamp`` (both shifted to
+    start at 0) and a second small sort of only the tied runs by ``(item, input position)`` — the
+    same order as ``np.lexsort((arange, ikey, ts, ukey))`` at a fraction of its cost (30M events:
+    ~4 s instead of ~33 s). Falls back to ``lexsort`` when the key does not fit in 63 bits."""
+    n = len(ukey)
+    if n < 2:
+        return None
+    same_u = ukey[1:] == ukey[:-1]
+    ok = ukey[1:] > ukey[:-1]
+    same_t = same_u & (ts[1:] == ts[:-1])
+    ok |= same_u & (ts[1:] > ts[:-1])
+    ok |= same_t & (ikey[1:] >= ikey[:-1])
+    del same_u, same_t
+    if ok.all():
+        return None
+    del ok
+    umin, tmin = int(ukey.min()), int(ts.min())
+    ub, tb = _bits(int(ukey.max()) - umin), _bits(int(ts.max()) - tmin)
+    if ub + tb > 62:
+        return np.lexsort((np.arange(n), ikey, ts, ukey))
+    key = ukey - umin                     # built in place: one n-sized buffer besides the inputs
+    key <<= tb
+    key += ts
+    key -= tmin                           # low bits were zero, so + is | here
+    order = np.argsort(key)
+    tied = []                             # positions p (in sorted order) with key equal to p+1's
+    for s in range(0, n - 1, 1 << 22):
+        k = key[order[s:s + (1 << 22) + 1]]
+        tied.append(np.flatnonzero(k[1:] == k[:-1]) + s)
+    tie = np.concatenate(tied)
+    if len(tie):
+        sub = np.union1d(tie, tie + 1)    # every member of a tied run, in sorted order
+        idx = order[sub]
+        order[sub] = idx[np.lexsort((idx, ikey[idx], key[idx]))]
+    return order
+
+
+def _runs(counts: np.ndarray, *parts: np.ndarray, values=(False, True), dtype=bool) -> np.ndarray:
+    """Per user, ``parts[0][u]`` copies of ``values[0]``, then ``parts[1][u]`` of ``values[1]``...:
+    a per-event (or per-sample) column built by one ``np.repeat``, with no per-event index arrays."""
+    lengths = np.stack(parts, axis=1).reshape(-1)
+    return np.repeat(np.tile(np.asarray(values, dtype=dtype), len(counts)), lengths)
+
+
 def build_dataset(inter: Interactions, split: SplitRule, name: str, protocol: str = PROTOCOL_VERSION) -> SeqDataset:
-    """Build samples, splits and vocabularies (vectorised; one pass of sorting)."""
+    """Build samples, splits and vocabularies (vectorised; at most one sort).
+
+    Takes ownership of ``inter``'s event columns: each is released as soon as it is encoded, so the
+    peak memory is the raw columns plus the prepared arrays, not several copies of either."""
     n_events = len(inter.user)
     if n_events == 0:
         raise InputError("no interactions", path=inter.origin)
     ukey = _sort_key(inter.user)
-    order = np.lexsort((_sort_key(inter.item), inter.timestamp, ukey))
-    ukey_s = ukey[order]
-    starts = np.flatnonzero(np.r_[True, ukey_s[1:] != ukey_s[:-1]])
+    order = event_order(ukey, inter.timestamp, _sort_key(inter.item))
+    take = (lambda a: a) if order is None else (lambda a: a[order])
+    inter.timestamp = None
+    user_raw = None if ukey is inter.user else inter.user    # int ids are their own sort key
+    inter.user = None
+    ukey = take(ukey)
+    starts = np.flatnonzero(np.r_[True, ukey[1:] != ukey[:-1]])
     offsets = np.r_[starts, n_events].astype(np.int64)
     counts = np.diff(offsets)
     n_users = len(counts)
-    user_of_event = np.repeat(np.arange(n_users), counts)
-    pos_in_user = np.arange(n_events) - offsets[user_of_event]
+    ufirst = offsets[:-1]
+    first_row = ufirst if order is None else order[ufirst]    # input row of each user's first event
+    user_raw = ukey[ufirst] if user_raw is None else user_raw[first_row]
+    del ukey
+    user_cols = {n: c[first_row] for n, c in inter.user_features.items()}
+    inter.user_features = {}
 
-    # samples and split per user
-    n_samp = np.maximum(counts - split.min_history, 0)
+    # samples and split per user (per-user counts; per-event columns by run-length expansion)
+    mh = split.min_history
+    n_samp = np.maximum(counts - mh, 0)
     n_test = np.minimum(np.where(n_samp > 0, np.maximum(1, np.round(split.test_frac * n_samp)), 0), n_samp)
     n_valid = np.minimum(np.where(n_samp > 0, np.maximum(1, np.round(split.valid_frac * n_samp)), 0),
                          n_samp - n_test)
@@ -94,44 +158,50 @@ def build_dataset(inter: Interactions, split: SplitRule, name: str, protocol: st
         n_test = np.zeros_like(n_samp)
     if split.valid_frac == 0:
         n_valid = np.zeros_like(n_samp)
+    n_test, n_valid = n_test.astype(np.int64), n_valid.astype(np.int64)
     n_train = n_samp - n_test - n_valid
-    is_sample = pos_in_user >= split.min_history
-    k = pos_in_user - split.min_history  # sample rank within user
-    u = user_of_event
-    sp = np.where(k < n_train[u], 0, np.where(k < n_train[u] + n_valid[u], 1, 2)).astype(np.int8)
-    train_visible = pos_in_user < (split.min_history + n_train[u])  # events training can see
+    head = np.minimum(counts, mh)
+    is_sample = _runs(counts, head, n_samp)                                   # [E] events that are samples
+    train_visible = _runs(counts, head + n_train, counts - head - n_train, values=(True, False))
+    sp = _runs(counts, n_train, n_valid, n_test, values=(0, 1, 2), dtype=np.int8)   # [N] split per sample
+    sample_offsets = np.r_[0, np.cumsum(n_samp)]
+    n_samples = int(sample_offsets[-1])
+    idx_t = np.int32 if n_samples < 2**31 - mh else np.int64
+    sample_user = np.repeat(np.arange(n_users, dtype=np.int32), n_samp)
+    sample_pos = np.arange(mh, n_samples + mh, dtype=idx_t)
+    sample_pos -= np.repeat(sample_offsets[:-1].astype(idx_t), n_samp)
 
     # vocabularies (from train-visible events only)
-    item_raw = inter.item[order]
+    item_cols = {n: take(c) for n, c in inter.item_features.items()}
+    inter.item_features = {}
+    item_raw = take(inter.item)
+    inter.item = None
     item_ids, item_vocab = encode(item_raw, train_visible)
-    user_raw = inter.user[order]
-    user_has_train = (n_train > 0)[u]
-    user_ids_ev, user_vocab = encode(user_raw, user_has_train)
+    del item_raw
+    user_ids, user_vocab = encode(user_raw, n_train > 0)
     vocab_sizes = {"item_id": len(item_vocab) + 2, "user_id": len(user_vocab) + 2}
-    ufirst = offsets[:-1]
-
     item_feats, item_names, ivocabs, isizes = item_feature_table(
-        vocab_sizes["item_id"], item_ids, {n: c[order] for n, c in inter.item_features.items()}, train_visible,
-        inter.items, item_vocab)
+        vocab_sizes["item_id"], item_ids, item_cols, train_visible, inter.items, item_vocab)
+    del item_cols
     user_feats, user_names, uvocabs, usizes = user_feature_table(
-        user_raw[ufirst], user_ids_ev[ufirst], {n: c[order] for n, c in inter.user_features.items()}, ufirst,
-        user_has_train, n_train > 0, inter.users)
+        user_raw, user_ids, user_cols, np.arange(n_users), n_train > 0, n_train > 0, inter.users)
     vocab_arrays = {"item_id": item_vocab, "user_id": user_vocab, **ivocabs, **uvocabs}
     vocab_sizes.update(isizes)
     vocab_sizes.update(usizes)
 
-    sel = np.flatnonzero(is_sample)
-    seq_items = item_ids.astype(np.int32)
+    seq_items = item_ids.astype(np.int32, copy=False)
+    label = take(inter.label)[is_sample].astype(np.float32)
+    inter.label = None
     ds = SeqDataset(
         seq_items=seq_items,
         offsets=offsets,
         item_feats=item_feats,
         user_feats=user_feats,
-        sample_user=user_of_event[sel].astype(np.int32),
-        sample_pos=pos_in_user[sel].astype(np.int32),
-        sample_target=seq_items[sel],
-        label=inter.label[order][sel].astype(np.float32),
-        split=sp[sel],
+        sample_user=sample_user,
+        sample_pos=sample_pos,
+        sample_target=seq_items[is_sample],
+        label=label,
+        split=sp,
         meta=dataset_meta(name, protocol, inter.origin, inter.checksum, split.__dict__, item_names, user_names,
                           vocab_sizes, n_users, n_events, vocab_arrays),
     )
@@ -200,20 +270,28 @@ def resolve_source(source: str, columns: dict | None = None, label: dict | None 
             return longctr.resolve(p)
         if ebnerd.is_ebnerd(p):
             return ebnerd.resolve(p)
+        if any(f.suffix.lower() in (".parquet", ".pq") for f in p.iterdir()):
+            return _table_source(p, columns, label, items, users)
         raise InputError("folder is none of: GroupLens ml-100k (u.data), recbole ml-100k (ml-100k.inter), "
                          "MovieLens latest (ratings.csv + movies.csv), LongCTR (train.parquet + user_info.parquet), "
-                         "EB-NeRD (behaviors.parquet + history.parquet)", path=p)
+                         "EB-NeRD (behaviors.parquet + history.parquet), a folder of parquet parts", path=p)
     if p.stat().st_size == 0:
         raise InputError("file is empty", path=p)
+    return _table_source(p, columns, label, items, users)
+
+
+def _table_source(p: Path, columns, label, items, users) -> ResolvedSource:
+    """An interactions table: one parquet/CSV file or a folder of parquet parts (streamed), with
+    optional item / user side tables."""
     item_files, read_items = _side(items, (columns or {}).get("item", "item"), "items")
     user_files, read_users = _side(users, (columns or {}).get("user", "user"), "users")
 
     def read():
-        inter = read_table(p, columns, label)
+        inter = read_table(p, columns, label, progress=None)
         inter.items, inter.users = read_items(), read_users()
         return inter
 
-    return _events(p.stem, "table-v1", [p] + item_files + user_files, read)
+    return _events(p.stem, "table-v1", table_files(p) + item_files + user_files, read)
 
 
 def cache_key(name: str, protocol: str, checksum: str, rules: dict) -> str:

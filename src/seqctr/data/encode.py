@@ -29,8 +29,8 @@ def _unique_inverse(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     string: integers through ``np.unique``, anything else through PyArrow's dictionary encoding."""
     raw = np.asarray(raw)
     if raw.dtype.kind in "iu":
-        u, inv = np.unique(raw, return_inverse=True)
-        return u.astype(str), inv.reshape(-1)
+        u, inv = int_unique_inverse(raw)
+        return u.astype(str), inv
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -41,6 +41,27 @@ def _unique_inverse(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         else pc.dictionary_encode(pc.fill_null(arr, ""))
     return (np.asarray(enc.dictionary.to_numpy(zero_copy_only=False)).astype(str),
             np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64))
+
+
+def int_unique_inverse(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(raw, return_inverse=True)`` for integers, in O(n) when the ids span a range not
+    much larger than their count (a lookup table over ``[min, max]``, no sort); ``inv`` is int32
+    when it fits (half the memory of int64 on 10^8 events)."""
+    raw = np.asarray(raw).reshape(-1)
+    if not len(raw):
+        return raw.astype(np.int64), np.zeros(0, np.int32)
+    lo, hi = int(raw.min()), int(raw.max())
+    span = hi - lo + 1
+    if span <= 4 * len(raw) + (1 << 20):
+        present = np.zeros(span, bool)
+        present[raw - lo] = True
+        values = np.flatnonzero(present) + lo
+        code = np.cumsum(present, dtype=np.int64) - 1
+        code = code.astype(np.int32) if len(values) < 2**31 else code
+        return values.astype(np.int64), code[raw - lo]
+    u, inv = np.unique(raw, return_inverse=True)
+    inv = inv.reshape(-1)
+    return u, inv.astype(np.int32) if len(u) < 2**31 else inv
 
 
 def encode(raw: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -136,7 +157,7 @@ def item_feature_table(item_vocab_size: int, item_ids: np.ndarray, per_event: di
     Returns ``(table, column names, vocabularies, vocabulary sizes)``."""
     cols, names, vocabs, sizes = [np.arange(item_vocab_size, dtype=np.int32)[:, None]], ["item_id"], {}, {}
     cols[0][OOV, 0] = OOV
-    first = np.unique(item_ids, return_index=True)[1]  # first event of each item id
+    first = np.unique(item_ids, return_index=True)[1] if per_event else None  # first event of each item id
     for fname, col in per_event.items():
         ids, voc = encode(col, known)
         block = np.zeros((item_vocab_size, 1), dtype=np.int32)

@@ -31,7 +31,7 @@ GROUPLENS_GENRES = (
 @dataclass
 class Interactions:
     """One row per event. ``user``/``item`` are raw ids (any dtype); ``timestamp`` int64 seconds;
-    ``label`` float in {0, 1} after the label rule; ``item_features`` and ``user_features`` are
+    ``label`` 0/1 after the label rule (int8 from tables, float elsewhere); ``item_features`` and ``user_features`` are
     per-event columns of raw categorical values (taken once per item / per user)."""
 
     user: np.ndarray
@@ -202,33 +202,35 @@ def _column(table, name: str, path: Path):
     return table.column(name)
 
 
-def _ids(col, path, name) -> np.ndarray:
+def _ids(col, path, name, row0: int = 0) -> np.ndarray:
+    """An id column as NumPy (integers stay integers, floats holding integers become int64);
+    ``row0``: rows before this chunk of the file, so errors name the row in the file."""
     arr = col.to_numpy(zero_copy_only=False)
     if col.null_count:
         row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0]) + 1
-        raise InputError("missing id", path=path, column=name, row=row)
+        raise InputError("missing id", path=path, column=name, row=row0 + row)
     if arr.dtype.kind == "f":
         bad = ~np.isfinite(arr) | (arr != np.round(arr))
         if bad.any():
             raise InputError(f"id is not an integer or string: {arr[bad.argmax()]!r}",
-                             path=path, column=name, row=int(bad.argmax()) + 1)
+                             path=path, column=name, row=row0 + int(bad.argmax()) + 1)
         arr = arr.astype(np.int64)
     return arr
 
 
-def _timestamps(col, path, name) -> np.ndarray:
+def _timestamps(col, path, name, row0: int = 0) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
 
     t = col.type
     if col.null_count:
         row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0]) + 1
-        raise InputError("missing timestamp", path=path, column=name, row=row)
+        raise InputError("missing timestamp", path=path, column=name, row=row0 + row)
     if pa.types.is_integer(t) or pa.types.is_floating(t):
         arr = col.to_numpy(zero_copy_only=False)
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise InputError("timestamp is NaN or infinite", path=path, column=name,
-                             row=int((~np.isfinite(arr)).argmax()) + 1)
+                             row=row0 + int((~np.isfinite(arr)).argmax()) + 1)
         return arr.astype(np.int64)
     if pa.types.is_timestamp(t) or pa.types.is_date(t):
         return pc.cast(pc.cast(col, pa.timestamp("s")), pa.int64()).to_numpy(zero_copy_only=False)
@@ -242,19 +244,21 @@ def _timestamps(col, path, name) -> np.ndarray:
                     np.datetime64(s, "s")
                 except ValueError:
                     raise InputError(f"timestamp is neither a number nor a date: {s!r}",
-                                     path=path, column=name, row=i + 1) from None
+                                     path=path, column=name, row=row0 + i + 1) from None
             raise
     raise InputError(f"timestamp has type {t}; expected a number or a date", path=path, column=name)
 
 
-def _labels(table, rule: dict, path: Path) -> np.ndarray:
+def _labels(table, rule: dict, path: Path, row0: int = 0) -> np.ndarray:
     name = rule.get("column", "label")
     col = _column(table, name, path)
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     if "positive" in rule:  # categorical label: e.g. behaviour in {buy, cart}
-        vals = np.array([("" if v is None else str(v)) for v in col.to_pylist()], dtype=object)
-        return np.isin(vals, [str(v) for v in rule["positive"]]).astype(np.float32)
+        vals = pc.cast(col, pa.string())
+        hit = pc.is_in(vals, value_set=pa.array([str(v) for v in rule["positive"]], pa.string()))
+        return np.asarray(pc.fill_null(hit, False).to_numpy(zero_copy_only=False), dtype=np.float32)
     if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type)):
         raise InputError(f"label/rating must be numeric (or give label.positive values), got type {col.type}",
                          path=path, column=name)
@@ -262,13 +266,13 @@ def _labels(table, rule: dict, path: Path) -> np.ndarray:
     arr = np.asarray(arr, dtype=np.float64)  # nulls become NaN
     bad = ~np.isfinite(arr)
     if bad.any():
-        raise InputError("NaN or missing value", path=path, column=name, row=int(bad.argmax()) + 1)
+        raise InputError("NaN or missing value", path=path, column=name, row=row0 + int(bad.argmax()) + 1)
     if "threshold" in rule:
         return (arr >= float(rule["threshold"])).astype(np.float32)
     if not np.isin(arr, (0.0, 1.0)).all():
         row = int((~np.isin(arr, (0.0, 1.0))).argmax()) + 1
         raise InputError(f"label must be 0 or 1 (or set label.threshold), got {arr[row - 1]!r}",
-                         path=path, column=name, row=row)
+                         path=path, column=name, row=row0 + row)
     return arr.astype(np.float32)
 
 
@@ -281,8 +285,113 @@ def _names(v) -> list[str]:
     return [str(x) for x in v]
 
 
-def read_table(path: str | Path, columns: dict | None = None, label: dict | None = None) -> Interactions:
-    """Read a generic interactions table.
+def table_files(path: Path) -> list[Path]:
+    """The files of a table source: the file itself, or every ``*.parquet`` part of a folder (in
+    name order, as Spark / PyArrow datasets write them)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("path does not exist", path=path)
+    if path.is_dir():
+        parts = sorted(p for p in path.iterdir() if p.suffix.lower() in (".parquet", ".pq") and p.is_file())
+        if not parts:
+            raise InputError("folder holds no .parquet parts", path=path)
+        return parts
+    return [path]
+
+
+def scan_table(path: Path, names: list[str] | None = None, columns: list[str] | None = None,
+               batch_rows: int = 1 << 18):
+    """Stream a table (a parquet or CSV file, or a folder of parquet parts) as
+    ``(file, rows before this chunk in that file, pa.Table chunk)``, reading only ``columns``.
+    Memory is one chunk, not the table. The first item is ``(None, total rows or None, schema
+    names)`` so callers can check columns and size their arrays before any row is read."""
+    import pyarrow as pa
+
+    files = table_files(path)
+    opened = []
+    total = 0
+    for f in files:
+        if f.stat().st_size == 0:
+            raise InputError("file is empty", path=f)
+        suffix = f.suffix.lower()
+        try:
+            if suffix in (".parquet", ".pq"):
+                import pyarrow.parquet as pq
+
+                pf = pq.ParquetFile(f)
+                opened.append((f, "parquet", pf))
+                total = None if total is None else total + pf.metadata.num_rows
+                schema = pf.schema_arrow.names
+            elif suffix in (".csv", ".tsv", ".txt"):
+                opened.append((f, "csv", None))
+                total, schema = None, None
+            else:
+                raise InputError("unknown file type (use .parquet, .csv or .tsv)", path=f)
+        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise InputError(f"cannot read as {suffix[1:]}: {msg}", path=f) from None
+    if opened[0][1] == "csv":
+        schema = None
+    yield None, total, schema
+    n_rows = 0
+    for f, kind, handle in opened:
+        row0 = 0
+        try:
+            if kind == "parquet":
+                cols = [c for c in (columns or []) if c in handle.schema_arrow.names] or None
+                chunks = handle.iter_batches(batch_size=batch_rows, columns=cols)
+            else:
+                import pyarrow.csv as pacsv
+
+                delim = "\t" if f.suffix.lower() == ".tsv" else ","
+                read = pacsv.ReadOptions(column_names=list(names) if names else None, block_size=64 << 20)
+                chunks = pacsv.open_csv(f, read_options=read, parse_options=pacsv.ParseOptions(delimiter=delim))
+            for b in chunks:
+                if b.num_rows:
+                    yield f, row0, pa.Table.from_batches([b])
+                row0 += b.num_rows
+        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise InputError(f"cannot read as {f.suffix[1:]} (after row {row0}): {msg}", path=f) from None
+        n_rows += row0
+    if n_rows == 0:
+        raise InputError("table has no rows", path=path)
+
+
+class _Filled:
+    """A column filled chunk by chunk: into one preallocated array when the row count is known and
+    the chunks are numeric (no second copy at the end), else a list of chunks joined once."""
+
+    def __init__(self, total: int | None):
+        self.total, self.buf, self.n, self.parts = total, None, 0, []
+
+    def add(self, a: np.ndarray) -> None:
+        if self.buf is None and not self.parts and self.total and a.dtype.kind in "iufb":
+            self.buf = np.empty(self.total, a.dtype)
+        if self.buf is not None and a.dtype == self.buf.dtype and self.n + len(a) <= self.total:
+            self.buf[self.n:self.n + len(a)] = a
+            self.n += len(a)
+            return
+        if self.buf is not None:
+            self.parts.append(self.buf[:self.n])
+            self.buf = None
+        self.parts.append(a)
+
+    def result(self) -> np.ndarray:
+        if self.buf is not None:
+            return self.buf[:self.n]
+        if len(self.parts) == 1:
+            return self.parts[0]
+        kinds = {p.dtype.kind for p in self.parts}
+        if len(kinds) > 1 and kinds & {"O", "U"}:          # ints in one chunk, strings in another
+            return np.concatenate([as_str(p).astype(object) for p in self.parts])
+        return np.concatenate(self.parts)
+
+
+def read_table(path: str | Path, columns: dict | None = None, label: dict | None = None,
+               progress: bool | None = False, batch_rows: int = 1 << 18) -> Interactions:
+    """Read a generic interactions table: a parquet or CSV file, or a folder of parquet parts,
+    streamed in record batches (peak memory: the compact columns below plus one batch).
 
     ``columns`` maps roles to column names: ``user``, ``item``, ``timestamp`` (required; default
     the role name), ``category`` (optional item category), ``item_features`` and ``user_features``
@@ -290,30 +399,56 @@ def read_table(path: str | Path, columns: dict | None = None, label: dict | None
     ``names``: column names for a CSV without a header row.
     ``label``: ``{column: click}`` for a 0/1 column, ``{column: rating, threshold: 4}``, or
     ``{column: behavior, positive: [buy, cart]}`` for a categorical column.
+    ``progress`` as in :class:`~seqctr.utils.progress.Progress` (events/s while reading);
+    ``batch_rows``: rows per record batch (the result does not depend on it).
     """
+    import time
+
+    from ..utils.progress import Progress
+
     path = Path(path)
     columns = dict(columns or {})
     label = dict(label or {})
-    table = _read_table(path, columns.get("names"))
     names = {r: columns.get(r, r) for r in TABLE_ROLES}
-    user = _ids(_column(table, names["user"], path), path, names["user"])
-    item = _ids(_column(table, names["item"], path), path, names["item"])
-    ts = _timestamps(_column(table, names["timestamp"], path), path, names["timestamp"])
-    if "column" not in label:
-        label["column"] = "label" if "label" in table.column_names else "rating"
-        if label["column"] == "rating" and "threshold" not in label:
+    cats = ([("category", columns["category"])] if columns.get("category") else []) + \
+        [(n, n) for n in _names(columns.get("item_features"))]
+    ucats = _names(columns.get("user_features"))
+    scan = scan_table(path, columns.get("names"), None)
+    _, total, schema = next(scan)
+    if "column" not in label and schema is not None:
+        label["column"] = "label" if "label" in schema else "rating"
+    wanted = [names[r] for r in TABLE_ROLES] + [c for _, c in cats] + ucats + [label.get("column", "label"), "rating"]
+    scan = scan_table(path, columns.get("names"), wanted, batch_rows)
+    next(scan)
+    acc = {k: _Filled(total) for k in ("user", "item", "ts", "label")}
+    feat = {n: _Filled(total) for n, _ in cats}
+    ufeat = {n: _Filled(total) for n in ucats}
+    n_rows, t0 = 0, time.perf_counter()
+    bar = Progress(scan, f"read {path.name}", progress)
+    for f, row0, t in bar:
+        if "column" not in label:            # CSV: the first chunk tells the columns
+            label["column"] = "label" if "label" in t.column_names else "rating"
+        if label["column"] == "rating" and "threshold" not in label and "positive" not in label:
             label["threshold"] = 4
-    y = _labels(table, label, path)
-    item_feats = {}
-    if columns.get("category"):
-        item_feats["category"] = _categorical(_column(table, columns["category"], path))
-    for name in _names(columns.get("item_features")):
-        item_feats[name] = _categorical(_column(table, name, path))
-    user_feats = {}
-    for name in _names(columns.get("user_features")):
-        user_feats[name] = _categorical(_column(table, name, path))
-    return Interactions(user=user, item=item, timestamp=ts, label=y, item_features=item_feats,
-                        user_features=user_feats, checksum=sha256_files([path]), origin=f"table:{path.name}")
+        acc["user"].add(_ids(_column(t, names["user"], f), f, names["user"], row0))
+        acc["item"].add(_ids(_column(t, names["item"], f), f, names["item"], row0))
+        acc["ts"].add(_timestamps(_column(t, names["timestamp"], f), f, names["timestamp"], row0))
+        acc["label"].add(_labels(t, label, f, row0).astype(np.int8))    # 0/1 after every label rule
+        for n, c in cats:
+            feat[n].add(_categorical(_column(t, c, f)))
+        for n in ucats:
+            ufeat[n].add(_categorical(_column(t, n, f)))
+        n_rows += t.num_rows
+        bar.note(events=f"{n_rows:,}" + (f"/{total:,}" if total else ""),
+                 events_per_s=f"{n_rows / max(time.perf_counter() - t0, 1e-9):,.0f}")
+    files = table_files(path)
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()     # the reader's batch buffers go back before the build
+    return Interactions(user=acc["user"].result(), item=acc["item"].result(), timestamp=acc["ts"].result(),
+                        label=acc["label"].result(), item_features={n: a.result() for n, a in feat.items()},
+                        user_features={n: a.result() for n, a in ufeat.items()}, checksum=sha256_files(files),
+                        origin=f"table:{path.name}")
 
 
 def list_column(table, name: str, path, what: str = "ids"):
