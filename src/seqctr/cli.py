@@ -133,21 +133,46 @@ def cmd_prepare(args) -> int:
 
 
 def _train(cfg, out: Path, resume: bool, progress) -> dict:
+    """Prepare (or load) the data, train, report. Under torchrun every process runs this: rank 0
+    prepares the data while the others wait, then all open the same memory-mapped cache; only
+    rank 0 prints and writes."""
     from .data import prepare_config
     from .experiments import format_metrics_table, write_run_report
     from .training import Trainer
+    from .training.distributed import init_distributed, shutdown
 
-    ds, folder, cached = prepare_config(cfg.data)
-    print(f"data: {ds.meta['name']} {'(cached)' if cached else '(prepared)'} {folder}")
-    trainer = Trainer(cfg, ds, out, progress=progress)
-    print(f"model: {cfg.model.name}, {sum(p.numel() for p in trainer.model.parameters()):,} parameters, "
-          f"device {trainer.device}; padded slots per epoch {100 * trainer.train_loader.padding_fraction(1):.1f}%")
-    result = trainer.fit(resume=resume, log=lambda msg: print(msg, flush=True))  # shown live in CI logs too
-    report = write_run_report(out, result)
-    print()
-    print(format_metrics_table(result["test"], f"{cfg.model.name} on {ds.meta['name']}: test"))
-    print(f"\nreport: {report}\nmetrics: {out / 'metrics.json'}\ncheckpoint: {out / 'best.pt'}")
-    return result
+    d, _ = init_distributed(cfg.train.device)
+    say = print if d.main else (lambda *a, **k: None)
+    try:
+        if not d.main:
+            d.barrier()
+        ds, folder, cached = prepare_config(cfg.data)
+        if d.main:
+            d.barrier()
+        say(f"data: {ds.meta['name']} {'(cached)' if cached else '(prepared)'} {folder}")
+        trainer = Trainer(cfg, ds, out, progress=progress)
+        say(f"model: {cfg.model.name}, {sum(p.numel() for p in trainer.model.parameters()):,} parameters, "
+            f"device {trainer.device}" + (f" x {d.world} processes" if d.active else "") +
+            f"; padded slots per epoch {100 * trainer.train_loader.padding_fraction(1):.1f}%")
+        result = trainer.fit(resume=resume, log=lambda msg: print(msg, flush=True))  # shown live in CI logs too
+        if d.main:
+            report = write_run_report(out, result)
+            print()
+            print(format_metrics_table(result["test"], f"{cfg.model.name} on {ds.meta['name']}: test"))
+            print(f"\nreport: {report}\nmetrics: {out / 'metrics.json'}\ncheckpoint: {out / 'best.pt'}")
+        return result
+    finally:
+        shutdown(d)
+
+
+def _launch(nproc: int, argv: list[str]) -> int:
+    """``seqctr train --nproc N ...``: the same command under ``torchrun --standalone`` (one machine,
+    N processes); for several machines call torchrun yourself (README)."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "seqctr", *argv]
+    return subprocess.run(cmd).returncode
 
 
 def cmd_train(args) -> int:
@@ -155,6 +180,10 @@ def cmd_train(args) -> int:
 
     cfg = load_config(args.config, args.set)
     out = Path(args.out or f"runs/{cfg.data.source if '/' not in cfg.data.source else 'custom'}-{cfg.model.name}")
+    if args.nproc > 1:
+        argv = ["train", "--config", args.config, "--out", str(out)] + [a for kv in args.set for a in ("--set", kv)]
+        argv += ["--resume"] * args.resume + ["--no-progress"] * args.no_progress + ["--debug"] * args.debug
+        return _launch(args.nproc, argv)
     _train(cfg, out, args.resume, None if not args.no_progress else False)
     return 0
 
@@ -408,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", help="run folder (default runs/<source>-<model>)")
     tr.add_argument("--resume", action="store_true", help="continue after the last finished epoch")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines only)")
+    tr.add_argument("--nproc", type=int, default=1, help="processes on this machine (DDP via torchrun; gloo on "
+                    "CPU, NCCL on GPUs); for several machines run torchrun -m seqctr train yourself")
     tr.set_defaults(func=cmd_train)
 
     ev = command("evaluate", "evaluate a checkpoint overall and per length bucket")

@@ -86,3 +86,24 @@ def test_attention_weights_only_on_request(synth_ds, name):
     assert att, "attention weights requested but none returned"
     for w in att.values():
         assert w.dim() == 3 and w.shape[0] == 5 and w.shape[-1] <= batch.mask.shape[1]
+
+
+def _with_lain():
+    from seqctr.models.base import _REGISTRY
+
+    return [(n, False) for n in BACKBONES] + [(n, True) for n in BACKBONES if not _REGISTRY[n].lain_unsupported]
+
+
+@pytest.mark.parametrize("name,lain", _with_lain())
+def test_every_trainable_parameter_gets_a_gradient(synth_ds, name, lain):
+    """DDP (find_unused_parameters=False, the fast setting) needs a gradient for every trainable
+    parameter on every step: a parameter the loss never reaches would hang or fail the second step."""
+    cfg = ModelConfig(name=name, embedding_dim=8, mlp_hidden=[16, 8], dropout=0.0,
+                      lain={"enabled": True} if lain else {})
+    torch.manual_seed(0)
+    model = build_model(cfg, synth_ds.meta)
+    model.train()
+    batch = gather_batch(synth_ds, synth_ds.indices("train")[:64], max_len=30)
+    model.loss(model(batch), batch.label).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing

@@ -45,7 +45,10 @@ class MaskedDice(nn.Module):
     """Dice activation (DIN paper): ``p = sigmoid(BN(x)); y = p*x + (1-p)*alpha*x``.
 
     Unlike a plain BatchNorm, the training-time statistics use only rows where ``mask`` is True,
-    so the amount of padding in a batch never changes any output. ``x [..., H]``, ``mask [...]``."""
+    so the amount of padding in a batch never changes any output. ``x [..., H]``, ``mask [...]``.
+    With ``sync`` (set by the Trainer under DDP) the statistics are summed over all ranks with an
+    autograd-aware all-reduce, as SyncBatchNorm does: each rank normalises by the *global* batch's
+    mean and variance, so a DDP step equals a one-process step on the whole batch."""
 
     def __init__(self, dim: int, eps: float = 1e-8, momentum: float = 0.1):
         super().__init__()
@@ -53,16 +56,24 @@ class MaskedDice(nn.Module):
         self.register_buffer("running_mean", torch.zeros(dim))
         self.register_buffer("running_var", torch.ones(dim))
         self.eps, self.momentum = eps, momentum
+        self.sync = False
+
+    def _sum(self, t: torch.Tensor) -> torch.Tensor:
+        if not self.sync:
+            return t
+        import torch.distributed.nn as dist_nn
+
+        return dist_nn.all_reduce(t)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.training:
             m = mask.unsqueeze(-1).to(x.dtype)
-            n = m.sum().clamp_min(1.0)
             flat_dims = tuple(range(x.dim() - 1))
-            mean = (x * m).sum(flat_dims) / n
-            var = (((x - mean) ** 2) * m).sum(flat_dims) / n
+            total = self._sum(torch.cat([m.sum().reshape(1), (x * m).sum(flat_dims)]))
+            n, mean = total[0].clamp_min(1.0), total[1:] / total[0].clamp_min(1.0)
+            var = self._sum((((x - mean) ** 2) * m).sum(flat_dims)) / n
             with torch.no_grad():
-                if mask.any():
+                if total[0] > 0:
                     self.running_mean.lerp_(mean.detach(), self.momentum)
                     self.running_var.lerp_(var.detach() * n / (n - 1).clamp_min(1.0), self.momentum)
         else:

@@ -1,12 +1,14 @@
-"""Training and evaluation loop shared by all backbones.
+"""Training and evaluation loop shared by all backbones, in one process or under torchrun (DDP).
 
 Run folder layout: ``config.json``, ``last.pt`` (everything needed to resume after the last
 finished epoch), ``best.pt`` (best validation AUC weights), ``metrics.json`` (per-epoch history,
-final valid/test metrics, throughput). Every file is written atomically.
+final valid/test metrics, throughput). Every file is written atomically, by rank 0 only.
+How several processes share the work: :mod:`seqctr.training.distributed`.
 """
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ from ..metrics import evaluate_predictions
 from ..models import CTRModel, build_model
 from ..utils.io import atomic_path, provenance, write_json
 from ..utils.progress import Progress
+from .distributed import init_distributed, shard
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -84,13 +87,14 @@ def load_trained(checkpoint: str | Path, source: str | None = None, device="cpu"
 
 @torch.no_grad()
 def predict(model: CTRModel, loader: BatchLoader, device: torch.device, progress: bool | None = False,
-            desc: str = "predict", log=None) -> dict[str, np.ndarray]:
+            desc: str = "predict", log=None, batches: list | None = None) -> dict[str, np.ndarray]:
     """Probabilities for every sample of ``loader``, in the order of ``loader.indices``
-    (``progress`` as in :class:`~seqctr.utils.progress.Progress`; off by default)."""
+    (``progress`` as in :class:`~seqctr.utils.progress.Progress`; off by default). ``batches``: score
+    only these batches of ``loader.batches()`` (a rank's share); the other samples' ``prob`` is NaN."""
     model.eval()
     n = len(loader.indices)
-    prob = np.empty(n, dtype=np.float64)
-    for pos in Progress(loader.batches(), desc, progress, log=log):
+    prob = np.full(n, np.nan, dtype=np.float64)
+    for pos in Progress(loader.batches() if batches is None else batches, desc, progress, log=log):
         batch = loader.batch(pos).to(device)
         prob[pos] = torch.sigmoid(model(batch).logits).double().cpu().numpy()
     ds, idx = loader.ds, loader.indices
@@ -98,12 +102,15 @@ def predict(model: CTRModel, loader: BatchLoader, device: torch.device, progress
             "index": idx}
 
 
-def train_step(model: CTRModel, opt: torch.optim.Optimizer, batch, max_grad_norm: float = 10.0) -> float:
+def train_step(model: CTRModel, opt: torch.optim.Optimizer, batch, max_grad_norm: float = 10.0,
+               forward=None, scale: float = 1.0) -> float:
     """One optimiser step on ``batch`` with the model's own loss (BCE + its auxiliary losses);
-    returns the loss. The Trainer and every training benchmark use this one step."""
-    loss = model.loss(model(batch), batch.label)
+    returns the loss. The Trainer and every training benchmark use this one step. Under DDP,
+    ``forward`` is the DDP wrapper (its backward averages gradients over ranks) and ``scale``
+    weighs this rank's share of the global batch."""
+    loss = model.loss((forward or model)(batch), batch.label)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * scale if scale != 1.0 else loss).backward()
     if max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     opt.step()
@@ -111,25 +118,42 @@ def train_step(model: CTRModel, opt: torch.optim.Optimizer, batch, max_grad_norm
 
 
 class Trainer:
-    """Fit a model on a prepared dataset by a :class:`RunConfig`, writing into ``out_dir``."""
+    """Fit a model on a prepared dataset by a :class:`RunConfig`, writing into ``out_dir``. Under
+    torchrun every process builds one (same arguments); see :mod:`seqctr.training.distributed`."""
 
     def __init__(self, cfg: RunConfig, ds: SeqDataset, out_dir: str | Path, progress: bool | None = None):
         self.cfg, self.ds, self.out = cfg, ds, Path(out_dir)
-        self.device = resolve_device(cfg.train.device)
+        self.dist, self.device = init_distributed(cfg.train.device)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         set_seed(cfg.train.seed)
         self.model = build_model(cfg.model, ds.meta)
         self.model.embedding.load_pretrained(ds.pretrained)
         self.model = self.model.to(self.device)
+        self.forward = self.model
+        if self.dist.active:   # same initial weights everywhere (same seed; DDP also broadcasts rank 0's)
+            from torch.nn.parallel import DistributedDataParallel
+
+            from ..nn.attention import MaskedDice
+
+            for mod in self.model.modules():      # batch statistics over the global batch, not a rank's share
+                if isinstance(mod, MaskedDice):
+                    mod.sync = True
+
+            self.forward = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if not self.dist.main:                           # other dropout masks than rank 0's
+                torch.manual_seed(cfg.train.seed + 1000 * self.dist.rank)
         self.opt = make_optimizer(self.model, cfg.train.lr, cfg.train.weight_decay)
         d = cfg.data
         self.train_loader = BatchLoader(ds, "train", max_len=d.max_len, batch_size=d.batch_size, shuffle=True,
                                         bucket=d.bucket_sampler, chunk=d.bucket_chunk, seed=cfg.train.seed)
-        self.progress = progress
-        self.log = print
+        self.progress = progress if self.dist.main else False
+        self.log = print if self.dist.main else _quiet
         self._tb = None   # TensorBoard writer, opened on the first epoch when train.tensorboard is on
         self.state = {"epoch": 0, "best_auc": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": []}
+        self._crash_after = int(os.environ.get("SEQCTR_CRASH_AFTER_STEPS", "0"))   # fault-tolerance tests
+        self._steps = 0
 
     def eval_loader(self, split: str) -> BatchLoader:
         d = self.cfg.data
@@ -138,15 +162,22 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------
     def _save_last(self) -> None:
-        save_torch({"model": self.model.state_dict(), "opt": self.opt.state_dict(), "state": self.state,
-                    "torch_rng": torch.get_rng_state(), "config": self.cfg.to_dict()}, self.out / "last.pt")
+        rngs = self.dist.gather(torch.get_rng_state())       # every rank's dropout stream
+        if self.dist.main:
+            save_torch({"model": self.model.state_dict(), "opt": self.opt.state_dict(), "state": self.state,
+                        "torch_rng": rngs[0], "torch_rng_ranks": rngs, "config": self.cfg.to_dict()},
+                       self.out / "last.pt")
+        self.dist.barrier()
 
     def _save_best(self, valid: dict) -> None:
-        save_torch({"model": self.model.state_dict(), "config": self.cfg.to_dict(), "meta": self.ds.meta,
-                    "epoch": self.state["epoch"], "valid": valid}, self.out / "best.pt")
+        if self.dist.main:
+            save_torch({"model": self.model.state_dict(), "config": self.cfg.to_dict(), "meta": self.ds.meta,
+                        "epoch": self.state["epoch"], "valid": valid}, self.out / "best.pt")
+        self.dist.barrier()
 
     def resume(self) -> bool:
-        """Load ``last.pt`` if present; training then continues after the last finished epoch."""
+        """Load ``last.pt`` if present; training then continues after the last finished epoch
+        (every rank loads it; each takes back its own random stream when the world size matches)."""
         path = self.out / "last.pt"
         if not path.is_file():
             return False
@@ -154,7 +185,8 @@ class Trainer:
         self.model.load_state_dict(ck["model"])
         self.opt.load_state_dict(ck["opt"])
         self.state = ck["state"]
-        torch.set_rng_state(ck["torch_rng"])
+        rngs = ck.get("torch_rng_ranks") or [ck["torch_rng"]]
+        torch.set_rng_state(rngs[self.dist.rank] if len(rngs) == self.dist.world else rngs[0])
         return True
 
     # -- training -----------------------------------------------------------------------------
@@ -164,30 +196,47 @@ class Trainer:
             g["lr"] = max(g["lr"] * self.cfg.train.lr_decay, self.cfg.train.min_lr)
 
     def train_epoch(self, epoch: int) -> dict:
+        """One epoch over the global batches; under DDP each rank takes its :func:`shard` of every
+        one (a final global batch smaller than the world size is skipped: some rank would be empty)."""
         self.model.train()
         self.train_loader.epoch = epoch
         batches = self.train_loader.batches()
+        d = self.dist
+        if d.active:
+            batches = [b for b in batches if len(b) >= d.world]
         if self.cfg.train.max_steps > 0:
             batches = batches[: self.cfg.train.max_steps]
-        total, n_seen, t0 = 0.0, 0, time.perf_counter()
+        total, n_seen, n_local, t0 = 0.0, 0, 0, time.perf_counter()
+        eff = self.train_loader.eff_len
         # progress=None: a bar on a terminal, a line every 30 s in a log; True/False force the bar / nothing.
         bar = Progress(batches, f"epoch {epoch}", self.progress, log=self.log)
         for pos in bar:
-            batch = self.train_loader.batch(pos).to(self.device)
-            total += train_step(self.model, self.opt, batch, self.cfg.train.max_grad_norm) * len(batch)
-            n_seen += len(batch)
+            mine = shard(pos, eff[pos], d.rank, d.world)
+            batch = self.train_loader.batch(mine).to(self.device)
+            loss = train_step(self.model, self.opt, batch, self.cfg.train.max_grad_norm, forward=self.forward,
+                              scale=len(mine) * d.world / len(pos))
+            total += loss * len(mine)
+            n_local += len(mine)
+            n_seen += len(pos)
+            self._steps += 1
+            if self._crash_after and self._steps >= self._crash_after:
+                os._exit(17)           # simulated hard failure (a killed process writes nothing more)
             dt = time.perf_counter() - t0
-            bar.note(loss=f"{total / n_seen:.4f}", samples_per_s=f"{n_seen / max(dt, 1e-9):.0f}")
+            bar.note(loss=f"{total / max(n_local, 1):.4f}", samples_per_s=f"{n_seen / max(dt, 1e-9):.0f}")
         dt = time.perf_counter() - t0
-        return {"loss": total / max(n_seen, 1), "samples": n_seen, "seconds": dt,
-                "train_samples_per_s": n_seen / max(dt, 1e-9),
+        total, n_local = d.sum([total, n_local])
+        return {"loss": total / max(n_local, 1), "samples": n_seen, "seconds": dt,
+                "train_samples_per_s": n_seen / max(dt, 1e-9), "processes": d.world,
                 "padding_fraction": self.train_loader.padding_fraction(epoch)}
 
     def fit(self, resume: bool = False, log=print) -> dict:
         """Train with early stopping on validation AUC; returns the metrics written to metrics.json."""
-        self.log = log
+        self.log = log if self.dist.main else _quiet
+        log = self.log
         self.out.mkdir(parents=True, exist_ok=True)
-        write_json(self.out / "config.json", {**self.cfg.to_dict(), "provenance": provenance()})
+        if self.dist.main:
+            write_json(self.out / "config.json", {**self.cfg.to_dict(), "provenance": provenance(),
+                                                  "processes": self.dist.world})
         if resume and self.resume():
             log(f"resumed from {self.out / 'last.pt'} after epoch {self.state['epoch']}")
         st = self.state
@@ -214,7 +263,7 @@ class Trainer:
     def _tensorboard(self, epoch: int, tr: dict, va: dict) -> None:
         """Per epoch: training loss, samples/s, learning rate, validation AUC / GAUC / logloss overall
         and AUC per length bucket, under ``<run>/tensorboard`` (``train.tensorboard: true``)."""
-        if not self.cfg.train.tensorboard:
+        if not self.cfg.train.tensorboard or not self.dist.main:
             return
         if self._tb is None:
             try:
@@ -234,33 +283,50 @@ class Trainer:
         tb.flush()
 
     def finish(self) -> dict:
-        """Reload the best weights, evaluate valid and test, write metrics.json."""
+        """Reload the best weights, evaluate valid and test, write metrics.json (rank 0)."""
         best = self.out / "best.pt"
         if best.is_file():
             self.model.load_state_dict(load_checkpoint(best, map_location=self.device)["model"])
         result = {"config": self.cfg.to_dict(), "dataset": {k: v for k, v in self.ds.meta.items()},
                   "best_epoch": self.state["best_epoch"], "history": self.state["history"],
-                  "valid": self.evaluate("valid"), "test": self.evaluate("test"),
+                  "valid": self.evaluate("valid"), "test": self.evaluate("test"), "processes": self.dist.world,
                   "n_parameters": sum(p.numel() for p in self.model.parameters()), "provenance": provenance()}
-        if self.cfg.eval.polarization:
-            from .diagnostics import attention_polarization
+        if self.dist.main:
+            if self.cfg.eval.polarization:
+                from .diagnostics import attention_polarization
 
-            write_json(self.out / "attention.json",
-                       attention_polarization(self.model, self.eval_loader("test"), self.device, self.cfg.eval.buckets))
-        if self._tb is not None:
-            self._tb.close()
-        write_json(self.out / "metrics.json", result)  # last: its presence marks a finished run
+                write_json(self.out / "attention.json", attention_polarization(
+                    self.model, self.eval_loader("test"), self.device, self.cfg.eval.buckets))
+            if self._tb is not None:
+                self._tb.close()
+            write_json(self.out / "metrics.json", result)  # last: its presence marks a finished run
+        self.dist.barrier()
         return result
 
     def evaluate(self, split: str) -> dict:
+        """Metrics of ``split``. Under DDP each rank scores every ``world``-th batch, rank 0 gathers the
+        predictions, computes the metrics once and broadcasts them: each sample is scored in the same
+        batch as in one process, so the numbers equal a one-process evaluation exactly."""
         t0 = time.perf_counter()
-        pred = predict(self.model, self.eval_loader(split), self.device,
-                       progress=False if self.progress is False else None, desc=f"evaluate {split}", log=self.log)
-        dt = time.perf_counter() - t0
-        m = evaluate_predictions(pred["label"], pred["prob"], pred["user"], pred["seq_len"], self.cfg.eval.buckets)
-        m["infer_samples_per_s"] = len(pred["prob"]) / max(dt, 1e-9)
-        if split == "test" and self.cfg.eval.save_predictions:
-            with atomic_path(self.out / "predictions_test.npz") as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez(f, index=pred["index"], prob=pred["prob"])
-        return m
+        loader, d = self.eval_loader(split), self.dist
+        batches = loader.batches()
+        pred = predict(self.model, loader, self.device, progress=False if self.progress is False else None,
+                       desc=f"evaluate {split}", log=self.log, batches=batches[d.rank::d.world])
+        if d.active:
+            probs = d.gather(pred["prob"])
+            if d.main:
+                pred["prob"] = np.fmax.reduce(np.stack(probs))      # each sample scored by exactly one rank
+        m = None
+        if d.main:
+            dt = time.perf_counter() - t0
+            m = evaluate_predictions(pred["label"], pred["prob"], pred["user"], pred["seq_len"], self.cfg.eval.buckets)
+            m["infer_samples_per_s"] = len(pred["prob"]) / max(dt, 1e-9)
+            if split == "test" and self.cfg.eval.save_predictions:
+                with atomic_path(self.out / "predictions_test.npz") as tmp:
+                    with open(tmp, "wb") as f:
+                        np.savez(f, index=pred["index"], prob=pred["prob"])
+        return d.broadcast(m)
+
+
+def _quiet(*_args, **_kw) -> None:
+    """The log of ranks other than 0."""
