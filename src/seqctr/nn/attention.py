@@ -46,8 +46,8 @@ class MaskedDice(nn.Module):
 
     Unlike a plain BatchNorm, the training-time statistics use only rows where ``mask`` is True,
     so the amount of padding in a batch never changes any output. ``x [..., H]``, ``mask [...]``.
-    With ``sync`` (set by the Trainer under DDP) the statistics are summed over all ranks with an
-    autograd-aware all-reduce, as SyncBatchNorm does: each rank normalises by the *global* batch's
+    With ``sync`` (a process group, set by the Trainer under DDP) the statistics are summed over
+    all ranks with an autograd-aware all-reduce, as SyncBatchNorm does: each rank normalises by the *global* batch's
     mean and variance, so a DDP step equals a one-process step on the whole batch."""
 
     def __init__(self, dim: int, eps: float = 1e-8, momentum: float = 0.1):
@@ -56,24 +56,34 @@ class MaskedDice(nn.Module):
         self.register_buffer("running_mean", torch.zeros(dim))
         self.register_buffer("running_var", torch.ones(dim))
         self.eps, self.momentum = eps, momentum
-        self.sync = False
+        self.sync = False          # or a process group: sum the statistics over its ranks
 
     def _sum(self, t: torch.Tensor) -> torch.Tensor:
-        if not self.sync:
+        if self.sync is False:
             return t
         import torch.distributed.nn as dist_nn
 
-        return dist_nn.all_reduce(t)
+        return dist_nn.all_reduce(t, group=self.sync)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.training:
             m = mask.unsqueeze(-1).to(x.dtype)
             flat_dims = tuple(range(x.dim() - 1))
-            total = self._sum(torch.cat([m.sum().reshape(1), (x * m).sum(flat_dims)]))
-            n, mean = total[0].clamp_min(1.0), total[1:] / total[0].clamp_min(1.0)
-            var = self._sum((((x - mean) ** 2) * m).sum(flat_dims)) / n
+            xm = x * m
+            if self.sync is not False:      # one all-reduce of (count, sum, sum of squares) for the global batch
+                dim = x.shape[-1]
+                total = self._sum(torch.cat([m.sum().reshape(1), xm.sum(flat_dims), (xm * x).sum(flat_dims)]))
+                count = total[0]
+                n = count.clamp_min(1.0)
+                mean = total[1:1 + dim] / n
+                var = (total[1 + dim:] / n - mean * mean).clamp_min(0.0)
+            else:              # two passes (the numerically safer form) when the batch is all here
+                count = m.sum()
+                n = count.clamp_min(1.0)
+                mean = xm.sum(flat_dims) / n
+                var = (((x - mean) ** 2) * m).sum(flat_dims) / n
             with torch.no_grad():
-                if total[0] > 0:
+                if count > 0:
                     self.running_mean.lerp_(mean.detach(), self.momentum)
                     self.running_var.lerp_(var.detach() * n / (n - 1).clamp_min(1.0), self.momentum)
         else:

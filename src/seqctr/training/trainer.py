@@ -136,12 +136,17 @@ class Trainer:
 
             from ..nn.attention import MaskedDice
 
-            for mod in self.model.modules():      # batch statistics over the global batch, not a rank's share
-                if isinstance(mod, MaskedDice):
-                    mod.sync = True
+            dice = [mod for mod in self.model.modules() if isinstance(mod, MaskedDice)]
+            if dice:   # batch statistics over the global batch, on a group of their own so that their
+                group = torch.distributed.new_group()   # all-reduces never interleave with DDP's buckets
+                for mod in dice:
+                    mod.sync = group
 
+            # buffers (Dice running statistics) are equal on every rank already: no per-step broadcast.
+            # (static_graph=True looked 1.2x faster here, but left some gradients unsynchronised: not used)
             self.forward = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False)
             if not self.dist.main:                           # other dropout masks than rank 0's
                 torch.manual_seed(cfg.train.seed + 1000 * self.dist.rank)
         self.opt = make_optimizer(self.model, cfg.train.lr, cfg.train.weight_decay)
