@@ -88,8 +88,26 @@ def init_distributed(device_name: str = "auto") -> tuple[Dist, torch.device]:
         dist.init_process_group("nccl" if cuda else "gloo")
     if cuda:
         torch.cuda.set_device(local)
+    else:
+        pin_cpus(local, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
     return Dist(dist.get_rank(), dist.get_world_size(), local), device
+
+
+def pin_cpus(local_rank: int, local_world: int) -> list[int] | None:
+    """On CPU, give each process of this machine its own share of the cores it may use (rank 0 the
+    first ``cores // local_world``...): without it two 1-thread ranks migrate between cores and
+    evict each other's caches (measured ~8% slower steps on 2 cores). ``SEQCTR_CPU_AFFINITY=0`` keeps
+    the scheduler's choice. Returns the cores taken, or None when nothing was pinned."""
+    if os.environ.get("SEQCTR_CPU_AFFINITY", "1") == "0" or not hasattr(os, "sched_setaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    share = len(cores) // max(local_world, 1)
+    if share < 1:
+        return None
+    mine = cores[local_rank * share:(local_rank + 1) * share]
+    os.sched_setaffinity(0, mine)
+    return mine
 
 
 def shutdown(d: Dist) -> None:
