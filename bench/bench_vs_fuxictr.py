@@ -11,8 +11,10 @@ One command: ``.venv/bin/python bench/bench_vs_fuxictr.py`` (``--quick`` for a s
    1e-3, batch 256, max_len 200, short_seq_len 50, top-k 50, attention_dim 64, 1 head):
    - throughput: FuxiCTR and seqctr alternate, ``--repeats`` times, each in a fresh process pinned
      to one core (``--cpu``, ``--threads 1``; FuxiCTR's loader in-process like ours), so other work
-     on the machine cannot skew the ratio; ``--batches`` training batches after 3 warm-up batches,
-     then inference over the test split;
+     on the machine cannot skew the ratio; one **whole training epoch** (every batch of each
+     library's own sampler, so the real length mix; the first 3 batches are warm-up and not timed;
+     ``--batches N`` times only N batches, for smoke runs), then inference over the test split;
+     ``--threads 1,2`` repeats the throughput phase per thread count (accuracy always uses 1);
    - accuracy: both train for ``--epochs`` epochs (patience 2, LR x0.1 on plateau, best-on-valid
      weights); seqctr over ``--seeds`` seeds. Both prediction sets are scored by seqctr's metrics.
 4. Writes ``bench/results/vs_fuxictr.{json,md}``.
@@ -83,7 +85,7 @@ def ours_throughput(name: str, batches: int, threads: int) -> dict:
     tr = BatchLoader(ds, "train", max_len=200, batch_size=256, shuffle=True, seed=0)
     model.train()
     n, t0 = 0, None
-    for i, pos in enumerate(tr.batches(1)[: batches + 3]):
+    for i, pos in enumerate(tr.batches(1)[: batches + 3] if batches else tr.batches(1)):
         if i == 3:
             n, t0 = 0, time.perf_counter()
         train_step(model, opt, tr.batch(pos), 10.0)          # the Trainer's step
@@ -96,7 +98,7 @@ def ours_throughput(name: str, batches: int, threads: int) -> dict:
         for b in te:
             model(b)
     infer = len(te.indices) / (time.perf_counter() - t0)
-    return {"train_samples_per_s": train_sps, "infer_samples_per_s": infer,
+    return {"train_samples_per_s": train_sps, "infer_samples_per_s": infer, "padding_fraction": tr.padding_fraction(1),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -124,10 +126,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="din,dien,sim,sdim,twin,eta,hstu")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--batches", type=int, default=30)
+    ap.add_argument("--batches", type=int, default=0, help="training batches to time (0 = the whole epoch)")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seeds", default="2024,2025,2026")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", default="1", help="thread counts for the throughput phase, e.g. 1,2")
     ap.add_argument("--cpu", default="0", help="taskset CPU list for the timed runs ('' = no pinning)")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
@@ -139,12 +141,13 @@ def main() -> int:
     if args.child:
         kind, name = args.child[0], args.child[1]
         if kind == "throughput":
-            print(json.dumps(ours_throughput(name, args.batches, args.threads)))
+            print(json.dumps(ours_throughput(name, args.batches, int(args.threads))))
         else:
-            print(json.dumps(ours_accuracy(name, args.epochs, int(args.child[2]), args.threads, Path(args.child[3]))))
+            print(json.dumps(ours_accuracy(name, args.epochs, int(args.child[2]), 1, Path(args.child[3]))))
         return 0
     if args.quick:
         args.repeats, args.batches, args.epochs, args.seeds = 1, 5, 1, "2024"
+    thread_counts = [int(t) for t in args.threads.split(",")]
 
     from seqctr.data import BatchLoader, prepare
     from seqctr.metrics import evaluate_predictions
@@ -176,24 +179,28 @@ def main() -> int:
     if not args.skip_throughput:
         for name in names:
             r = results["models"].setdefault(name, {})
-            runs = {"seqctr": []} if BACKBONES[name] is None else {"fuxictr": [], "seqctr": []}
-            for rep in range(args.repeats):
+            for threads in thread_counts:
+                runs = {"seqctr": []} if BACKBONES[name] is None else {"fuxictr": [], "seqctr": []}
+                cpus = pin if threads == 1 or not args.cpu else []
+                for rep in range(args.repeats):
+                    if "fuxictr" in runs:
+                        runs["fuxictr"].append(run_json(cpus + fx_cmd(name, threads) + [
+                            "--mode", "throughput", "--batches", str(args.batches),
+                            "--out", str(WORK / f"fx_{name}_tp.json")]))
+                    runs["seqctr"].append(run_json(cpus + me + ["--threads", str(threads), "--child", "throughput",
+                                                                name]))
+                    print(f"{name} throughput ({threads} thread(s)) {rep + 1}/{args.repeats}: " + ", ".join(
+                        f"{lib} {v[-1]['train_samples_per_s']:.0f}" for lib, v in runs.items()) + " train samples/s",
+                        flush=True)
+                keys = ("train_samples_per_s", "infer_samples_per_s", "peak_rss_mb", "padding_fraction")
+                tp = {lib: {k: statistics.median(x[k] for x in v) for k in keys if k in v[0]}
+                      for lib, v in runs.items()}
+                tp["runs"] = runs
                 if "fuxictr" in runs:
-                    runs["fuxictr"].append(run_json(pin + fx_cmd(name, args.threads) + [
-                        "--mode", "throughput", "--batches", str(args.batches), "--out", str(WORK / f"fx_{name}_tp.json")]))
-                runs["seqctr"].append(run_json(pin + me + ["--threads", str(args.threads), "--child", "throughput",
-                                                            name]))
-                print(f"{name} throughput {rep + 1}/{args.repeats}: " + ", ".join(
-                    f"{lib} {v[-1]['train_samples_per_s']:.0f}" for lib, v in runs.items()) + " train samples/s",
-                    flush=True)
-            keys = ("train_samples_per_s", "infer_samples_per_s", "peak_rss_mb")
-            tp = {lib: {k: statistics.median(x[k] for x in v) for k in keys} for lib, v in runs.items()}
-            tp["runs"] = runs
-            if "fuxictr" in runs:
-                tp["train_speedup"] = tp["seqctr"]["train_samples_per_s"] / tp["fuxictr"]["train_samples_per_s"]
-                tp["infer_speedup"] = tp["seqctr"]["infer_samples_per_s"] / tp["fuxictr"]["infer_samples_per_s"]
-            r["throughput"] = tp
-            save()
+                    tp["train_speedup"] = tp["seqctr"]["train_samples_per_s"] / tp["fuxictr"]["train_samples_per_s"]
+                    tp["infer_speedup"] = tp["seqctr"]["infer_samples_per_s"] / tp["fuxictr"]["infer_samples_per_s"]
+                r["throughput" if threads == thread_counts[0] else f"throughput_{threads}_threads"] = tp
+                save()
 
     # Phase 2: accuracy; independent single-thread jobs, --jobs at a time (timing is not measured here).
     if not args.skip_accuracy:
@@ -242,13 +249,24 @@ def main() -> int:
     return 0
 
 
+def _ratio(tp: dict, key: str) -> str:
+    """``4.52x``, or an em dash for a backbone FuxiCTR has no counterpart of (never 0.00x / nan)."""
+    return f"{tp[key]:.2f}x" if key in tp else "—"
+
+
+def _num(d: dict, key: str, fmt: str = ",.0f") -> str:
+    return format(d[key], fmt) if key in d else "—"
+
+
 def render(results: dict) -> str:
     s = results.get("settings", {})
+    timed = f"{s.get('batches')} training batches" if s.get("batches") else "one whole training epoch"
     lines = ["# seqctr vs FuxiCTR 2.3.10 (LongCTR) on ml100k", "",
              f"Command: `{s.get('command', '')}`. Same split, features and hyper-parameters; throughput = median "
-             f"of {s.get('repeats')} alternating runs of {s.get('batches')} training batches (batch 256) + test "
-             f"inference, {s.get('threads')} thread(s) pinned to CPU {s.get('cpu')}; accuracy after at most {s.get('epochs')} epochs (FuxiCTR: "
-             f"1 seed; seqctr: mean over seeds {s.get('seeds')}), both scored by seqctr's metrics.", "",
+             f"of {s.get('repeats')} alternating runs of {timed} (batch 256, 3 warm-up batches untimed) + test "
+             f"inference, {s.get('threads')} thread(s), 1 thread pinned to CPU {s.get('cpu')}; accuracy after at most "
+             f"{s.get('epochs')} epochs (FuxiCTR: 1 seed; seqctr: mean over seeds {s.get('seeds')}), both scored by "
+             "seqctr's metrics. — = FuxiCTR 2.3.10 has no such model.", "",
              "| model | FuxiCTR train/s | seqctr train/s | speed-up | FuxiCTR infer/s | seqctr infer/s | speed-up "
              "| RSS MB fx / ours | AUC fx | AUC ours | ΔAUC | GAUC fx / ours | logloss fx / ours |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -257,16 +275,29 @@ def render(results: dict) -> str:
         fx, us = tp.get("fuxictr", {}), tp.get("seqctr", {})
         fa = r.get("fuxictr_accuracy", {}).get("test", {}).get("overall", {})
         sa = r.get("seqctr_accuracy", {})
-        nan = float("nan")
-        d = sa.get("auc_mean", nan) - fa.get("auc", nan)
+        d = f"{sa['auc_mean'] - fa['auc']:+.4f}" if "auc_mean" in sa and "auc" in fa else "—"
         lines.append(
-            f"| {name} | {fx.get('train_samples_per_s', 0):,.0f} | {us.get('train_samples_per_s', 0):,.0f} | "
-            f"{tp.get('train_speedup', 0):.2f}x | {fx.get('infer_samples_per_s', 0):,.0f} | "
-            f"{us.get('infer_samples_per_s', 0):,.0f} | {tp.get('infer_speedup', 0):.2f}x | "
-            f"{fx.get('peak_rss_mb', 0):,.0f} / {us.get('peak_rss_mb', 0):,.0f} | {fa.get('auc', float('nan')):.4f} | "
-            f"{sa.get('auc_mean', float('nan')):.4f} | {d:+.4f} | {fa.get('gauc', float('nan')):.4f} / "
-            f"{sa.get('gauc_mean', float('nan')):.4f} | {fa.get('logloss', float('nan')):.4f} / "
-            f"{sa.get('logloss_mean', float('nan')):.4f} |")
+            f"| {name} | {_num(fx, 'train_samples_per_s')} | {_num(us, 'train_samples_per_s')} | "
+            f"{_ratio(tp, 'train_speedup')} | {_num(fx, 'infer_samples_per_s')} | "
+            f"{_num(us, 'infer_samples_per_s')} | {_ratio(tp, 'infer_speedup')} | "
+            f"{_num(fx, 'peak_rss_mb')} / {_num(us, 'peak_rss_mb')} | {_num(fa, 'auc', '.4f')} | "
+            f"{_num(sa, 'auc_mean', '.4f')} | {d} | {_num(fa, 'gauc', '.4f')} / {_num(sa, 'gauc_mean', '.4f')} | "
+            f"{_num(fa, 'logloss', '.4f')} / {_num(sa, 'logloss_mean', '.4f')} |")
+    pads = [f"{n} {100 * r['throughput']['seqctr']['padding_fraction']:.1f}%" for n, r in results["models"].items()
+            if "padding_fraction" in r.get("throughput", {}).get("seqctr", {})]
+    if pads:
+        lines += ["", "Padded token share of seqctr's training batches (length-bucketed): " + ", ".join(pads) + "."]
+    more = sorted({k for r in results["models"].values() for k in r if k.startswith("throughput_")})
+    for key in more:
+        lines += ["", f"Throughput with {key.split('_')[1]} threads (unpinned):", "",
+                  "| model | FuxiCTR train/s | seqctr train/s | speed-up | FuxiCTR infer/s | seqctr infer/s | speed-up |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for name, r in results["models"].items():
+            tp = r.get(key, {})
+            fx, us = tp.get("fuxictr", {}), tp.get("seqctr", {})
+            lines.append(f"| {name} | {_num(fx, 'train_samples_per_s')} | {_num(us, 'train_samples_per_s')} | "
+                         f"{_ratio(tp, 'train_speedup')} | {_num(fx, 'infer_samples_per_s')} | "
+                         f"{_num(us, 'infer_samples_per_s')} | {_ratio(tp, 'infer_speedup')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -30,7 +30,7 @@ def main() -> int:
     ap.add_argument("--candidates", default="1,200,512", help="serving: candidates per request")
     ap.add_argument("--repeats", type=int, default=9, help="serving: timed forward passes per cell")
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--batches", type=int, default=30)
+    ap.add_argument("--batches", type=int, default=0, help="training batches to time (0 = the whole epoch)")
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--params", default="{}", help="extra model params (JSON)")
@@ -85,7 +85,7 @@ def main() -> int:
         for i, batch in enumerate(loader("train", True)):
             if i == 3:
                 n, t0 = 0, time.perf_counter()
-            if i >= args.batches + 3:
+            if args.batches and i >= args.batches + 3:   # 0 = the whole epoch
                 break
             model.train_step(batch)
             n += batch[2].shape[0]
