@@ -166,34 +166,14 @@ TABLE_ROLES = ("user", "item", "timestamp")
 
 
 def _read_table(path: Path, names: list[str] | None = None):
+    """A whole table in memory as one ``pa.Table`` (side tables, tables to score): the chunks of
+    :func:`scan_table`, so both paths check and report bad files alike."""
     import pyarrow as pa
 
-    if not path.exists():
-        raise InputError("path does not exist", path=path)
-    if path.is_dir():
-        raise InputError("expected a parquet or CSV file, got a folder", path=path)
-    if path.stat().st_size == 0:
-        raise InputError("file is empty", path=path)
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".parquet", ".pq"):
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(path)
-        elif suffix in (".csv", ".tsv", ".txt"):
-            import pyarrow.csv as pacsv
-
-            delim = "\t" if suffix == ".tsv" else ","
-            read = pacsv.ReadOptions(column_names=list(names)) if names else pacsv.ReadOptions()
-            table = pacsv.read_csv(path, read_options=read, parse_options=pacsv.ParseOptions(delimiter=delim))
-        else:
-            raise InputError("unknown file type (use .parquet, .csv or .tsv)", path=path)
-    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise InputError(f"cannot read as {suffix[1:]}: {msg}", path=path) from None
-    if table.num_rows == 0:
-        raise InputError("table has no rows", path=path)
-    return table
+    scan = scan_table(Path(path), names)
+    next(scan)
+    chunks = [t for _, _, t in scan]
+    return pa.concat_tables(chunks) if len(chunks) > 1 else chunks[0]
 
 
 def _column(table, name: str, path: Path):
