@@ -125,3 +125,20 @@ def test_dien_auxiliary_loss_skips_lain_prompts(synth_ds, monkeypatch):
     torch.testing.assert_close(seen["seq"], seq)
     assert torch.equal(seen["mask"], mask) and seen["states"].shape[1] == seq.shape[1]
     assert out.aux_loss is not None and torch.isfinite(out.aux_loss)
+
+
+def test_hstu_shared_bias_is_one_row_for_every_head():
+    """The reference's relative-position bias: one row shared by all heads, N(0, 0.02) at init. A
+    per-head model whose rows all equal that row computes exactly the same thing."""
+    torch.manual_seed(0)
+    shared = HSTU(item_dim=16, num_heads=2, max_len=16)
+    for blk in shared.blocks:
+        assert blk.rab.shape == (1, 17)
+        assert 0.005 < float(blk.rab.detach().std()) < 0.05
+    per_head = HSTU(item_dim=16, num_heads=2, max_len=16, shared_bias=False, bias_init_std=0.0)
+    assert all(blk.rab.shape == (2, 17) and not blk.rab.any() for blk in per_head.blocks)
+    state = {k: (v.expand(2, -1).clone() if k.endswith(".rab") else v) for k, v in shared.state_dict().items()}
+    per_head.load_state_dict(state)
+    shared.eval(), per_head.eval()
+    x = inputs()
+    torch.testing.assert_close(shared(x).vector, per_head(x).vector, rtol=0, atol=0)

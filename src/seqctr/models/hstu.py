@@ -23,7 +23,8 @@ class HSTUBlock(nn.Module):
 
     branch = "layer"   # every history event is cached in every layer (see serving.accounting)
 
-    def __init__(self, dim: int, num_heads: int, max_len: int, dropout: float, collective: dict | None = None):
+    def __init__(self, dim: int, num_heads: int, max_len: int, dropout: float, collective: dict | None = None,
+                 shared_bias: bool = True, bias_init_std: float = 0.02):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
@@ -37,7 +38,10 @@ class HSTUBlock(nn.Module):
         self.f1 = nn.Linear(dim, (2 if self.ckv is not None else 4) * dim)
         self.norm_av = nn.LayerNorm(dim)
         self.f2 = nn.Linear(dim, dim)
-        self.rab = nn.Parameter(torch.zeros(num_heads, max_len + 1))   # bias by distance i - j (clipped)
+        # bias by distance i - j (clipped): one row shared by every head (the reference), or one per head
+        self.rab = nn.Parameter(torch.zeros(1 if shared_bias else num_heads, max_len + 1))
+        if bias_init_std > 0:
+            nn.init.normal_(self.rab, std=bias_init_std)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def kv_width(self) -> int:
@@ -98,9 +102,9 @@ class HSTUBlock(nn.Module):
         T = k_hist.shape[2]
         qh = q[:, :, 0].transpose(0, 1)                                           # [H, N, hd]
         dist = torch.arange(T, 0, -1, device=x_t.device).clamp(max=self.max_len)  # target at T, keys 0..T-1
-        s_hist = qh @ k_hist[0].transpose(-1, -2) / self.hd ** 0.5 + self.rab[:, dist].unsqueeze(1)  # [H, N, T]
+        s_hist = qh @ k_hist[0].transpose(-1, -2) / self.hd ** 0.5 + self.rab[:, dist].unsqueeze(1)  # [H|1, N, T]
         a_hist = F.silu(s_hist) / self.max_len * valid.view(1, 1, T)
-        a_self = F.silu((q * k).sum(-1) / self.hd ** 0.5 + self.rab[:, 0].view(1, -1, 1)) / self.max_len  # [N, H, 1]
+        a_self = F.silu((q * k).sum(-1) / self.hd ** 0.5 + self.rab[:, :1].view(1, -1, 1)) / self.max_len  # [N, H, 1]
         av = (a_hist @ v_hist[0]).transpose(0, 1) + a_self * v[:, :, 0]          # [N, H, hd]
         return (x_t + self.dropout(self.f2(self.norm_av(av.reshape(N, D)) * u[:, 0])))
 
@@ -120,7 +124,7 @@ class HSTUBlock(nn.Module):
                   key_valid: torch.Tensor) -> torch.Tensor:
         """Pointwise weights ``[B, H, Nq, Nk]``: causal (k_pos <= q_pos), real keys only."""
         dist = (q_pos.unsqueeze(-1) - k_pos.unsqueeze(-2))                     # [Nq, Nk]
-        bias = self.rab[:, dist.clamp(0, self.max_len)]                          # [H, Nq, Nk]
+        bias = self.rab[:, dist.clamp(0, self.max_len)]                          # [H or 1, Nq, Nk]
         a = F.silu(q @ k.transpose(-1, -2) / self.hd ** 0.5 + bias) / self.max_len
         allowed = (dist >= 0).unsqueeze(0) & key_valid[:, None, :]               # [B, Nq, Nk]
         return a * allowed.unsqueeze(1)
@@ -150,16 +154,21 @@ class HSTUBlock(nn.Module):
 class HSTU(Backbone):
     """Options: ``num_layers`` (2), ``num_heads`` (2), ``max_len`` (relative-position range and the
     1/N normaliser; 256), ``dropout`` (0.0), ``collective_kv`` (CollectiveKV options for every
-    layer; None = off)."""
+    layer; None = off), ``shared_bias`` (True: one relative-position bias for all heads, as the
+    reference; False: one per head, seqctr <= 0.1), ``bias_init_std`` (0.02, the reference's
+    N(0, 0.02); 0 = zeros). The reference's time-bucket bias is not implemented yet (it needs event
+    timestamps in batches and serving caches)."""
 
     lain_unsupported = ("HSTU has no softmax to temper and its relative-position bias would move prompt tokens "
                      "with the padding; LAIN is not attached to it")
 
     def __init__(self, item_dim: int, feature_dim: int = 64, num_layers: int = 2, num_heads: int = 2,
-                 max_len: int = 256, dropout: float = 0.0, collective_kv: dict | None = None):
+                 max_len: int = 256, dropout: float = 0.0, collective_kv: dict | None = None,
+                 shared_bias: bool = True, bias_init_std: float = 0.02):
         super().__init__()
         self.blocks = nn.ModuleList(
-            HSTUBlock(item_dim, num_heads, max_len, dropout, self.layer_collective(collective_kv, i))
+            HSTUBlock(item_dim, num_heads, max_len, dropout, self.layer_collective(collective_kv, i),
+                      shared_bias, bias_init_std)
             for i in range(num_layers))
         self.norm_out = nn.LayerNorm(item_dim)
         self.out_dim = item_dim
