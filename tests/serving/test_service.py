@@ -108,6 +108,13 @@ def test_bad_requests_get_4xx_json_and_the_service_stays_up(trained):
         r = http.post("/v1/score", content=b'{"user": "u1", "candidates": ["' + b"x" * 5000 + b'"]}',
                       headers={"content-type": "application/json"})
         assert r.status_code == 413 and "4096" in r.json()["error"]
+        # no Content-Length (chunked): counted as it arrives, refused past the cap
+        big = (b'{"user": "u1", "candidates": ["' + b"x" * 1000 + b'"]}' for _ in range(5))
+        r = http.post("/v1/score", content=big, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "4096" in r.json()["error"]
+        small = (part for part in (b'{"user": "u1", ', b'"candidates": ["i1"]}'))
+        r = http.post("/v1/score", content=small, headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text          # a small chunked body is replayed to the app whole
         r = http.post("/v1/users/u1/events", json={"events": []})
         assert r.status_code == 422
         r = http.post("/v1/users/u1/events", json={"events": [{"item": "i1", "when": 3}]})

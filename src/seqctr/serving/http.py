@@ -7,7 +7,8 @@
 - ``GET /healthz``, ``GET /metrics`` (Prometheus text), OpenAPI docs at ``/docs``.
 
 Client mistakes are 4xx JSON ``{"error": "..."}`` (422 malformed JSON / wrong types / empty
-candidates, 413 a body or a candidate list over its cap, 400 bad ids); never a 500.
+candidates, 413 a body — by its Content-Length or counted as a chunked body arrives — or a
+candidate list over its cap, 400 bad ids); never a 500.
 """
 from __future__ import annotations
 
@@ -43,10 +44,50 @@ class EventsRequest(BaseModel):
     events: list[Union[Event, RawId]] = Field(min_length=1)
 
 
+class BodyCap:
+    """ASGI middleware: a request body sent without ``Content-Length`` (chunked) is counted as it
+    arrives and refused with 413 once over ``max_body`` bytes — read at most one chunk past the cap,
+    then replayed whole to the app. Bodies with a ``Content-Length`` pass straight through (the
+    service's own check refuses them before reading)."""
+
+    def __init__(self, app, max_body: int, on_reject=None):
+        self.app, self.max_body, self.on_reject = app, max_body, on_reject
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or any(k.lower() == b"content-length" for k, _ in scope.get("headers", ())):
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] != "http.request":          # the client went away: nothing to answer
+                return
+            size += len(msg.get("body", b""))
+            if size > self.max_body:
+                if self.on_reject:
+                    self.on_reject(scope)
+                resp = JSONResponse({"error": f"request body over {self.max_body} bytes"}, status_code=413)
+                return await resp(scope, receive, send)
+            chunks.append(msg.get("body", b""))
+            if not msg.get("more_body", False):
+                break
+        pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay():
+            return pending.pop() if pending else await receive()
+
+        await self.app(scope, replay, send)
+
+
 def _items(events) -> tuple[list, list]:
     items = [e.item if isinstance(e, Event) else e for e in events]
     ts = [e.timestamp if isinstance(e, Event) else None for e in events]
     return items, [t if isinstance(t, int) else None for t in ts]
+
+
+def _endpoint(scope) -> str:
+    """The metrics label of a request's path (a user's events path under one label)."""
+    path = scope.get("path", "?")
+    return "/v1/users/{user}/events" if path.startswith("/v1/users/") else path
 
 
 def create_app(scorer, max_candidates: int = 1000, max_events: int = 1000, max_body: int = 1 << 20) -> FastAPI:
@@ -69,8 +110,7 @@ def create_app(scorer, max_candidates: int = 1000, max_events: int = 1000, max_b
     @app.middleware("http")
     async def guard(request: Request, call_next):
         t0 = time.perf_counter()
-        endpoint = request.scope.get("path", "?")
-        endpoint = "/v1/users/{user}/events" if endpoint.startswith("/v1/users/") else endpoint
+        endpoint = _endpoint(request.scope)
         size = request.headers.get("content-length")
         if size is not None and (not size.isdigit() or int(size) > max_body):
             resp = error(413, f"request body over {max_body} bytes")
@@ -82,6 +122,9 @@ def create_app(scorer, max_candidates: int = 1000, max_events: int = 1000, max_b
         requests.labels(endpoint, str(resp.status_code)).inc()
         latency.labels(endpoint).observe(time.perf_counter() - t0)
         return resp
+
+    app.add_middleware(BodyCap, max_body=max_body,
+                       on_reject=lambda scope: requests.labels(_endpoint(scope), "413").inc())
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
