@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.dropout import Dropout
 from .base import Backbone, BackboneOutput, SeqInputs, concat_events, prefixed, register, unprefixed
 
 
@@ -42,7 +43,7 @@ class HSTUBlock(nn.Module):
         self.rab = nn.Parameter(torch.zeros(1 if shared_bias else num_heads, max_len + 1))
         if bias_init_std > 0:
             nn.init.normal_(self.rab, std=bias_init_std)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def kv_width(self) -> int:
         return self.h * self.hd

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batched import matvec, vecmat
+from .dropout import Dropout
 from .condition import AttentionCondition, Conditionable, apply_temperature
 from .mlp import MLP, activation
 from .retrieval import gather_positions, topk_select
@@ -244,7 +245,7 @@ class MultiHeadTargetAttention(Conditionable):
             self.W_k = nn.Linear(self.key_dim, attention_dim, bias=False)
             self.W_v = nn.Linear(input_dim, attention_dim, bias=False)
         self.W_o = nn.Linear(attention_dim, input_dim, bias=False)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def kv_width(self) -> int:
         """Width of the cached K (and V) per event, all heads."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .dropout import Dropout
+
 ACTIVATIONS = {"relu": nn.ReLU, "prelu": nn.PReLU, "sigmoid": nn.Sigmoid, "silu": nn.SiLU, "tanh": nn.Tanh}
 
 
@@ -27,7 +29,7 @@ class MLP(nn.Module):
         for h in hidden:
             layers += [nn.Linear(d, h), activation(act)]
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
             d = h
         if out_dim is not None:
             layers.append(nn.Linear(d, out_dim))

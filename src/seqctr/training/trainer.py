@@ -21,6 +21,7 @@ from ..data import BatchLoader, SeqDataset
 from ..errors import SeqctrError
 from ..metrics import evaluate_predictions
 from ..models import CTRModel, build_model
+from ..nn import dropout
 from ..utils.io import atomic_path, provenance, write_json
 from ..utils.progress import Progress
 from .distributed import init_distributed, shard
@@ -35,9 +36,11 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def set_seed(seed: int) -> None:
+    """Seed Python, NumPy, PyTorch and the dropout-mask generator (:mod:`seqctr.nn.dropout`)."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+    dropout.seed(seed)
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
@@ -149,6 +152,7 @@ class Trainer:
                 broadcast_buffers=False)
             if not self.dist.main:                           # other dropout masks than rank 0's
                 torch.manual_seed(cfg.train.seed + 1000 * self.dist.rank)
+                dropout.seed(cfg.train.seed + 1000 * self.dist.rank)
         self.opt = make_optimizer(self.model, cfg.train.lr, cfg.train.weight_decay)
         d = cfg.data
         self.train_loader = BatchLoader(ds, "train", max_len=d.max_len, batch_size=d.batch_size, shuffle=True,
@@ -167,11 +171,12 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------
     def _save_last(self) -> None:
-        rngs = self.dist.gather(torch.get_rng_state())       # every rank's dropout stream
+        rngs = self.dist.gather(torch.get_rng_state())       # every rank's random streams
+        masks = self.dist.gather(_dropout_state())
         if self.dist.main:
             save_torch({"model": self.model.state_dict(), "opt": self.opt.state_dict(), "state": self.state,
-                        "torch_rng": rngs[0], "torch_rng_ranks": rngs, "config": self.cfg.to_dict()},
-                       self.out / "last.pt")
+                        "torch_rng": rngs[0], "torch_rng_ranks": rngs, "dropout_rng_ranks": masks,
+                        "config": self.cfg.to_dict()}, self.out / "last.pt")
         self.dist.barrier()
 
     def _save_best(self, valid: dict) -> None:
@@ -192,6 +197,9 @@ class Trainer:
         self.state = ck["state"]
         rngs = ck.get("torch_rng_ranks") or [ck["torch_rng"]]
         torch.set_rng_state(rngs[self.dist.rank] if len(rngs) == self.dist.world else rngs[0])
+        masks = ck.get("dropout_rng_ranks")
+        if masks:
+            _set_dropout_state(masks[self.dist.rank] if len(masks) == self.dist.world else masks[0])
         return True
 
     # -- training -----------------------------------------------------------------------------
@@ -331,6 +339,18 @@ class Trainer:
                     with open(tmp, "wb") as f:
                         np.savez(f, index=pred["index"], prob=pred["prob"])
         return d.broadcast(m)
+
+
+def _dropout_state() -> dict:
+    """The dropout-mask generator's state as tensors and plain ints (``weights_only`` loads it)."""
+    st = dropout.get_state()
+    return {"state": str(st["state"]["state"]), "inc": str(st["state"]["inc"]),
+            "has_uint32": int(st["has_uint32"]), "uinteger": int(st["uinteger"])}
+
+
+def _set_dropout_state(d: dict) -> None:
+    dropout.set_state({"bit_generator": "PCG64", "state": {"state": int(d["state"]), "inc": int(d["inc"])},
+                       "has_uint32": int(d["has_uint32"]), "uinteger": int(d["uinteger"])})
 
 
 def _quiet(*_args, **_kw) -> None:
