@@ -170,9 +170,7 @@ def _read_table(path: Path, names: list[str] | None = None):
     :func:`scan_table`, so both paths check and report bad files alike."""
     import pyarrow as pa
 
-    scan = scan_table(Path(path), names)
-    next(scan)
-    chunks = [t for _, _, t in scan]
+    chunks = [t for _, _, t in scan_table(Path(path), names)[1]]
     return pa.concat_tables(chunks) if len(chunks) > 1 else chunks[0]
 
 
@@ -281,16 +279,14 @@ def table_files(path: Path) -> list[Path]:
 
 def scan_table(path: Path, names: list[str] | None = None, columns: list[str] | None = None,
                batch_rows: int = 1 << 18):
-    """Stream a table (a parquet or CSV file, or a folder of parquet parts) as
-    ``(file, rows before this chunk in that file, pa.Table chunk)``, reading only ``columns``.
-    Memory is one chunk, not the table. The first item is ``(None, total rows or None, schema
-    names)`` so callers can check columns and size their arrays before any row is read."""
+    """Open a table (a parquet or CSV file, or a folder of parquet parts) for streaming: returns
+    ``(total rows or None for CSV, chunks)``; ``chunks`` yields ``(file, rows before this chunk in
+    that file, pa.Table chunk)`` with only ``columns`` (those a parquet file has; CSV: all). Every
+    file is opened (and a bad one refused) before any row is read; memory is one chunk."""
     import pyarrow as pa
 
-    files = table_files(path)
-    opened = []
-    total = 0
-    for f in files:
+    opened, total = [], 0
+    for f in table_files(path):
         if f.stat().st_size == 0:
             raise InputError("file is empty", path=f)
         suffix = f.suffix.lower()
@@ -301,41 +297,41 @@ def scan_table(path: Path, names: list[str] | None = None, columns: list[str] | 
                 pf = pq.ParquetFile(f)
                 opened.append((f, "parquet", pf))
                 total = None if total is None else total + pf.metadata.num_rows
-                schema = pf.schema_arrow.names
             elif suffix in (".csv", ".tsv", ".txt"):
                 opened.append((f, "csv", None))
-                total, schema = None, None
+                total = None
             else:
                 raise InputError("unknown file type (use .parquet, .csv or .tsv)", path=f)
         except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise InputError(f"cannot read as {suffix[1:]}: {msg}", path=f) from None
-    if opened[0][1] == "csv":
-        schema = None
-    yield None, total, schema
-    n_rows = 0
-    for f, kind, handle in opened:
-        row0 = 0
-        try:
-            if kind == "parquet":
-                cols = [c for c in (columns or []) if c in handle.schema_arrow.names] or None
-                chunks = handle.iter_batches(batch_size=batch_rows, columns=cols)
-            else:
-                import pyarrow.csv as pacsv
 
-                delim = "\t" if f.suffix.lower() == ".tsv" else ","
-                read = pacsv.ReadOptions(column_names=list(names) if names else None, block_size=64 << 20)
-                chunks = pacsv.open_csv(f, read_options=read, parse_options=pacsv.ParseOptions(delimiter=delim))
-            for b in chunks:
-                if b.num_rows:
-                    yield f, row0, pa.Table.from_batches([b])
-                row0 += b.num_rows
-        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise InputError(f"cannot read as {f.suffix[1:]} (after row {row0}): {msg}", path=f) from None
-        n_rows += row0
-    if n_rows == 0:
-        raise InputError("table has no rows", path=path)
+    def chunks():
+        n_rows = 0
+        for f, kind, handle in opened:
+            row0 = 0
+            try:
+                if kind == "parquet":
+                    cols = [c for c in (columns or []) if c in handle.schema_arrow.names] or None
+                    batches = handle.iter_batches(batch_size=batch_rows, columns=cols)
+                else:
+                    import pyarrow.csv as pacsv
+
+                    delim = "\t" if f.suffix.lower() == ".tsv" else ","
+                    read = pacsv.ReadOptions(column_names=list(names) if names else None, block_size=64 << 20)
+                    batches = pacsv.open_csv(f, read_options=read, parse_options=pacsv.ParseOptions(delimiter=delim))
+                for b in batches:
+                    if b.num_rows:
+                        yield f, row0, pa.Table.from_batches([b])
+                    row0 += b.num_rows
+            except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise InputError(f"cannot read as {f.suffix[1:]} (after row {row0}): {msg}", path=f) from None
+            n_rows += row0
+        if n_rows == 0:
+            raise InputError("table has no rows", path=path)
+
+    return total, chunks()
 
 
 class _Filled:
@@ -384,6 +380,8 @@ def read_table(path: str | Path, columns: dict | None = None, label: dict | None
     """
     import time
 
+    import pyarrow as pa
+
     from ..utils.progress import Progress
 
     path = Path(path)
@@ -393,13 +391,9 @@ def read_table(path: str | Path, columns: dict | None = None, label: dict | None
     cats = ([("category", columns["category"])] if columns.get("category") else []) + \
         [(n, n) for n in _names(columns.get("item_features"))]
     ucats = _names(columns.get("user_features"))
-    scan = scan_table(path, columns.get("names"), None)
-    _, total, schema = next(scan)
-    if "column" not in label and schema is not None:
-        label["column"] = "label" if "label" in schema else "rating"
+    # the label column, or both candidates of its default ("label", else "rating")
     wanted = [names[r] for r in TABLE_ROLES] + [c for _, c in cats] + ucats + [label.get("column", "label"), "rating"]
-    scan = scan_table(path, columns.get("names"), wanted, batch_rows)
-    next(scan)
+    total, scan = scan_table(path, columns.get("names"), wanted, batch_rows)
     acc = {k: _Filled(total) for k in ("user", "item", "ts", "label")}
     feat = {n: _Filled(total) for n, _ in cats}
     ufeat = {n: _Filled(total) for n in ucats}
@@ -422,8 +416,6 @@ def read_table(path: str | Path, columns: dict | None = None, label: dict | None
         bar.note(events=f"{n_rows:,}" + (f"/{total:,}" if total else ""),
                  events_per_s=f"{n_rows / max(time.perf_counter() - t0, 1e-9):,.0f}")
     files = table_files(path)
-    import pyarrow as pa
-
     pa.default_memory_pool().release_unused()     # the reader's batch buffers go back before the build
     return Interactions(user=acc["user"].result(), item=acc["item"].result(), timestamp=acc["ts"].result(),
                         label=acc["label"].result(), item_features={n: a.result() for n, a in feat.items()},
