@@ -184,7 +184,7 @@ def build_dataset(inter: Interactions, split: SplitRule, name: str, protocol: st
         vocab_sizes["item_id"], item_ids, item_cols, train_visible, inter.items, item_vocab)
     del item_cols
     user_feats, user_names, uvocabs, usizes = user_feature_table(
-        user_raw, user_ids, user_cols, np.arange(n_users), n_train > 0, n_train > 0, inter.users)
+        user_raw, user_ids, user_cols, n_train > 0, inter.users)
     vocab_arrays = {"item_id": item_vocab, "user_id": user_vocab, **ivocabs, **uvocabs}
     vocab_sizes.update(isizes)
     vocab_sizes.update(usizes)

@@ -193,22 +193,20 @@ def side_columns(side: SideTable, rows: np.ndarray, known: np.ndarray, taken: se
             yield fname, enc, voc
 
 
-def user_feature_table(user_raw: np.ndarray, user_ids: np.ndarray, per_event: dict, first_event: np.ndarray,
-                       known: np.ndarray, known_users: np.ndarray, side: SideTable | None):
-    """The user feature table ``[U, Fu]`` (column 0 = the user id; one column per feature, first
-    event's value for per-event features, side-table values by raw user id; multi-valued user
-    features take ``M`` columns like item ones). ``known``: events whose values enter the
-    vocabularies; ``known_users``: the same for side rows, per user row.
-    Returns ``(table, names, vocabularies, sizes)``."""
+def user_feature_table(user_raw: np.ndarray, user_ids: np.ndarray, per_user: dict, known: np.ndarray,
+                       side: SideTable | None):
+    """The user feature table ``[U, Fu]`` (column 0 = the user id; one column per feature: the value
+    of each user's first event for ``per_user`` columns (one value per user row), side-table values
+    by raw user id; multi-valued user features take ``M`` columns like item ones). ``known`` (per
+    user row): users whose values enter the vocabularies. Returns ``(table, names, vocabularies, sizes)``."""
     cols, names, vocabs, sizes = [user_ids[:, None].astype(np.int32)], ["user_id"], {}, {}
-    for fname, col in per_event.items():
+    for fname, col in per_user.items():
         ids, voc = encode(col, known)
-        cols.append(ids[first_event][:, None]), names.append(fname)
+        cols.append(ids[:, None]), names.append(fname)
         vocabs[fname], sizes[fname] = voc, len(voc) + 2
     if side is not None:
         rows = side.rows_of(user_raw)
-        for fname, block, voc in side_columns(side, rows, (rows >= 0) & known_users, set(vocabs) | {"user_id"},
-                                              "user"):
+        for fname, block, voc in side_columns(side, rows, (rows >= 0) & known, set(vocabs) | {"user_id"}, "user"):
             cols.append(block), names.extend([fname] * block.shape[1])
             vocabs[fname], sizes[fname] = voc, len(voc) + 2
     return np.concatenate(cols, axis=1), names, vocabs, sizes
