@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batched import matvec, vecmat
-from .dropout import Dropout
 from .condition import AttentionCondition, Conditionable, apply_temperature
+from .dropout import Dropout
 from .mlp import MLP, activation
 from .retrieval import gather_positions, topk_select
 

@@ -27,11 +27,18 @@ def seed(value: int) -> None:
 
 
 def get_state() -> dict:
-    return _rng.bit_generator.state
+    """The generator's state as strings and ints (PCG64's 128-bit words as decimal strings), so a
+    checkpoint holding it still loads with ``torch.load(weights_only=True)``."""
+    st = _rng.bit_generator.state
+    return {"state": str(st["state"]["state"]), "inc": str(st["state"]["inc"]),
+            "has_uint32": int(st["has_uint32"]), "uinteger": int(st["uinteger"])}
 
 
 def set_state(state: dict) -> None:
-    _rng.bit_generator.state = state
+    """Restore a :func:`get_state`."""
+    _rng.bit_generator.state = {"bit_generator": "PCG64",
+                                "state": {"state": int(state["state"]), "inc": int(state["inc"])},
+                                "has_uint32": int(state["has_uint32"]), "uinteger": int(state["uinteger"])}
 
 
 class Dropout(nn.Module):

@@ -151,8 +151,7 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False)
             if not self.dist.main:                           # other dropout masks than rank 0's
-                torch.manual_seed(cfg.train.seed + 1000 * self.dist.rank)
-                dropout.seed(cfg.train.seed + 1000 * self.dist.rank)
+                set_seed(cfg.train.seed + 1000 * self.dist.rank)
         self.opt = make_optimizer(self.model, cfg.train.lr, cfg.train.weight_decay)
         d = cfg.data
         self.train_loader = BatchLoader(ds, "train", max_len=d.max_len, batch_size=d.batch_size, shuffle=True,
@@ -172,7 +171,7 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------------
     def _save_last(self) -> None:
         rngs = self.dist.gather(torch.get_rng_state())       # every rank's random streams
-        masks = self.dist.gather(_dropout_state())
+        masks = self.dist.gather(dropout.get_state())
         if self.dist.main:
             save_torch({"model": self.model.state_dict(), "opt": self.opt.state_dict(), "state": self.state,
                         "torch_rng": rngs[0], "torch_rng_ranks": rngs, "dropout_rng_ranks": masks,
@@ -199,7 +198,7 @@ class Trainer:
         torch.set_rng_state(rngs[self.dist.rank] if len(rngs) == self.dist.world else rngs[0])
         masks = ck.get("dropout_rng_ranks")
         if masks:
-            _set_dropout_state(masks[self.dist.rank] if len(masks) == self.dist.world else masks[0])
+            dropout.set_state(masks[self.dist.rank] if len(masks) == self.dist.world else masks[0])
         return True
 
     # -- training -----------------------------------------------------------------------------
@@ -339,18 +338,6 @@ class Trainer:
                     with open(tmp, "wb") as f:
                         np.savez(f, index=pred["index"], prob=pred["prob"])
         return d.broadcast(m)
-
-
-def _dropout_state() -> dict:
-    """The dropout-mask generator's state as tensors and plain ints (``weights_only`` loads it)."""
-    st = dropout.get_state()
-    return {"state": str(st["state"]["state"]), "inc": str(st["state"]["inc"]),
-            "has_uint32": int(st["has_uint32"]), "uinteger": int(st["uinteger"])}
-
-
-def _set_dropout_state(d: dict) -> None:
-    dropout.set_state({"bit_generator": "PCG64", "state": {"state": int(d["state"]), "inc": int(d["inc"])},
-                       "has_uint32": int(d["has_uint32"]), "uinteger": int(d["uinteger"])})
 
 
 def _quiet(*_args, **_kw) -> None:
