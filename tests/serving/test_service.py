@@ -115,6 +115,8 @@ def test_bad_requests_get_4xx_json_and_the_service_stays_up(trained):
         small = (part for part in (b'{"user": "u1", ', b'"candidates": ["i1"]}'))
         r = http.post("/v1/score", content=small, headers={"content-type": "application/json"})
         assert r.status_code == 200, r.text          # a small chunked body is replayed to the app whole
+        # every refusal is counted: the candidate cap, the Content-Length cap and the chunked cap
+        assert 'seqctr_requests_total{endpoint="/v1/score",status="413"} 3.0' in http.get("/metrics").text
         r = http.post("/v1/users/u1/events", json={"events": []})
         assert r.status_code == 422
         r = http.post("/v1/users/u1/events", json={"events": [{"item": "i1", "when": 3}]})

@@ -45,28 +45,31 @@ class EventsRequest(BaseModel):
 
 
 class BodyCap:
-    """ASGI middleware: a request body sent without ``Content-Length`` (chunked) is counted as it
-    arrives and refused with 413 once over ``max_body`` bytes — read at most one chunk past the cap,
-    then replayed whole to the app. Bodies with a ``Content-Length`` pass straight through (the
-    service's own check refuses them before reading)."""
+    """ASGI middleware refusing a request body over ``max_body`` bytes with 413 however it is sent:
+    by its ``Content-Length`` (refused before a byte is read), or chunked — counted as it arrives,
+    refused at most one chunk past the cap, else replayed whole to the app. ``on_reject(scope,
+    seconds)`` is told of every refusal (the service's metrics)."""
 
     def __init__(self, app, max_body: int, on_reject=None):
         self.app, self.max_body, self.on_reject = app, max_body, on_reject
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or any(k.lower() == b"content-length" for k, _ in scope.get("headers", ())):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        chunks, size = [], 0
+        t0 = time.perf_counter()
+        size = dict(scope.get("headers", ())).get(b"content-length")   # ASGI header names are lower-case
+        if size is not None:
+            if size.isdigit() and int(size) <= self.max_body:
+                return await self.app(scope, receive, send)
+            return await self._refuse(scope, receive, send, t0)
+        chunks, total = [], 0
         while True:
             msg = await receive()
             if msg["type"] != "http.request":          # the client went away: nothing to answer
                 return
-            size += len(msg.get("body", b""))
-            if size > self.max_body:
-                if self.on_reject:
-                    self.on_reject(scope)
-                resp = JSONResponse({"error": f"request body over {self.max_body} bytes"}, status_code=413)
-                return await resp(scope, receive, send)
+            total += len(msg.get("body", b""))
+            if total > self.max_body:
+                return await self._refuse(scope, receive, send, t0)
             chunks.append(msg.get("body", b""))
             if not msg.get("more_body", False):
                 break
@@ -76,6 +79,12 @@ class BodyCap:
             return pending.pop() if pending else await receive()
 
         await self.app(scope, replay, send)
+
+    async def _refuse(self, scope, receive, send, t0: float) -> None:
+        resp = JSONResponse({"error": f"request body over {self.max_body} bytes"}, status_code=413)
+        await resp(scope, receive, send)
+        if self.on_reject:
+            self.on_reject(scope, time.perf_counter() - t0)
 
 
 def _items(events) -> tuple[list, list]:
@@ -110,21 +119,20 @@ def create_app(scorer, max_candidates: int = 1000, max_events: int = 1000, max_b
     @app.middleware("http")
     async def guard(request: Request, call_next):
         t0 = time.perf_counter()
-        endpoint = _endpoint(request.scope)
-        size = request.headers.get("content-length")
-        if size is not None and (not size.isdigit() or int(size) > max_body):
-            resp = error(413, f"request body over {max_body} bytes")
-        else:
-            try:
-                resp = await call_next(request)
-            except Exception as e:  # a server fault: answered, logged in the status, never a crash
-                resp = error(500, f"internal error: {type(e).__name__}")
-        requests.labels(endpoint, str(resp.status_code)).inc()
-        latency.labels(endpoint).observe(time.perf_counter() - t0)
+        try:
+            resp = await call_next(request)
+        except Exception as e:  # a server fault: answered, logged in the status, never a crash
+            resp = error(500, f"internal error: {type(e).__name__}")
+        count(request.scope, resp.status_code, time.perf_counter() - t0)
         return resp
 
-    app.add_middleware(BodyCap, max_body=max_body,
-                       on_reject=lambda scope: requests.labels(_endpoint(scope), "413").inc())
+    def count(scope, status: int, seconds: float) -> None:
+        endpoint = _endpoint(scope)
+        requests.labels(endpoint, str(status)).inc()
+        latency.labels(endpoint).observe(seconds)
+
+    # outermost: an oversized body is refused (and counted) before anything reads it
+    app.add_middleware(BodyCap, max_body=max_body, on_reject=lambda scope, seconds: count(scope, 413, seconds))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
