@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 CLUSTERS = 64
+SCHEMA = pa.schema([("user", pa.int64()), ("item", pa.int64()), ("timestamp", pa.int64()), ("label", pa.int8())])
 
 
 def user_lengths(n_events: int, mean_len: float, max_len: int, rng: np.random.Generator) -> np.ndarray:
@@ -58,7 +59,6 @@ def zipf_items(n: int, n_items: int, rng: np.random.Generator, perm: np.ndarray)
 
 def _user_chunks(lengths, pref, perm, n_items, rng, lo: int, hi: int, chunk_events: int):
     """Tables of whole users ``lo..hi-1``, about ``chunk_events`` events each."""
-    schema = pa.schema([("user", pa.int64()), ("item", pa.int64()), ("timestamp", pa.int64()), ("label", pa.int8())])
     u0 = lo
     while u0 < hi:
         cum = np.cumsum(lengths[u0:hi])
@@ -74,7 +74,7 @@ def _user_chunks(lengths, pref, perm, n_items, rng, lo: int, hi: int, chunk_even
         gain = np.where(np.repeat(ln, ln) < 100, 2.5, 1.0)
         p_click = 1 / (1 + np.exp(-(-1.5 + match * gain)))
         label = (rng.random(m) < p_click).astype(np.int8)
-        yield pa.table({"user": users, "item": items, "timestamp": ts, "label": label}, schema=schema)
+        yield pa.table({"user": users, "item": items, "timestamp": ts, "label": label}, schema=SCHEMA)
         u0 = u1
 
 
@@ -88,26 +88,24 @@ def generate(out: Path, n_events: int, *, n_items: int = 1_000_000, mean_len: fl
     perm = rng.permutation(n_items).astype(np.int64) + 1
     n_users = len(lengths)
     pref = rng.integers(0, CLUSTERS, n_users)
-    schema = pa.schema([("user", pa.int64()), ("item", pa.int64()), ("timestamp", pa.int64()), ("label", pa.int8())])
     if parts > 1:
         out.mkdir(parents=True, exist_ok=True)
         paths = [out / f"part-{i:03d}.parquet" for i in range(parts)]
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         paths = [out]
-    # users split into contiguous groups, one per part; each part written in chunks of whole users
-    bounds = np.linspace(0, n_users, len(paths) + 1).astype(int)
     if order == "time":            # everything in memory, sorted by time, cut into parts by time
-        chunked = _user_chunks(lengths, pref, perm, n_items, rng, 0, n_users, chunk_events)
-        t = pa.concat_tables(list(chunked))
+        t = pa.concat_tables(list(_user_chunks(lengths, pref, perm, n_items, rng, 0, n_users, chunk_events)))
         t = t.take(np.argsort(t.column("timestamp").to_numpy(), kind="stable"))
         cuts = np.linspace(0, t.num_rows, len(paths) + 1).astype(int)
         for p, path in enumerate(paths):
             pq.write_table(t.slice(cuts[p], cuts[p + 1] - cuts[p]), path, row_group_size=1 << 20)
-    for p, path in enumerate(paths if order == "user" else []):
-        with pq.ParquetWriter(path, schema) as w:
-            for t in _user_chunks(lengths, pref, perm, n_items, rng, bounds[p], bounds[p + 1], chunk_events):
-                w.write_table(t)
+    else:                          # users split into contiguous groups, one per part, written in chunks
+        bounds = np.linspace(0, n_users, len(paths) + 1).astype(int)
+        for p, path in enumerate(paths):
+            with pq.ParquetWriter(path, SCHEMA) as w:
+                for t in _user_chunks(lengths, pref, perm, n_items, rng, bounds[p], bounds[p + 1], chunk_events):
+                    w.write_table(t)
     return {"events": int(lengths.sum()), "users": n_users, "mean_len": float(lengths.mean()),
             "max_len": int(lengths.max()), "median_len": float(np.median(lengths)), "items": n_items,
             "seed": seed, "files": [str(p) for p in paths]}
