@@ -281,7 +281,7 @@ def cmd_analyze_kv(args) -> int:
 
 
 def cmd_experiment(args) -> int:
-    from .experiments import kv_suite, lain_suite
+    from .experiments import backbone_suite, kv_suite, lain_suite
 
     from .config import resolve_config_dir
 
@@ -292,6 +292,8 @@ def cmd_experiment(args) -> int:
         lain_suite.compare(args.backbones, seeds, **common)
     elif args.kind == "maxlen":
         lain_suite.maxlen(args.backbones, args.lengths, seeds, with_lain=not args.no_lain, **common)
+    elif args.kind == "backbones":
+        backbone_suite.backbones(args.backbones, seeds, baseline=args.baseline, **common)
     elif args.kind == "ablation":
         lain_suite.ablation(args.backbones[0], seeds, **common)
     elif args.kind == "kv":
@@ -477,7 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=1, help="torch threads per run")
     g.add_argument("--out", default="runs/experiments", help="results root (runs resume from here)")
     g.add_argument("--json", action="store_true", help="print results.json instead of the markdown table")
-    ex = command("experiment", "experiment suites: LAIN (compare | maxlen | ablation | sensitivity), CollectiveKV (kv)")
+    ex = command("experiment", "experiment suites: LAIN (compare | maxlen | ablation | sensitivity), CollectiveKV (kv), "
+                               "bare backbones against each other (backbones)")
     ex_sub = ex.add_subparsers(dest="kind", required=True, metavar="SUITE")
 
     def suite(name, help, backbones_help, default_backbones):
@@ -493,6 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     suite("ablation", "LAIN component ablation (paper Table 6)", "the backbone (first of the list)", "twin")
     suite("sensitivity", "LAIN sensitivity grid: d_f x hidden x prompts (paper Fig. 4)",
           "the backbone (first of the list)", "twin")
+    bb = suite("backbones", "bare backbones against a baseline backbone per length bucket (e.g. HSTU vs DIN)",
+               "comma list", "din,hstu")
+    bb.add_argument("--baseline", help="the backbone the others are compared with (default: the first)")
     kv = suite("kv", "CollectiveKV variants vs the uncompressed model, cache bytes, d_u and pool sweeps",
                "comma list", "sim,eta,sdim,twin,hstu")
     kv.add_argument("--variants", type=comma_list(str), default="base,silu,ck,cv,ckv", help="which of base,silu,ck,cv,ckv")

@@ -73,3 +73,26 @@ def test_maxlen_sweep_records_polarization(tmp_path, seqctr_home, capsys):
     assert "+LAIN vs bare at the same max_len" in (out / "maxlen" / "results.md").read_text()
     g3, g20 = pol["din/bare/len3"]["din"]["overall"], pol["din/bare/len20"]["din"]["overall"]
     assert 0 <= g3 <= 1 and 0 <= g20 <= 1
+
+
+def test_backbones_suite_compares_bare_backbones_with_a_baseline(tmp_path, seqctr_home, capsys):
+    cdir = make_configs(tmp_path)
+    (cdir / "hstu.yaml").write_text("extends: base.yaml\nmodel: {name: hstu, options: {max_len: 20}}\n")
+    out = tmp_path / "exp"
+    args = ["experiment", "backbones", "--backbones", "din,hstu", "--seeds", "1,2", "--config-dir", str(cdir),
+            "--out", str(out), "--set", "train.epochs=2", "--jobs", "2"]
+    assert main(args) == 0
+    res = json.loads((out / "backbones" / "results.json").read_text())
+    assert res["baseline"] == "din" and set(res["groups"]) == {"din", "hstu"}
+    assert "delta_vs_din" in res["groups"]["hstu"] and "delta_vs_din" not in res["groups"]["din"]
+    m = {g: [json.loads((out / "backbones" / g / f"seed{s}" / "metrics.json").read_text()) for s in (1, 2)]
+         for g in ("din", "hstu")}
+    want = float(np.mean([h["test"]["overall"]["auc"] - d["test"]["overall"]["auc"] for d, h in zip(*m.values())]))
+    assert abs(res["groups"]["hstu"]["delta_vs_din"]["overall"]["auc"]["delta"] - want) < 1e-9
+    assert res["epochs_run"]["hstu"] == [len(x["history"]) for x in m["hstu"]]
+    assert all(1 <= e <= 2 for e in res["best_epoch"]["hstu"] + res["epochs_run"]["din"])
+    assert "Δ hstu" in (out / "backbones" / "results.md").read_text()
+    capsys.readouterr()
+    assert main(args[:2] + ["--backbones", "din,hstu", "--baseline", "twin", "--config-dir", str(cdir),
+                            "--out", str(out)]) == 2
+    assert "--baseline 'twin'" in capsys.readouterr().err

@@ -137,7 +137,7 @@ def test_hstu_shared_bias_is_one_row_for_every_head():
         assert 0.005 < float(blk.rab.detach().std()) < 0.05
     per_head = HSTU(item_dim=16, num_heads=2, max_len=16, shared_bias=False, bias_init_std=0.0)
     assert all(blk.rab.shape == (2, 17) and not blk.rab.any() for blk in per_head.blocks)
-    state = {k: (v.expand(2, -1).clone() if k.endswith(".rab") else v) for k, v in shared.state_dict().items()}
+    state = {k: (v.expand(2, -1).clone() if k.endswith((".rab", ".ts_w")) else v) for k, v in shared.state_dict().items()}
     per_head.load_state_dict(state)
     shared.eval(), per_head.eval()
     x = inputs()

@@ -19,11 +19,16 @@ def make_model(ds, name, dropout=0.0):
 
 
 def left_pad(batch, extra):
-    """The same batch with ``extra`` more padded slots on the left."""
+    """The same batch with ``extra`` more padded slots on the left (their event times arbitrary:
+    a padded slot's time must not matter either)."""
     B, T, F_ = batch.hist.shape
     hist = torch.cat([torch.zeros(B, extra, F_, dtype=batch.hist.dtype), batch.hist], 1)
     mask = torch.cat([torch.zeros(B, extra, dtype=torch.bool), batch.mask], 1)
-    return dataclasses.replace(batch, hist=hist, mask=mask)
+    times = {}
+    if batch.hist_time is not None:
+        junk = torch.randint(0, 10**9, (B, extra), generator=torch.Generator().manual_seed(extra))
+        times = {"hist_time": torch.cat([junk, batch.hist_time], 1)}
+    return dataclasses.replace(batch, hist=hist, mask=mask, **times)
 
 
 def test_din_is_registered():
@@ -66,7 +71,8 @@ def test_empty_history_gives_finite_prediction(synth_ds, name):
     model = make_model(synth_ds, name).eval()
     batch = gather_batch(synth_ds, synth_ds.indices("test")[:4], max_len=10)
     empty = dataclasses.replace(batch, hist=torch.zeros(4, 0, batch.hist.shape[2], dtype=torch.long),
-                                mask=torch.zeros(4, 0, dtype=torch.bool), seq_len=torch.zeros(4, dtype=torch.long))
+                                mask=torch.zeros(4, 0, dtype=torch.bool), seq_len=torch.zeros(4, dtype=torch.long),
+                                hist_time=torch.zeros(4, 0, dtype=torch.long))
     all_pad = dataclasses.replace(batch, hist=torch.zeros_like(batch.hist), mask=torch.zeros_like(batch.mask),
                                   seq_len=torch.zeros(4, dtype=torch.long))
     with torch.no_grad():

@@ -30,7 +30,7 @@ def visible(model):
         for p in model.embedding.parameters():
             p.normal_(0, 0.5)
         for name, p in model.named_parameters():
-            if name.endswith(".rab"):   # HSTU's relative bias starts at 0: randomised, its indexing is tested
+            if name.endswith((".rab", ".ts_w")):   # HSTU's relative biases: randomised, so their indexing is tested
                 p.normal_(0, 0.5)
     return model
 

@@ -22,7 +22,9 @@ class SeqBatch:
     - ``user [B, Fu]`` user features; ``target [B, Fi]`` target item features;
     - ``hist [B, T, Fi]`` history item features (0 = padding), most recent at ``T-1``;
     - ``mask [B, T]`` bool, True on real events; ``seq_len [B]`` true length before truncation;
-    - ``label [B]`` float; ``user_index [B]`` dataset user row (groups for GAUC).
+    - ``label [B]`` float; ``user_index [B]`` dataset user row (groups for GAUC);
+    - ``hist_time [B, T]`` int64 event times (0 on padding) and ``target_time [B]`` the candidate's
+      time, when the data has timestamps (else None).
     """
 
     user: torch.Tensor
@@ -32,32 +34,42 @@ class SeqBatch:
     seq_len: torch.Tensor
     label: torch.Tensor
     user_index: torch.Tensor
+    hist_time: torch.Tensor | None = None
+    target_time: torch.Tensor | None = None
 
     def to(self, device) -> "SeqBatch":
-        return SeqBatch(**{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
+        return SeqBatch(**{f.name: None if getattr(self, f.name) is None else
+                           getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
 
     def __len__(self) -> int:
         return self.label.shape[0]
 
     @classmethod
     def for_candidates(cls, user: torch.Tensor, hist: torch.Tensor, cands: torch.Tensor,
-                       seq_len: int | None = None) -> "SeqBatch":
+                       seq_len: int | None = None, hist_time: torch.Tensor | None = None,
+                       target_time: int | torch.Tensor | None = None) -> "SeqBatch":
         """One user's request as an ordinary batch: one row per candidate ``cands [N, Fi]``, each
         with the user's features ``user [Fu]`` (or ``[1, Fu]``) and the whole history ``hist [T, Fi]``
-        (all real events; ``seq_len`` defaults to ``T``). What a model without a serving cache
-        scores, and the reference cached scoring is tested against."""
+        (all real events; ``seq_len`` defaults to ``T``), optionally with event times ``hist_time [T]``
+        and the request time ``target_time`` (a number or ``[N]``). What a model without a serving
+        cache scores, and the reference cached scoring is tested against."""
         N, T = cands.shape[0], hist.shape[0]
+        times = {}
+        if hist_time is not None:
+            times = {"hist_time": hist_time.reshape(1, T).expand(N, T),
+                     "target_time": torch.as_tensor(target_time, dtype=torch.long).reshape(-1).expand(N)}
         return cls(user=user.reshape(1, -1).expand(N, -1), target=cands, hist=hist.unsqueeze(0).expand(N, T, -1),
                    mask=torch.ones(N, T, dtype=torch.bool), seq_len=torch.full((N,), T if seq_len is None else seq_len),
-                   label=torch.zeros(N), user_index=torch.zeros(N, dtype=torch.long))
+                   label=torch.zeros(N), user_index=torch.zeros(N, dtype=torch.long), **times)
 
 
 def gather_windows(seq_items: np.ndarray, offsets: np.ndarray, users: np.ndarray, pos: np.ndarray,
-                   max_len: int, pad_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   max_len: int, pad_to: int | None = None, seq_ts: np.ndarray | None = None):
     """Most recent ``min(pos, max_len)`` events before ``pos`` of each user, right-aligned.
 
     Returns ``(items [B, T] int64 with 0 padding, mask [B, T] bool)``, ``T`` = the longest window
-    (or ``pad_to``, e.g. ``max_len`` for fixed-width batches as FuxiCTR makes them)."""
+    (or ``pad_to``, e.g. ``max_len`` for fixed-width batches as FuxiCTR makes them); with ``seq_ts``
+    also the events' times ``[B, T]`` int64 (0 on padding), as a third item."""
     eff = np.minimum(pos, max_len).astype(np.int64)
     T = int(eff.max()) if len(eff) else 0
     T = max(T, pad_to or 0)
@@ -67,14 +79,19 @@ def gather_windows(seq_items: np.ndarray, offsets: np.ndarray, users: np.ndarray
     idx = offsets[users].astype(np.int64)[:, None] + pos[:, None].astype(np.int64) - eff[:, None] + (col - first)
     idx = np.where(mask, idx, 0)
     items = np.where(mask, seq_items[idx], 0).astype(np.int64)
-    return items, mask
+    if seq_ts is None:
+        return items, mask
+    return items, mask, np.where(mask, seq_ts[idx], 0).astype(np.int64)
 
 
 def gather_batch(ds: SeqDataset, sample_idx: np.ndarray, max_len: int, pad_to: int | None = None) -> SeqBatch:
     """Build the :class:`SeqBatch` of the given sample indices (no per-sample Python)."""
     users = ds.sample_user[sample_idx]
     pos = ds.sample_pos[sample_idx]
-    items, mask = gather_windows(ds.seq_items, ds.offsets, users, pos, max_len, pad_to)
+    items, mask, *times = gather_windows(ds.seq_items, ds.offsets, users, pos, max_len, pad_to, ds.seq_ts)
+    if times:
+        times = {"hist_time": torch.from_numpy(times[0]),
+                 "target_time": torch.from_numpy(ds.sample_ts[sample_idx].astype(np.int64))}
     target_items = ds.sample_target[sample_idx]
     user = ds.user_feats[users]
     if ds.context_feats.shape[1]:
@@ -87,6 +104,7 @@ def gather_batch(ds: SeqDataset, sample_idx: np.ndarray, max_len: int, pad_to: i
         seq_len=torch.from_numpy(pos.astype(np.int64)),
         label=torch.from_numpy(ds.label[sample_idx].astype(np.float32)),
         user_index=torch.from_numpy(users.astype(np.int64)),
+        **(times or {}),
     )
 
 

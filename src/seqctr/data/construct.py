@@ -133,6 +133,7 @@ def build_dataset(inter: Interactions, split: SplitRule, name: str, protocol: st
     ukey = _sort_key(inter.user)
     order = event_order(ukey, inter.timestamp, _sort_key(inter.item))
     take = (lambda a: a) if order is None else (lambda a: a[order])
+    seq_ts = take(inter.timestamp).astype(np.int64, copy=False)
     inter.timestamp = None
     user_raw = None if ukey is inter.user else inter.user    # int ids are their own sort key
     inter.user = None
@@ -202,6 +203,8 @@ def build_dataset(inter: Interactions, split: SplitRule, name: str, protocol: st
         sample_target=seq_items[is_sample],
         label=label,
         split=sp,
+        seq_ts=seq_ts,
+        sample_ts=seq_ts[is_sample],
         meta=dataset_meta(name, protocol, inter.origin, inter.checksum, split.__dict__, item_names, user_names,
                           vocab_sizes, n_users, n_events, vocab_arrays),
     )

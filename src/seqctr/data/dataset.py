@@ -13,6 +13,10 @@ Layout (``E`` events, ``U`` users, ``N`` samples, ``I`` item vocabulary rows):
   ``label [N] float32``, ``split [N] int8`` (0/1/2 = train/valid/test);
 - ``context_feats [N, Fc] int32``: per-sample categorical features (e.g. LongCTR sample columns
   that vary within a user); ``Fc`` is usually 0. A batch's user input is ``user_feats`` then these.
+- ``seq_ts [E] int64`` and ``sample_ts [N] int64`` (optional, ``meta["has_time"]``): every event's
+  timestamp and every sample's candidate time (the target event's own time in the one-sample-per-event
+  protocols, the impression time in EB-NeRD), in the source's units. HSTU's time-bucket bias reads
+  them; data without event times (LongCTR) has neither, and time-aware layers then leave time out.
 
 Multi-valued item features (genres) take several columns of ``item_feats`` under one name (0 =
 no value), pooled by the embedding layer. Pre-trained item vectors (``meta["pretrained"]``:
@@ -34,9 +38,10 @@ from ..utils.io import atomic_dir
 SPLITS = {"train": 0, "valid": 1, "test": 2}
 # Version of the prepared layout (arrays and meta); part of every cache key, so a cache written by an
 # older layout is rebuilt rather than misread.
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 ARRAYS = ("seq_items", "offsets", "item_feats", "user_feats", "sample_user", "sample_pos", "sample_target", "label",
           "split", "context_feats")
+OPTIONAL_ARRAYS = ("seq_ts", "sample_ts")   # saved when present (meta["has_time"])
 
 
 @dataclass
@@ -51,12 +56,22 @@ class SeqDataset:
     label: np.ndarray
     split: np.ndarray
     context_feats: np.ndarray | None = None
+    seq_ts: np.ndarray | None = None       # [E] int64 event times (None: the data has none)
+    sample_ts: np.ndarray | None = None    # [N] int64 candidate times
     meta: dict = field(default_factory=dict)
     pretrained: dict = field(default_factory=dict)   # name -> [I, P] float32 (see the module doc)
 
     def __post_init__(self):
         if self.context_feats is None:
             self.context_feats = np.zeros((len(self.sample_user), 0), dtype=np.int32)
+        if (self.seq_ts is None) != (self.sample_ts is None):
+            raise ValueError("seq_ts and sample_ts come together (both or neither)")
+        self.meta["has_time"] = self.seq_ts is not None
+
+    @property
+    def has_time(self) -> bool:
+        """Whether events and samples carry timestamps (``seq_ts``, ``sample_ts``)."""
+        return self.seq_ts is not None
 
     # --- schema -------------------------------------------------------------------------------
     @property
@@ -113,8 +128,9 @@ class SeqDataset:
     def save(self, folder: Path) -> None:
         """Write all arrays and ``meta.json`` into ``folder`` atomically (all or nothing)."""
         with atomic_dir(folder) as tmp:
-            for name in ARRAYS:
-                np.save(tmp / f"{name}.npy", getattr(self, name), allow_pickle=False)
+            for name in ARRAYS + OPTIONAL_ARRAYS:
+                if getattr(self, name) is not None:
+                    np.save(tmp / f"{name}.npy", getattr(self, name), allow_pickle=False)
             for name, arr in self.meta.get("_vocab_arrays", {}).items():
                 np.save(tmp / f"vocab_{name}.npy", arr, allow_pickle=False)
             for name, arr in self.pretrained.items():
@@ -131,6 +147,9 @@ class SeqDataset:
         meta = json.loads((folder / "meta.json").read_text())
         mode = "r" if mmap else None
         arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False, mmap_mode=mode) for name in ARRAYS}
+        if meta.get("has_time"):
+            arrays.update({name: np.load(folder / f"{name}.npy", allow_pickle=False, mmap_mode=mode)
+                           for name in OPTIONAL_ARRAYS})
         pre = {n: np.load(folder / f"pretrained_{n}.npy", allow_pickle=False, mmap_mode=mode)
                for n in meta.get("pretrained", {})}
         return cls(**arrays, meta=meta, pretrained=pre)

@@ -156,6 +156,7 @@ def read_ebnerd(folder: Path, rule):
         user_feats=user_ids[:, None].astype(np.int32),
         sample_user=s_user[sel].astype(np.int32), sample_pos=pos[sel].astype(np.int32),
         sample_target=targets[sel].astype(np.int32), label=label[sel], split=s_split[sel],
+        seq_ts=ev_time.astype(np.int64), sample_ts=s_time[sel].astype(np.int64),
         meta=dataset_meta(folder.name, "ebnerd-v1", f"ebnerd:{folder.name}",
                           sha256_files([bpath, hpath] + ([apath] if apath.is_file() else [])), rule.__dict__,
                           item_names, ["user_id"], {"item_id": vocab_size, "user_id": len(user_vocab) + 2, **isizes},

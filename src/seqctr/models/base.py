@@ -65,7 +65,9 @@ class SeqInputs:
 
     ``target [B, D]``, ``hist [B, T, D]`` (right-aligned, most recent last), ``mask [B, T]`` bool,
     ``seq_len [B]`` (true length before truncation), ``need_weights``: fill attention weights;
-    ``target_ids [B, Fi]`` / ``hist_ids [B, T, Fi]``: the raw feature ids (e.g. for search by category)."""
+    ``target_ids [B, Fi]`` / ``hist_ids [B, T, Fi]``: the raw feature ids (e.g. for search by category);
+    ``hist_time [B, T]`` / ``target_time [B]`` int64 event and candidate times, or None when the data
+    has none (only time-aware backbones read them: HSTU's time-bucket bias)."""
 
     target: torch.Tensor
     hist: torch.Tensor
@@ -76,6 +78,8 @@ class SeqInputs:
     hist_ids: torch.Tensor | None = None
     cond: dict[str, AttentionCondition] | None = None
     embed: Callable | None = None    # ids [..., Fi] -> embedded items; lets branches embed sub-windows
+    hist_time: torch.Tensor | None = None
+    target_time: torch.Tensor | None = None
 
     def recent(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The most recent ``n`` events ``([B, n', D], [B, n'])``. Embedded from their ids when
@@ -127,6 +131,7 @@ class Backbone(nn.Module):
     cache_uses_condition: bool = False  # True: cached states depend on LAIN's length condition (append re-prefills)
     two_branch: bool = False            # a short-term branch (``short_attention``) beside the long-term one
     two_stage: bool = False             # the long branch attends to a top-k selection (GSU -> ESU)
+    uses_time: bool = False             # reads event / candidate times (SeqInputs.hist_time, target_time)
     out_dim: int
     aux_dim: int = 0          # > 0: the model adds an auxiliary CTR head on [user, target, aux_vector]
     aux_weight: float = 0.0   # its BCE weight in the loss
@@ -139,7 +144,7 @@ class Backbone(nn.Module):
         """Everything that does not depend on the candidate, for a batch of one user
         (``x.target`` is None). This default keeps the embedded history (recompute at scoring);
         backbones override it with real caches."""
-        return {"hist": x.hist, "mask": x.mask, "hist_ids": x.hist_ids}
+        return {"hist": x.hist, "mask": x.mask, "hist_ids": x.hist_ids, "time": x.hist_time}
 
     def append(self, state: dict, new: SeqInputs, evicted: torch.Tensor | None, max_len: int | None) -> dict | None:
         """Update ``state`` with new events (``new.hist [1, n, D]``, oldest first); ``evicted
@@ -154,7 +159,8 @@ class Backbone(nn.Module):
         N = x.target.shape[0]
         full = SeqInputs(target=x.target, hist=expand(state["hist"], N), mask=expand(state["mask"], N),
                          seq_len=x.seq_len, target_ids=x.target_ids, hist_ids=expand(state["hist_ids"], N),
-                         cond=x.cond)
+                         cond=x.cond, hist_time=expand(state.get("time"), N),
+                         target_time=x.target_time if state.get("time") is not None else None)
         return self.forward(full)
 
 
@@ -210,7 +216,8 @@ class CTRModel(nn.Module):
         target = emb.items(batch.target)
         x = SeqInputs(target=target, hist=emb.items(batch.hist), mask=batch.mask, seq_len=batch.seq_len,
                       need_weights=need_weights, target_ids=batch.target, hist_ids=batch.hist,
-                      cond=self.lain(batch.seq_len) if self.lain is not None else None, embed=emb.items)
+                      cond=self.lain(batch.seq_len) if self.lain is not None else None, embed=emb.items,
+                      hist_time=batch.hist_time, target_time=batch.target_time)
         out = self.backbone(x)
         user = emb.user(batch.user)
         logits = self.head(torch.cat([user, target, out.vector], dim=-1)).squeeze(-1)

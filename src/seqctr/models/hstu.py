@@ -1,8 +1,17 @@
 """HSTU (Zhai et al., ICML 2024): stacked blocks of pointwise aggregated attention,
-``A = SiLU(q k^T / sqrt(d_h) + rab) / N`` (no softmax), with a learned relative-position bias and
-a causal mask, gated by ``u``. For CTR the target item is appended as the last token, so it
-attends to the whole history while no history token sees it (target-aware ranking); its final
-state is the user interest vector.
+``A = SiLU(q k^T / sqrt(d_h) + rab) / N`` (no softmax), with a learned relative bias and a causal
+mask, gated by ``u``. For CTR the target item is appended as the last token, so it attends to the
+whole history while no history token sees it (target-aware ranking); its final state is the user
+interest vector.
+
+The relative bias is the reference's (``RelativeBucketedTimeAndPositionBasedBias``): a position
+part by distance ``i - j`` plus a time part by ``bucket(t_i - t_j) = floor(ln(max(|dt|, 1)) / 0.301)``
+(clipped to ``time_buckets``), both shared by all heads and drawn from N(0, 0.02). The target row's
+time is the candidate's (request) time, as the reference's last row. A history row uses its own
+event's time — the reference uses the next event's (its row ``i`` predicts event ``i + 1``); here
+the history rows predict nothing, and keeping them to their own time keeps every cached state
+independent of the candidate and exact under appends. Without event times (data without
+timestamps, or a request without them) the time part is left out, in training and serving alike.
 
 ``collective_kv`` (options of :class:`~seqctr.nn.collective_kv.CollectiveKV`) gives every layer its
 own CollectiveKV, as the authors' ``HSTUBlock_GMUS_v2``: ``f1`` then projects to ``u, q`` only and
@@ -25,7 +34,7 @@ class HSTUBlock(nn.Module):
     branch = "layer"   # every history event is cached in every layer (see serving.accounting)
 
     def __init__(self, dim: int, num_heads: int, max_len: int, dropout: float, collective: dict | None = None,
-                 shared_bias: bool = True, bias_init_std: float = 0.02):
+                 shared_bias: bool = True, bias_init_std: float = 0.02, time_buckets: int = 0):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
@@ -41,9 +50,23 @@ class HSTUBlock(nn.Module):
         self.f2 = nn.Linear(dim, dim)
         # bias by distance i - j (clipped): one row shared by every head (the reference), or one per head
         self.rab = nn.Parameter(torch.zeros(1 if shared_bias else num_heads, max_len + 1))
+        # bias by time bucket of t_i - t_j (0 buckets: no time part)
+        self.time_buckets = time_buckets
+        self.ts_w = nn.Parameter(torch.zeros(self.rab.shape[0], time_buckets + 1)) if time_buckets > 0 else None
         if bias_init_std > 0:
             nn.init.normal_(self.rab, std=bias_init_std)
+            if self.ts_w is not None:
+                nn.init.normal_(self.ts_w, std=bias_init_std)
         self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def time_bias(self, q_time: torch.Tensor | None, k_time: torch.Tensor | None) -> torch.Tensor | float:
+        """The time part of the bias for query times ``[B, Nq]`` and key times ``[B, Nk]``:
+        ``[B, H or 1, Nq, Nk]`` (0 when the layer has none or no times are given)."""
+        if self.ts_w is None or q_time is None or k_time is None:
+            return 0.0
+        dt = (q_time.unsqueeze(-1) - k_time.unsqueeze(-2)).abs().clamp(min=1).double()
+        bucket = (torch.log(dt) / 0.301).long().clamp(0, self.time_buckets)     # [B, Nq, Nk]
+        return self.ts_w[:, bucket].movedim(0, 1)
 
     def kv_width(self) -> int:
         return self.h * self.hd
@@ -94,58 +117,74 @@ class HSTUBlock(nn.Module):
         k, v = (state["k"], state["v"]) if self.ckv is None else self.ckv.from_codes(state)
         return self.split(k), self.split(v)
 
-    def target_step(self, x_t: torch.Tensor, k_hist: torch.Tensor, v_hist: torch.Tensor, valid: torch.Tensor):
+    def target_step(self, x_t: torch.Tensor, k_hist: torch.Tensor, v_hist: torch.Tensor, valid: torch.Tensor,
+                    t_time: torch.Tensor | None = None, h_time: torch.Tensor | None = None):
         """One layer for the target tokens only, from one user's cached ``k, v [1, H, T, hd]``
-        (``valid [1, T]``): ``x_t [N, D] -> [N, D]``, exactly the last row of :meth:`forward` on
-        ``[history; target]``. The history K/V are broadcast, never copied per candidate."""
+        (``valid [1, T]``; event times ``h_time [1, T]``, candidate times ``t_time [N]``):
+        ``x_t [N, D] -> [N, D]``, exactly the last row of :meth:`forward` on ``[history; target]``.
+        The history K/V are broadcast, never copied per candidate."""
         N, D = x_t.shape
         q, k, v, u, _ = self.qkvu(x_t.unsqueeze(1))                               # [N, H, 1, hd]
         T = k_hist.shape[2]
         qh = q[:, :, 0].transpose(0, 1)                                           # [H, N, hd]
         dist = torch.arange(T, 0, -1, device=x_t.device).clamp(max=self.max_len)  # target at T, keys 0..T-1
         s_hist = qh @ k_hist[0].transpose(-1, -2) / self.hd ** 0.5 + self.rab[:, dist].unsqueeze(1)  # [H|1, N, T]
+        self_bias = self.rab[:, :1].view(1, -1, 1)
+        if self.ts_w is not None and t_time is not None and h_time is not None:
+            s_hist = s_hist + self.time_bias(t_time.view(1, N), h_time)[0]          # [H|1, N, T]
+            self_bias = self_bias + self.ts_w[:, :1].view(1, -1, 1)               # dt = 0: bucket 0
         a_hist = F.silu(s_hist) / self.max_len * valid.view(1, 1, T)
-        a_self = F.silu((q * k).sum(-1) / self.hd ** 0.5 + self.rab[:, :1].view(1, -1, 1)) / self.max_len  # [N, H, 1]
+        a_self = F.silu((q * k).sum(-1) / self.hd ** 0.5 + self_bias) / self.max_len  # [N, H, 1]
         av = (a_hist @ v_hist[0]).transpose(0, 1) + a_self * v[:, :, 0]          # [N, H, hd]
         return (x_t + self.dropout(self.f2(self.norm_av(av.reshape(N, D)) * u[:, 0])))
 
-    def extend(self, x_new: torch.Tensor, k_old: torch.Tensor, v_old: torch.Tensor, valid_old: torch.Tensor):
-        """New tokens ``x_new [B, n, D]`` appended after cached ones: this layer's outputs for them
-        and their cache entries (as :meth:`cache_kv`)."""
+    def extend(self, x_new: torch.Tensor, k_old: torch.Tensor, v_old: torch.Tensor, valid_old: torch.Tensor,
+               time_old: torch.Tensor | None = None, time_new: torch.Tensor | None = None):
+        """New tokens ``x_new [B, n, D]`` (times ``time_new [B, n]``) appended after cached ones
+        (times ``time_old [B, T]``): this layer's outputs for them and their cache entries (as
+        :meth:`cache_kv`)."""
         B, n, D = x_new.shape
         u, q, state, k, v = self.project_cached(x_new)
         T = k_old.shape[2]
         pos = torch.arange(T + n, device=x_new.device)
         key_valid = torch.cat([valid_old, valid_old.new_ones(B, n)], 1)
-        a = self.attention(self.split(q), torch.cat([k_old, self.split(k)], 2), pos[T:], pos, key_valid)
+        k_time = None if time_old is None or time_new is None else torch.cat([time_old, time_new], 1)
+        a = self.attention(self.split(q), torch.cat([k_old, self.split(k)], 2), pos[T:], pos, key_valid,
+                           time_new, k_time)
         av = (a @ torch.cat([v_old, self.split(v)], 2)).transpose(1, 2).reshape(B, n, D)
         return x_new + self.dropout(self.f2(self.norm_av(av) * u)), state
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
-                  key_valid: torch.Tensor) -> torch.Tensor:
-        """Pointwise weights ``[B, H, Nq, Nk]``: causal (k_pos <= q_pos), real keys only."""
+                  key_valid: torch.Tensor, q_time: torch.Tensor | None = None,
+                  k_time: torch.Tensor | None = None) -> torch.Tensor:
+        """Pointwise weights ``[B, H, Nq, Nk]``: causal (k_pos <= q_pos), real keys only; the time
+        part of the bias from ``q_time [B, Nq]`` and ``k_time [B, Nk]`` when given."""
         dist = (q_pos.unsqueeze(-1) - k_pos.unsqueeze(-2))                     # [Nq, Nk]
-        bias = self.rab[:, dist.clamp(0, self.max_len)]                          # [H or 1, Nq, Nk]
+        bias = self.rab[:, dist.clamp(0, self.max_len)] + self.time_bias(q_time, k_time)  # [(B,) H or 1, Nq, Nk]
         a = F.silu(q @ k.transpose(-1, -2) / self.hd ** 0.5 + bias) / self.max_len
         allowed = (dist >= 0).unsqueeze(0) & key_valid[:, None, :]               # [B, Nq, Nk]
         return a * allowed.unsqueeze(1)
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor, need_weights: bool = False, last_only: bool = False):
+    def forward(self, x: torch.Tensor, valid: torch.Tensor, need_weights: bool = False, last_only: bool = False,
+                time: torch.Tensor | None = None):
         """All positions, or with ``last_only`` just the last one (``[B, 1, D]``; what a
-        target-aware final layer needs: its keys and values still come from every position).
+        target-aware final layer needs: its keys and values still come from every position);
+        ``time [B, N]``: the tokens' times (None: no time bias).
         Returns ``(y, weights or None, CollectiveKV aux loss or None)``."""
         q, k, v, u, aux = self.qkvu(x, valid)
-        y, a = self.mix(x, q, k, v, u, valid, need_weights, last_only)
+        y, a = self.mix(x, q, k, v, u, valid, need_weights, last_only, time)
         return y, a, aux
 
-    def mix(self, x, q, k, v, u, valid, need_weights: bool = False, last_only: bool = False):
+    def mix(self, x, q, k, v, u, valid, need_weights: bool = False, last_only: bool = False, time=None):
         """The layer after its projections: per-head ``q, k, v [B, H, N, hd]``, gate ``u [B, N, D]``."""
         B, N, D = x.shape
         pos = torch.arange(N, device=x.device)
         q_pos = pos[-1:] if last_only else pos
+        q_time = time
         if last_only:
             q, u, x = q[:, :, -1:], u[:, -1:], x[:, -1:]
-        a = self.attention(q, k, q_pos, pos, valid)
+            q_time = None if time is None else time[:, -1:]
+        a = self.attention(q, k, q_pos, pos, valid, q_time, time)
         av = (a @ v).transpose(1, 2).reshape(B, len(q_pos), D)
         y = x + self.dropout(self.f2(self.norm_av(av) * u))
         return (y if last_only else y * valid.unsqueeze(-1)), (a if need_weights else None)
@@ -157,19 +196,23 @@ class HSTU(Backbone):
     1/N normaliser; 256), ``dropout`` (0.0), ``collective_kv`` (CollectiveKV options for every
     layer; None = off), ``shared_bias`` (True: one relative-position bias for all heads, as the
     reference; False: one per head, seqctr <= 0.1), ``bias_init_std`` (0.02, the reference's
-    N(0, 0.02); 0 = zeros). The reference's time-bucket bias is not implemented yet (it needs event
-    timestamps in batches and serving caches)."""
+    N(0, 0.02); 0 = zeros), ``time_bias`` (True: the reference's time-bucket bias, from the data's
+    event timestamps), ``time_buckets`` (128, the reference's)."""
 
     lain_unsupported = ("HSTU has no softmax to temper and its relative-position bias would move prompt tokens "
                      "with the padding; LAIN is not attached to it")
 
     def __init__(self, item_dim: int, feature_dim: int = 64, num_layers: int = 2, num_heads: int = 2,
                  max_len: int = 256, dropout: float = 0.0, collective_kv: dict | None = None,
-                 shared_bias: bool = True, bias_init_std: float = 0.02):
+                 shared_bias: bool = True, bias_init_std: float = 0.02, time_bias: bool = True,
+                 time_buckets: int = 128):
         super().__init__()
+        if time_bias and time_buckets < 1:
+            raise ValueError(f"time_buckets must be >= 1 with time_bias, got {time_buckets}")
+        self.uses_time = bool(time_bias)
         self.blocks = nn.ModuleList(
             HSTUBlock(item_dim, num_heads, max_len, dropout, self.layer_collective(collective_kv, i),
-                      shared_bias, bias_init_std)
+                      shared_bias, bias_init_std, time_buckets if time_bias else 0)
             for i in range(num_layers))
         self.norm_out = nn.LayerNorm(item_dim)
         self.out_dim = item_dim
@@ -186,14 +229,23 @@ class HSTU(Backbone):
     def _layer(self, state: dict, i: int):
         return self.blocks[i].kv_from_cache(unprefixed(state, f"l{i}_"))
 
+    def _times(self, x: SeqInputs, with_target: bool) -> torch.Tensor | None:
+        """Token times ``[B, T (+1)]`` (history, then the candidate), or None without time bias or times."""
+        if not self.uses_time or x.hist_time is None or (with_target and x.target_time is None):
+            return None
+        if not with_target:
+            return x.hist_time
+        return torch.cat([x.hist_time, x.target_time.view(-1, 1).to(x.hist_time.dtype)], 1)
+
     def prefill(self, x: SeqInputs) -> dict:
         """Every layer's cache form of the history tokens (causal: it never depends on the
-        target), ``[1, T, ...]`` per tensor, under ``l{i}_``."""
-        state, seq = {"mask": x.mask}, x.hist
+        target), ``[1, T, ...]`` per tensor, under ``l{i}_``; the events' times under ``time``."""
+        time = self._times(x, False)
+        state, seq = {"mask": x.mask, "time": time}, x.hist
         for i, blk in enumerate(self.blocks[:-1]):
             u, q, cached, k, v = blk.project_cached(seq)
             state.update(prefixed(cached, f"l{i}_"))
-            seq, _ = blk.mix(seq, blk.split(q), blk.split(k), blk.split(v), u, x.mask)   # the next layer's input
+            seq, _ = blk.mix(seq, blk.split(q), blk.split(k), blk.split(v), u, x.mask, time=time)  # next layer's input
         state.update(prefixed(self.blocks[-1].cache_kv(seq), f"l{len(self.blocks) - 1}_"))
         return state
 
@@ -204,39 +256,47 @@ class HSTU(Backbone):
             return None
         out, h = dict(state), new.hist
         n = h.shape[1]
+        t_old, t_new = state.get("time"), self._times(new, False)
+        if (t_old is None) != (t_new is None):
+            return None          # times on one side only: prefill again from the stored events
         for i, blk in enumerate(self.blocks):
             if i < len(self.blocks) - 1:
-                h, part = blk.extend(h, *self._layer(state, i), state["mask"])
+                h, part = blk.extend(h, *self._layer(state, i), state["mask"], t_old, t_new)
             else:
                 part = blk.cache_kv(h)
             new_part = prefixed(part, f"l{i}_")
             out.update(concat_events(state, new_part, None, new_part))
         out["mask"] = torch.cat([state["mask"], state["mask"].new_ones(1, n)], 1)
+        if t_old is not None:
+            out["time"] = torch.cat([t_old, t_new.to(t_old.dtype)], 1)
         return out
 
     def score(self, state: dict, x: SeqInputs) -> BackboneOutput:
-        h = x.target
+        h, h_time = x.target, state.get("time")
+        t_time = x.target_time if h_time is not None else None
         for i, blk in enumerate(self.blocks):
-            h = blk.target_step(h, *self._layer(state, i), state["mask"])
+            h = blk.target_step(h, *self._layer(state, i), state["mask"], t_time, h_time)
         return BackboneOutput(vector=self.norm_out(h))
 
     def encode(self, x: SeqInputs, need_weights: bool = False):
         """All token states ``[B, T+1, D]`` (history then target) and the last layer's weights."""
         seq = torch.cat([x.hist, x.target.unsqueeze(1)], 1)
         valid = torch.cat([x.mask, x.mask.new_ones(x.mask.shape[0], 1)], 1)
+        time = self._times(x, True)
         w = None
         for blk in self.blocks:
-            seq, w, _ = blk(seq, valid, need_weights)
+            seq, w, _ = blk(seq, valid, need_weights, time=time)
         return seq, w
 
     def forward(self, x: SeqInputs) -> BackboneOutput:
         seq = torch.cat([x.hist, x.target.unsqueeze(1)], 1)
         valid = torch.cat([x.mask, x.mask.new_ones(x.mask.shape[0], 1)], 1)
+        time = self._times(x, True)
         auxes = []
         for blk in self.blocks[:-1]:
-            seq, _, aux = blk(seq, valid)
+            seq, _, aux = blk(seq, valid, time=time)
             auxes.append(aux)
-        out, w, aux = self.blocks[-1](seq, valid, x.need_weights, last_only=True)   # only the target row
+        out, w, aux = self.blocks[-1](seq, valid, x.need_weights, last_only=True, time=time)   # only the target row
         auxes = [a for a in auxes + [aux] if a is not None]
         att = {"hstu": w[:, :, -1, :-1]} if x.need_weights else {}                  # [B, H, T]
         return BackboneOutput(vector=self.norm_out(out[:, -1]), attention=att,

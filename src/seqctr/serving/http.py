@@ -1,7 +1,8 @@
 """The HTTP scoring service (FastAPI; ``seqctr serve``). Needs the ``serve`` extra.
 
-- ``POST /v1/score`` ``{"user": ..., "candidates": [...], "history": [optional]}`` ->
-  ``{"scores": [...], "model": "<fingerprint>", "cached": true|false}``
+- ``POST /v1/score`` ``{"user": ..., "candidates": [...], "history": [optional], "timestamp": optional}``
+  -> ``{"scores": [...], "model": "<fingerprint>", "cached": true|false}`` (``timestamp``: the
+  request's time for a time-aware model — HSTU's time bias; default the latest event's)
 - ``POST /v1/users/{user}/events`` ``{"events": [{"item": ..., "timestamp": ...}, ...]}`` ->
   ``{"user": ..., "history_len": n, "model": ...}`` (appends; the cache is updated incrementally)
 - ``GET /healthz``, ``GET /metrics`` (Prometheus text), OpenAPI docs at ``/docs``.
@@ -37,6 +38,7 @@ class ScoreRequest(BaseModel):
     user: RawId
     candidates: list[RawId] = Field(min_length=1)
     history: Union[list[Union[RawId, Event]], None] = None
+    timestamp: Union[StrictInt, None] = None      # the request's time (time-aware models; default: latest event's)
 
 
 class EventsRequest(BaseModel):
@@ -150,8 +152,8 @@ def create_app(scorer, max_candidates: int = 1000, max_events: int = 1000, max_b
     def score(req: ScoreRequest) -> dict[str, Any]:
         if len(req.candidates) > max_candidates:
             return error(413, f"candidates: {len(req.candidates)} over the cap of {max_candidates}")
-        history = None if req.history is None else _items(req.history)[0]
-        probs, cached = scorer.score_ex(req.user, req.candidates, history)
+        history, times = (None, None) if req.history is None else _items(req.history)
+        probs, cached = scorer.score_ex(req.user, req.candidates, history, times, req.timestamp)
         if history is None:
             (hits if cached else misses).inc()
         return {"scores": [float(p) for p in probs], "model": fp, "cached": cached}

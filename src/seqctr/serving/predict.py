@@ -51,6 +51,7 @@ def predict_table(scorer, path: str | Path, out: str | Path, columns: dict | Non
     user_row = np.repeat(np.arange(len(counts)), counts)
     pos = np.arange(n) - offsets[user_row]
     seq_items = np.asarray(scorer.item_ids(list(it[order])), np.int64)
+    seq_ts = np.asarray(ts[order], np.int64) if scorer.uses_time else None
     user_feats = torch.stack([scorer.user_row(u) for u in us_s[starts]]) if n else torch.zeros(0, 0)
     items = scorer.items
     model, max_len = scorer.model, scorer.max_len
@@ -60,11 +61,13 @@ def predict_table(scorer, path: str | Path, out: str | Path, columns: dict | Non
         writer = None
         for s in Progress(range(0, n, chunk), f"predict ({chunk} events a step)", progress):
             sl = slice(s, min(s + chunk, n))
-            hist, mask = gather_windows(seq_items, offsets, user_row[sl], pos[sl], max_len)
+            hist, mask, *hist_ts = gather_windows(seq_items, offsets, user_row[sl], pos[sl], max_len, seq_ts=seq_ts)
+            times = {} if seq_ts is None else {"hist_time": torch.from_numpy(hist_ts[0]),
+                                                "target_time": torch.from_numpy(seq_ts[sl])}
             batch = SeqBatch(user=user_feats[user_row[sl]], target=items[torch.from_numpy(seq_items[sl])],
                              hist=items[torch.from_numpy(hist)], mask=torch.from_numpy(mask),
                              seq_len=torch.from_numpy(pos[sl].astype(np.int64)),
-                             label=torch.zeros(sl.stop - s), user_index=torch.from_numpy(user_row[sl]))
+                             label=torch.zeros(sl.stop - s), user_index=torch.from_numpy(user_row[sl]), **times)
             p = torch.sigmoid(model(batch).logits).double().numpy()
             score_sum += float(p.sum())
             rows = order[sl]

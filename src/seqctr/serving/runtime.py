@@ -3,7 +3,9 @@
 ``prefill(model, user, hist) -> KVCache`` runs everything that does not depend on the candidate
 once per user (each backbone's own ``Backbone.prefill``); ``score(model, cache, candidates)`` scores
 many candidates against it and equals the full forward pass; ``append(model, cache, new_events)``
-extends the history in place where the backbone can do it exactly. ``fingerprint(model)`` names
+extends the history in place where the backbone can do it exactly. A time-aware backbone (HSTU's
+time bias) also takes the events' times (``hist_time``, ``new_times``) and the request's
+(``time``; default: the latest event's); the cache then keeps the window's times under ``time``. ``fingerprint(model)`` names
 the weights: a cache made by other weights is refused.
 
 Raw ids (strings, ints as they were in the data) are the job of :mod:`seqctr.serving.scorer`.
@@ -41,39 +43,62 @@ def check_version(model: CTRModel, cache: KVCache) -> None:
 
 
 @torch.no_grad()
+def _times(model: CTRModel, times, n: int, what: str) -> torch.Tensor | None:
+    """Event times as ``[1, n]`` int64 for a time-aware backbone (None for any other, or none given)."""
+    if times is None or not model.backbone.uses_time:
+        return None
+    t = torch.as_tensor(times, dtype=torch.long).reshape(1, -1)
+    if t.shape[1] != n:
+        raise ValueError(f"{what}: {t.shape[1]} times for {n} events")
+    return t
+
+
+@torch.no_grad()
 def prefill(model: CTRModel, user: torch.Tensor, hist: torch.Tensor, seq_len: int | None = None,
-            max_len: int | None = None, mode: str = "cache") -> KVCache:
+            max_len: int | None = None, mode: str = "cache", hist_time=None) -> KVCache:
     """Cache one user: ``user [Fu]`` feature ids, ``hist [T, Fi]`` item feature ids (oldest
-    first). Keeps the most recent ``max_len`` events; ``seq_len`` defaults to ``T``.
-    ``mode="recompute"`` keeps only the embedded history (the uncached baseline)."""
+    first), optionally their times ``hist_time [T]``. Keeps the most recent ``max_len`` events;
+    ``seq_len`` defaults to ``T``. ``mode="recompute"`` keeps only the embedded history (the
+    uncached baseline)."""
     emb = model.embedding
     emb.check_ids(hist, "item", "prefill(hist)", rows="events")
     emb.check_ids(user, "user", "prefill(user)")
     T = hist.shape[0]
+    time = _times(model, hist_time, T, "prefill(hist_time)")
     seq_len = T if seq_len is None else seq_len
     if max_len is not None:
         hist = hist[max(T - max_len, 0):]
+        time = None if time is None else time[:, max(T - max_len, 0):]
     L = torch.tensor([seq_len], device=hist.device)
     x = SeqInputs(target=None, hist=emb.items(hist.unsqueeze(0)), seq_len=L, hist_ids=hist.unsqueeze(0),
                   mask=torch.ones(1, hist.shape[0], dtype=torch.bool, device=hist.device),
-                  cond=model.lain(L) if model.lain is not None else None, embed=emb.items)
+                  cond=model.lain(L) if model.lain is not None else None, embed=emb.items,
+                  hist_time=None if time is None else time.to(hist.device))
     run = Backbone.prefill if mode == "recompute" else type(model.backbone).prefill
     state = dict(run(model.backbone, x))
     state["user"] = emb.user(user.unsqueeze(0))
     state["ids"] = hist.to(torch.int32).unsqueeze(0)     # item ids of the window (for append)
     state["user_ids"] = user.to(torch.int32)
+    if time is not None:
+        state["time"] = time.to(hist.device)
     return KVCache({k: v for k, v in state.items() if v is not None}, seq_len, fingerprint(model),
                    {"backbone": model.backbone.registry_name, "mode": mode, "max_len": max_len})
 
 
 @torch.no_grad()
-def append(model: CTRModel, cache: KVCache, new_events: torch.Tensor) -> KVCache:
-    """A cache for the history extended by ``new_events [n, Fi]`` (oldest first). Updated in
-    place of a full recompute wherever the backbone can do it exactly; else prefilled again
-    from the stored ids. Returns a new :class:`KVCache`."""
+def append(model: CTRModel, cache: KVCache, new_events: torch.Tensor, new_times=None) -> KVCache:
+    """A cache for the history extended by ``new_events [n, Fi]`` (oldest first; times
+    ``new_times [n]`` when the cache keeps times). Updated in place of a full recompute wherever
+    the backbone can do it exactly; else prefilled again from the stored ids. Returns a new
+    :class:`KVCache`."""
     check_version(model, cache)
     emb = model.embedding
     emb.check_ids(new_events, "item", "append(new_events)", rows="events")
+    old_time = cache.tensors.get("time")
+    new_time = _times(model, new_times, new_events.shape[0], "append(new_times)")
+    if (old_time is None) != (new_time is None):
+        raise ValueError("append: the cache keeps event times, so new_times are needed (and only then)"
+                         if old_time is not None else "append: this cache keeps no event times; prefill with hist_time")
     ids = cache.tensors["ids"][0].long()
     max_len, mode = cache.meta.get("max_len"), cache.meta.get("mode", "cache")
     seq_len = cache.history_len + new_events.shape[0]
@@ -83,13 +108,15 @@ def append(model: CTRModel, cache: KVCache, new_events: torch.Tensor) -> KVCache
     if mode == "cache" and not lain_depends and new_events.shape[0] > 0:
         n = new_events.shape[0]
         new = SeqInputs(target=None, hist=emb.items(new_events.unsqueeze(0)), seq_len=torch.tensor([seq_len]),
-                        mask=torch.ones(1, n, dtype=torch.bool), hist_ids=new_events.unsqueeze(0), embed=emb.items)
+                        mask=torch.ones(1, n, dtype=torch.bool), hist_ids=new_events.unsqueeze(0), embed=emb.items,
+                        hist_time=new_time)
         evicted = emb.items(ids[:n_evict].unsqueeze(0)) if n_evict else None
         state = type(model.backbone).append(model.backbone, dict(cache.tensors), new, evicted, max_len)
         if state is not None:
             state["ids"] = all_ids[n_evict:].to(torch.int32).unsqueeze(0)
             return KVCache(state, seq_len, cache.model_version, dict(cache.meta))
-    return prefill(model, cache.tensors["user_ids"].long(), all_ids, seq_len, max_len, mode)
+    all_time = None if old_time is None else torch.cat([old_time[0], new_time[0].to(old_time.device)])
+    return prefill(model, cache.tensors["user_ids"].long(), all_ids, seq_len, max_len, mode, all_time)
 
 
 def _check_request(model: CTRModel, cache: KVCache, candidates: torch.Tensor) -> None:
@@ -97,31 +124,45 @@ def _check_request(model: CTRModel, cache: KVCache, candidates: torch.Tensor) ->
     model.embedding.check_ids(candidates, "item", "score(candidates)", rows="candidates")
 
 
-def _backbone_output(model: CTRModel, cache: KVCache, candidates: torch.Tensor):
+def request_time(cache: KVCache, time=None) -> torch.Tensor | None:
+    """The candidates' time for a cache that keeps event times: ``time`` (a number, or ``[N]``),
+    by default the latest cached event's (0 for an empty history); None for any other cache."""
+    t = cache.tensors.get("time")
+    if t is None:
+        return None
+    if time is None:
+        time = int(t[0, -1]) if t.shape[1] else 0
+    return torch.as_tensor(time, dtype=torch.long, device=t.device).reshape(-1)
+
+
+def _backbone_output(model: CTRModel, cache: KVCache, candidates: torch.Tensor, time=None):
     emb = model.embedding
     N = candidates.shape[0]
     target = emb.items(candidates)
     L = torch.full((N,), cache.history_len, dtype=torch.long, device=candidates.device)
+    t = request_time(cache, time)
     x = SeqInputs(target=target, hist=None, mask=None, seq_len=L, target_ids=candidates,
-                  cond=model.lain(L) if model.lain is not None else None)
+                  cond=model.lain(L) if model.lain is not None else None,
+                  target_time=None if t is None else t.expand(N))
     run = Backbone.score if cache.meta.get("mode") == "recompute" else type(model.backbone).score
     return target, run(model.backbone, cache.tensors, x)
 
 
 @torch.no_grad()
-def backbone_output(model: CTRModel, cache: KVCache, candidates: torch.Tensor):
+def backbone_output(model: CTRModel, cache: KVCache, candidates: torch.Tensor, time=None):
     """``(embedded candidates [N, D], the backbone's output)`` for the cached user: the pooled
     interest vectors ``[N, out_dim]`` the head then scores (tests compare them with the forward pass's)."""
     _check_request(model, cache, candidates)
-    return _backbone_output(model, cache, candidates)
+    return _backbone_output(model, cache, candidates, time)
 
 
 @torch.no_grad()
-def score(model: CTRModel, cache: KVCache, candidates: torch.Tensor) -> torch.Tensor:
-    """Click probabilities ``[N]`` of ``candidates [N, Fi]`` for the cached user."""
+def score(model: CTRModel, cache: KVCache, candidates: torch.Tensor, time=None) -> torch.Tensor:
+    """Click probabilities ``[N]`` of ``candidates [N, Fi]`` for the cached user (at ``time``, for
+    a cache that keeps event times: see :func:`request_time`)."""
     _check_request(model, cache, candidates)
     if candidates.shape[0] == 0:                   # nothing to score (the layers need a batch)
         return torch.zeros(0, device=candidates.device)
-    target, out = _backbone_output(model, cache, candidates)
+    target, out = _backbone_output(model, cache, candidates, time)
     user = expand(cache.tensors["user"], target.shape[0])
     return torch.sigmoid(model.head(torch.cat([user, target, out.vector], dim=-1)).squeeze(-1))

@@ -31,6 +31,21 @@ def raw_id(x, field: str, row: int | None = None) -> str:
     return str(x)
 
 
+def fill_times(times, n: int, start: int = 0) -> list[int]:
+    """``n`` event times as ints: an event given without a time takes the one before it (``start``
+    for the first). Integers only; anything else is an :class:`InputError` naming the row."""
+    out, last = [], int(start)
+    for i, t in enumerate(times if times is not None else [None] * n):
+        if t is not None:
+            if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+                raise InputError(f"timestamps: a time must be an integer, got {type(t).__name__} {t!r}", row=i)
+            last = int(t)
+        out.append(last)
+    if len(out) != n:
+        raise InputError(f"timestamps: {len(out)} times for {n} events")
+    return out
+
+
 def raw_ids(xs, field: str) -> list[str]:
     if isinstance(xs, (str, bytes)) or not hasattr(xs, "__iter__"):
         raise InputError(f"{field}: expected a list of ids, got {type(xs).__name__}")
@@ -45,6 +60,10 @@ class Scorer:
       stored history (empty for a new user) and its cache (built when missing or stale).
     - ``prefill(user, history)``: set the user's stored history and build its cache;
       ``append(user, events)``: extend it and update the cache incrementally.
+
+    Event times (``timestamps``, ints in the training data's units) are stored with the events; a
+    time-aware model (HSTU's time bias) reads them, and ``time`` of a score request (default: the
+    latest event's). An event without a time takes the one before it.
     """
 
     def __init__(self, bundle: Bundle, store=None, max_len: int | None = None):
@@ -57,6 +76,7 @@ class Scorer:
         self.items = torch.from_numpy(np.asarray(bundle.items, np.int64))
         self.users = torch.from_numpy(np.asarray(bundle.users, np.int64))
         self._locks = [threading.Lock() for _ in range(64)]
+        self.uses_time = bool(self.model.backbone.uses_time and meta.get("has_time"))
 
     @property
     def fingerprint(self) -> str:
@@ -97,35 +117,41 @@ class Scorer:
     def _lock(self, user: str) -> threading.Lock:
         return self._locks[hash(user) % len(self._locks)]
 
-    def _build(self, user: str, items: list[str]):
-        """A fresh cache of ``user`` with the history ``items`` (raw ids, oldest first)."""
-        return prefill(self.model, self.user_row(user), self.item_rows(items), max_len=self.max_len)
+    def _build(self, user: str, items: list[str], times=None):
+        """A fresh cache of ``user`` with the history ``items`` (raw ids, oldest first) and their times."""
+        hist_time = fill_times(times, len(items)) if self.uses_time else None
+        return prefill(self.model, self.user_row(user), self.item_rows(items), max_len=self.max_len,
+                       hist_time=hist_time)
 
     def _valid(self, cache, history_len: int) -> bool:
         """A stored cache may be served: these weights made it, and it covers the whole stored history."""
         return cache is not None and cache.model_version == self.fingerprint and cache.history_len == history_len
 
     # -- API --------------------------------------------------------------------------------------
-    def score(self, user, candidates, history=None) -> np.ndarray:
-        return self.score_ex(user, candidates, history)[0]
+    def score(self, user, candidates, history=None, history_times=None, time=None) -> np.ndarray:
+        return self.score_ex(user, candidates, history, history_times, time)[0]
 
-    def score_ex(self, user, candidates, history=None) -> tuple[np.ndarray, bool]:
-        """``(probabilities, cached)``: ``cached`` is True when a stored cache was used as it was."""
+    def score_ex(self, user, candidates, history=None, history_times=None, time=None) -> tuple[np.ndarray, bool]:
+        """``(probabilities, cached)``: ``cached`` is True when a stored cache was used as it was.
+        ``time``: the request's time (for a time-aware model; default the latest event's)."""
         user = raw_id(user, "user")
         cands = self.item_rows(raw_ids(candidates, "candidates"))
+        if time is not None:
+            time = fill_times([time], 1)[0]
         if history is not None:
-            return score(self.model, self._build(user, raw_ids(history, "history")), cands).numpy(), False
+            cache = self._build(user, raw_ids(history, "history"), history_times)
+            return score(self.model, cache, cands, time).numpy(), False
         with self._lock(user):
             cache, hit = self._cache(user)
-        return score(self.model, cache, cands).numpy(), hit
+        return score(self.model, cache, cands, time).numpy(), hit
 
     def _cache(self, user: str):
         """The user's valid cache (built and stored when missing or stale). Caller holds the lock."""
-        hist = self.store.history(user)
+        hist, times = self.store.timeline(user)
         cache = self.store.get_cache(user)
         if self._valid(cache, len(hist)):
             return cache, True
-        cache = self._build(user, hist)
+        cache = self._build(user, hist, times)
         self.store.put_cache(user, cache)
         return cache, False
 
@@ -133,9 +159,11 @@ class Scorer:
         """Replace the user's stored history by ``history`` and cache it."""
         user = raw_id(user, "user")
         items = raw_ids(history, "history")
+        if timestamps is not None:
+            fill_times(timestamps, len(items))          # refuse bad times before anything is stored
         with self._lock(user):
             self.store.replace(user, items, timestamps)
-            cache = self._build(user, items)
+            cache = self._build(user, items, timestamps)
             self.store.put_cache(user, cache)
         return cache
 
@@ -144,15 +172,22 @@ class Scorer:
         incrementally (``append``) when it is valid, else rebuilt. Returns the new history length."""
         user = raw_id(user, "user")
         items = raw_ids(events, "events")
+        if timestamps is not None:
+            fill_times(timestamps, len(items))          # refuse bad times before anything is stored
         with self._lock(user):
             cache = self.store.get_cache(user)
-            before = self.store.history(user)
+            before, before_ts = self.store.timeline(user)
             n = self.store.extend(user, items, timestamps)
             alone = n == len(before) + len(items)      # else another process appended too (Redis)
             if alone and self._valid(cache, len(before)):
-                cache = append(self.model, cache, self.item_rows(items))
+                new_times = None
+                if self.uses_time:
+                    new_times = fill_times(timestamps, len(items), fill_times(before_ts, len(before))[-1] if before else 0)
+                cache = append(self.model, cache, self.item_rows(items), new_times)
+            elif alone:
+                cache = self._build(user, before + items, before_ts + list(timestamps or [None] * len(items)))
             else:
-                cache = self._build(user, before + items if alone else self.store.history(user))
+                cache = self._build(user, *self.store.timeline(user))
             self.store.put_cache(user, cache)
         return n
 

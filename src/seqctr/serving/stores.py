@@ -27,6 +27,7 @@ class MemoryStore:
         self._caches: OrderedDict = OrderedDict()      # user -> (KVCache, nbytes)
         self._bytes = 0
         self._hist: dict[str, list] = {}
+        self._ts: dict[str, list] = {}                  # user -> event times (None where not given)
         self._lock = threading.Lock()
         self._db = None
         if history_file is not None:
@@ -43,13 +44,21 @@ class MemoryStore:
         with self._lock:
             return list(self._load(user))
 
+    def timeline(self, user: str) -> tuple[list[str], list]:
+        """``(items, times)`` of the user's history, oldest first (copies; a time is None where
+        the event came without one)."""
+        with self._lock:
+            h = self._load(user)
+            return list(h), list(self._ts[user])
+
     def _load(self, user: str) -> list:
         h = self._hist.get(user)
         if h is None:
-            h = []
+            h, ts = [], []
             if self._db is not None:
-                h = [r[0] for r in self._db.execute("SELECT item FROM events WHERE user = ? ORDER BY pos", (user,))]
-            self._hist[user] = h
+                rows = self._db.execute("SELECT item, ts FROM events WHERE user = ? ORDER BY pos", (user,)).fetchall()
+                h, ts = [r[0] for r in rows], [r[1] for r in rows]
+            self._hist[user], self._ts[user] = h, ts
         return h
 
     def extend(self, user: str, items: list[str], timestamps: list | None = None) -> int:
@@ -59,6 +68,7 @@ class MemoryStore:
             if self._db is not None and items:
                 self._persist(user, items, timestamps, start=len(h), replace=False)
             h.extend(items)
+            self._ts[user].extend(timestamps or [None] * len(items))
             return len(h)
 
     def replace(self, user: str, items: list[str], timestamps: list | None = None) -> None:
@@ -67,6 +77,7 @@ class MemoryStore:
             if self._db is not None:
                 self._persist(user, items, timestamps, start=0, replace=True)
             self._hist[user] = list(items)
+            self._ts[user] = list(timestamps or [None] * len(items))
             self._drop(user)
 
     def _persist(self, user: str, items: list[str], timestamps: list | None, start: int, replace: bool) -> None:
@@ -120,9 +131,11 @@ class MemoryStore:
 
 
 class RedisStore:
-    """Histories as Redis lists (``{ns}:hist:{user}``), caches as ``{ns}:{fingerprint}:cache:{user}``
-    (the byte form of :class:`KVCache`). Appends are one atomic ``RPUSH``; a cache written by a
-    process that saw an older history fails the length check and is rebuilt, never served."""
+    """Histories as Redis lists (``{ns}:hist:{user}``, the events' times beside them in
+    ``{ns}:ts:{user}``, ``""`` where none was given), caches as ``{ns}:{fingerprint}:cache:{user}``
+    (the byte form of :class:`KVCache`). An append is one transaction (``MULTI`` of both
+    ``RPUSH``es); a cache written by a process that saw an older history fails the length check and
+    is rebuilt, never served."""
 
     kind = "redis"
 
@@ -140,19 +153,41 @@ class RedisStore:
     def _c(self, user: str) -> str:
         return f"{self.ns}:{self.fp}:cache:{user}"
 
+    def _t(self, user: str) -> str:
+        return f"{self.ns}:ts:{user}"
+
+    @staticmethod
+    def _ts_values(items: list, timestamps: list | None) -> list[str]:
+        return ["" if t is None else str(int(t)) for t in (timestamps or [None] * len(items))]
+
     def history(self, user: str) -> list[str]:
         return [x.decode() for x in self.client.lrange(self._h(user), 0, -1)]
+
+    def timeline(self, user: str) -> tuple[list[str], list]:
+        """``(items, times)`` read in one transaction (a time is None where none was given)."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.lrange(self._h(user), 0, -1)
+        pipe.lrange(self._t(user), 0, -1)
+        items, ts = pipe.execute()
+        times = [int(t) if t else None for t in ts]
+        if len(times) != len(items):     # a history written without times (older seqctr)
+            times = (times + [None] * len(items))[:len(items)]
+        return [x.decode() for x in items], times
 
     def extend(self, user: str, items: list[str], timestamps: list | None = None) -> int:
         if not items:
             return int(self.client.llen(self._h(user)))
-        return int(self.client.rpush(self._h(user), *items))
+        pipe = self.client.pipeline(transaction=True)
+        pipe.rpush(self._h(user), *items)
+        pipe.rpush(self._t(user), *self._ts_values(items, timestamps))
+        return int(pipe.execute()[0])
 
     def replace(self, user: str, items: list[str], timestamps: list | None = None) -> None:
         pipe = self.client.pipeline(transaction=True)
-        pipe.delete(self._h(user), self._c(user))
+        pipe.delete(self._h(user), self._t(user), self._c(user))
         if items:
             pipe.rpush(self._h(user), *items)
+            pipe.rpush(self._t(user), *self._ts_values(items, timestamps))
         pipe.execute()
 
     def get_cache(self, user: str) -> KVCache | None:

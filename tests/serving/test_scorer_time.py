@@ -1,0 +1,144 @@
+"""A time-aware bundle (HSTU with its time bias) served by raw ids: event times are stored with the
+events (memory, SQLite, Redis), read back into the cache, and scoring equals the forward pass
+with those times."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from seqctr.data import SeqBatch
+from seqctr.errors import InputError
+from seqctr.serving.scorer import Scorer, fill_times, load
+from seqctr.serving.stores import MemoryStore
+from tests.serving.test_bundle import train_run
+
+
+@pytest.fixture(scope="module")
+def hstu_bundle(tmp_path_factory):
+    import os
+
+    root = tmp_path_factory.mktemp("hstu_time")
+    old = os.environ.get("SEQCTR_HOME")
+    os.environ["SEQCTR_HOME"] = str(root / "home")
+    try:
+        rows, bundle = train_run(root, name="hstu", options={"num_layers": 2, "max_len": 16})
+    finally:
+        if old is None:
+            os.environ.pop("SEQCTR_HOME")
+        else:
+            os.environ["SEQCTR_HOME"] = old
+    scorer = load(bundle)
+    with torch.no_grad():     # trained one epoch from N(0, 0.02): made larger so a wrong time shows
+        for blk in scorer.model.backbone.blocks:
+            blk.ts_w.normal_(0, 1.0)
+    return rows, bundle, scorer.model.state_dict()
+
+
+def scorer_of(bundle, state, store=None) -> Scorer:
+    s = load(bundle, store)
+    s.model.load_state_dict(state)
+    return s
+
+
+def forward(scorer, user, history, times, candidates, now):
+    hist = scorer.item_rows([str(x) for x in history])[-scorer.max_len:]
+    t = torch.tensor(times[-scorer.max_len:], dtype=torch.long)
+    batch = SeqBatch.for_candidates(scorer.user_row(str(user)), hist, scorer.item_rows(candidates), len(history),
+                                    hist_time=t, target_time=now)
+    with torch.no_grad():
+        return torch.sigmoid(scorer.model(batch).logits).numpy()
+
+
+def user_log(rows, user=None):
+    """A user's items and times in time order (``user`` None: the user with the longest log)."""
+    if user is None:
+        user = max(set(rows["user"]), key=rows["user"].count)
+    idx = [i for i, u in enumerate(rows["user"]) if u == user]
+    return [rows["item"][i] for i in idx], [rows["timestamp"][i] for i in idx]
+
+
+def test_fill_times_takes_the_previous_time_and_refuses_non_integers():
+    assert fill_times([None, 5, None, 9], 4, start=2) == [2, 5, 5, 9]
+    assert fill_times(None, 2, start=7) == [7, 7]
+    with pytest.raises(InputError, match="row 2: timestamps"):
+        fill_times([1, 2, 3.5], 3)
+    with pytest.raises(InputError, match="2 times for 3 events"):
+        fill_times([1, 2], 3)
+
+
+def test_scores_with_stored_times_equal_the_forward_pass(hstu_bundle):
+    rows, bundle, state = hstu_bundle
+    s = scorer_of(bundle, state)
+    assert s.uses_time
+    items, times = user_log(rows, "u3")
+    cands = sorted(set(rows["item"]))[:6]
+    now = times[-1] + 86_400
+    s.prefill("u3", items[:-4], times[:-4])
+    s.append("u3", items[-4:], times[-4:])                 # in place: HSTU appends exactly
+    got = s.score("u3", cands, time=now)
+    np.testing.assert_allclose(got, forward(s, "u3", items, times, cands, now), atol=1e-5, rtol=1e-5)
+    # the default request time is the latest event's, and the time matters
+    np.testing.assert_allclose(s.score("u3", cands), forward(s, "u3", items, times, cands, times[-1]), atol=1e-5)
+    assert np.abs(s.score("u3", cands, time=now + 10**9) - got).max() > 1e-5
+    # an explicit history with its times, nothing stored
+    np.testing.assert_allclose(s.score("u3", cands, history=items[:9], history_times=times[:9], time=now),
+                               forward(s, "u3", items[:9], times[:9], cands, now), atol=1e-5, rtol=1e-5)
+    assert s.store.timeline("u3") == (items, times)
+
+
+def test_events_without_times_take_the_previous_events_time(hstu_bundle):
+    rows, bundle, state = hstu_bundle
+    s = scorer_of(bundle, state)
+    items, times = user_log(rows, "u5")
+    s.prefill("u5", items[:3], [times[0], None, times[2]])
+    s.append("u5", items[3:5])
+    want_times = [times[0], times[0], times[2], times[2], times[2]]
+    cands = items[:4]
+    np.testing.assert_allclose(s.score("u5", cands, time=times[4]),
+                               forward(s, "u5", items[:5], want_times, cands, times[4]), atol=1e-5, rtol=1e-5)
+
+
+def test_a_bad_time_is_refused_before_anything_is_stored(hstu_bundle):
+    rows, bundle, state = hstu_bundle
+    s = scorer_of(bundle, state)
+    s.prefill("u1", ["i1", "i2"], [10, 20])
+    with pytest.raises(InputError, match="row 1: timestamps: a time must be an integer"):
+        s.append("u1", ["i3", "i4"], [30, "soon"])
+    assert s.store.timeline("u1") == (["i1", "i2"], [10, 20])
+
+
+def test_times_survive_a_restart_with_a_persisted_history(hstu_bundle, tmp_path):
+    rows, bundle, state = hstu_bundle
+    items, times = user_log(rows)
+    a = scorer_of(bundle, state, MemoryStore(history_file=tmp_path / "h.db"))
+    a.prefill("u7", items[:5], times[:5])
+    a.append("u7", items[5:8], times[5:8])
+    want = a.score("u7", items[:5], time=times[8])
+    a.store.close()
+    b = scorer_of(bundle, state, MemoryStore(history_file=tmp_path / "h.db"))
+    assert b.store.timeline("u7") == (items[:8], times[:8])
+    np.testing.assert_allclose(b.score("u7", items[:5], time=times[8]), want, atol=1e-6)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
+def test_times_round_trip_through_redis(hstu_bundle):
+    pytest.importorskip("redis")
+    from seqctr.serving.store import local_redis
+    from seqctr.serving.stores import RedisStore
+
+    rows, bundle, state = hstu_bundle
+    items, times = user_log(rows)
+    with local_redis() as url:
+        s = scorer_of(bundle, state)
+        s.store = RedisStore(url, fingerprint=s.fingerprint)
+        s.prefill("u9", items[:4], times[:4])
+        s.append("u9", items[4:6], [times[4], None])
+        assert s.store.timeline("u9") == (items[:6], times[:5] + [None])
+        other = scorer_of(bundle, state)                   # a second process: no cache of its own
+        other.store = RedisStore(url, fingerprint=s.fingerprint)
+        now = times[6]
+        want = forward(s, "u9", items[:6], times[:5] + [times[4]], items[:3], now)
+        np.testing.assert_allclose(other.score("u9", items[:3], time=now), want, atol=1e-5, rtol=1e-5)
