@@ -295,7 +295,7 @@ def cmd_experiment(args) -> int:
     elif args.kind == "backbones":
         backbone_suite.backbones(args.backbones, seeds, baseline=args.baseline, **common)
     elif args.kind == "ablation":
-        lain_suite.ablation(args.backbones[0], seeds, **common)
+        lain_suite.ablation(args.backbones[0], seeds, rows=args.rows, **common)
     elif args.kind == "kv":
         unknown = set(args.variants) - set(kv_suite.VARIANTS)
         if unknown:
@@ -493,7 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
     ml = suite("maxlen", "max_len sweep, bare and +LAIN: per-bucket AUC and attention Gini", "comma list", "din,twin")
     ml.add_argument("--lengths", type=comma_list(int), default="50,100,200,500", help="the max_len values")
     ml.add_argument("--no-lain", action="store_true", help="bare backbones only")
-    suite("ablation", "LAIN component ablation (paper Table 6)", "the backbone (first of the list)", "twin")
+    ab = suite("ablation", "LAIN component ablation (paper Table 6)", "the backbone (first of the list)", "twin")
+    ab.add_argument("--rows", type=comma_list(str), default=None,
+                    help="which rows: bare, full, no_lcp, no_qk_condition, no_temperature, no_lma, no_short_branch "
+                         "(default: these), and the open choices l0_users, prompt_small (vs full)")
     suite("sensitivity", "LAIN sensitivity grid: d_f x hidden x prompts (paper Fig. 4)",
           "the backbone (first of the list)", "twin")
     bb = suite("backbones", "bare backbones against a baseline backbone per length bucket (e.g. HSTU vs DIN)",

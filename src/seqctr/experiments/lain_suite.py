@@ -26,6 +26,11 @@ ABLATION = {  # paper Table 6, one config each
     "no_lma": ["model.lain.enabled=true", "model.lain.qk_condition=false", "model.lain.temperature=false"],
     "no_short_branch": ["model.lain.enabled=true", "model.lain.branches=[long]"],
 }
+# choices the paper leaves open, measured against full LAIN (not in the default rows)
+LAIN_CHOICES = {
+    "l0_users": ["model.lain.enabled=true", "model.lain.l0=users"],            # L0 = mean over users
+    "prompt_small": ["model.lain.enabled=true", "model.lain.prompt_scale=0.001"],  # prompts at the items' scale
+}
 
 
 def compare(backbones: list[str], seeds: list[int], out: Path, config_dir: Path, sets: list[str] = (),
@@ -91,15 +96,32 @@ def maxlen(backbones: list[str], lengths: list[int], seeds: list[int], out: Path
 
 
 def ablation(backbone: str, seeds: list[int], out: Path, config_dir: Path, sets: list[str] = (), jobs: int = 2,
-             threads: int = 1, log=print) -> dict:
-    """LAIN component ablation (paper Table 6) on one backbone."""
+             threads: int = 1, log=print, rows: list[str] | None = None) -> dict:
+    """LAIN component ablation (paper Table 6) on one backbone: ``rows`` of :data:`ABLATION` (default
+    all) and of :data:`LAIN_CHOICES`. Deltas vs bare; with ``full`` among the rows, also every other
+    LAIN row vs full (``delta_vs_<backbone>/full``, a second table)."""
+    known = {**ABLATION, **LAIN_CHOICES}
+    rows = list(rows or ABLATION)
+    unknown = [r for r in rows if r not in known]
+    if unknown or "bare" not in rows:
+        from ..errors import SeqctrError
+
+        raise SeqctrError(f"--rows: need bare, and only rows of {list(known)}; got {rows}")
     root = Path(out) / "ablation"
     cfg = str(Path(config_dir) / f"{backbone}.yaml")
-    groups = {f"{backbone}/{k}": (cfg, v) for k, v in ABLATION.items()}
+    groups = {f"{backbone}/{k}": (cfg, known[k]) for k in rows}
     metrics = run_specs(specs(groups, seeds, sets), root, jobs, threads, log)
     res = summarise(root, groups, seeds, f"{backbone}/bare", metrics)
-    return finish(Path(out), "ablation", res, format_summary(res, f"LAIN ablation on {backbone}"),
-                   {backbone: res}, f"LAIN ablation ({backbone}): Δ test AUC vs bare")
+    md = format_summary(res, f"LAIN ablation on {backbone}")
+    full = f"{backbone}/full"
+    if full in groups and len(groups) > 2:
+        lain_groups = {g: v for g, v in groups.items() if g != f"{backbone}/bare"}
+        vs_full = summarise(root, lain_groups, seeds, full, metrics)
+        for g, r in vs_full["groups"].items():
+            if f"delta_vs_{full}" in r:
+                res["groups"][g][f"delta_vs_{full}"] = r[f"delta_vs_{full}"]
+        md += "\n\n" + format_summary(vs_full, f"LAIN variants on {backbone} vs full LAIN")
+    return finish(Path(out), "ablation", res, md, {backbone: res}, f"LAIN ablation ({backbone}): Δ test AUC vs bare")
 
 
 def sensitivity(backbone: str, seeds: list[int], out: Path, config_dir: Path, fourier=(16, 32, 64),
