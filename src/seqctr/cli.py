@@ -208,7 +208,7 @@ def cmd_evaluate(args) -> int:
     model, cfg, ds, _ = load_trained(args.checkpoint, args.source, device)
     loader = BatchLoader(ds, args.split, max_len=cfg.data.max_len, batch_size=cfg.data.eval_batch_size,
                          shuffle=False)
-    pred = predict(model, loader, device)
+    pred = predict(model, loader, device, precision=cfg.train.precision)
     m = evaluate_predictions(pred["label"], pred["prob"], pred["user"], pred["seq_len"], cfg.eval.buckets)
     if args.json:
         print(dumps(m))
@@ -294,6 +294,8 @@ def cmd_experiment(args) -> int:
         lain_suite.maxlen(args.backbones, args.lengths, seeds, with_lain=not args.no_lain, **common)
     elif args.kind == "backbones":
         backbone_suite.backbones(args.backbones, seeds, baseline=args.baseline, **common)
+    elif args.kind == "ab":
+        backbone_suite.ab(args.backbones, seeds, b_sets=args.b, **common)
     elif args.kind == "ablation":
         lain_suite.ablation(args.backbones[0], seeds, rows=args.rows, **common)
     elif args.kind == "kv":
@@ -480,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default="runs/experiments", help="results root (runs resume from here)")
     g.add_argument("--json", action="store_true", help="print results.json instead of the markdown table")
     ex = command("experiment", "experiment suites: LAIN (compare | maxlen | ablation | sensitivity), CollectiveKV (kv), "
-                               "bare backbones against each other (backbones)")
+                               "bare backbones against each other (backbones), A/B of a setting (ab)")
     ex_sub = ex.add_subparsers(dest="kind", required=True, metavar="SUITE")
 
     def suite(name, help, backbones_help, default_backbones):
@@ -502,6 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
     bb = suite("backbones", "bare backbones against a baseline backbone per length bucket (e.g. HSTU vs DIN)",
                "comma list", "din,hstu")
     bb.add_argument("--baseline", help="the backbone the others are compared with (default: the first)")
+    abp = suite("ab", "A/B of a setting per backbone: as configured vs with --b overrides (e.g. a speed lever's "
+                      "accuracy)", "comma list", "din,twin")
+    abp.add_argument("--b", action="append", default=[], metavar="KEY=VALUE",
+                     help="an override of the B side (repeatable), e.g. train.precision=bf16")
     kv = suite("kv", "CollectiveKV variants vs the uncompressed model, cache bytes, d_u and pool sweeps",
                "comma list", "sim,eta,sdim,twin,hstu")
     kv.add_argument("--variants", type=comma_list(str), default="base,silu,ck,cv,ckv", help="which of base,silu,ck,cv,ckv")

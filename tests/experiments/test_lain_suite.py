@@ -121,3 +121,20 @@ def test_ablation_rows_include_the_open_lain_choices_against_full(tmp_path, seqc
     capsys.readouterr()
     assert main(args[:4] + ["--rows", "full,l0_users", "--config-dir", str(cdir), "--out", str(out)]) == 2
     assert "--rows: need bare" in capsys.readouterr().err
+
+
+def test_ab_suite_pairs_each_backbone_with_its_overridden_twin(tmp_path, seqctr_home, capsys):
+    cdir = make_configs(tmp_path)
+    out = tmp_path / "exp"
+    args = ["experiment", "ab", "--backbones", "din", "--b", "train.precision=bf16", "--seeds", "1,2",
+            "--config-dir", str(cdir), "--out", str(out), "--jobs", "2"]
+    assert main(args) == 0
+    res = json.loads((out / "ab" / "results.json").read_text())
+    assert res["b"] == ["train.precision=bf16"]
+    g = res["backbones"]["din"]["groups"]
+    assert set(g) == {"din/a", "din/b"} and "delta_vs_din/a" in g["din/b"]
+    cfg = lambda side: json.loads((out / "ab" / f"din/{side}/seed1/metrics.json").read_text())["config"]  # noqa: E731
+    assert cfg("b")["train"]["precision"] == "bf16" and cfg("a")["train"]["precision"] == "fp32"
+    capsys.readouterr()
+    assert main(args[:4] + ["--config-dir", str(cdir), "--out", str(out)]) == 2
+    assert "--b KEY=VALUE" in capsys.readouterr().err

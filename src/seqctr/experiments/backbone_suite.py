@@ -28,3 +28,26 @@ def backbones(names: list[str], seeds: list[int], out: Path, config_dir: Path, s
           "| backbone | best epoch per seed | epochs run per seed |", "|---|---|---|"]
     md += [f"| {b} | {res['best_epoch'][b]} | {res['epochs_run'][b]} |" for b in names]
     return finish(out.parent, "backbones", res, "\n".join(md), {"backbones": res}, f"Δ test AUC vs {baseline}")
+
+
+def ab(names: list[str], seeds: list[int], out: Path, config_dir: Path, b_sets: list[str], sets: list[str] = (),
+       jobs: int = 2, threads: int = 1, log=print) -> dict:
+    """A/B of one setting (``seqctr experiment ab --b train.precision=bf16``): per backbone, its config
+    as it is (``a``) and with the ``b_sets`` overrides (``b``), x seeds; Δ of b vs a per bucket,
+    paired by seed — the check that a speed lever (bf16, a new kernel) leaves accuracy where it was."""
+    if not b_sets:
+        from ..errors import SeqctrError
+
+        raise SeqctrError("experiment ab: give the B side's overrides with --b KEY=VALUE")
+    out = Path(out) / "ab"
+    per, specs_all = {}, []
+    for n in names:
+        cfg = str(Path(config_dir) / f"{n}.yaml")
+        specs_all += specs({f"{n}/a": (cfg, []), f"{n}/b": (cfg, list(b_sets))}, seeds, sets)
+    metrics = run_specs(specs_all, out, jobs, threads, log)
+    md = [f"# A/B: {' '.join(b_sets)} (b) vs as configured (a)", ""]
+    for n in names:
+        per[n] = summarise(out, {f"{n}/a": None, f"{n}/b": None}, seeds, f"{n}/a", metrics)
+        md += [format_summary(per[n], n), ""]
+    return finish(out.parent, "ab", {"b": list(b_sets), "backbones": per}, "\n".join(md), per,
+                  f"{' '.join(b_sets)}: Δ test AUC")

@@ -116,6 +116,11 @@ class ModelOutput:
     aux_logits: torch.Tensor | None = None
     attention: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    def float(self) -> "ModelOutput":
+        """The logits and losses in float32 (after a bfloat16 autocast forward)."""
+        f = lambda t: None if t is None else t.float()   # noqa: E731
+        return ModelOutput(f(self.logits), f(self.aux_loss), f(self.aux_logits), self.attention)
+
 
 class Backbone(nn.Module):
     """Turns a target and a behaviour sequence into a fixed-size vector.

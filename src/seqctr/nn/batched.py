@@ -35,6 +35,7 @@ class _MatVec(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         A, X = ctx.saved_tensors
+        g = g.to(A.dtype)        # under autocast the forward's bmm may have returned bfloat16
         gA = _outer(g, X.transpose(1, 2)) if ctx.needs_input_grad[0] else None
         gX = torch.bmm(g.transpose(1, 2), A).transpose(1, 2) if ctx.needs_input_grad[1] else None
         return gA, gX
@@ -49,16 +50,24 @@ class _VecMat(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         W, A = ctx.saved_tensors
+        g = g.to(A.dtype)        # under autocast the forward's bmm may have returned bfloat16
         gW = _scores(A, g.transpose(1, 2)).transpose(1, 2) if ctx.needs_input_grad[0] else None
         gA = _outer(W.transpose(1, 2), g) if ctx.needs_input_grad[1] else None
         return gW, gA
 
 
+def _same_dtype(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both in their promoted dtype (under bfloat16 autocast one side may be bfloat16, the other
+    float32: these memory-bound products then run in float32)."""
+    dt = torch.promote_types(a.dtype, b.dtype)
+    return a.to(dt), b.to(dt)
+
+
 def matvec(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     """``A [B, T, D] @ X [B, D, H]`` -> ``[B, T, H]`` (scores of T events for H query vectors)."""
-    return _MatVec.apply(A, X)
+    return _MatVec.apply(*_same_dtype(A, X))
 
 
 def vecmat(W: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
     """``W [B, H, T] @ A [B, T, D]`` -> ``[B, H, D]`` (H weighted sums of T events)."""
-    return _VecMat.apply(W, A)
+    return _VecMat.apply(*_same_dtype(W, A))

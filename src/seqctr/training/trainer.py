@@ -90,7 +90,7 @@ def load_trained(checkpoint: str | Path, source: str | None = None, device="cpu"
 
 @torch.no_grad()
 def predict(model: CTRModel, loader: BatchLoader, device: torch.device, progress: bool | None = False,
-            desc: str = "predict", log=None, batches: list | None = None) -> dict[str, np.ndarray]:
+            desc: str = "predict", log=None, batches: list | None = None, precision: str = "fp32") -> dict[str, np.ndarray]:
     """Probabilities for every sample of ``loader``, in the order of ``loader.indices``
     (``progress`` as in :class:`~seqctr.utils.progress.Progress`; off by default). ``batches``: score
     only these batches of ``loader.batches()`` (a rank's share); the other samples' ``prob`` is NaN."""
@@ -99,19 +99,38 @@ def predict(model: CTRModel, loader: BatchLoader, device: torch.device, progress
     prob = np.full(n, np.nan, dtype=np.float64)
     for pos in Progress(loader.batches() if batches is None else batches, desc, progress, log=log):
         batch = loader.batch(pos).to(device)
-        prob[pos] = torch.sigmoid(model(batch).logits).double().cpu().numpy()
+        with autocast(precision, device):
+            logits = model(batch).logits
+        prob[pos] = torch.sigmoid(logits.double()).cpu().numpy()
     ds, idx = loader.ds, loader.indices
     return {"prob": prob, "label": ds.label[idx], "user": ds.sample_user[idx], "seq_len": ds.sample_pos[idx],
             "index": idx}
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(precision: str, device: torch.device | str = "cpu"):
+    """The context of a forward pass at ``precision``: ``fp32`` (nothing changes) or ``bf16``
+    (``torch.autocast``: matrix products in bfloat16, weights and gradients stay float32)."""
+    if precision not in PRECISIONS:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"train.precision: expected one of {list(PRECISIONS)}, got {precision!r}")
+    dev = torch.device(device).type
+    return torch.autocast(dev, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def train_step(model: CTRModel, opt: torch.optim.Optimizer, batch, max_grad_norm: float = 10.0,
-               forward=None, scale: float = 1.0) -> float:
+               forward=None, scale: float = 1.0, precision: str = "fp32") -> float:
     """One optimiser step on ``batch`` with the model's own loss (BCE + its auxiliary losses);
     returns the loss. The Trainer and every training benchmark use this one step. Under DDP,
     ``forward`` is the DDP wrapper (its backward averages gradients over ranks) and ``scale``
-    weighs this rank's share of the global batch."""
-    loss = model.loss((forward or model)(batch), batch.label)
+    weighs this rank's share of the global batch. ``precision``: see :func:`autocast` (the loss
+    itself is taken in float32)."""
+    with autocast(precision, batch.label.device):
+        out = (forward or model)(batch)
+    loss = model.loss(out.float() if precision != "fp32" else out, batch.label)
     opt.zero_grad(set_to_none=True)
     (loss * scale if scale != 1.0 else loss).backward()
     if max_grad_norm > 0:
@@ -226,7 +245,7 @@ class Trainer:
             mine = shard(pos, eff[pos], d.rank, d.world)
             batch = self.train_loader.batch(mine).to(self.device)
             loss = train_step(self.model, self.opt, batch, self.cfg.train.max_grad_norm, forward=self.forward,
-                              scale=len(mine) * d.world / len(pos))
+                              scale=len(mine) * d.world / len(pos), precision=self.cfg.train.precision)
             total += loss * len(mine)
             n_local += len(mine)
             n_seen += len(pos)
@@ -323,7 +342,8 @@ class Trainer:
         loader, d = self.eval_loader(split), self.dist
         batches = loader.batches()
         pred = predict(self.model, loader, self.device, progress=False if self.progress is False else None,
-                       desc=f"evaluate {split}", log=self.log, batches=batches[d.rank::d.world])
+                       desc=f"evaluate {split}", log=self.log, batches=batches[d.rank::d.world],
+                       precision=self.cfg.train.precision)
         if d.active:
             probs = d.gather(pred["prob"])
             if d.main:
