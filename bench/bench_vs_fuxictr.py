@@ -15,6 +15,7 @@ One command: ``.venv/bin/python bench/bench_vs_fuxictr.py`` (``--quick`` for a s
      library's own sampler, so the real length mix; the first 3 batches are warm-up and not timed;
      ``--batches N`` times only N batches, for smoke runs), then inference over the test split;
      ``--threads 1,2`` repeats the throughput phase per thread count (accuracy always uses 1);
+     ``--precision fp32,bf16`` also times seqctr under ``train.precision=bf16`` in the same rounds;
    - accuracy: both train for ``--epochs`` epochs (patience 2, LR x0.1 on plateau, best-on-valid
      weights); seqctr over ``--seeds`` seeds. Both prediction sets are scored by seqctr's metrics.
 4. Writes ``bench/results/vs_fuxictr.{json,md}``.
@@ -67,7 +68,7 @@ def export_longctr(ds, out: Path) -> Path:
     return out if (out / "feature_map.json").exists() else export(ds, out, dataset_id="ml100k")
 
 
-def ours_throughput(name: str, batches: int, threads: int) -> dict:
+def ours_throughput(name: str, batches: int, threads: int, precision: str = "fp32") -> dict:
     """seqctr's training step and inference, measured like the FuxiCTR runner (child process)."""
     import torch
 
@@ -75,6 +76,7 @@ def ours_throughput(name: str, batches: int, threads: int) -> dict:
     from seqctr.data import BatchLoader, prepare
     from seqctr.models import build_model
     from seqctr.training import make_optimizer, train_step
+    from seqctr.training.trainer import autocast
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -88,13 +90,13 @@ def ours_throughput(name: str, batches: int, threads: int) -> dict:
     for i, pos in enumerate(tr.batches(1)[: batches + 3] if batches else tr.batches(1)):
         if i == 3:
             n, t0 = 0, time.perf_counter()
-        train_step(model, opt, tr.batch(pos), 10.0)          # the Trainer's step
+        train_step(model, opt, tr.batch(pos), 10.0, precision=precision)          # the Trainer's step
         n += len(pos)
     train_sps = n / (time.perf_counter() - t0)
     te = BatchLoader(ds, "test", max_len=200, batch_size=1024, shuffle=False)
     model.eval()
     t0 = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(precision):
         for b in te:
             model(b)
     infer = len(te.indices) / (time.perf_counter() - t0)
@@ -131,6 +133,8 @@ def main() -> int:
     ap.add_argument("--seeds", default="2024,2025,2026")
     ap.add_argument("--threads", default="1", help="thread counts for the throughput phase, e.g. 1,2")
     ap.add_argument("--cpu", default="0", help="taskset CPU list for the timed runs ('' = no pinning)")
+    ap.add_argument("--precision", default="fp32", help="seqctr precisions to time, e.g. fp32,bf16 (first: the "
+                                                         "main table; bf16 rows in their own table)")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--jobs", type=int, default=2, help="parallel single-thread accuracy jobs")
@@ -141,7 +145,7 @@ def main() -> int:
     if args.child:
         kind, name = args.child[0], args.child[1]
         if kind == "throughput":
-            print(json.dumps(ours_throughput(name, args.batches, int(args.threads))))
+            print(json.dumps(ours_throughput(name, args.batches, int(args.threads), args.precision)))
         else:
             print(json.dumps(ours_accuracy(name, args.epochs, int(args.child[2]), 1, Path(args.child[3]))))
         return 0
@@ -181,14 +185,20 @@ def main() -> int:
             r = results["models"].setdefault(name, {})
             for threads in thread_counts:
                 runs = {"seqctr": []} if BACKBONES[name] is None else {"fuxictr": [], "seqctr": []}
+                extra = [p for p in args.precision.split(",")[1:]]
+                runs.update({f"seqctr_{p}": [] for p in extra})
                 cpus = pin if threads == 1 or not args.cpu else []
                 for rep in range(args.repeats):
                     if "fuxictr" in runs:
                         runs["fuxictr"].append(run_json(cpus + fx_cmd(name, threads) + [
                             "--mode", "throughput", "--batches", str(args.batches),
                             "--out", str(WORK / f"fx_{name}_tp.json")]))
-                    runs["seqctr"].append(run_json(cpus + me + ["--threads", str(threads), "--child", "throughput",
-                                                                name]))
+                    runs["seqctr"].append(run_json(cpus + me + ["--threads", str(threads), "--precision",
+                                                                args.precision.split(",")[0], "--child",
+                                                                "throughput", name]))
+                    for p in extra:
+                        runs[f"seqctr_{p}"].append(run_json(cpus + me + ["--threads", str(threads), "--precision", p,
+                                                                         "--child", "throughput", name]))
                     print(f"{name} throughput ({threads} thread(s)) {rep + 1}/{args.repeats}: " + ", ".join(
                         f"{lib} {v[-1]['train_samples_per_s']:.0f}" for lib, v in runs.items()) + " train samples/s",
                         flush=True)
@@ -197,8 +207,11 @@ def main() -> int:
                       for lib, v in runs.items()}
                 tp["runs"] = runs
                 if "fuxictr" in runs:
-                    tp["train_speedup"] = tp["seqctr"]["train_samples_per_s"] / tp["fuxictr"]["train_samples_per_s"]
-                    tp["infer_speedup"] = tp["seqctr"]["infer_samples_per_s"] / tp["fuxictr"]["infer_samples_per_s"]
+                    for lib in [k for k in runs if k.startswith("seqctr")]:
+                        sfx = lib[len("seqctr"):]
+                        for kind in ("train", "infer"):
+                            tp[f"{kind}_speedup{sfx}"] = (tp[lib][f"{kind}_samples_per_s"]
+                                                          / tp["fuxictr"][f"{kind}_samples_per_s"])
                 r["throughput" if threads == thread_counts[0] else f"throughput_{threads}_threads"] = tp
                 save()
 
@@ -287,6 +300,16 @@ def render(results: dict) -> str:
             if "padding_fraction" in r.get("throughput", {}).get("seqctr", {})]
     if pads:
         lines += ["", "Padded token share of seqctr's training batches (length-bucketed): " + ", ".join(pads) + "."]
+    for p in sorted({k[len("seqctr_"):] for r in results["models"].values()
+                     for k in r.get("throughput", {}) if k.startswith("seqctr_")}):
+        lines += ["", f"seqctr with `train.precision={p}` (same rounds as the table above):", "",
+                  f"| model | seqctr {p} train/s | speed-up vs FuxiCTR | seqctr {p} infer/s | speed-up vs FuxiCTR |",
+                  "|---|---:|---:|---:|---:|"]
+        for name, r in results["models"].items():
+            tp = r.get("throughput", {})
+            us = tp.get(f"seqctr_{p}", {})
+            lines.append(f"| {name} | {_num(us, 'train_samples_per_s')} | {_ratio(tp, f'train_speedup_{p}')} | "
+                         f"{_num(us, 'infer_samples_per_s')} | {_ratio(tp, f'infer_speedup_{p}')} |")
     more = sorted({k for r in results["models"].values() for k in r if k.startswith("throughput_")})
     for key in more:
         lines += ["", f"Throughput with {key.split('_')[1]} threads (unpinned):", "",

@@ -21,7 +21,7 @@ def test_time_buckets_are_the_references_log_buckets():
     dts = [0, 1, 2, 3, 59, 60, 3600, 86_400, -86_400, 10**9, 10**12]
     q = torch.tensor([[10**12 + 5]])
     k = q - torch.tensor([dts])
-    got = blk.time_bias(q, k)[0, 0, 0].long().tolist()
+    got = blk.ts_w[0, blk.time_bucket(q, k)[0, 0]].long().tolist()
     want = [min(int(math.log(max(abs(d), 1)) / 0.301), 40) for d in dts]
     assert got == want
     assert want[-1] == 40 and want[5] == int(math.log(60) / 0.301)   # clipped at the last bucket

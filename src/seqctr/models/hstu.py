@@ -59,14 +59,31 @@ class HSTUBlock(nn.Module):
                 nn.init.normal_(self.ts_w, std=bias_init_std)
         self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
 
-    def time_bias(self, q_time: torch.Tensor | None, k_time: torch.Tensor | None) -> torch.Tensor | float:
-        """The time part of the bias for query times ``[B, Nq]`` and key times ``[B, Nk]``:
-        ``[B, H or 1, Nq, Nk]`` (0 when the layer has none or no times are given)."""
+    def time_bucket(self, q_time: torch.Tensor, k_time: torch.Tensor) -> torch.Tensor:
+        """``floor(ln(max(|t_q - t_k|, 1)) / 0.301)`` clipped to ``time_buckets``, in float32 as the
+        reference: ``[B, Nq]``, ``[B, Nk]`` -> ``[B, Nq, Nk]`` int64 (in place: no gradient to carry)."""
+        with torch.no_grad():
+            dt = q_time.unsqueeze(-1) - k_time.unsqueeze(-2)
+            return dt.abs_().clamp_(min=1).float().log_().div_(0.301).long().clamp_(max=self.time_buckets)
+
+    def rel_index(self, q_pos: torch.Tensor, k_pos: torch.Tensor, q_time: torch.Tensor | None = None,
+                  k_time: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
+        """``(index [1 or B, Nq, Nk], timed)`` into this layer's bias table (:meth:`rel_bias`): the
+        position distance clipped to ``[0, max_len]`` and, with times, its time bucket. The same for
+        every layer of a model (they share ``max_len`` and ``time_buckets``), so computed once."""
+        dist = (q_pos.unsqueeze(-1) - k_pos.unsqueeze(-2)).clamp_(0, self.max_len).unsqueeze(0)
         if self.ts_w is None or q_time is None or k_time is None:
-            return 0.0
-        dt = (q_time.unsqueeze(-1) - k_time.unsqueeze(-2)).abs().clamp(min=1).double()
-        bucket = (torch.log(dt) / 0.301).long().clamp(0, self.time_buckets)     # [B, Nq, Nk]
-        return self.ts_w[:, bucket].movedim(0, 1)
+            return dist, False
+        idx = self.time_bucket(q_time, k_time)
+        idx += dist * (self.time_buckets + 1)
+        return idx, True
+
+    def rel_bias(self, index: tuple[torch.Tensor, bool]) -> torch.Tensor:
+        """The relative bias ``[1 or B, H or 1, Nq, Nk]`` at :meth:`rel_index`'s ``index``: position
+        part plus time part, read in one gather from their sums ``rab[d] + ts_w[b]``."""
+        idx, timed = index
+        table = (self.rab.unsqueeze(-1) + self.ts_w.unsqueeze(1)).flatten(1) if timed else self.rab
+        return table[:, idx].movedim(0, 1)
 
     def kv_width(self) -> int:
         return self.h * self.hd
@@ -131,7 +148,7 @@ class HSTUBlock(nn.Module):
         s_hist = qh @ k_hist[0].transpose(-1, -2) / self.hd ** 0.5 + self.rab[:, dist].unsqueeze(1)  # [H|1, N, T]
         self_bias = self.rab[:, :1].view(1, -1, 1)
         if self.ts_w is not None and t_time is not None and h_time is not None:
-            s_hist = s_hist + self.time_bias(t_time.view(1, N), h_time)[0]          # [H|1, N, T]
+            s_hist = s_hist + self.ts_w[:, self.time_bucket(t_time.view(1, N), h_time)[0]]   # [H|1, N, T]
             self_bias = self_bias + self.ts_w[:, :1].view(1, -1, 1)               # dt = 0: bucket 0
         a_hist = F.silu(s_hist) / self.max_len * valid.view(1, 1, T)
         a_self = F.silu((q * k).sum(-1) / self.hd ** 0.5 + self_bias) / self.max_len  # [N, H, 1]
@@ -149,45 +166,55 @@ class HSTUBlock(nn.Module):
         pos = torch.arange(T + n, device=x_new.device)
         key_valid = torch.cat([valid_old, valid_old.new_ones(B, n)], 1)
         k_time = None if time_old is None or time_new is None else torch.cat([time_old, time_new], 1)
-        a = self.attention(self.split(q), torch.cat([k_old, self.split(k)], 2), pos[T:], pos, key_valid,
-                           time_new, k_time)
-        av = (a @ torch.cat([v_old, self.split(v)], 2)).transpose(1, 2).reshape(B, n, D)
+        index = self.rel_index(pos[T:], pos, time_new, k_time)
+        a = self.attention(self.split(q), torch.cat([k_old, self.split(k)], 2), pos[T:], pos, key_valid, index)
+        av = (a @ torch.cat([v_old, self.split(v)], 2)).transpose(1, 2).reshape(B, n, D) / self.max_len
         return x_new + self.dropout(self.f2(self.norm_av(av) * u)), state
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
-                  key_valid: torch.Tensor, q_time: torch.Tensor | None = None,
-                  k_time: torch.Tensor | None = None) -> torch.Tensor:
-        """Pointwise weights ``[B, H, Nq, Nk]``: causal (k_pos <= q_pos), real keys only; the time
-        part of the bias from ``q_time [B, Nq]`` and ``k_time [B, Nk]`` when given."""
-        dist = (q_pos.unsqueeze(-1) - k_pos.unsqueeze(-2))                     # [Nq, Nk]
-        bias = self.rab[:, dist.clamp(0, self.max_len)] + self.time_bias(q_time, k_time)  # [(B,) H or 1, Nq, Nk]
-        a = F.silu(q @ k.transpose(-1, -2) / self.hd ** 0.5 + bias) / self.max_len
-        allowed = (dist >= 0).unsqueeze(0) & key_valid[:, None, :]               # [B, Nq, Nk]
-        return a * allowed.unsqueeze(1)
+                  key_valid: torch.Tensor, index: tuple[torch.Tensor, bool]) -> torch.Tensor:
+        """Pointwise weights ``[B, H, Nq, Nk]`` before the ``1 / max_len`` normaliser (the callers
+        divide ``a @ v``, N times fewer numbers): causal (k_pos <= q_pos), real keys only, biased by
+        :meth:`rel_bias` at ``index``."""
+        s = (q * self.hd ** -0.5) @ k.transpose(-1, -2)
+        s = s + self.rel_bias(index)
+        allowed = (k_pos.unsqueeze(0) <= q_pos.unsqueeze(-1)).unsqueeze(0) & key_valid[:, None, :]   # [B, Nq, Nk]
+        return F.silu(s) * allowed.unsqueeze(1)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor, need_weights: bool = False, last_only: bool = False,
-                time: torch.Tensor | None = None):
+                time: torch.Tensor | None = None, index: tuple[torch.Tensor, bool] | None = None):
         """All positions, or with ``last_only`` just the last one (``[B, 1, D]``; what a
         target-aware final layer needs: its keys and values still come from every position);
-        ``time [B, N]``: the tokens' times (None: no time bias).
+        ``time [B, N]``: the tokens' times (None: no time bias), or ``index`` from :meth:`rel_index`
+        over all ``N x N`` positions (computed once for all layers).
         Returns ``(y, weights or None, CollectiveKV aux loss or None)``."""
-        q, k, v, u, aux = self.qkvu(x, valid)
-        y, a = self.mix(x, q, k, v, u, valid, need_weights, last_only, time)
+        if last_only and self.ckv is None:   # only the target's u, q; every token's k, v
+            n = self.norm_in(x)
+            D = x.shape[-1]
+            k, v = F.silu(F.linear(n, self.f1.weight[2 * D:], self.f1.bias[2 * D:])).chunk(2, -1)
+            u, q = F.silu(F.linear(n[:, -1:], self.f1.weight[:2 * D], self.f1.bias[:2 * D])).chunk(2, -1)
+            q, k, v, aux = self.split(q), self.split(k), self.split(v), None
+        else:
+            q, k, v, u, aux = self.qkvu(x, valid)
+        y, a = self.mix(x, q, k, v, u, valid, need_weights, last_only, time, index)
         return y, a, aux
 
-    def mix(self, x, q, k, v, u, valid, need_weights: bool = False, last_only: bool = False, time=None):
-        """The layer after its projections: per-head ``q, k, v [B, H, N, hd]``, gate ``u [B, N, D]``."""
+    def mix(self, x, q, k, v, u, valid, need_weights: bool = False, last_only: bool = False, time=None,
+            index=None):
+        """The layer after its projections: per-head ``q, k, v [B, H, N, hd]`` (with ``last_only``,
+        ``q`` and ``u`` may already be the last token's), gate ``u [B, N, D]``."""
         B, N, D = x.shape
         pos = torch.arange(N, device=x.device)
-        q_pos = pos[-1:] if last_only else pos
-        q_time = time
+        if index is None:
+            index = self.rel_index(pos, pos, time, time)
+        q_pos = pos
         if last_only:
-            q, u, x = q[:, :, -1:], u[:, -1:], x[:, -1:]
-            q_time = None if time is None else time[:, -1:]
-        a = self.attention(q, k, q_pos, pos, valid, q_time, time)
-        av = (a @ v).transpose(1, 2).reshape(B, len(q_pos), D)
+            q, u, x, q_pos = q[:, :, -1:], u[:, -1:], x[:, -1:], pos[-1:]
+            index = (index[0][:, -1:], index[1])
+        a = self.attention(q, k, q_pos, pos, valid, index)
+        av = (a @ v).transpose(1, 2).reshape(B, len(q_pos), D) / self.max_len
         y = x + self.dropout(self.f2(self.norm_av(av) * u))
-        return (y if last_only else y * valid.unsqueeze(-1)), (a if need_weights else None)
+        return (y if last_only else y * valid.unsqueeze(-1)), (a / self.max_len if need_weights else None)
 
 
 @register("hstu")
@@ -237,15 +264,21 @@ class HSTU(Backbone):
             return x.hist_time
         return torch.cat([x.hist_time, x.target_time.view(-1, 1).to(x.hist_time.dtype)], 1)
 
+    def _index(self, seq: torch.Tensor, time: torch.Tensor | None):
+        """The relative-bias index over all token pairs of ``seq [B, N, D]``, shared by every layer."""
+        pos = torch.arange(seq.shape[1], device=seq.device)
+        return self.blocks[0].rel_index(pos, pos, time, time)
+
     def prefill(self, x: SeqInputs) -> dict:
         """Every layer's cache form of the history tokens (causal: it never depends on the
         target), ``[1, T, ...]`` per tensor, under ``l{i}_``; the events' times under ``time``."""
         time = self._times(x, False)
         state, seq = {"mask": x.mask, "time": time}, x.hist
+        index = self._index(seq, time)
         for i, blk in enumerate(self.blocks[:-1]):
             u, q, cached, k, v = blk.project_cached(seq)
             state.update(prefixed(cached, f"l{i}_"))
-            seq, _ = blk.mix(seq, blk.split(q), blk.split(k), blk.split(v), u, x.mask, time=time)  # next layer's input
+            seq, _ = blk.mix(seq, blk.split(q), blk.split(k), blk.split(v), u, x.mask, index=index)  # next input
         state.update(prefixed(self.blocks[-1].cache_kv(seq), f"l{len(self.blocks) - 1}_"))
         return state
 
@@ -282,21 +315,21 @@ class HSTU(Backbone):
         """All token states ``[B, T+1, D]`` (history then target) and the last layer's weights."""
         seq = torch.cat([x.hist, x.target.unsqueeze(1)], 1)
         valid = torch.cat([x.mask, x.mask.new_ones(x.mask.shape[0], 1)], 1)
-        time = self._times(x, True)
+        index = self._index(seq, self._times(x, True))
         w = None
         for blk in self.blocks:
-            seq, w, _ = blk(seq, valid, need_weights, time=time)
+            seq, w, _ = blk(seq, valid, need_weights, index=index)
         return seq, w
 
     def forward(self, x: SeqInputs) -> BackboneOutput:
         seq = torch.cat([x.hist, x.target.unsqueeze(1)], 1)
         valid = torch.cat([x.mask, x.mask.new_ones(x.mask.shape[0], 1)], 1)
-        time = self._times(x, True)
+        index = self._index(seq, self._times(x, True))
         auxes = []
         for blk in self.blocks[:-1]:
-            seq, _, aux = blk(seq, valid, time=time)
+            seq, _, aux = blk(seq, valid, index=index)
             auxes.append(aux)
-        out, w, aux = self.blocks[-1](seq, valid, x.need_weights, last_only=True, time=time)   # only the target row
+        out, w, aux = self.blocks[-1](seq, valid, x.need_weights, last_only=True, index=index)   # only the target row
         auxes = [a for a in auxes + [aux] if a is not None]
         att = {"hstu": w[:, :, -1, :-1]} if x.need_weights else {}                  # [B, H, T]
         return BackboneOutput(vector=self.norm_out(out[:, -1]), attention=att,
