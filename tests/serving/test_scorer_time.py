@@ -13,23 +13,13 @@ from seqctr.data import SeqBatch
 from seqctr.errors import InputError
 from seqctr.serving.scorer import Scorer, fill_times, load
 from seqctr.serving.stores import MemoryStore
-from tests.serving.test_bundle import train_run
+from tests.serving.conftest import train_in_own_home
 
 
 @pytest.fixture(scope="module")
 def hstu_bundle(tmp_path_factory):
-    import os
-
     root = tmp_path_factory.mktemp("hstu_time")
-    old = os.environ.get("SEQCTR_HOME")
-    os.environ["SEQCTR_HOME"] = str(root / "home")
-    try:
-        rows, bundle = train_run(root, name="hstu", options={"num_layers": 2, "max_len": 16})
-    finally:
-        if old is None:
-            os.environ.pop("SEQCTR_HOME")
-        else:
-            os.environ["SEQCTR_HOME"] = old
+    rows, bundle = train_in_own_home(root, name="hstu", options={"num_layers": 2, "max_len": 16})
     scorer = load(bundle)
     with torch.no_grad():     # trained one epoch from N(0, 0.02): made larger so a wrong time shows
         for blk in scorer.model.backbone.blocks:
