@@ -68,7 +68,7 @@ def export_longctr(ds, out: Path) -> Path:
     return out if (out / "feature_map.json").exists() else export(ds, out, dataset_id="ml100k")
 
 
-def ours_throughput(name: str, batches: int, threads: int, precision: str = "fp32") -> dict:
+def ours_throughput(name: str, batches: int, threads: int, precision: str = "fp32", eval_batch: int = 256) -> dict:
     """seqctr's training step and inference, measured like the FuxiCTR runner (child process)."""
     import torch
 
@@ -93,7 +93,7 @@ def ours_throughput(name: str, batches: int, threads: int, precision: str = "fp3
         train_step(model, opt, tr.batch(pos), 10.0, precision=precision)          # the Trainer's step
         n += len(pos)
     train_sps = n / (time.perf_counter() - t0)
-    te = BatchLoader(ds, "test", max_len=200, batch_size=1024, shuffle=False)
+    te = BatchLoader(ds, "test", max_len=200, batch_size=eval_batch, shuffle=False)
     model.eval()
     t0 = time.perf_counter()
     with torch.no_grad(), autocast(precision):
@@ -133,6 +133,8 @@ def main() -> int:
     ap.add_argument("--seeds", default="2024,2025,2026")
     ap.add_argument("--threads", default="1", help="thread counts for the throughput phase, e.g. 1,2")
     ap.add_argument("--cpu", default="0", help="taskset CPU list for the timed runs ('' = no pinning)")
+    ap.add_argument("--eval-batch", type=int, default=256, help="samples per inference batch, both libraries "
+                                                               "(the throughput phase)")
     ap.add_argument("--precision", default="fp32", help="seqctr precisions to time, e.g. fp32,bf16 (first: the "
                                                          "main table; bf16 rows in their own table)")
     ap.add_argument("--skip-accuracy", action="store_true")
@@ -145,7 +147,7 @@ def main() -> int:
     if args.child:
         kind, name = args.child[0], args.child[1]
         if kind == "throughput":
-            print(json.dumps(ours_throughput(name, args.batches, int(args.threads), args.precision)))
+            print(json.dumps(ours_throughput(name, args.batches, int(args.threads), args.precision, args.eval_batch)))
         else:
             print(json.dumps(ours_accuracy(name, args.epochs, int(args.child[2]), 1, Path(args.child[3]))))
         return 0
@@ -160,11 +162,13 @@ def main() -> int:
     ds, _, _ = prepare("ml100k")
     data = export_longctr(ds, WORK / "longctr_ml100k")
     fx_py = ensure_fuxictr_venv()
-    me = [sys.executable, __file__, "--batches", str(args.batches), "--epochs", str(args.epochs)]
+    me = [sys.executable, __file__, "--batches", str(args.batches), "--epochs", str(args.epochs),
+          "--eval-batch", str(args.eval_batch)]
     results_path = Path(args.out + ".json")
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results.setdefault("models", {})
     results["settings"] = {"repeats": args.repeats, "batches": args.batches, "epochs": args.epochs,
+                           "eval_batch": args.eval_batch,
                            "seeds": args.seeds, "threads": args.threads, "jobs": args.jobs, "cpu": args.cpu,
                            "command": "python bench/bench_vs_fuxictr.py " + " ".join(sys.argv[1:])}
     names = args.models.split(",")
@@ -191,7 +195,7 @@ def main() -> int:
                 for rep in range(args.repeats):
                     if "fuxictr" in runs:
                         runs["fuxictr"].append(run_json(cpus + fx_cmd(name, threads) + [
-                            "--mode", "throughput", "--batches", str(args.batches),
+                            "--mode", "throughput", "--batches", str(args.batches), "--eval-batch", str(args.eval_batch),
                             "--out", str(WORK / f"fx_{name}_tp.json")]))
                     runs["seqctr"].append(run_json(cpus + me + ["--threads", str(threads), "--precision",
                                                                 args.precision.split(",")[0], "--child",
@@ -279,7 +283,8 @@ def render(results: dict) -> str:
              f"of {s.get('repeats')} alternating runs of {timed} (batch 256, 3 warm-up batches untimed) + test "
              f"inference, {s.get('threads')} thread(s), 1 thread pinned to CPU {s.get('cpu')}; accuracy after at most "
              f"{s.get('epochs')} epochs (FuxiCTR: 1 seed; seqctr: mean over seeds {s.get('seeds')}), both scored by "
-             "seqctr's metrics. — = FuxiCTR 2.3.10 has no such model.", "",
+             f"seqctr's metrics; inference in batches of {s.get('eval_batch', 1024)} for both libraries. — = FuxiCTR "
+             "2.3.10 has no such model.", "",
              "| model | FuxiCTR train/s | seqctr train/s | speed-up | FuxiCTR infer/s | seqctr infer/s | speed-up "
              "| RSS MB fx / ours | AUC fx | AUC ours | ΔAUC | GAUC fx / ours | logloss fx / ours |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -35,6 +35,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--params", default="{}", help="extra model params (JSON)")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers (0: in-process, like seqctr)")
+    ap.add_argument("--eval-batch", type=int, default=1024, help="samples per inference batch")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -64,7 +65,7 @@ def main() -> int:
     model = model_cls(fmap, **params)
     loader = lambda split, shuffle: LongCTRDataLoader(  # noqa: E731
         fmap, str(data / f"{split}.parquet"), user_info=str(data / "user_info.parquet"),
-        item_info=str(data / "item_info.parquet"), batch_size=256 if shuffle else 1024, shuffle=shuffle,
+        item_info=str(data / "item_info.parquet"), batch_size=256 if shuffle else args.eval_batch, shuffle=shuffle,
         num_workers=args.workers, max_len=200)
 
     def predict(gen):
