@@ -189,7 +189,7 @@ def main() -> int:
             r = results["models"].setdefault(name, {})
             for threads in thread_counts:
                 runs = {"seqctr": []} if BACKBONES[name] is None else {"fuxictr": [], "seqctr": []}
-                extra = [p for p in args.precision.split(",")[1:]]
+                extra = args.precision.split(",")[1:]
                 runs.update({f"seqctr_{p}": [] for p in extra})
                 cpus = pin if threads == 1 or not args.cpu else []
                 for rep in range(args.repeats):

@@ -144,14 +144,18 @@ class HSTUBlock(nn.Module):
         q, k, v, u, _ = self.qkvu(x_t.unsqueeze(1))                               # [N, H, 1, hd]
         T = k_hist.shape[2]
         qh = q[:, :, 0].transpose(0, 1)                                           # [H, N, hd]
-        dist = torch.arange(T, 0, -1, device=x_t.device).clamp(max=self.max_len)  # target at T, keys 0..T-1
-        s_hist = qh @ k_hist[0].transpose(-1, -2) / self.hd ** 0.5 + self.rab[:, dist].unsqueeze(1)  # [H|1, N, T]
-        self_bias = self.rab[:, :1].view(1, -1, 1)
-        if self.ts_w is not None and t_time is not None and h_time is not None:
-            s_hist = s_hist + self.ts_w[:, self.time_bucket(t_time.view(1, N), h_time)[0]]   # [H|1, N, T]
-            self_bias = self_bias + self.ts_w[:, :1].view(1, -1, 1)               # dt = 0: bucket 0
+        timed = t_time is not None and h_time is not None
+        pos = torch.arange(T + 1, device=x_t.device)                              # keys 0..T-1, target at T
+        q_time = k_time = None
+        if timed:                          # keys: the history's times, then the target's own (dt = 0)
+            q_time = t_time.view(N, 1).to(h_time.dtype)
+            k_time = torch.cat([h_time.expand(N, T), q_time], 1)
+        index = self.rel_index(pos[T:], pos, q_time, k_time)
+        bias = self.rel_bias(index)[:, :, 0]                                      # [N or 1, H|1, T+1]
+        b_hist, b_self = bias[..., :T].transpose(0, 1), bias[..., T].unsqueeze(-1)  # [H|1, N|1, T], [N|1, H|1, 1]
+        s_hist = qh @ k_hist[0].transpose(-1, -2) / self.hd ** 0.5 + b_hist      # [H, N, T]
         a_hist = F.silu(s_hist) / self.max_len * valid.view(1, 1, T)
-        a_self = F.silu((q * k).sum(-1) / self.hd ** 0.5 + self_bias) / self.max_len  # [N, H, 1]
+        a_self = F.silu((q * k).sum(-1) / self.hd ** 0.5 + b_self) / self.max_len  # [N, H, 1]
         av = (a_hist @ v_hist[0]).transpose(0, 1) + a_self * v[:, :, 0]          # [N, H, hd]
         return (x_t + self.dropout(self.f2(self.norm_av(av.reshape(N, D)) * u[:, 0])))
 
@@ -182,11 +186,11 @@ class HSTUBlock(nn.Module):
         return F.silu(s) * allowed.unsqueeze(1)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor, need_weights: bool = False, last_only: bool = False,
-                time: torch.Tensor | None = None, index: tuple[torch.Tensor, bool] | None = None):
+                index: tuple[torch.Tensor, bool] | None = None):
         """All positions, or with ``last_only`` just the last one (``[B, 1, D]``; what a
         target-aware final layer needs: its keys and values still come from every position);
-        ``time [B, N]``: the tokens' times (None: no time bias), or ``index`` from :meth:`rel_index`
-        over all ``N x N`` positions (computed once for all layers).
+        ``index``: :meth:`rel_index` over all ``N x N`` positions (computed once for all layers; None:
+        positions only, no time part).
         Returns ``(y, weights or None, CollectiveKV aux loss or None)``."""
         if last_only and self.ckv is None:   # only the target's u, q; every token's k, v
             n = self.norm_in(x)
@@ -196,17 +200,16 @@ class HSTUBlock(nn.Module):
             q, k, v, aux = self.split(q), self.split(k), self.split(v), None
         else:
             q, k, v, u, aux = self.qkvu(x, valid)
-        y, a = self.mix(x, q, k, v, u, valid, need_weights, last_only, time, index)
+        y, a = self.mix(x, q, k, v, u, valid, need_weights, last_only, index)
         return y, a, aux
 
-    def mix(self, x, q, k, v, u, valid, need_weights: bool = False, last_only: bool = False, time=None,
-            index=None):
+    def mix(self, x, q, k, v, u, valid, need_weights: bool = False, last_only: bool = False, index=None):
         """The layer after its projections: per-head ``q, k, v [B, H, N, hd]`` (with ``last_only``,
         ``q`` and ``u`` may already be the last token's), gate ``u [B, N, D]``."""
         B, N, D = x.shape
         pos = torch.arange(N, device=x.device)
         if index is None:
-            index = self.rel_index(pos, pos, time, time)
+            index = self.rel_index(pos, pos)
         q_pos = pos
         if last_only:
             q, u, x, q_pos = q[:, :, -1:], u[:, -1:], x[:, -1:], pos[-1:]

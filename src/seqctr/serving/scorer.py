@@ -20,7 +20,7 @@ import torch
 from ..data.encode import OOV, PAD, lookup
 from ..errors import InputError
 from .bundle import Bundle, load_bundle
-from .runtime import append, fingerprint, prefill, score
+from .runtime import append, fingerprint, prefill, request_time, score
 from .stores import MemoryStore
 
 
@@ -181,8 +181,8 @@ class Scorer:
             alone = n == len(before) + len(items)      # else another process appended too (Redis)
             if alone and self._valid(cache, len(before)):
                 new_times = None
-                if self.uses_time:
-                    new_times = fill_times(timestamps, len(items), fill_times(before_ts, len(before))[-1] if before else 0)
+                if self.uses_time:         # a missing time continues from the latest cached event's
+                    new_times = fill_times(timestamps, len(items), int(request_time(cache)))
                 cache = append(self.model, cache, self.item_rows(items), new_times)
             elif alone:
                 cache = self._build(user, before + items, before_ts + list(timestamps or [None] * len(items)))
