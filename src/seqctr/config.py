@@ -68,8 +68,7 @@ class TrainConfig:
     max_steps: int = 0               # 0 = no limit; else stop an epoch after this many steps
     max_grad_norm: float = 10.0      # gradient clipping by global norm
     tensorboard: bool = False        # also log to <run>/tensorboard (needs the tensorboard extra)
-    precision: str = "fp32"          # fp32 | bf16: matrix products under bfloat16 autocast (faster where the CPU has
-                                     # AVX512-BF16/AMX, or on GPUs); an option with its accuracy measured, never a default
+    precision: str = "fp32"          # fp32 | bf16 (bfloat16 autocast of matrix products: faster, less accurate; see docs/results/precision_bf16_ml100k.md)
 
 
 @dataclass
