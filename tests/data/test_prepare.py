@@ -1,11 +1,14 @@
 """The sample construction against a brute-force reference, vocabularies, caching, real fixtures."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from seqctr.data import prepare
 from seqctr.data.encode import OOV
+from seqctr.errors import InputError
 from seqctr.data.stats import split_summary
 
 from tests.helpers import shared_path, synthetic_interactions, write_csv
@@ -83,6 +86,21 @@ def test_string_ids_and_date_timestamps(tmp_path):
     ref = brute_force_samples(synthetic_interactions(n_users=8, string_ids=True, seed=2))
     assert len(ds.sample_pos) == len(ref)
     assert sorted(ds.sample_pos.tolist()) == sorted(r[4] for r in ref)
+
+
+def test_timestamp_columns_read_as_ints_and_refuse_non_dates_by_row():
+    import pyarrow as pa
+
+    from seqctr.data.sources import _timestamps
+
+    got = _timestamps(pa.array(["2020-01-01", "2020-01-01T00:00:10Z"]), Path("t.csv"), "ts")
+    assert got.tolist() == [1577836800, 1577836810]
+    assert _timestamps(pa.array(["17", "+5", "-3"]), Path("t.csv"), "ts").tolist() == [17, 5, -3]
+    assert _timestamps(pa.array([3.9, 4.0]), Path("t.csv"), "ts").tolist() == [3, 4]
+    for bad, row in ([["2020-01-01", ""], 2], [["2020-01-01", "2020-01-02", "soon"], 3]):
+        with pytest.raises(InputError, match=f"file t.csv, column 'ts', row {row}: timestamp is") as e:
+            _timestamps(pa.array(bad), Path("t.csv"), "ts")
+        assert repr(bad[row - 1]) in str(e.value)
 
 
 def test_second_run_uses_cache(tmp_path, monkeypatch):

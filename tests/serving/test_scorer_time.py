@@ -50,11 +50,14 @@ def user_log(rows, user=None):
     return [rows["item"][i] for i in idx], [rows["timestamp"][i] for i in idx]
 
 
-def test_fill_times_takes_the_previous_time_and_refuses_non_integers():
+def test_fill_times_takes_the_previous_time_and_reads_times_as_the_training_data_does():
     assert fill_times([None, 5, None, 9], 4, start=2) == [2, 5, 5, 9]
     assert fill_times(None, 2, start=7) == [7, 7]
-    with pytest.raises(InputError, match="row 2: timestamps"):
-        fill_times([1, 2, 3.5], 3)
+    assert fill_times([3.9, "17", "2020-01-01", "2020-01-01T00:00:10Z", np.int64(4)], 5) == \
+        [3, 17, 1577836800, 1577836810, 4]
+    for bad in (float("nan"), True, "soon", "", [1]):
+        with pytest.raises(InputError, match="row 2: timestamps: a time must be"):
+            fill_times([1, 2, bad], 3)
     with pytest.raises(InputError, match="2 times for 3 events"):
         fill_times([1, 2], 3)
 

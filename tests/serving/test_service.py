@@ -121,6 +121,18 @@ def test_bad_requests_get_4xx_json_and_the_service_stays_up(trained):
         assert r.status_code == 422
         r = http.post("/v1/users/u1/events", json={"events": [{"item": "i1", "when": 3}]})
         assert r.status_code == 422 and "when" in r.json()["error"]
+        # event times are read as the training data's: ints, numbers, ISO dates; anything else is a 400
+        # naming the event, and nothing of that request is stored
+        r = http.post("/v1/users/u9/events", json={"events": [{"item": "i1", "timestamp": 1_700_000_000.0},
+                                                              {"item": "i2", "timestamp": "2024-01-01T00:00:00Z"},
+                                                              {"item": "i3"}]})
+        assert r.status_code == 200, r.text
+        assert scorer.store.timeline("u9") == (["i1", "i2", "i3"], [1_700_000_000, 1_704_067_200, None])
+        r = http.post("/v1/users/u9/events", json={"events": [{"item": "i4", "timestamp": 5}, {"item": "i5", "timestamp": "soon"}]})
+        assert r.status_code == 400 and "row 1: timestamps" in r.json()["error"] and "'soon'" in r.json()["error"]
+        r = http.post("/v1/score", json={"user": "u9", "candidates": ["i1"], "timestamp": "later"})
+        assert r.status_code == 400 and "time: a time must be" in r.json()["error"]
+        assert scorer.store.timeline("u9")[0] == ["i1", "i2", "i3"]
         assert http.get("/healthz").status_code == 200, "still serving"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,8 +215,16 @@ def _timestamps(col, path, name, row0: int = 0) -> np.ndarray:
         return pc.cast(pc.cast(col, pa.timestamp("s")), pa.int64()).to_numpy(zero_copy_only=False)
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         strs = col.to_numpy(zero_copy_only=False)
+        if all(str(x).strip().lstrip("+-").isdigit() for x in strs):   # numbers written as text
+            return np.array([int(x) for x in strs], dtype=np.int64)
         try:
-            return np.array(strs, dtype="datetime64[s]").astype(np.int64)
+            with warnings.catch_warnings():      # "...Z": numpy reads it as UTC and warns that it does
+                warnings.simplefilter("ignore", UserWarning)
+                dates = np.array(strs, dtype="datetime64[s]")
+            if np.isnat(dates).any():            # "" and "NaT" parse as not-a-time
+                i = int(np.isnat(dates).argmax())
+                raise InputError(f"timestamp is not a date: {strs[i]!r}", path=path, column=name, row=row0 + i + 1)
+            return dates.astype(np.int64)
         except ValueError:
             for i, s in enumerate(strs):
                 try:

@@ -38,7 +38,7 @@ class ScoreRequest(BaseModel):
     user: RawId
     candidates: list[RawId] = Field(min_length=1)
     history: Union[list[Union[RawId, Event]], None] = None
-    timestamp: Union[StrictInt, None] = None      # the request's time (time-aware models; default: latest event's)
+    timestamp: Union[StrictInt, float, StrictStr, None] = None   # the request's time (default: latest event's)
 
 
 class EventsRequest(BaseModel):
@@ -92,7 +92,7 @@ class BodyCap:
 def _items(events) -> tuple[list, list]:
     items = [e.item if isinstance(e, Event) else e for e in events]
     ts = [e.timestamp if isinstance(e, Event) else None for e in events]
-    return items, [t if isinstance(t, int) else None for t in ts]
+    return items, ts
 
 
 def _endpoint(scope) -> str:

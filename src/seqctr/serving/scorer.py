@@ -12,6 +12,7 @@ given, an in-process :class:`MemoryStore`.
 from __future__ import annotations
 
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,18 +32,55 @@ def raw_id(x, field: str, row: int | None = None) -> str:
     return str(x)
 
 
-def fill_times(times, n: int, start: int = 0) -> list[int]:
-    """``n`` event times as ints: an event given without a time takes the one before it (``start``
-    for the first). Integers only; anything else is an :class:`InputError` naming the row."""
-    out, last = [], int(start)
-    for i, t in enumerate(times if times is not None else [None] * n):
-        if t is not None:
-            if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
-                raise InputError(f"timestamps: a time must be an integer, got {type(t).__name__} {t!r}", row=i)
-            last = int(t)
-        out.append(last)
+def as_time(t, row: int | None = None, field: str = "timestamps") -> int | None:
+    """One event time as an int, read as the training data's times are (``data.sources``): an int
+    (or its decimal string); a finite float, truncated; an ISO 8601 date string, in seconds since
+    the epoch (UTC); ``None`` stays missing. Anything else (a bool, NaN, "soon", "") is an
+    :class:`InputError` naming the row."""
+    if t is None:
+        return None
+    if isinstance(t, (bool, np.bool_)):
+        pass
+    elif isinstance(t, (int, np.integer)):
+        return int(t)
+    elif isinstance(t, (float, np.floating)):
+        if np.isfinite(t):
+            return int(t)
+    elif isinstance(t, (str, np.str_)):
+        s = str(t).strip()
+        if s.lstrip("+-").isdigit():
+            return int(s)
+        try:
+            with warnings.catch_warnings():          # "...Z": read as UTC, numpy warns that it does
+                warnings.simplefilter("ignore", UserWarning)
+                d = np.datetime64(s, "s")
+            if not np.isnat(d):
+                return int(d.astype(np.int64))
+        except ValueError:
+            pass
+    raise InputError(f"{field}: a time must be an integer, a finite number or an ISO date, "
+                     f"got {type(t).__name__} {t!r}", row=row)
+
+
+def event_times(times, n: int) -> list[int | None] | None:
+    """``n`` event times through :func:`as_time` (missing ones stay ``None``), or ``None`` for none;
+    checked before anything is stored."""
+    if times is None:
+        return None
+    out = [as_time(t, i) for i, t in enumerate(times)]
     if len(out) != n:
         raise InputError(f"timestamps: {len(out)} times for {n} events")
+    return out
+
+
+def fill_times(times, n: int, start: int = 0) -> list[int]:
+    """``n`` event times as ints (:func:`as_time`): an event given without a time takes the one
+    before it (``start`` for the first)."""
+    out, last = [], int(start)
+    for t in event_times(times, n) if times is not None else [None] * n:
+        if t is not None:
+            last = t
+        out.append(last)
     return out
 
 
@@ -61,7 +99,8 @@ class Scorer:
     - ``prefill(user, history)``: set the user's stored history and build its cache;
       ``append(user, events)``: extend it and update the cache incrementally.
 
-    Event times (``timestamps``, ints in the training data's units) are stored with the events; a
+    Event times (``timestamps``, in the training data's units; ints, finite numbers or ISO dates,
+    read as the training data's are) are stored with the events; a
     time-aware model (HSTU's time bias) reads them, and ``time`` of a score request (default: the
     latest event's). An event without a time takes the one before it.
     """
@@ -136,8 +175,7 @@ class Scorer:
         ``time``: the request's time (for a time-aware model; default the latest event's)."""
         user = raw_id(user, "user")
         cands = self.item_rows(raw_ids(candidates, "candidates"))
-        if time is not None:
-            time = fill_times([time], 1)[0]
+        time = as_time(time, field="time")
         if history is not None:
             cache = self._build(user, raw_ids(history, "history"), history_times)
             return score(self.model, cache, cands, time).numpy(), False
@@ -159,8 +197,7 @@ class Scorer:
         """Replace the user's stored history by ``history`` and cache it."""
         user = raw_id(user, "user")
         items = raw_ids(history, "history")
-        if timestamps is not None:
-            fill_times(timestamps, len(items))          # refuse bad times before anything is stored
+        timestamps = event_times(timestamps, len(items))   # refused before anything is stored
         with self._lock(user):
             self.store.replace(user, items, timestamps)
             cache = self._build(user, items, timestamps)
@@ -172,8 +209,7 @@ class Scorer:
         incrementally (``append``) when it is valid, else rebuilt. Returns the new history length."""
         user = raw_id(user, "user")
         items = raw_ids(events, "events")
-        if timestamps is not None:
-            fill_times(timestamps, len(items))          # refuse bad times before anything is stored
+        timestamps = event_times(timestamps, len(items))   # refused before anything is stored
         with self._lock(user):
             cache = self.store.get_cache(user)
             before, before_ts = self.store.timeline(user)
