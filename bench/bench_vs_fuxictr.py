@@ -18,7 +18,10 @@ One command: ``.venv/bin/python bench/bench_vs_fuxictr.py`` (``--quick`` for a s
      ``--precision fp32,bf16`` also times seqctr under ``train.precision=bf16`` in the same rounds;
    - accuracy: both train for ``--epochs`` epochs (patience 2, LR x0.1 on plateau, best-on-valid
      weights); seqctr over ``--seeds`` seeds. Both prediction sets are scored by seqctr's metrics.
-4. Writes ``bench/results/vs_fuxictr.{json,md}``.
+4. Writes ``bench/results/vs_fuxictr.{json,md}``, merged per model under a lock: two runs on
+   different models, each pinned to its own core (``--models din,sim,... --cpu 0`` beside
+   ``--models dien,... --cpu 1``), fill one table in half the time; each run's ratio is still measured
+   against FuxiCTR on the same core in the same rounds.
 """
 from __future__ import annotations
 
@@ -180,8 +183,20 @@ def main() -> int:
                 BACKBONES[name], "--threads", str(threads), "--params", json.dumps(FX_PARAMS[name])]
 
     def save():
-        write_json(results_path, results)
-        write_text(args.out + ".md", render(results))
+        """Merge this run's models into the results file under a lock: two runs of this script on
+        different models (e.g. one pinned to CPU 0, one to CPU 1) write one table."""
+        import fcntl
+
+        with open(results_path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            disk = json.loads(results_path.read_text()) if results_path.exists() else {"models": {}}
+            disk.setdefault("models", {}).update({n: results["models"][n] for n in names if n in results["models"]})
+            disk["settings"] = results["settings"]
+            cmds = disk.setdefault("commands", [])
+            if results["settings"]["command"] not in cmds:
+                cmds.append(results["settings"]["command"])
+            write_json(results_path, disk)
+            write_text(args.out + ".md", render(disk))
 
     # Phase 1: throughput, one process at a time (nothing else running), libraries alternating.
     if not args.skip_throughput:
@@ -209,7 +224,7 @@ def main() -> int:
                 keys = ("train_samples_per_s", "infer_samples_per_s", "peak_rss_mb", "padding_fraction")
                 tp = {lib: {k: statistics.median(x[k] for x in v) for k in keys if k in v[0]}
                       for lib, v in runs.items()}
-                tp["runs"] = runs
+                tp["runs"], tp["cpu"] = runs, (args.cpu if cpus else "")
                 if "fuxictr" in runs:
                     for lib in [k for k in runs if k.startswith("seqctr")]:
                         sfx = lib[len("seqctr"):]
@@ -275,13 +290,23 @@ def _num(d: dict, key: str, fmt: str = ",.0f") -> str:
     return format(d[key], fmt) if key in d else "—"
 
 
+def _cpus(results: dict) -> str:
+    """The CPU the 1-thread runs were pinned to, per model when two runs used different CPUs."""
+    pins = {n: r["throughput"].get("cpu", results.get("settings", {}).get("cpu"))
+            for n, r in results["models"].items() if "throughput" in r}
+    if len(set(pins.values())) <= 1:
+        return str(next(iter(pins.values()), results.get("settings", {}).get("cpu")))
+    return ", ".join(f"{c} ({', '.join(n for n in pins if pins[n] == c)})" for c in sorted(set(pins.values())))
+
+
 def render(results: dict) -> str:
     s = results.get("settings", {})
     timed = f"{s.get('batches')} training batches" if s.get("batches") else "one whole training epoch"
     lines = ["# seqctr vs FuxiCTR 2.3.10 (LongCTR) on ml100k", "",
-             f"Command: `{s.get('command', '')}`. Same split, features and hyper-parameters; throughput = median "
+             "Command" + ("s" if len(results.get("commands", [])) > 1 else "") + ": " +
+             " and ".join(f"`{c}`" for c in results.get("commands") or [s.get("command", "")]) + ". Same split, features and hyper-parameters; throughput = median "
              f"of {s.get('repeats')} alternating runs of {timed} (batch 256, 3 warm-up batches untimed) + test "
-             f"inference, {s.get('threads')} thread(s), 1 thread pinned to CPU {s.get('cpu')}; accuracy after at most "
+             f"inference, {s.get('threads')} thread(s), 1 thread pinned to CPU {_cpus(results)}; accuracy after at most "
              f"{s.get('epochs')} epochs (FuxiCTR: 1 seed; seqctr: mean over seeds {s.get('seeds')}), both scored by "
              f"seqctr's metrics; inference in batches of {s.get('eval_batch', 1024)} for both libraries. — = FuxiCTR "
              "2.3.10 has no such model.", "",
