@@ -81,6 +81,9 @@ def ours_throughput(name: str, batches: int, threads: int, precision: str = "fp3
     from seqctr.training import make_optimizer, train_step
     from seqctr.training.trainer import autocast
 
+    from seqctr.utils.malloc import keep_freed_memory
+
+    keep_freed_memory()                 # as the Trainer does (SEQCTR_MALLOC=system: glibc as shipped)
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = load_config(ROOT / f"configs/ml100k/{name}.yaml")

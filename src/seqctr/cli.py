@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import SeqctrError
 from .utils.io import dumps
+from .utils.malloc import keep_freed_memory
 
 
 def _columns_arg(text: str | None) -> dict:
@@ -577,6 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_freed_memory()              # glibc: freed tensors stay in the process (seqctr.utils.malloc)
     try:
         return args.func(args)
     except SeqctrError as e:

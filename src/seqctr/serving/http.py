@@ -190,6 +190,9 @@ def app_from_env():
     from .bundle import load_bundle
     from .stores import open_store
 
+    from ..utils.malloc import keep_freed_memory
+
+    keep_freed_memory()        # a worker process: keep freed buffers (seqctr.utils.malloc), as the CLI does
     threads = int(os.environ.get("SEQCTR_SERVE_THREADS", 0))
     if threads > 0:
         import torch

@@ -23,6 +23,7 @@ from ..metrics import evaluate_predictions
 from ..models import CTRModel, build_model
 from ..nn import dropout
 from ..utils.io import atomic_path, provenance, write_json
+from ..utils.malloc import keep_freed_memory
 from ..utils.progress import Progress
 from .distributed import init_distributed, shard
 
@@ -145,6 +146,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, ds: SeqDataset, out_dir: str | Path, progress: bool | None = None):
         self.cfg, self.ds, self.out = cfg, ds, Path(out_dir)
+        keep_freed_memory()          # reuse freed tensors instead of page-faulting new ones each step
         self.dist, self.device = init_distributed(cfg.train.device)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
