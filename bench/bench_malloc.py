@@ -51,7 +51,6 @@ def main() -> int:
         args.repeats, args.batches = 1, 10
 
     from seqctr.data import prepare
-    from seqctr.utils.io import write_json, write_text
 
     pin = ["taskset", "-c", args.cpu] if args.cpu else []
     ours = pin + [sys.executable, str(vs.ROOT / "bench/bench_vs_fuxictr.py"), "--threads", "1", "--batches",
@@ -63,8 +62,9 @@ def main() -> int:
         fx = pin + [str(vs.ensure_fuxictr_venv()), str(vs.ROOT / "bench/fuxictr_runner.py"), "--data", str(data),
                     "--threads", "1", "--mode", "throughput", "--batches", str(args.batches), "--eval-batch", "256"]
     command = " ".join(["python", f"bench/{Path(__file__).name}", *sys.argv[1:]])
-    results = {"command": command, "settings": vars(args), "models": {}}
-    for name in args.models.split(","):
+    results = {"settings": vars(args), "models": {}}
+    names = args.models.split(",")
+    for name in names:
         variants = {"seqctr system": (ours + [name], {"SEQCTR_MALLOC": "system"}),
                     "seqctr reuse": (ours + [name], {"SEQCTR_MALLOC": "reuse"})}
         if fx and vs.BACKBONES[name]:
@@ -84,19 +84,20 @@ def main() -> int:
                 for kind in ("train", "infer"):
                     med[f"{lib} {kind} gain"] = (med[f"{lib} reuse"][f"{kind}_samples_per_s"]
                                                  / med[f"{lib} system"][f"{kind}_samples_per_s"])
-        results["models"][name] = {"median": med, "runs": runs}
-        write_json(Path(args.out + ".json"), results)
-        write_text(Path(args.out + ".md"), render(results))
-    print(render(results))
+        results["models"][name] = {"median": med, "runs": runs, "cpu": args.cpu}
+        vs.merge_results(Path(args.out + ".json"), results, names, command, render)
+    print(render(results | {"commands": [command]}))
     return 0
 
 
 def render(results: dict) -> str:
     s = results["settings"]
+    cpus = ", ".join(f"{n}: CPU {r.get('cpu') or '-'}" for n, r in results["models"].items())
     lines = ["# glibc malloc as shipped vs freed memory kept (mmap / trim thresholds 1 GiB)", "",
-             f"Command: `{results['command']}`. Median of {s['repeats']} alternating fresh processes, "
-             f"{s['batches']} training batches of 256 (after 3 warm-up) + the whole ml100k test split in batches "
-             f"of 256, 1 thread pinned to CPU {s['cpu'] or '-'}. `system` = glibc's defaults; `reuse` = seqctr's "
+             "Command" + ("s" if len(results["commands"]) > 1 else "") + ": " +
+             " and ".join(f"`{c}`" for c in results["commands"]) + f". Median of {s['repeats']} alternating fresh "
+             f"processes, {s['batches']} training batches of 256 (after 3 warm-up) + the whole ml100k test split in "
+             f"batches of 256, 1 thread, each model's processes pinned to one CPU ({cpus}). `system` = glibc's defaults; `reuse` = seqctr's "
              "default (`seqctr.utils.malloc`; FuxiCTR: the same thresholds by glibc's environment variables).", "",
              "| model | seqctr train/s system | reuse | gain | infer/s system | reuse | gain | peak RSS MB system / reuse "
              "| FuxiCTR train gain | FuxiCTR infer gain |",

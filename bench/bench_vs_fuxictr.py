@@ -123,6 +123,26 @@ def ours_accuracy(name: str, epochs: int, seed: int, threads: int, out: Path) ->
     return {"test": res["test"], "fit_seconds": time.perf_counter() - t0, "epochs_run": len(res["history"])}
 
 
+def merge_results(path: Path, results: dict, names: list[str], command: str, render) -> None:
+    """Merge ``results["models"][name]`` for ``names`` into the JSON at ``path`` (and its ``.md``,
+    by ``render``) under a lock: two runs on different models (e.g. one pinned to CPU 0, one to
+    CPU 1) fill one table. Every command that wrote to it is listed in ``commands``."""
+    import fcntl
+
+    from seqctr.utils.io import write_json, write_text
+
+    path = Path(path)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        disk = json.loads(path.read_text()) if path.exists() else {}
+        disk.setdefault("models", {}).update({n: results["models"][n] for n in names if n in results["models"]})
+        disk.update({k: v for k, v in results.items() if k not in ("models", "commands")})
+        if command not in disk.setdefault("commands", []):
+            disk["commands"].append(command)
+        write_json(path, disk)
+        write_text(path.with_suffix(".md"), render(disk))
+
+
 def run_json(cmd: list[str]) -> dict:
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
@@ -163,8 +183,6 @@ def main() -> int:
 
     from seqctr.data import BatchLoader, prepare
     from seqctr.metrics import evaluate_predictions
-    from seqctr.utils.io import write_json, write_text
-
     ds, _, _ = prepare("ml100k")
     data = export_longctr(ds, WORK / "longctr_ml100k")
     fx_py = ensure_fuxictr_venv()
@@ -186,20 +204,7 @@ def main() -> int:
                 BACKBONES[name], "--threads", str(threads), "--params", json.dumps(FX_PARAMS[name])]
 
     def save():
-        """Merge this run's models into the results file under a lock: two runs of this script on
-        different models (e.g. one pinned to CPU 0, one to CPU 1) write one table."""
-        import fcntl
-
-        with open(results_path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            disk = json.loads(results_path.read_text()) if results_path.exists() else {"models": {}}
-            disk.setdefault("models", {}).update({n: results["models"][n] for n in names if n in results["models"]})
-            disk["settings"] = results["settings"]
-            cmds = disk.setdefault("commands", [])
-            if results["settings"]["command"] not in cmds:
-                cmds.append(results["settings"]["command"])
-            write_json(results_path, disk)
-            write_text(args.out + ".md", render(disk))
+        merge_results(results_path, results, names, results["settings"]["command"], render)
 
     # Phase 1: throughput, one process at a time (nothing else running), libraries alternating.
     if not args.skip_throughput:
