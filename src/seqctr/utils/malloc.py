@@ -5,9 +5,9 @@ glibc serves blocks above its mmap threshold (128 KiB, rising dynamically to at 
 fresh ``mmap`` and returns them on free, and trims the heap top back to the kernel; a [256, 200, 128]
 float tensor (26 MB, one per target-attention product of a batch) then costs thousands of page
 faults each time it is written. With the threshold at 1 GiB and trimming off, freed blocks stay
-in the heap and the next step reuses them: 1.2-1.4x faster training steps on the target-attention
-backbones on this CPU (``bench/bench_malloc.py``), same numbers. The cost: the process keeps its
-peak heap until it exits (normal for a training or serving process).
+in the heap and the next step reuses them — the same numbers, faster where tensors are large (ml100k,
+max_len 200: training 0.96-1.29x, HSTU the most; ``bench/bench_malloc.py``). The cost: the process keeps
+its peak heap until it exits (normal for a training or serving process).
 
 ``SEQCTR_MALLOC=system`` leaves malloc as it is. Anything but glibc (musl, macOS, Windows): a no-op.
 The CLI and :class:`~seqctr.training.Trainer` call :func:`keep_freed_memory`; a library user
