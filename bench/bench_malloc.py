@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -26,15 +25,6 @@ import bench_vs_fuxictr as vs  # noqa: E402  (the same children, data export and
 
 GLIBC_REUSE = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 KEYS = ("train_samples_per_s", "infer_samples_per_s", "peak_rss_mb")
-
-
-def run(cmd: list[str], env: dict) -> dict:
-    import subprocess
-
-    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
-    if res.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:6])} ... failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
@@ -74,7 +64,7 @@ def main() -> int:
         runs = {v: [] for v in variants}
         for rep in range(args.repeats):
             for v, (cmd, env) in variants.items():
-                runs[v].append(run(cmd, env))
+                runs[v].append(vs.run_json(cmd, env))
             print(f"{name} {rep + 1}/{args.repeats}: " + ", ".join(
                 f"{v} {r[-1]['train_samples_per_s']:.0f}/{r[-1]['infer_samples_per_s']:.0f}" for v, r in runs.items())
                 + " train/infer samples/s", flush=True)

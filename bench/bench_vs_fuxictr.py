@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -143,8 +144,9 @@ def merge_results(path: Path, results: dict, names: list[str], command: str, ren
         write_text(path.with_suffix(".md"), render(disk))
 
 
-def run_json(cmd: list[str]) -> dict:
-    res = subprocess.run(cmd, capture_output=True, text=True)
+def run_json(cmd: list[str], env: dict | None = None) -> dict:
+    """Run a child that prints one JSON line last (``env``: variables added to ours)."""
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if res.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])

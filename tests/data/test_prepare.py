@@ -96,6 +96,7 @@ def test_timestamp_columns_read_as_ints_and_refuse_non_dates_by_row():
     got = _timestamps(pa.array(["2020-01-01", "2020-01-01T00:00:10Z"]), Path("t.csv"), "ts")
     assert got.tolist() == [1577836800, 1577836810]
     assert _timestamps(pa.array(["17", "+5", "-3"]), Path("t.csv"), "ts").tolist() == [17, 5, -3]
+    assert _timestamps(pa.array(["17", "2020-01-01"]), Path("t.csv"), "ts").tolist() == [17, 1577836800]
     assert _timestamps(pa.array([3.9, 4.0]), Path("t.csv"), "ts").tolist() == [3, 4]
     for bad, row in ([["2020-01-01", ""], 2], [["2020-01-01", "2020-01-02", "soon"], 3]):
         with pytest.raises(InputError, match=f"file t.csv, column 'ts', row {row}: timestamp is") as e:

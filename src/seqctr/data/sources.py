@@ -197,6 +197,41 @@ def _ids(col, path, name, row0: int = 0) -> np.ndarray:
     return arr
 
 
+class BadTime(ValueError):
+    """Entry ``index`` of a list of text times is neither a decimal integer nor a date."""
+
+    def __init__(self, index: int):
+        super().__init__(index)
+        self.index = index
+
+
+def text_times(strs) -> np.ndarray:
+    """Times written as text -> int64, each entry on its own: a decimal integer (``"17"``,
+    ``"+5"``) as that number, else an ISO 8601 date in seconds since the epoch (UTC). The one
+    reading of text times, for data columns and for served events alike; the first entry that is
+    neither (``"soon"``, ``""``, ``"NaT"``) raises :class:`BadTime` with its index."""
+    s = np.char.strip(np.asarray(strs, dtype=str))
+    digits = np.char.isdigit(np.char.lstrip(s, "+-"))
+    out = np.empty(len(s), dtype=np.int64)
+    out[digits] = s[digits].astype(np.int64)
+    rest = np.flatnonzero(~digits)
+    with warnings.catch_warnings():          # "...Z": numpy reads it as UTC and warns that it does
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            dates = s[rest].astype("datetime64[s]")
+        except ValueError:                   # find the entry numpy could not read
+            for i in rest:
+                try:
+                    np.datetime64(s[i], "s")
+                except ValueError:
+                    raise BadTime(int(i)) from None
+            raise
+    if np.isnat(dates).any():                # "" and "NaT" parse as not-a-time
+        raise BadTime(int(rest[np.isnat(dates).argmax()]))
+    out[rest] = dates.astype(np.int64)
+    return out
+
+
 def _timestamps(col, path, name, row0: int = 0) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -215,24 +250,11 @@ def _timestamps(col, path, name, row0: int = 0) -> np.ndarray:
         return pc.cast(pc.cast(col, pa.timestamp("s")), pa.int64()).to_numpy(zero_copy_only=False)
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         strs = col.to_numpy(zero_copy_only=False)
-        if all(str(x).strip().lstrip("+-").isdigit() for x in strs):   # numbers written as text
-            return np.array([int(x) for x in strs], dtype=np.int64)
         try:
-            with warnings.catch_warnings():      # "...Z": numpy reads it as UTC and warns that it does
-                warnings.simplefilter("ignore", UserWarning)
-                dates = np.array(strs, dtype="datetime64[s]")
-            if np.isnat(dates).any():            # "" and "NaT" parse as not-a-time
-                i = int(np.isnat(dates).argmax())
-                raise InputError(f"timestamp is not a date: {strs[i]!r}", path=path, column=name, row=row0 + i + 1)
-            return dates.astype(np.int64)
-        except ValueError:
-            for i, s in enumerate(strs):
-                try:
-                    np.datetime64(s, "s")
-                except ValueError:
-                    raise InputError(f"timestamp is neither a number nor a date: {s!r}",
-                                     path=path, column=name, row=row0 + i + 1) from None
-            raise
+            return text_times(strs)
+        except BadTime as e:
+            raise InputError(f"timestamp is neither a number nor a date: {strs[e.index]!r}",
+                             path=path, column=name, row=row0 + e.index + 1) from None
     raise InputError(f"timestamp has type {t}; expected a number or a date", path=path, column=name)
 
 

@@ -12,13 +12,13 @@ given, an in-process :class:`MemoryStore`.
 from __future__ import annotations
 
 import threading
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..data.encode import OOV, PAD, lookup
+from ..data.sources import BadTime, text_times
 from ..errors import InputError
 from .bundle import Bundle, load_bundle
 from .runtime import append, fingerprint, prefill, request_time, score
@@ -33,9 +33,9 @@ def raw_id(x, field: str, row: int | None = None) -> str:
 
 
 def as_time(t, row: int | None = None, field: str = "timestamps") -> int | None:
-    """One event time as an int, read as the training data's times are (``data.sources``): an int
-    (or its decimal string); a finite float, truncated; an ISO 8601 date string, in seconds since
-    the epoch (UTC); ``None`` stays missing. Anything else (a bool, NaN, "soon", "") is an
+    """One event time as an int, read as the training data's times are: an int; a finite float,
+    truncated; a string through :func:`~seqctr.data.sources.text_times` (a decimal integer or an
+    ISO 8601 date); ``None`` stays missing. Anything else (a bool, NaN, "soon", "") is an
     :class:`InputError` naming the row."""
     if t is None:
         return None
@@ -47,16 +47,9 @@ def as_time(t, row: int | None = None, field: str = "timestamps") -> int | None:
         if np.isfinite(t):
             return int(t)
     elif isinstance(t, (str, np.str_)):
-        s = str(t).strip()
-        if s.lstrip("+-").isdigit():
-            return int(s)
         try:
-            with warnings.catch_warnings():          # "...Z": read as UTC, numpy warns that it does
-                warnings.simplefilter("ignore", UserWarning)
-                d = np.datetime64(s, "s")
-            if not np.isnat(d):
-                return int(d.astype(np.int64))
-        except ValueError:
+            return int(text_times([t])[0])
+        except BadTime:
             pass
     raise InputError(f"{field}: a time must be an integer, a finite number or an ISO date, "
                      f"got {type(t).__name__} {t!r}", row=row)
