@@ -72,14 +72,18 @@ def export_longctr(ds, out: Path) -> Path:
     return out if (out / "feature_map.json").exists() else export(ds, out, dataset_id="ml100k")
 
 
-def ours_throughput(name: str, batches: int, threads: int, precision: str = "fp32", eval_batch: int = 256) -> dict:
-    """seqctr's training step and inference, measured like the FuxiCTR runner (child process)."""
+def ours_throughput(name: str, batches: int, threads: int, precision: str = "fp32", eval_batch: int = 256,
+                    compile: bool = False) -> dict:
+    """seqctr's training step and inference, measured like the FuxiCTR runner (child process).
+    ``compile``: as ``train.compile`` (torch.compile); its compilation falls in the untimed warm-up
+    (3 training batches; 2 inference batches, scored again in the timed pass), reported as
+    ``warmup_seconds`` / ``infer_warmup_seconds``, and ``train_samples_per_s_with_warmup`` counts it."""
     import torch
 
     from seqctr.config import load_config
     from seqctr.data import BatchLoader, prepare
     from seqctr.models import build_model
-    from seqctr.training import make_optimizer, train_step
+    from seqctr.training import compiled, make_optimizer, train_step
     from seqctr.training.trainer import autocast
 
     from seqctr.utils.malloc import keep_freed_memory
@@ -92,23 +96,35 @@ def ours_throughput(name: str, batches: int, threads: int, precision: str = "fp3
     model = build_model(cfg.model, ds.meta)
     opt = make_optimizer(model, 1e-3)   # the Trainer's optimizer
     tr = BatchLoader(ds, "train", max_len=200, batch_size=256, shuffle=True, seed=0)
+    fwd = compiled(model) if compile else model
     model.train()
-    n, t0 = 0, None
+    n, n_all, start = 0, 0, time.perf_counter()
+    t0 = start
     for i, pos in enumerate(tr.batches(1)[: batches + 3] if batches else tr.batches(1)):
         if i == 3:
             n, t0 = 0, time.perf_counter()
-        train_step(model, opt, tr.batch(pos), 10.0, precision=precision)          # the Trainer's step
+        train_step(model, opt, tr.batch(pos), 10.0, forward=fwd, precision=precision)    # the Trainer's step
         n += len(pos)
-    train_sps = n / (time.perf_counter() - t0)
+        n_all += len(pos)
+    end = time.perf_counter()
+    train_sps = n / (end - t0)
     te = BatchLoader(ds, "test", max_len=200, batch_size=eval_batch, shuffle=False)
     model.eval()
-    t0 = time.perf_counter()
     with torch.no_grad(), autocast(precision):
+        w0 = time.perf_counter()
+        if compile:                              # compile the evaluation graph before the clock starts
+            for b in te.batches()[:2]:
+                fwd(te.batch(b))
+        w1 = time.perf_counter()
         for b in te:
-            model(b)
-    infer = len(te.indices) / (time.perf_counter() - t0)
-    return {"train_samples_per_s": train_sps, "infer_samples_per_s": infer, "padding_fraction": tr.padding_fraction(1),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            fwd(b)
+    infer = len(te.indices) / (time.perf_counter() - w1)
+    out = {"train_samples_per_s": train_sps, "infer_samples_per_s": infer, "padding_fraction": tr.padding_fraction(1),
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if compile:
+        out.update(warmup_seconds=t0 - start, infer_warmup_seconds=w1 - w0,
+                   train_samples_per_s_with_warmup=n_all / (end - start))
+    return out
 
 
 def ours_accuracy(name: str, epochs: int, seed: int, threads: int, out: Path) -> dict:
@@ -165,6 +181,7 @@ def main() -> int:
                                                                "(the throughput phase)")
     ap.add_argument("--precision", default="fp32", help="seqctr precisions to time, e.g. fp32,bf16 (first: the "
                                                          "main table; bf16 rows in their own table)")
+    ap.add_argument("--compile", action="store_true", help="also time seqctr with train.compile (torch.compile)")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--jobs", type=int, default=2, help="parallel single-thread accuracy jobs")
@@ -175,7 +192,8 @@ def main() -> int:
     if args.child:
         kind, name = args.child[0], args.child[1]
         if kind == "throughput":
-            print(json.dumps(ours_throughput(name, args.batches, int(args.threads), args.precision, args.eval_batch)))
+            print(json.dumps(ours_throughput(name, args.batches, int(args.threads), args.precision, args.eval_batch,
+                                             args.compile)))
         else:
             print(json.dumps(ours_accuracy(name, args.epochs, int(args.child[2]), 1, Path(args.child[3]))))
         return 0
@@ -214,24 +232,24 @@ def main() -> int:
             r = results["models"].setdefault(name, {})
             for threads in thread_counts:
                 runs = {"seqctr": []} if BACKBONES[name] is None else {"fuxictr": [], "seqctr": []}
-                extra = args.precision.split(",")[1:]
-                runs.update({f"seqctr_{p}": [] for p in extra})
+                first, *extra = args.precision.split(",")
+                extra += ["compile"] if args.compile else []           # variant -> its child-process flags
+                flags = {v: ["--precision", first, "--compile"] if v == "compile" else ["--precision", v] for v in extra}
+                runs.update({f"seqctr_{v}": [] for v in extra})
                 cpus = pin if threads == 1 or not args.cpu else []
                 for rep in range(args.repeats):
                     if "fuxictr" in runs:
                         runs["fuxictr"].append(run_json(cpus + fx_cmd(name, threads) + [
                             "--mode", "throughput", "--batches", str(args.batches), "--eval-batch", str(args.eval_batch),
                             "--out", str(WORK / f"fx_{name}_tp.json")]))
-                    runs["seqctr"].append(run_json(cpus + me + ["--threads", str(threads), "--precision",
-                                                                args.precision.split(",")[0], "--child",
-                                                                "throughput", name]))
-                    for p in extra:
-                        runs[f"seqctr_{p}"].append(run_json(cpus + me + ["--threads", str(threads), "--precision", p,
-                                                                         "--child", "throughput", name]))
+                    for v, f in {"": ["--precision", first], **flags}.items():
+                        runs["seqctr" + (v and "_" + v)].append(run_json(
+                            cpus + me + ["--threads", str(threads)] + f + ["--child", "throughput", name]))
                     print(f"{name} throughput ({threads} thread(s)) {rep + 1}/{args.repeats}: " + ", ".join(
                         f"{lib} {v[-1]['train_samples_per_s']:.0f}" for lib, v in runs.items()) + " train samples/s",
                         flush=True)
-                keys = ("train_samples_per_s", "infer_samples_per_s", "peak_rss_mb", "padding_fraction")
+                keys = ("train_samples_per_s", "infer_samples_per_s", "peak_rss_mb", "padding_fraction",
+                        "warmup_seconds", "infer_warmup_seconds", "train_samples_per_s_with_warmup")
                 tp = {lib: {k: statistics.median(x[k] for x in v) for k in keys if k in v[0]}
                       for lib, v in runs.items()}
                 tp["runs"], tp["cpu"] = runs, (args.cpu if cpus else "")
@@ -342,12 +360,29 @@ def render(results: dict) -> str:
         lines += ["", "Padded token share of seqctr's training batches (length-bucketed): " + ", ".join(pads) + "."]
     for p in sorted({k[len("seqctr_"):] for r in results["models"].values()
                      for k in r.get("throughput", {}) if k.startswith("seqctr_")}):
-        lines += ["", f"seqctr with `train.precision={p}` (same rounds as the table above):", "",
-                  f"| model | seqctr {p} train/s | speed-up vs FuxiCTR | seqctr {p} infer/s | speed-up vs FuxiCTR |",
-                  "|---|---:|---:|---:|---:|"]
+        if p == "compile":
+            lines += ["", "seqctr with `train.compile: true` (torch.compile, inductor, dynamic shapes; same rounds as the "
+                      "table above). Compilation happens in the untimed warm-up; its seconds are shown, and "
+                      "\"epoch incl. compile\" is the whole epoch's samples/s with them counted:", "",
+                      "| model | seqctr compiled train/s | speed-up vs FuxiCTR | vs eager seqctr | compile s (train / infer) "
+                      "| epoch incl. compile /s | seqctr compiled infer/s | speed-up vs FuxiCTR |",
+                      "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        else:
+            lines += ["", f"seqctr with `train.precision={p}` (same rounds as the table above):", "",
+                      f"| model | seqctr {p} train/s | speed-up vs FuxiCTR | seqctr {p} infer/s | speed-up vs FuxiCTR |",
+                      "|---|---:|---:|---:|---:|"]
         for name, r in results["models"].items():
             tp = r.get("throughput", {})
             us = tp.get(f"seqctr_{p}", {})
+            if p == "compile":
+                eager = tp.get("seqctr", {})
+                vs = (f"{us['train_samples_per_s'] / eager['train_samples_per_s']:.2f}x"
+                      if "train_samples_per_s" in us and "train_samples_per_s" in eager else "—")
+                lines.append(f"| {name} | {_num(us, 'train_samples_per_s')} | {_ratio(tp, 'train_speedup_compile')} | "
+                             f"{vs} | {_num(us, 'warmup_seconds', '.0f')} / {_num(us, 'infer_warmup_seconds', '.0f')} | "
+                             f"{_num(us, 'train_samples_per_s_with_warmup')} | {_num(us, 'infer_samples_per_s')} | "
+                             f"{_ratio(tp, 'infer_speedup_compile')} |")
+                continue
             lines.append(f"| {name} | {_num(us, 'train_samples_per_s')} | {_ratio(tp, f'train_speedup_{p}')} | "
                          f"{_num(us, 'infer_samples_per_s')} | {_ratio(tp, f'infer_speedup_{p}')} |")
     more = sorted({k for r in results["models"].values() for k in r if k.startswith("throughput_")})

@@ -69,6 +69,7 @@ class TrainConfig:
     max_grad_norm: float = 10.0      # gradient clipping by global norm
     tensorboard: bool = False        # also log to <run>/tensorboard (needs the tensorboard extra)
     precision: str = "fp32"          # fp32 | bf16 (bfloat16 autocast of matrix products: faster, less accurate; see docs/results/precision_bf16_ml100k.md)
+    compile: bool = False            # torch.compile (inductor) the training and evaluation forward: faster steps after tens of seconds of compilation; equal to eager within float rounding; not under DDP
 
 
 @dataclass

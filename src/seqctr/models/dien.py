@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn import BilinearAttention
+from ..utils.compile import eager
 from .base import Backbone, BackboneOutput, SeqInputs, expand, register
 
 
@@ -36,6 +37,7 @@ class AUGRU(nn.Module):
         self.h2h = nn.Linear(hidden_dim, 3 * hidden_dim)
         self.hidden_dim = hidden_dim
 
+    @eager   # a Python loop over data-dependent row counts: traced, it would recompile per batch
     def forward(self, x: torch.Tensor, att: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         B = x.shape[0]
         order = torch.argsort(lengths, descending=True)

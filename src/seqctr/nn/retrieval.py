@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..utils.compile import eager
+
 
 def _positions_numpy(x: np.ndarray, k: int) -> np.ndarray:
     """Positions of the ``k`` largest values of every row of ``x [R, T]``, ascending ``[R, k]``;
@@ -51,6 +53,7 @@ def _all_true(mask: torch.Tensor) -> bool:
     return bool(mask[tuple(slice(0, 1) if st == 0 else slice(None) for st in mask.stride())].all())
 
 
+@eager    # data-dependent selection (NumPy, nonzero): outside torch.compile's graphs
 def topk_select(scores: torch.Tensor, mask: torch.Tensor, k: int):
     """Indices of the ``k`` highest-scoring real positions (padding ranks last).
 

@@ -23,6 +23,7 @@ from ..metrics import evaluate_predictions
 from ..models import CTRModel, build_model
 from ..nn import dropout
 from ..utils.io import atomic_path, provenance, write_json
+from ..utils.compile import compiled
 from ..utils.malloc import keep_freed_memory
 from ..utils.progress import Progress
 from .distributed import init_distributed, shard
@@ -91,17 +92,20 @@ def load_trained(checkpoint: str | Path, source: str | None = None, device="cpu"
 
 @torch.no_grad()
 def predict(model: CTRModel, loader: BatchLoader, device: torch.device, progress: bool | None = False,
-            desc: str = "predict", log=None, batches: list | None = None, precision: str = "fp32") -> dict[str, np.ndarray]:
+            desc: str = "predict", log=None, batches: list | None = None, precision: str = "fp32",
+            forward=None) -> dict[str, np.ndarray]:
     """Probabilities for every sample of ``loader``, in the order of ``loader.indices``
     (``progress`` as in :class:`~seqctr.utils.progress.Progress`; off by default). ``batches``: score
-    only these batches of ``loader.batches()`` (a rank's share); the other samples' ``prob`` is NaN."""
+    only these batches of ``loader.batches()`` (a rank's share); the other samples' ``prob`` is NaN.
+    ``forward``: what computes the model's output (default ``model``; e.g. its :func:`compiled` form)."""
     model.eval()
+    forward = model if forward is None else forward
     n = len(loader.indices)
     prob = np.full(n, np.nan, dtype=np.float64)
     for pos in Progress(loader.batches() if batches is None else batches, desc, progress, log=log):
         batch = loader.batch(pos).to(device)
         with autocast(precision, device):
-            logits = model(batch).logits
+            logits = forward(batch).logits
         prob[pos] = torch.sigmoid(logits.double()).cpu().numpy()
     ds, idx = loader.ds, loader.indices
     return {"prob": prob, "label": ds.label[idx], "user": ds.sample_user[idx], "seq_len": ds.sample_pos[idx],
@@ -130,7 +134,7 @@ def train_step(model: CTRModel, opt: torch.optim.Optimizer, batch, max_grad_norm
     weighs this rank's share of the global batch. ``precision``: see :func:`autocast` (the loss
     itself is taken in float32)."""
     with autocast(precision, batch.label.device):
-        out = (forward or model)(batch)
+        out = (model if forward is None else forward)(batch)
     loss = model.loss(out.float() if precision != "fp32" else out, batch.label)
     opt.zero_grad(set_to_none=True)
     (loss * scale if scale != 1.0 else loss).backward()
@@ -173,6 +177,14 @@ class Trainer:
                 broadcast_buffers=False)
             if not self.dist.main:                           # other dropout masks than rank 0's
                 set_seed(cfg.train.seed + 1000 * self.dist.rank)
+        self.infer = self.model          # what evaluation calls (train.compile: the compiled model)
+        if cfg.train.compile:
+            if self.dist.active:
+                from ..errors import ConfigError
+
+                raise ConfigError("train.compile: not supported under DDP (torchrun / --nproc) yet; "
+                                  "set train.compile=false or train in one process")
+            self.infer = self.forward = compiled(self.model)
         self.opt = make_optimizer(self.model, cfg.train.lr, cfg.train.weight_decay)
         d = cfg.data
         self.train_loader = BatchLoader(ds, "train", max_len=d.max_len, batch_size=d.batch_size, shuffle=True,
@@ -345,7 +357,7 @@ class Trainer:
         batches = loader.batches()
         pred = predict(self.model, loader, self.device, progress=False if self.progress is False else None,
                        desc=f"evaluate {split}", log=self.log, batches=batches[d.rank::d.world],
-                       precision=self.cfg.train.precision)
+                       precision=self.cfg.train.precision, forward=self.infer)
         if d.active:
             probs = d.gather(pred["prob"])
             if d.main:
