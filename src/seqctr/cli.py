@@ -499,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     ab = suite("ablation", "LAIN component ablation (paper Table 6)", "the backbone (first of the list)", "twin")
     ab.add_argument("--rows", type=comma_list(str), default=None,
                     help="which rows: bare, full, no_lcp, no_qk_condition, no_temperature, no_lma, no_short_branch "
-                         "(default: these), and the open choices l0_users, prompt_small (vs full)")
+                         "(default: these), and the open choices l0_users, l0_samples, prompt_small (vs full)")
     suite("sensitivity", "LAIN sensitivity grid: d_f x hidden x prompts (paper Fig. 4)",
           "the backbone (first of the list)", "twin")
     bb = suite("backbones", "bare backbones against a baseline backbone per length bucket (e.g. HSTU vs DIN)",

@@ -101,25 +101,25 @@ def test_backbones_suite_compares_bare_backbones_with_a_baseline(tmp_path, seqct
 def test_ablation_rows_include_the_open_lain_choices_against_full(tmp_path, seqctr_home, capsys):
     cdir = make_configs(tmp_path)
     out = tmp_path / "exp"
-    args = ["experiment", "ablation", "--backbones", "din", "--rows", "bare,full,l0_users,prompt_small",
+    args = ["experiment", "ablation", "--backbones", "din", "--rows", "bare,full,l0_samples,prompt_small",
             "--seeds", "1,2", "--config-dir", str(cdir), "--out", str(out), "--jobs", "2"]
     assert main(args) == 0
     res = json.loads((out / "ablation" / "results.json").read_text())
-    assert set(res["groups"]) == {"din/bare", "din/full", "din/l0_users", "din/prompt_small"}
-    for g in ("din/l0_users", "din/prompt_small"):
+    assert set(res["groups"]) == {"din/bare", "din/full", "din/l0_samples", "din/prompt_small"}
+    for g in ("din/l0_samples", "din/prompt_small"):
         assert "delta_vs_din/bare" in res["groups"][g] and "delta_vs_din/full" in res["groups"][g]
     assert "delta_vs_din/full" not in res["groups"]["din/full"]
     run = lambda g, s=1: json.loads((out / "ablation" / g / f"seed{s}" / "metrics.json").read_text())  # noqa: E731
-    assert run("din/l0_users")["config"]["model"]["lain"]["l0"] == "users"
+    assert run("din/l0_samples")["config"]["model"]["lain"]["l0"] == "samples"
     assert run("din/prompt_small")["config"]["model"]["lain"]["prompt_scale"] == 0.001
-    full, users = run("din/full"), run("din/l0_users")
-    want = float(np.mean([run("din/l0_users", s)["test"]["overall"]["auc"] - run("din/full", s)["test"]["overall"]["auc"]
+    full, samples = run("din/full"), run("din/l0_samples")
+    want = float(np.mean([run("din/l0_samples", s)["test"]["overall"]["auc"] - run("din/full", s)["test"]["overall"]["auc"]
                           for s in (1, 2)]))
-    assert abs(res["groups"]["din/l0_users"]["delta_vs_din/full"]["overall"]["auc"]["delta"] - want) < 1e-9
-    assert full["test"]["overall"]["auc"] != users["test"]["overall"]["auc"]    # the choice changed the model
+    assert abs(res["groups"]["din/l0_samples"]["delta_vs_din/full"]["overall"]["auc"]["delta"] - want) < 1e-9
+    assert full["test"]["overall"]["auc"] != samples["test"]["overall"]["auc"]    # the choice changed the model
     assert "vs full LAIN" in (out / "ablation" / "results.md").read_text()
     capsys.readouterr()
-    assert main(args[:4] + ["--rows", "full,l0_users", "--config-dir", str(cdir), "--out", str(out)]) == 2
+    assert main(args[:4] + ["--rows", "full,l0_samples", "--config-dir", str(cdir), "--out", str(out)]) == 2
     assert "--rows: need bare" in capsys.readouterr().err
 
 

@@ -28,7 +28,8 @@ ABLATION = {  # paper Table 6, one config each
 }
 # choices the paper leaves open, measured against full LAIN (not in the default rows)
 LAIN_CHOICES = {
-    "l0_users": ["model.lain.enabled=true", "model.lain.l0=users"],            # L0 = mean over users
+    "l0_users": ["model.lain.enabled=true", "model.lain.l0=users"],            # L0 = mean over users (the default)
+    "l0_samples": ["model.lain.enabled=true", "model.lain.l0=samples"],        # L0 = mean over training samples
     "prompt_small": ["model.lain.enabled=true", "model.lain.prompt_scale=0.001"],  # prompts at the items' scale
 }
 

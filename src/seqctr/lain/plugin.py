@@ -49,7 +49,7 @@ class LainConfig:
     gamma: float = 0.5           # temperature range
     beta: float = 0.01           # temperature slope
     prompt_scale: float = 1.0    # learnable scale on the prompt tokens, initialised here (1 = the paper's plain MLP output)
-    l0: str | float = "samples"  # L0: samples (mean over training samples) | users (mean over users) | a number
+    l0: str | float = "users"    # L0: users (mean over users, the paper's "dataset mean"; better where the two differ) | samples (mean over training samples) | a number
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "LainConfig":

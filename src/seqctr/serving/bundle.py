@@ -3,7 +3,7 @@
 ``export_bundle(checkpoint, out)`` writes:
 
 - ``bundle.json``: format and major version, seqctr and torch versions, the run config, the
-  dataset meta (features, vocabulary sizes, ``mean_train_len`` = LAIN's L0), the fingerprint of
+  dataset meta (features, vocabulary sizes, ``mean_train_len`` / ``mean_user_len``: LAIN's L0 choices), the fingerprint of
   the weights and the SHA-256 of every other file (a damaged bundle is refused);
 - ``weights.pt``: the state dict (tensors only; read with ``torch.load(weights_only=True)``);
 - ``vocab_<feature>.npy``: raw value of vocabulary id ``i + 2`` at index ``i`` (strings), for every
