@@ -71,8 +71,8 @@ def test_trainer_compiles_training_and_evaluation_of_the_same_model(synth_ds, tm
     a, b = eager.fit(log=lambda *_: None), tr.fit(log=lambda *_: None)
     assert abs(a["history"][0]["loss"] - b["history"][0]["loss"]) < 1e-4
     assert abs(a["test"]["overall"]["auc"] - b["test"]["overall"]["auc"]) < 1e-3
-    for k, v in eager.model.state_dict().items():      # checkpoints hold the plain model's weights
-        assert k in tr.model.state_dict()
+    # checkpoints hold the plain model's weights (no torch.compile "_orig_mod." prefix)
+    assert tr.model.state_dict().keys() == eager.model.state_dict().keys()
 
 
 def test_importing_seqctr_does_not_import_the_compiler():
@@ -83,3 +83,16 @@ def test_importing_seqctr_does_not_import_the_compiler():
             "idx, m = topk_select(torch.tensor([[3., 1., 2.]]), torch.ones(1, 3, dtype=torch.bool), 2)\n"
             "assert idx.tolist() == [[0, 2]], idx\nassert 'torch._dynamo' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_compile_under_ddp_is_refused_before_anything_is_built(synth_ds, tmp_path, monkeypatch):
+    from seqctr.errors import ConfigError
+    from seqctr.training import distributed, trainer
+
+    monkeypatch.setattr(trainer, "init_distributed", lambda device: (distributed.Dist(rank=0, world=2),
+                                                                     torch.device("cpu")))
+    built = []
+    monkeypatch.setattr(trainer, "build_model", lambda *a, **k: built.append(1))
+    with pytest.raises(ConfigError, match="train.compile: not supported under DDP"):
+        Trainer(small_cfg(**{"train.compile": "true"}), synth_ds, tmp_path / "ddp", progress=False)
+    assert not built, "refused before the model (and a DDP wrapper) was built"

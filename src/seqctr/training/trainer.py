@@ -18,7 +18,7 @@ import torch
 
 from ..config import RunConfig
 from ..data import BatchLoader, SeqDataset
-from ..errors import SeqctrError
+from ..errors import ConfigError, SeqctrError
 from ..metrics import evaluate_predictions
 from ..models import CTRModel, build_model
 from ..nn import dropout
@@ -119,8 +119,6 @@ def autocast(precision: str, device: torch.device | str = "cpu"):
     """The context of a forward pass at ``precision``: ``fp32`` (nothing changes) or ``bf16``
     (``torch.autocast``: matrix products in bfloat16, weights and gradients stay float32)."""
     if precision not in PRECISIONS:
-        from ..errors import ConfigError
-
         raise ConfigError(f"train.precision: expected one of {list(PRECISIONS)}, got {precision!r}")
     dev = torch.device(device).type
     return torch.autocast(dev, dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -152,6 +150,9 @@ class Trainer:
         self.cfg, self.ds, self.out = cfg, ds, Path(out_dir)
         keep_freed_memory()          # reuse freed tensors instead of page-faulting new ones each step
         self.dist, self.device = init_distributed(cfg.train.device)
+        if cfg.train.compile and self.dist.active:           # refused before any model or DDP wrapper is built
+            raise ConfigError("train.compile: not supported under DDP (torchrun / --nproc) yet; "
+                              "set train.compile=false or train in one process")
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         set_seed(cfg.train.seed)
@@ -179,11 +180,6 @@ class Trainer:
                 set_seed(cfg.train.seed + 1000 * self.dist.rank)
         self.infer = self.model          # what evaluation calls (train.compile: the compiled model)
         if cfg.train.compile:
-            if self.dist.active:
-                from ..errors import ConfigError
-
-                raise ConfigError("train.compile: not supported under DDP (torchrun / --nproc) yet; "
-                                  "set train.compile=false or train in one process")
             self.infer = self.forward = compiled(self.model)
         self.opt = make_optimizer(self.model, cfg.train.lr, cfg.train.weight_decay)
         d = cfg.data
