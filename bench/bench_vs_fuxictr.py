@@ -14,7 +14,9 @@ One command: ``.venv/bin/python bench/bench_vs_fuxictr.py`` (``--quick`` for a s
      on the machine cannot skew the ratio; one **whole training epoch** (every batch of each
      library's own sampler, so the real length mix; the first 3 batches are warm-up and not timed;
      ``--batches N`` times only N batches, for smoke runs), then inference over the test split;
-     ``--threads 1,2`` repeats the throughput phase per thread count (accuracy always uses 1);
+     ``--threads 1,2`` repeats the throughput phase per thread count (accuracy always uses 1); results
+     for 1 thread go under ``throughput``, others under ``throughput_<n>_threads``, so ``--threads 2`` adds
+     the 2-thread table without replacing the 1-thread one;
      ``--precision fp32,bf16`` also times seqctr under ``train.precision=bf16`` in the same rounds;
    - accuracy: both train for ``--epochs`` epochs (patience 2, LR x0.1 on plateau, best-on-valid
      weights); seqctr over ``--seeds`` seeds. Both prediction sets are scored by seqctr's metrics.
@@ -259,7 +261,7 @@ def main() -> int:
                         for kind in ("train", "infer"):
                             tp[f"{kind}_speedup{sfx}"] = (tp[lib][f"{kind}_samples_per_s"]
                                                           / tp["fuxictr"][f"{kind}_samples_per_s"])
-                r["throughput" if threads == thread_counts[0] else f"throughput_{threads}_threads"] = tp
+                r["throughput" if threads == 1 else f"throughput_{threads}_threads"] = tp   # --threads 2 alone keeps the 1-thread table
                 save()
 
     # Phase 2: accuracy; independent single-thread jobs, --jobs at a time (timing is not measured here).

@@ -25,7 +25,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
     ap.add_argument("--model", required=True)        # DIN | DIEN | SIM | SDIM | TWIN | ETA
-    ap.add_argument("--mode", choices=["throughput", "accuracy", "serving"], required=True)
+    ap.add_argument("--mode", choices=["throughput", "accuracy", "serving", "profile"], required=True)
     ap.add_argument("--lengths", default="50,200,1000", help="serving: history lengths")
     ap.add_argument("--candidates", default="1,200,512", help="serving: candidates per request")
     ap.add_argument("--repeats", type=int, default=9, help="serving: timed forward passes per cell")
@@ -79,6 +79,8 @@ def main() -> int:
     result = {"model": args.model, "fuxictr": fuxictr.__version__, "torch": torch.__version__}
     if args.mode == "serving":
         result["cells"] = serving(args, model_cls, params, fmap, data, LongCTRDataLoader)
+    elif args.mode == "profile":       # bench/profile_epoch.py: inference time per top-level module
+        result["infer"] = profile_inference(model, loader("test", False))
     elif args.mode == "throughput":
         model._max_gradient_norm, model._batch_index = 10.0, 0
         model.train()
@@ -104,6 +106,32 @@ def main() -> int:
     Path(args.out).write_text(json.dumps(result))
     print(json.dumps(result))
     return 0
+
+
+def profile_inference(model, gen) -> dict:
+    """Inference over ``gen`` with wall-clock forward hooks on the model's top-level modules
+    (profile_epoch.ModuleTimer), the loader's batch time apart; after 2 warm-up batches."""
+    from profile_epoch import ModuleTimer   # bench/ (this script's folder)
+
+    model.eval()
+    with torch.no_grad():
+        batches = iter(gen)
+        for _ in range(2):
+            model.forward(next(batches))
+        timer = ModuleTimer(model, depth=1)
+        n, gather, t0 = 0, 0.0, time.perf_counter()
+        while True:
+            g0 = time.perf_counter()
+            batch = next(batches, None)
+            gather += time.perf_counter() - g0
+            if batch is None:
+                break
+            n += len(model.forward(batch)["y_pred"])
+        wall = time.perf_counter() - t0
+        timer.remove()
+    own = timer.own()
+    return {"samples": n, "wall_seconds": wall, "samples_per_s": n / wall,
+            "parts_seconds": {"batch gather": gather, **own, "model glue": wall - gather - sum(own.values())}}
 
 
 def serving(args, model_cls, params, fmap, data: Path, loader_cls) -> list[dict]:

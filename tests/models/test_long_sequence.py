@@ -123,8 +123,14 @@ def test_sim_hard_search_keeps_only_same_category_most_recent():
 def test_sim_soft_search_feeds_the_auxiliary_head():
     m = SIM(16, aux_weight=0.5)
     assert m.aux_dim == 16 and m.aux_weight == 0.5
-    out = m(inputs())
+    x = inputs()
+    out = m(x)
     assert out.aux_vector is not None and out.aux_vector.shape == (5, 16)
+    s = m.gsu_scores(x) * x.mask           # the auxiliary vector is the score-weighted history sum
+    torch.testing.assert_close(out.aux_vector, torch.einsum("bt,btd->bd", s, x.hist))
+    m.eval()                               # inference: the auxiliary head is not run, nor its input
+    ev = m(x)
+    assert ev.aux_vector is None
 
 
 def test_topk_select_refuses_nan_scores():

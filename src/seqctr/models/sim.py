@@ -48,7 +48,8 @@ class SIM(TwoBranchBackbone):
         aux = None
         if self.gsu == "soft":
             s = self.gsu_scores(x)
-            aux = vecmat((s * x.mask).unsqueeze(1), x.hist).squeeze(1)
+            if self.training:   # the auxiliary head only trains the GSU: no [B, T, D] pass at inference
+                aux = vecmat((s * x.mask).unsqueeze(1), x.hist).squeeze(1)
             idx, sel_mask = topk_select(s, x.mask, self.topk)
         else:
             cat = x.hist_ids[..., self.category_feature] if x.hist_ids is not None else None
