@@ -164,3 +164,68 @@ def test_silu_only_where_collective_kv_or_its_control_applies(ckv):
     assert both.long_attention.silu is True, "CollectiveKV on both branches: SiLU on both"
     plain = TWIN(16, topk=4, attention_dim=8, short_seq_len=5)
     assert not plain.short_attention.silu and not plain.long_attention.silu
+
+
+def embedded_inputs(B=6, T=40, vocab=(9, 4), seed=0):
+    """Inputs whose history is embedded from its ids (as CTRModel builds them): many repeated events."""
+    g = torch.Generator().manual_seed(seed)
+    tables = [torch.randn(v, 8, generator=g) for v in vocab]
+    embed = lambda ids: torch.cat([t[ids[..., f]] for f, t in enumerate(tables)], -1)  # noqa: E731
+    lengths = torch.tensor([40, 7, 0, 3, 25, 1])[:B]
+    mask = torch.arange(T)[None, :] >= (T - lengths)[:, None]
+    ids = torch.stack([torch.randint(0, v, (B, T), generator=g) for v in vocab], -1) * mask.unsqueeze(-1)
+    tids = torch.stack([torch.randint(0, v, (B,), generator=g) for v in vocab], -1)
+    return SeqInputs(target=embed(tids), hist=embed(ids), mask=mask, seq_len=lengths, target_ids=tids,
+                     hist_ids=ids, embed=embed)
+
+
+def test_distinct_key_is_equal_exactly_for_equal_rows():
+    from seqctr.models.base import distinct_key
+
+    ids = torch.randint(0, 4, (50, 3))
+    key = distinct_key(ids)
+    same_key = key[:, None] == key[None, :]
+    same_row = (ids[:, None, :] == ids[None, :, :]).all(-1)
+    assert torch.equal(same_key, same_row)
+    assert distinct_key(torch.tensor([[-1, 2]])) is None                  # negative ids: no key
+    assert distinct_key(torch.tensor([[2 ** 40, 2 ** 40]])) is None        # would overflow int64
+
+
+def test_per_event_equals_the_function_of_every_event():
+    x = embedded_inputs()
+    fn = lambda e: torch.stack([e.sum(-1) > 0, e[..., 0] > e[..., 3]], -1)  # noqa: E731  row-wise, like SimHash
+    seen = []
+    got = x.per_event(lambda e: seen.append(e.shape) or fn(e))
+    assert torch.equal(got, fn(x.hist))
+    assert seen == [(len(torch.unique(x.hist_ids.flatten(0, 1), dim=0)), 16)]  # once per distinct event
+    x.hist_ids = None                                                       # ids unknown: plain fn(hist)
+    assert torch.equal(x.per_event(fn), fn(x.hist))
+
+
+@pytest.mark.parametrize("cls", [ETA, SDIM])
+def test_hashing_once_per_distinct_event_changes_no_output(cls):
+    """ETA's and SDIM's history codes come from per_event: same long branch as hashing every event."""
+    torch.manual_seed(0)
+    m = cls(16, attention_dim=8, num_heads=2, **({"topk": 5} if cls is ETA else {})).eval()
+    x = embedded_inputs()
+    got = m.long_branch(x)
+    x.embed = None                                                          # hash every event
+    want = m.long_branch(x)
+    torch.testing.assert_close(got.vector, want.vector, atol=0, rtol=0)
+
+
+def test_sim_inference_scores_distinct_events_as_the_training_path():
+    """Without gradients SIM's GSU scores the batch's distinct events against every target in one
+    GEMM: equal scores (float tolerance) and the same top-k as scoring every event."""
+    torch.manual_seed(0)
+    m = SIM(16, topk=5, attention_dim=8).eval()
+    x = embedded_inputs()
+    with torch.no_grad():
+        fast = m.gsu_scores(x)
+        out = m.long_branch(x)
+    slow = m.gsu_scores(x).detach()                      # gradients on: every event, as in training
+    torch.testing.assert_close(fast, slow, atol=1e-6, rtol=1e-5)
+    assert torch.equal(topk_select(fast, x.mask, 5)[0], topk_select(slow, x.mask, 5)[0])
+    with torch.no_grad():
+        x.embed = None
+        torch.testing.assert_close(out.vector, m.long_branch(x).vector, atol=1e-6, rtol=1e-5)

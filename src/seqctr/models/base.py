@@ -6,6 +6,7 @@ attention weights, so input handling, the head and the training step exist once 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn import MLP, AttentionCondition, FeatureEmbedding
+from ..utils.compile import eager
 
 _REGISTRY: dict[str, type["Backbone"]] = {}
 
@@ -59,6 +61,22 @@ def check_options(name: str, options: dict) -> None:
     check_keys(options, backbone_options(name), f"model.options ({name})")
 
 
+def distinct_key(ids: torch.Tensor) -> torch.Tensor | None:
+    """One int64 per id row: ``ids [..., F]`` -> ``[...]``, equal exactly when the rows are equal
+    (mixed radix by each column's largest id); None if ids are negative or the key would overflow."""
+    if ids.shape[-1] == 1:
+        return ids[..., 0]
+    if ids.numel() == 0 or int(ids.min()) < 0:
+        return None
+    radix = (ids.flatten(0, -2).amax(0) + 1).tolist()
+    if math.prod(radix) >= 2 ** 62:
+        return None
+    key = ids[..., 0]
+    for f in range(1, ids.shape[-1]):
+        key = key * radix[f] + ids[..., f]
+    return key
+
+
 @dataclass
 class SeqInputs:
     """Embedded inputs of a backbone.
@@ -88,6 +106,31 @@ class SeqInputs:
         if self.embed is not None and self.hist_ids is not None:
             return self.embed(self.hist_ids[:, -n:]), self.mask[:, -n:]
         return self.hist[:, -n:], self.mask[:, -n:]
+
+    @eager   # torch.unique's output size depends on the data
+    def distinct_events(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The batch's distinct history events: ``(rows [U, D], inverse [B, T])`` with
+        ``hist == rows[inverse]``, or None when the ids are unknown. Valid because the events were
+        embedded from their ids (``embed``): equal id rows have equal embeddings. A batch of
+        256 x 200 ml100k events holds at most 1,682 distinct items (U << B T)."""
+        key = None if self.hist_ids is None or self.embed is None else distinct_key(self.hist_ids)
+        if key is None or key.numel() == 0:
+            return None
+        uniq, inv = torch.unique(key.flatten(), return_inverse=True)
+        first = torch.zeros(len(uniq), dtype=torch.long, device=key.device).scatter_(
+            0, inv, torch.arange(inv.numel(), device=key.device))          # one position per distinct event
+        return self.hist.flatten(0, 1)[first], inv.view(key.shape)
+
+    def per_event(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``fn(hist)`` for a row-wise ``fn`` (an event's output depends on its own embedding
+        only, e.g. SimHash codes), computed once per distinct event (:meth:`distinct_events`) and
+        gathered back: ETA's and SDIM's hashing GEMM shrinks ~30x on ml100k, and a batch of
+        all-distinct events costs one sort more. ``[B, T, D] -> [B, T, ...]``."""
+        d = self.distinct_events()
+        if d is None:
+            return fn(self.hist)
+        rows, inv = d
+        return fn(rows)[inv]
 
     def condition(self, branch: str) -> AttentionCondition | None:
         """What a plug-in (LAIN) gives this branch's attention layers, or None."""

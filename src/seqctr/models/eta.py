@@ -40,7 +40,13 @@ class ETA(TwoBranchBackbone):
 
     def hamming(self, x: SeqInputs) -> torch.Tensor:
         """Hamming distance of each history event's code to the target's ``[B, T]``."""
-        return hamming(simhash(x.hist, self.rotations), simhash(x.target, self.rotations))
+        tcode = simhash(x.target, self.rotations)
+        d = x.distinct_events()
+        if d is None:
+            return hamming(simhash(x.hist, self.rotations), tcode)
+        rows, inv = d                      # distances of the U distinct events to the B targets, gathered
+        dist = hamming(simhash(rows, self.rotations).unsqueeze(0), tcode)            # [B, U]
+        return torch.gather(dist, 1, inv)
 
     def long_branch(self, x: SeqInputs) -> BranchOutput:
         idx, sel_mask = topk_select(-self.hamming(x), x.mask, self.topk)

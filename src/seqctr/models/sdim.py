@@ -35,7 +35,7 @@ class SDIM(TwoBranchBackbone):
 
     def collisions(self, x: SeqInputs) -> torch.Tensor:
         """``[B, R, T]`` bool: event ``t`` lands in the target's bucket in round ``r`` (never padding)."""
-        same = self.buckets(x.hist) == self.buckets(x.target).unsqueeze(1)   # [B, T, R]
+        same = x.per_event(self.buckets) == self.buckets(x.target).unsqueeze(1)   # [B, T, R]
         return same.transpose(1, 2) & x.mask.unsqueeze(1)
 
     def long_branch(self, x: SeqInputs) -> BranchOutput:

@@ -40,6 +40,10 @@ class SIM(TwoBranchBackbone):
         """Relevance of every history event to the target ``[B, T]`` (padding excluded later)."""
         if self.gsu == "soft":  # (W_a t) . (W_b e) = (W_b^T W_a t) . e: no per-event projection
             q = self.W_a(x.target) @ self.W_b.weight                                      # [B, D]
+            d = None if torch.is_grad_enabled() else x.distinct_events()
+            if d is not None:  # inference: U distinct events x B targets in one GEMM, gathered back
+                rows, inv = d
+                return torch.gather(q @ rows.T, 1, inv)
             return matvec(x.hist, q.unsqueeze(-1)).squeeze(-1)
         raise AssertionError("hard search uses category ids, see long_branch")
 
