@@ -189,6 +189,8 @@ def test_distinct_key_is_equal_exactly_for_equal_rows():
     assert torch.equal(same_key, same_row)
     assert distinct_key(torch.tensor([[-1, 2]])) is None                  # negative ids: no key
     assert distinct_key(torch.tensor([[2 ** 40, 2 ** 40]])) is None        # would overflow int64
+    wide = torch.tensor([[65_536, 0], [0, 0], [0, 65_535]], dtype=torch.int32)   # 65,536^2 = 2^32
+    assert len(set(distinct_key(wide).tolist())) == 3                      # int32 ids: no int32 overflow
 
 
 def test_per_event_equals_the_function_of_every_event():

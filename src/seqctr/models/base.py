@@ -71,7 +71,7 @@ def distinct_key(ids: torch.Tensor) -> torch.Tensor | None:
     radix = (ids.flatten(0, -2).amax(0) + 1).tolist()
     if math.prod(radix) >= 2 ** 62:
         return None
-    key = ids[..., 0]
+    key = ids[..., 0].long()           # int64 arithmetic whatever the ids' dtype (int32 would overflow)
     for f in range(1, ids.shape[-1]):
         key = key * radix[f] + ids[..., f]
     return key
