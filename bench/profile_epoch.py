@@ -11,8 +11,8 @@ benchmark's settings (configs/ml100k/<name>.yaml, batch 256, max_len 200, length
   ``torch.profiler`` with FLOP counting, which gives the time per ATen op, each op's class
   (GEMM, gather/scatter, element-wise, other) and the GEMMs' achieved GFLOP/s;
 - **training** over ``--train-batches`` batches of an epoch (0 = all): forward, backward and optimiser
-  step timed apart (the Trainer's :func:`~seqctr.training.train_step` split into its three parts, same
-  arithmetic), and the profiler's op classes over the same batches;
+  step timed apart (the Trainer's own :func:`~seqctr.training.train_step`, its ``clock``), and the
+  profiler's op classes over 40 of the same batches;
 - the core's **fp32 GEMM ceiling**: the GFLOP/s of a large square ``torch.mm`` on the same thread, so a
   GEMM's share of that ceiling says how much faster it could run on this CPU.
 
@@ -139,7 +139,7 @@ def profile_model(name: str, threads: int, train_batches: int) -> dict:
     from seqctr.config import load_config
     from seqctr.data import BatchLoader, prepare
     from seqctr.models import build_model
-    from seqctr.training import make_optimizer
+    from seqctr.training import make_optimizer, train_step
     from seqctr.utils.malloc import keep_freed_memory
 
     keep_freed_memory()
@@ -172,7 +172,7 @@ def profile_model(name: str, threads: int, train_batches: int) -> dict:
                                       "model glue": wall - gather - sum(modules.values())},
                     "ops": op_table(*profs, wall)}
 
-    # training: forward / backward / step apart (train_step's arithmetic), then the op classes
+    # training: forward / backward / step apart (train_step's clock), then the op classes
     tr = BatchLoader(ds, "train", max_len=200, batch_size=256, shuffle=True, seed=0)
     opt = make_optimizer(model, 1e-3)
     model.train()
@@ -181,21 +181,12 @@ def profile_model(name: str, threads: int, train_batches: int) -> dict:
 
     def step(pos, clock: bool):
         nonlocal n
-        t = [time.perf_counter()]
+        t0 = time.perf_counter()
         b = tr.batch(pos)
-        t.append(time.perf_counter())
-        opt.zero_grad(set_to_none=True)
-        loss = model.loss(model(b), b.label)
-        t.append(time.perf_counter())
-        loss.backward()
-        t.append(time.perf_counter())
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        opt.step()
-        t.append(time.perf_counter())
         if clock:
             n += len(pos)
-            for k, a, z in zip(("batch gather", "forward", "backward", "clip + optimiser"), t, t[1:]):
-                parts[k] += z - a
+            parts["batch gather"] += time.perf_counter() - t0
+        train_step(model, opt, b, clock=parts if clock else None)
 
     for i, pos in enumerate(batches):
         step(pos, clock=i >= 3)

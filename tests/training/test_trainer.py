@@ -1,6 +1,7 @@
 """Training loop: it learns, early-stops, checkpoints atomically and resumes without losing epochs."""
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -65,3 +66,25 @@ def test_resume_after_interruption_equals_uninterrupted_run(synth_ds, tmp_path, 
     b = load_checkpoint(tmp_path / "b" / "last.pt")["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_train_step_clock_times_its_parts_without_changing_the_step(synth_ds):
+    """``clock`` only reads the time: the same weights and seed give the same losses with and without it."""
+    from seqctr.config import ModelConfig
+    from seqctr.data import gather_batch
+    from seqctr.models import build_model
+    from seqctr.nn import dropout
+    from seqctr.training import train_step
+
+    batch = gather_batch(synth_ds, synth_ds.indices("train")[:64], max_len=20)
+    base = build_model(ModelConfig(name="din", embedding_dim=8, mlp_hidden=[16]), synth_ds.meta)
+    runs = []
+    for clocked in (False, True):
+        model = copy.deepcopy(base)
+        opt, clock = torch.optim.SGD(model.parameters(), lr=0.5), {}
+        dropout.seed(0)                                          # the same dropout masks
+        runs.append([train_step(model, opt, batch, clock=clock if clocked else None) for _ in range(3)])
+        if clocked:
+            times = clock
+    assert runs[0] == runs[1] and runs[0][0] != runs[0][-1]
+    assert set(times) == {"forward", "backward", "clip + optimiser"} and all(v > 0 for v in times.values())

@@ -3,7 +3,8 @@ update gate is scaled by target attention; the final AUGRU state is the user int
 
 Histories arrive right-aligned; they are left-aligned here, so every real state is computed
 from real events only and padding changes nothing (LongCTR packs its left-padded rows, which
-feeds the GRU padding instead of events). The AUGRU skips finished rows step by step."""
+feeds the GRU padding instead of events). Both recurrences run through
+:mod:`seqctr.nn.recurrent` (``nn.GRU``'s parameters, a fused hand-written backward)."""
 from __future__ import annotations
 
 import torch
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn import BilinearAttention
+from ..nn.recurrent import gated_recurrence, gru
 from ..utils.compile import eager
 from .base import Backbone, BackboneOutput, SeqInputs, expand, register
 
@@ -28,8 +30,9 @@ def left_align(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch
 class AUGRU(nn.Module):
     """GRU with attentional update gate: ``u' = a_t * u_t``, ``h_t = (1-u') h_{t-1} + u' h~_t``.
 
-    Runs packed-style: rows sorted by length, step ``t`` updates only rows longer than ``t``.
-    ``x [B, T, D]`` left-aligned, ``att [B, T]``, ``lengths [B]`` -> final state ``[B, H]``."""
+    ``x [B, T, D]`` left-aligned, ``att [B, T]``, ``lengths [B]`` -> final state ``[B, H]``. Steps
+    past a row's length get ``a_t = 0``, which leaves its state exactly as it was; the recurrence
+    is :func:`~seqctr.nn.recurrent.gated_recurrence` (hand-written backward)."""
 
     def __init__(self, input_dim: int, hidden_dim: int):
         super().__init__()
@@ -37,26 +40,16 @@ class AUGRU(nn.Module):
         self.h2h = nn.Linear(hidden_dim, 3 * hidden_dim)
         self.hidden_dim = hidden_dim
 
-    @eager   # a Python loop over data-dependent row counts: traced, it would recompile per batch
+    @eager   # the step count T is data: traced, it would recompile per batch
     def forward(self, x: torch.Tensor, att: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         B = x.shape[0]
-        order = torch.argsort(lengths, descending=True)
-        xs, a, Ls = x[order], att[order], lengths[order]
-        gx = self.x2h(xs)                                             # [B, T, 3H] in one matmul
-        h = x.new_zeros(B, self.hidden_dim)
-        T = int(Ls[0]) if B else 0
-        active = (Ls.unsqueeze(0) > torch.arange(T, device=x.device).unsqueeze(1)).sum(1).tolist()
-        # unbind once: slicing [B, T, .] per step would make backward allocate [B, T, .] per step
-        gx_t, a_t = gx[:, :T].unbind(1), a[:, :T].unsqueeze(-1).unbind(1)
-        for t, n in enumerate(active):
-            hp = h[:n]
-            xr, xu, xn = gx_t[t][:n].chunk(3, -1)
-            hr, hu, hn = self.h2h(hp).chunk(3, -1)
-            r = torch.sigmoid(xr + hr)
-            u = torch.sigmoid(xu + hu) * a_t[t][:n]
-            cand = torch.tanh(xn + r * hn)
-            h = torch.cat([(1 - u) * hp + u * cand, h[n:]], 0)
-        return torch.empty_like(h).index_copy_(0, order, h)
+        T = int(lengths.max()) if B else 0
+        h0 = x.new_zeros(B, self.hidden_dim)
+        if T == 0:
+            return h0
+        a = att[:, :T] * (torch.arange(T, device=x.device).unsqueeze(0) < lengths.unsqueeze(1))
+        gx = self.x2h(x[:, :T])                                       # [B, T, 3H] in one matmul
+        return gated_recurrence(gx, h0, self.h2h.weight, self.h2h.bias, a)[:, -1]
 
 
 @register("dien")
@@ -82,14 +75,13 @@ class DIEN(Backbone):
         """Interest states ``[B, T, H]`` (left-aligned, 0 beyond each length) and ``lengths [B]``.
 
         The input is left-aligned, so the state at a real position depends on real events only;
-        the padded tail is zeroed. (An unpacked GRU: PyTorch's packed-sequence GRU backward on
-        CPU re-allocates the whole packed input at every step, which is quadratic in T.)"""
+        the padded tail is zeroed. (Not packed: PyTorch's packed-sequence GRU backward on CPU
+        re-allocates the whole packed input at every step, which is quadratic in T.)"""
         L = mask.sum(1)
         B, T, _ = hist.shape
         if T == 0:
             return hist.new_zeros(B, 0, self.gru.hidden_size), L
-        states, _ = self.gru(hist)
-        return states * mask.unsqueeze(-1), L
+        return gru(hist, self.gru) * mask.unsqueeze(-1), L
 
     def auxiliary_loss(self, states: torch.Tensor, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Next-event prediction: ``h_t`` scores event ``t+1`` above another row's event ``t+1``."""
@@ -141,8 +133,7 @@ class DIEN(Backbone):
             return None
         states, mask = state["states"], state["state_mask"]
         L = int(mask.sum())
-        h0 = states[:, L - 1].unsqueeze(0) if L else None
-        more, _ = self.gru(new.hist, h0)
+        more = gru(new.hist, self.gru, states[:, L - 1] if L else None)
         return {**state, "states": torch.cat([states[:, :L], more], 1),
                 "state_mask": torch.ones(1, L + more.shape[1], dtype=torch.bool, device=mask.device)}
 

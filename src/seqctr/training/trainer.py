@@ -125,21 +125,39 @@ def autocast(precision: str, device: torch.device | str = "cpu"):
 
 
 def train_step(model: CTRModel, opt: torch.optim.Optimizer, batch, max_grad_norm: float = 10.0,
-               forward=None, scale: float = 1.0, precision: str = "fp32") -> float:
+               forward=None, scale: float = 1.0, precision: str = "fp32", clock: dict | None = None) -> float:
     """One optimiser step on ``batch`` with the model's own loss (BCE + its auxiliary losses);
     returns the loss. The Trainer and every training benchmark use this one step. Under DDP,
     ``forward`` is the DDP wrapper (its backward averages gradients over ranks) and ``scale``
     weighs this rank's share of the global batch. ``precision``: see :func:`autocast` (the loss
-    itself is taken in float32)."""
+    itself is taken in float32). ``clock``: a dict to which the step adds the wall-clock seconds
+    of its ``forward``, ``backward`` and ``clip + optimiser`` parts (bench/profile_epoch.py)."""
+    tick = _Clock(clock)
     with autocast(precision, batch.label.device):
         out = (model if forward is None else forward)(batch)
     loss = model.loss(out.float() if precision != "fp32" else out, batch.label)
+    tick("forward")
     opt.zero_grad(set_to_none=True)
     (loss * scale if scale != 1.0 else loss).backward()
+    tick("backward")
     if max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     opt.step()
+    tick("clip + optimiser")
     return float(loss.detach())
+
+
+class _Clock:
+    """Adds the seconds since the previous call to ``times[part]``; a no-op when ``times`` is None."""
+
+    def __init__(self, times: dict | None):
+        self.times, self.t = times, time.perf_counter() if times is not None else 0.0
+
+    def __call__(self, part: str) -> None:
+        if self.times is not None:
+            now = time.perf_counter()
+            self.times[part] = self.times.get(part, 0.0) + now - self.t
+            self.t = now
 
 
 class Trainer:

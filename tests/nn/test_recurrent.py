@@ -1,0 +1,56 @@
+"""The hand-written GRU/AUGRU recurrence == torch.nn.GRU / autograd, values and gradients."""
+from __future__ import annotations
+
+import torch
+
+from seqctr.nn.recurrent import _forward, gated_recurrence, gru
+
+
+def test_gru_equals_torch_gru_values_and_gradients():
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(6, 5, batch_first=True)
+    x = torch.randn(3, 7, 6, requires_grad=True)
+    h0 = torch.randn(3, 5, requires_grad=True)
+    want, _ = ref(x, h0.unsqueeze(0))
+    got = gru(x, ref, h0)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    w = torch.randn_like(want)
+    g_want = torch.autograd.grad((want * w).sum(), [x, h0, *ref.parameters()])
+    g_got = torch.autograd.grad((got * w).sum(), [x, h0, *ref.parameters()])
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def _args(att: bool):
+    torch.manual_seed(1)
+    B, T, H = 3, 5, 4
+    d = dict(dtype=torch.float64, requires_grad=True)
+    return (torch.randn(B, T, 3 * H, **d), torch.randn(B, H, **d), torch.randn(3 * H, H, **d),
+            torch.randn(3 * H, **d), torch.rand(B, T, **d) if att else None)
+
+
+def test_backward_passes_gradcheck_gru_and_augru():
+    for att in (False, True):
+        args = _args(att)
+        assert torch.autograd.gradcheck(lambda *a: gated_recurrence(*a), args, atol=1e-6)
+
+
+def test_backward_equals_autograd_through_the_forward_loop():
+    """The fused backward against autograd run over the very same forward ops."""
+    for att in (False, True):
+        args = _args(att)
+        w = torch.randn(3, 5, 4, dtype=torch.float64)
+        ins = [a for a in args if a is not None]
+        want = torch.autograd.grad((_forward(*args, save=False)[0] * w).sum(), ins)
+        got = torch.autograd.grad((gated_recurrence(*args) * w).sum(), ins)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
+
+
+def test_zero_attention_keeps_the_state_exactly():
+    """AUGRU: a_t = 0 leaves h unchanged bit for bit (how padded steps are skipped)."""
+    gx, h0, w_h, b_h, att = (a.detach().float() for a in _args(True))
+    att[:, 2:] = 0
+    states = gated_recurrence(gx, h0, w_h, b_h, att)
+    assert torch.equal(states[:, 2], states[:, 1]) and torch.equal(states[:, -1], states[:, 1])
+    assert not torch.equal(states[:, 1], states[:, 0])
