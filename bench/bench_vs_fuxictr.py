@@ -320,6 +320,15 @@ def _num(d: dict, key: str, fmt: str = ",.0f") -> str:
     return format(d[key], fmt) if key in d else "—"
 
 
+def _repeats(results: dict, key: str = "throughput") -> str:
+    """How many alternating runs each library's medians under ``key`` come from (per model if they differ)."""
+    n = {name: len(r[key].get("runs", {}).get("seqctr", [])) or results.get("settings", {}).get("repeats")
+         for name, r in results["models"].items() if key in r}
+    if len(set(n.values())) <= 1:
+        return str(next(iter(n.values()), results.get("settings", {}).get("repeats")))
+    return ", ".join(f"{c} ({', '.join(m for m in n if n[m] == c)})" for c in sorted(set(n.values())))
+
+
 def _cpus(results: dict) -> str:
     """The CPU the 1-thread runs were pinned to, per model when two runs used different CPUs."""
     pins = {n: r["throughput"].get("cpu", results.get("settings", {}).get("cpu"))
@@ -335,8 +344,8 @@ def render(results: dict) -> str:
     lines = ["# seqctr vs FuxiCTR 2.3.10 (LongCTR) on ml100k", "",
              "Command" + ("s" if len(results.get("commands", [])) > 1 else "") + ": " +
              " and ".join(f"`{c}`" for c in results.get("commands") or [s.get("command", "")]) + ". Same split, features and hyper-parameters; throughput = median "
-             f"of {s.get('repeats')} alternating runs of {timed} (batch 256, 3 warm-up batches untimed) + test "
-             f"inference, {s.get('threads')} thread(s), 1 thread pinned to CPU {_cpus(results)}; accuracy after at most "
+             f"of {_repeats(results)} alternating runs of {timed} (batch 256, 3 warm-up batches untimed) + test "
+             f"inference, 1 thread pinned to CPU {_cpus(results)}; accuracy after at most "
              f"{s.get('epochs')} epochs (FuxiCTR: 1 seed; seqctr: mean over seeds {s.get('seeds')}), both scored by "
              f"seqctr's metrics; inference in batches of {s.get('eval_batch', 1024)} for both libraries. — = FuxiCTR "
              "2.3.10 has no such model.", "",
@@ -389,11 +398,14 @@ def render(results: dict) -> str:
                          f"{_num(us, 'infer_samples_per_s')} | {_ratio(tp, f'infer_speedup_{p}')} |")
     more = sorted({k for r in results["models"].values() for k in r if k.startswith("throughput_")})
     for key in more:
-        lines += ["", f"Throughput with {key.split('_')[1]} threads (unpinned):", "",
+        lines += ["", f"Throughput with {key.split('_')[1]} threads (median of {_repeats(results, key)} alternating "
+                      "runs; models without a row were not run at this thread count):", "",
                   "| model | FuxiCTR train/s | seqctr train/s | speed-up | FuxiCTR infer/s | seqctr infer/s | speed-up |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for name, r in results["models"].items():
-            tp = r.get(key, {})
+            if key not in r:
+                continue
+            tp = r[key]
             fx, us = tp.get("fuxictr", {}), tp.get("seqctr", {})
             lines.append(f"| {name} | {_num(fx, 'train_samples_per_s')} | {_num(us, 'train_samples_per_s')} | "
                          f"{_ratio(tp, 'train_speedup')} | {_num(fx, 'infer_samples_per_s')} | "

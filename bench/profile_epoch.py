@@ -132,7 +132,14 @@ def profiled(run) -> tuple:
     return prof, flops_prof
 
 
-def profile_model(name: str, threads: int, train_batches: int) -> dict:
+def spread(batches: list, n: int) -> list:
+    """``n`` batches evenly spaced over ``batches`` (all of them when ``n`` is 0 or larger)."""
+    if not n or n >= len(batches):
+        return list(batches)
+    return [batches[round(i * (len(batches) - 1) / (n - 1))] if n > 1 else batches[0] for i in range(n)]
+
+
+def profile_model(name: str, threads: int, train_batches: int, profile_batches: int = 0) -> dict:
     """Child process: the inference and training profiles of one backbone (see the module docstring)."""
     import torch
 
@@ -165,12 +172,13 @@ def profile_model(name: str, threads: int, train_batches: int) -> dict:
             model(b)
         wall = time.perf_counter() - t0
         timer.remove()
-        profs = profiled(lambda: [model(b) for b in te])
+        sample = spread(te.batches(), profile_batches)
+        profs = profiled(lambda: [model(te.batch(pos)) for pos in sample])
     modules = timer.own()
     res["infer"] = {"samples": len(te.indices), "wall_seconds": wall, "samples_per_s": len(te.indices) / wall,
                     "parts_seconds": {"batch gather": gather, **modules,
                                       "model glue": wall - gather - sum(modules.values())},
-                    "ops": op_table(*profs, wall)}
+                    "ops": op_table(*profs, wall), "profiled_batches": len(sample)}
 
     # training: forward / backward / step apart (train_step's clock), then the op classes
     tr = BatchLoader(ds, "train", max_len=200, batch_size=256, shuffle=True, seed=0)
@@ -191,9 +199,10 @@ def profile_model(name: str, threads: int, train_batches: int) -> dict:
     for i, pos in enumerate(batches):
         step(pos, clock=i >= 3)
     wall = sum(parts.values())
-    profs = profiled(lambda: [step(pos, clock=False) for pos in batches[3:3 + 40]])
+    sample = spread(batches[3:], profile_batches) if profile_batches else batches[3:3 + 40]
+    profs = profiled(lambda: [step(pos, clock=False) for pos in sample])
     res["train"] = {"samples": n, "batches": len(batches) - 3, "wall_seconds": wall, "samples_per_s": n / wall,
-                    "parts_seconds": dict(parts), "ops": op_table(*profs, wall), "profiled_batches": len(batches[3:43])}
+                    "parts_seconds": dict(parts), "ops": op_table(*profs, wall), "profiled_batches": len(sample)}
     return res
 
 
@@ -264,13 +273,17 @@ def main() -> int:
     ap.add_argument("--no-fuxictr", dest="fuxictr", action="store_false",
                     help="skip FuxiCTR's per-module inference times")
     ap.add_argument("--quick", action="store_true", help="5 training batches")
+    ap.add_argument("--profile-batches", type=int, default=0,
+                    help="profile the ops over this many batches spread over each split (0 = the whole test "
+                         "split and 40 training batches; the FLOP pass keeps every op's inputs alive, which "
+                         "for DIEN's per-step recurrences outgrows 24 GB: use e.g. 8)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/profile_epoch"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
         args.train_batches = 5
     if args.child:
-        print(json.dumps(profile_model(args.child, args.threads, args.train_batches)))
+        print(json.dumps(profile_model(args.child, args.threads, args.train_batches, args.profile_batches)))
         return 0
     from bench_vs_fuxictr import BACKBONES, FX_PARAMS, WORK, ensure_fuxictr_venv, export_longctr, merge_results, run_json
 
@@ -281,7 +294,8 @@ def main() -> int:
     fx = None                      # (FuxiCTR's python, the exported data), made on first use
     for name in names:
         results["models"][name] = run_json(pin + [sys.executable, __file__, "--threads", str(args.threads),
-                                                  "--train-batches", str(args.train_batches), "--child", name])
+                                                  "--train-batches", str(args.train_batches),
+                                                  "--profile-batches", str(args.profile_batches), "--child", name])
         if args.fuxictr and BACKBONES[name]:
             if fx is None:
                 from seqctr.data import prepare
