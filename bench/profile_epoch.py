@@ -7,12 +7,13 @@ benchmark's settings (configs/ml100k/<name>.yaml, batch 256, max_len 200, length
 
 - **inference** over the whole test split, timed twice: once with wall-clock forward hooks on the
   model's modules two levels deep (``embedding``, ``backbone.<layer>``, ``head``; a parent's own time
-  is what its timed children do not cover, e.g. SIM's GSU in ``backbone``), and once under
-  ``torch.profiler`` with FLOP counting, which gives the time per ATen op, each op's class
-  (GEMM, gather/scatter, element-wise, other) and the GEMMs' achieved GFLOP/s;
+  is what its timed children do not cover, e.g. SIM's GSU in ``backbone``), then under
+  ``torch.profiler`` (over ``--profile-batches`` batches spread over the split; 0 = all) with FLOP
+  counting, which gives the time per ATen op, each op's class (GEMM, gather/scatter, element-wise,
+  other) and the GEMMs' achieved GFLOP/s;
 - **training** over ``--train-batches`` batches of an epoch (0 = all): forward, backward and optimiser
   step timed apart (the Trainer's own :func:`~seqctr.training.train_step`, its ``clock``), and the
-  profiler's op classes over 40 of the same batches;
+  profiler's op classes over 40 of the same batches (or ``--profile-batches`` spread over them);
 - the core's **fp32 GEMM ceiling**: the GFLOP/s of a large square ``torch.mm`` on the same thread, so a
   GEMM's share of that ceiling says how much faster it could run on this CPU.
 
@@ -228,7 +229,9 @@ def render(results: dict) -> str:
     """The markdown report: per backbone, where inference and training time goes."""
     s = results.get("settings", {})
     lines = ["# Where an ml100k epoch's time goes (seqctr, one thread)", "",
-             f"Command: `{s.get('command', '')}`. Parts: wall clock; op classes: `torch.profiler` self time "
+             "Command" + ("s" if len(results.get("commands", [])) > 1 else "") + ": " +
+             " and ".join(f"`{c}`" for c in results.get("commands") or [s.get("command", "")]) +
+             " (each model's row from the last of them that ran it). Parts: wall clock; op classes: `torch.profiler` self time "
              "(GEMM = mm/addmm/bmm; gather = index_select/gather/embedding and their backward scatter); "
              "GEMM GFLOP/s vs this core's large-`torch.mm` ceiling.", ""]
     for kind in ("infer", "train"):
