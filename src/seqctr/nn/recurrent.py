@@ -31,7 +31,7 @@ def _forward(gx: torch.Tensor, h0: torch.Tensor, w_h: torch.Tensor, b_h: torch.T
     gx_t = gx.unbind(1)
     a_t = att.unsqueeze(-1).unbind(1) if att is not None else None
     for t in range(T):
-        g = torch.addmm(b_h, h, w_h.t()).to(h.dtype)     # [B, 3H]; (bf16 autocast: the state stays fp32)
+        g = torch.addmm(b_h, h, w_h.t())                                   # [B, 3H]
         rv = torch.sigmoid(gx_t[t][:, :2 * H] + g[:, :2 * H])             # [B, 2H]: r, v
         n = torch.tanh(torch.addcmul(gx_t[t][:, 2 * H:], rv[:, :H], g[:, 2 * H:]))
         if save:
@@ -100,7 +100,16 @@ class _Recurrence(torch.autograd.Function):
 def gated_recurrence(gx: torch.Tensor, h0: torch.Tensor, w_h: torch.Tensor, b_h: torch.Tensor,
                      att: torch.Tensor | None = None) -> torch.Tensor:
     """States ``[B, T, H]`` of the GRU (``att`` None) or the AUGRU (``att [B, T]``, 0 = keep the
-    state) over input gates ``gx [B, T, 3H]`` from ``h0 [B, H]``; see the module docstring."""
+    state) over input gates ``gx [B, T, 3H]`` from ``h0 [B, H]``; see the module docstring.
+
+    Under autocast the whole recurrence runs in the autocast dtype (inputs cast once, not per step),
+    as ``torch.nn.GRU`` does: ``train.precision: bf16``'s speed and measured accuracy are for that."""
+    dev = gx.device.type
+    if torch.is_autocast_enabled(dev):
+        dt = torch.get_autocast_dtype(dev)
+        with torch.autocast(dev, enabled=False):
+            return gated_recurrence(gx.to(dt), h0.to(dt), w_h.to(dt), b_h.to(dt),
+                                    att.to(dt) if att is not None else None)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (gx, h0, w_h, b_h, att)):
         return _Recurrence.apply(gx, h0, w_h, b_h, att)
     return _forward(gx, h0, w_h, b_h, att, save=False)[0]
