@@ -320,30 +320,38 @@ def _num(d: dict, key: str, fmt: str = ",.0f") -> str:
     return format(d[key], fmt) if key in d else "—"
 
 
+def _per_model(values: dict, default) -> str:
+    """One value for every model, or each value with the models that have it (``1 (dien), 2 (din, sim)``)."""
+    if len(set(values.values())) <= 1:
+        return str(next(iter(values.values()), default))
+    return ", ".join(f"{v} ({', '.join(m for m in values if values[m] == v)})" for v in sorted(set(values.values())))
+
+
 def _repeats(results: dict, key: str = "throughput") -> str:
     """How many alternating runs each library's medians under ``key`` come from (per model if they differ)."""
-    n = {name: len(r[key].get("runs", {}).get("seqctr", [])) or results.get("settings", {}).get("repeats")
-         for name, r in results["models"].items() if key in r}
-    if len(set(n.values())) <= 1:
-        return str(next(iter(n.values()), results.get("settings", {}).get("repeats")))
-    return ", ".join(f"{c} ({', '.join(m for m in n if n[m] == c)})" for c in sorted(set(n.values())))
+    default = results.get("settings", {}).get("repeats")
+    return _per_model({name: len(r[key].get("runs", {}).get("seqctr", [])) or default
+                       for name, r in results["models"].items() if key in r}, default)
 
 
 def _cpus(results: dict) -> str:
     """The CPU the 1-thread runs were pinned to, per model when two runs used different CPUs."""
-    pins = {n: r["throughput"].get("cpu", results.get("settings", {}).get("cpu"))
-            for n, r in results["models"].items() if "throughput" in r}
-    if len(set(pins.values())) <= 1:
-        return str(next(iter(pins.values()), results.get("settings", {}).get("cpu")))
-    return ", ".join(f"{c} ({', '.join(n for n in pins if pins[n] == c)})" for c in sorted(set(pins.values())))
+    default = results.get("settings", {}).get("cpu")
+    return _per_model({n: r["throughput"].get("cpu", default)
+                       for n, r in results["models"].items() if "throughput" in r}, default)
+
+
+def commands_line(results: dict) -> str:
+    """``Command(s): `...` and `...` `` — every command that wrote to a merged results file."""
+    cmds = results.get("commands") or [results.get("settings", {}).get("command", "")]
+    return "Command" + ("s" if len(cmds) > 1 else "") + ": " + " and ".join(f"`{c}`" for c in cmds)
 
 
 def render(results: dict) -> str:
     s = results.get("settings", {})
     timed = f"{s.get('batches')} training batches" if s.get("batches") else "one whole training epoch"
     lines = ["# seqctr vs FuxiCTR 2.3.10 (LongCTR) on ml100k", "",
-             "Command" + ("s" if len(results.get("commands", [])) > 1 else "") + ": " +
-             " and ".join(f"`{c}`" for c in results.get("commands") or [s.get("command", "")]) + ". Same split, features and hyper-parameters; throughput = median "
+             commands_line(results) + ". Same split, features and hyper-parameters; throughput = median "
              f"of {_repeats(results)} alternating runs of {timed} (batch 256, 3 warm-up batches untimed) + test "
              f"inference, 1 thread pinned to CPU {_cpus(results)}; accuracy after at most "
              f"{s.get('epochs')} epochs (FuxiCTR: 1 seed; seqctr: mean over seeds {s.get('seeds')}), both scored by "

@@ -227,11 +227,9 @@ def group_parts(parts: dict[str, float]) -> dict[str, float]:
 
 def render(results: dict) -> str:
     """The markdown report: per backbone, where inference and training time goes."""
-    s = results.get("settings", {})
+    from bench_vs_fuxictr import commands_line
     lines = ["# Where an ml100k epoch's time goes (seqctr, one thread)", "",
-             "Command" + ("s" if len(results.get("commands", [])) > 1 else "") + ": " +
-             " and ".join(f"`{c}`" for c in results.get("commands") or [s.get("command", "")]) +
-             " (each model's row from the last of them that ran it). Parts: wall clock; op classes: `torch.profiler` self time "
+             commands_line(results) + " (each model's row from the last of them that ran it). Parts: wall clock; op classes: `torch.profiler` self time "
              "(GEMM = mm/addmm/bmm; gather = index_select/gather/embedding and their backward scatter); "
              "GEMM GFLOP/s vs this core's large-`torch.mm` ceiling.", ""]
     for kind in ("infer", "train"):
