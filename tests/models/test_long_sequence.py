@@ -231,3 +231,98 @@ def test_sim_inference_scores_distinct_events_as_the_training_path():
     with torch.no_grad():
         x.embed = None
         torch.testing.assert_close(out.vector, m.long_branch(x).vector, atol=1e-6, rtol=1e-5)
+
+
+def _trainable_inputs(seed=0):
+    """``embedded_inputs`` whose tables are leaves with gradients, plus a fresh embedding of them."""
+    g = torch.Generator().manual_seed(seed)
+    tables = [torch.randn(v, 8, generator=g, dtype=torch.float64).requires_grad_() for v in (30, 5)]
+    embed = lambda ids: torch.cat([t[ids[..., f]] for f, t in enumerate(tables)], -1)  # noqa: E731
+    base = embedded_inputs(seed=seed)
+
+    def make(with_ids: bool) -> SeqInputs:
+        return SeqInputs(target=embed(base.target_ids), hist=embed(base.hist_ids), mask=base.mask,
+                         seq_len=base.seq_len, target_ids=base.target_ids, hist_ids=base.hist_ids,
+                         embed=embed if with_ids else None)
+    return tables, make
+
+
+def test_sim_training_gsu_over_distinct_events_equals_every_event():
+    """In training SIM's soft GSU scores and pools the batch's distinct events (GEMMs over ``[U, D]``,
+    gradients to the tables through U rows): the scores, the auxiliary vector, the long branch and
+    every gradient equal those of the per-event products over ``hist``."""
+    torch.manual_seed(0)
+    m = SIM(16, topk=5, attention_dim=8).double().train()
+    tables, make = _trainable_inputs()
+    res = {}
+    for with_ids in (True, False):
+        x = make(with_ids)
+        out = m.long_branch(x)
+        (out.vector.square().sum() + out.aux_vector.sin().sum()).backward()
+        res[with_ids] = (out.vector.detach(), out.aux_vector.detach(),
+                         [t.grad.clone() for t in tables],
+                         {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+        for p in [*tables, *m.parameters()]:
+            p.grad = None
+    fast, slow = res[True], res[False]
+    assert not torch.equal(fast[1], torch.zeros_like(fast[1]))
+    torch.testing.assert_close(fast[0], slow[0], atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(fast[1], slow[1], atol=1e-12, rtol=1e-10)
+    assert fast[3].keys() == slow[3].keys() and {"W_a.weight", "W_b.weight"} <= fast[3].keys()
+    for a, b in zip(fast[2] + list(fast[3].values()), slow[2] + list(slow[3].values())):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    s_fast, _ = m.soft_gsu_distinct(make(True), *make(True).distinct_ids())
+    torch.testing.assert_close(s_fast, m.gsu_scores(make(False)), atol=1e-12, rtol=1e-10)
+
+
+def test_events_at_embeds_the_selected_events_from_their_ids():
+    """``events_at`` equals gathering ``hist`` at the positions, values and table gradients; with
+    gradients on it embeds from the ids (no ``[B, T, D]`` gradient), without them it gathers."""
+    from seqctr.nn import gather_positions
+
+    tables, make = _trainable_inputs(seed=3)
+    idx = torch.stack([torch.randperm(40)[:6] for _ in range(6)])            # [B, k]
+    grads = []
+    for with_ids in (True, False):
+        x = make(with_ids)
+        got = x.events_at(idx)
+        torch.testing.assert_close(got, gather_positions(x.hist, idx), atol=0, rtol=0)
+        got.cumsum(1).sum().backward()
+        grads.append([t.grad.clone() for t in tables])
+        for t in tables:
+            t.grad = None
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    x = make(True)
+    with torch.no_grad():
+        x.hist_ids = x.hist_ids.clone().fill_(0)          # without gradients the ids are not read
+        torch.testing.assert_close(x.events_at(idx), gather_positions(x.hist, idx), atol=0, rtol=0)
+
+
+def test_weighted_sum_over_distinct_events_equals_the_batched_sum():
+    """Without autograd ``weighted_sum`` pools distinct events (one GEMM); same values as over hist."""
+    from seqctr.models.base import pool_distinct
+
+    x = embedded_inputs()
+    w = torch.randn(x.mask.shape) * x.mask
+    want = torch.einsum("bt,btd->bd", w, x.hist)
+    with torch.no_grad():
+        got = x.weighted_sum(w)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x.weighted_sum(w), want, atol=0, rtol=0)      # autograd on: over hist
+    rows, inv = x.distinct_events()
+    assert rows.shape[0] < x.hist.shape[0] * x.hist.shape[1]
+    torch.testing.assert_close(pool_distinct(w, inv, rows), want, atol=1e-5, rtol=1e-5)
+
+
+def test_din_inference_over_distinct_events_equals_pooling_every_event():
+    from seqctr.models.din import DIN
+
+    torch.manual_seed(0)
+    m = DIN(16, attention_hidden=[8]).eval()
+    x = embedded_inputs()
+    with torch.no_grad():
+        fast = m(x).vector
+        x.embed = None
+        slow = m(x).vector
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)

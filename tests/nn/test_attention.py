@@ -132,3 +132,60 @@ def test_attend_with_a_selection_equals_attention_over_the_gathered_events():
     torch.testing.assert_close(got.weights.gather(-1, idx.unsqueeze(1).expand(-1, 2, -1)), want.weights,
                                atol=1e-6, rtol=1e-5)
     assert torch.equal(got.out[0], torch.zeros(8))
+
+
+def _dice_statistics(att: DINAttention, seed: int = 0) -> None:
+    """Non-trivial running statistics and Dice slopes (the defaults make Dice a plain gate)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in att.modules():
+            if isinstance(m, MaskedDice):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 3 + 0.1)
+                m.alpha.copy_(torch.randn(m.alpha.shape, generator=g))
+
+
+def test_inference_dice_fold_equals_the_textbook_form():
+    """Eval mode without autograd folds Dice's running statistics and the output layer into three
+    passes (MaskedDice.score_eval): the scores equal the concatenated form and the autograd path,
+    and the serving form (cached key term) takes the same fold."""
+    from seqctr.nn import AttentionCondition
+
+    torch.manual_seed(0)
+    for hidden in ([16], [16, 4]):
+        att = DINAttention(8, hidden).eval()
+        att.enable_condition(4)
+        _dice_statistics(att)
+        q, k, mask = _inputs()
+        want = att.reference_scores(q, k, mask)
+        slow = att.scores(q, k, mask)                       # autograd on: Dice, then the layer
+        with torch.no_grad():
+            fast = att.scores(q, k, mask)
+            cached = att.scores(q, k, mask, key_term=att.key_term(k))
+            cond = AttentionCondition(prompts=torch.randn(6, 2, 8), qk=torch.randn(6, 4), temperature=torch.rand(6) + 1)
+            fast_out = att(q, k, mask, cond)
+        torch.testing.assert_close(fast, want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(cached, want, atol=1e-5, rtol=1e-5)
+        slow_out = att(q, k, mask, cond)
+        torch.testing.assert_close(fast_out.out, slow_out.out, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fast_out.prompt_weights, slow_out.prompt_weights, atol=1e-5, rtol=1e-5)
+        assert want.std() > 1e-2                                # the scores are not a constant
+
+
+def test_pool_argument_replaces_the_history_sum_and_keeps_the_prompts():
+    """``pool`` computes the history's weighted sum; prompts are still pooled by the layer."""
+    from seqctr.nn import AttentionCondition
+
+    att = DINAttention(8, [16]).eval()
+    q, k, mask = _inputs()
+    cond = AttentionCondition(prompts=torch.randn(6, 2, 8))
+    calls = []
+
+    def pool(w):
+        calls.append(w.shape)
+        return torch.einsum("bt,btd->bd", w, k)
+
+    got, want = att(q, k, mask, cond, pool=pool), att(q, k, mask, cond)
+    assert calls == [(6, 9)]                                 # the history's weights only, not the prompts'
+    torch.testing.assert_close(got.out, want.out, atol=1e-6, rtol=1e-6)

@@ -20,7 +20,7 @@ class DIN(Backbone):
         self.out_dim = item_dim
 
     def forward(self, x: SeqInputs) -> BackboneOutput:
-        res = self.att(x.target, x.hist, x.mask, x.condition("long"))
+        res = self.att(x.target, x.hist, x.mask, x.condition("long"), pool=x.weighted_sum)
         return BackboneOutput(vector=res.out, attention={"din": res.weights} if x.need_weights else {})
 
     def prefill(self, x: SeqInputs) -> dict:

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..nn import topk_select
 from ..nn.batched import matvec, vecmat
-from .base import SeqInputs, expand, prefixed, register
+from .base import SeqInputs, expand, pool_distinct, prefixed, register
 from .two_branch import BranchOutput, TwoBranchBackbone
 
 
@@ -47,13 +47,33 @@ class SIM(TwoBranchBackbone):
             return matvec(x.hist, q.unsqueeze(-1)).squeeze(-1)
         raise AssertionError("hard search uses category ids, see long_branch")
 
+    def soft_gsu_distinct(self, x: SeqInputs, ids: torch.Tensor, inv: torch.Tensor):
+        """Soft-GSU scores ``[B, T]`` and, in training, the auxiliary vector ``[B, D]``, over the
+        batch's ``U`` distinct events (``ids [U, Fi]``, ``inv [B, T]``; :meth:`SeqInputs.distinct_ids`):
+        ``S = q R^T`` and ``aux = W R``, with ``R = embed(ids) [U, D]`` and ``W [B, U]`` the masked
+        scores summed per distinct event. The per-event products' values, but forward and backward
+        are GEMMs over ``R`` and the gradient reaches the tables through ``U`` rows: no ``[B, T, D]``
+        gradient is formed (on ml100k U ~ 1,400 against B T = 51,200; SIM trains ~1.1x faster)."""
+        R = x.embed(ids)                                                               # [U, D]
+        # in the embeddings' dtype even under bf16 autocast, as the per-event products (promoted to
+        # float32): top-k over bfloat16 scores would tie, and W sums scores per event
+        with torch.autocast(R.device.type, enabled=False):
+            q = (self.W_a(x.target.to(R.dtype)) @ self.W_b.weight.to(R.dtype))             # [B, D]
+            s = torch.gather(q @ R.T, 1, inv)                                          # [B, T]
+            aux = pool_distinct(s * x.mask, inv, R) if self.training else None            # [B, D]
+        return s, aux
+
     def long_branch(self, x: SeqInputs) -> BranchOutput:
         T = x.hist.shape[1]
         aux = None
         if self.gsu == "soft":
-            s = self.gsu_scores(x)
-            if self.training:   # the auxiliary head only trains the GSU: no [B, T, D] pass at inference
-                aux = vecmat((s * x.mask).unsqueeze(1), x.hist).squeeze(1)
+            d = x.distinct_ids() if torch.is_grad_enabled() else None
+            if d is not None:
+                s, aux = self.soft_gsu_distinct(x, *d)
+            else:
+                s = self.gsu_scores(x)
+                if self.training:   # the auxiliary head only trains the GSU: no [B, T, D] pass at inference
+                    aux = vecmat((s * x.mask).unsqueeze(1), x.hist).squeeze(1)
             idx, sel_mask = topk_select(s, x.mask, self.topk)
         else:
             cat = x.hist_ids[..., self.category_feature] if x.hist_ids is not None else None

@@ -93,7 +93,7 @@ class TwoBranchBackbone(Backbone):
     def exact_search(self, attention, x: SeqInputs, idx: torch.Tensor, sel_mask: torch.Tensor) -> BranchOutput:
         """ESU: ``attention`` over the events a GSU selected (``idx [B, k]``); prompts come after
         the selection, so top-k can never drop them. Weights are mapped back to positions."""
-        res = attention(x.target, gather_positions(x.hist, idx), sel_mask, x.condition("long"))
+        res = attention(x.target, x.events_at(idx), sel_mask, x.condition("long"))
         return BranchOutput(res.out, scatter_weights(res.weights, idx, x.hist.shape[1]) if x.need_weights else None,
                             aux_loss=res.aux_loss)
 
