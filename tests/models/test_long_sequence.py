@@ -271,7 +271,8 @@ def test_sim_training_gsu_over_distinct_events_equals_every_event():
     assert fast[3].keys() == slow[3].keys() and {"W_a.weight", "W_b.weight"} <= fast[3].keys()
     for a, b in zip(fast[2] + list(fast[3].values()), slow[2] + list(slow[3].values())):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
-    s_fast, _ = m.soft_gsu_distinct(make(True), *make(True).distinct_ids())
+    x = make(True)
+    s_fast, _ = m.soft_gsu_distinct(x, *x.distinct_rows())
     torch.testing.assert_close(s_fast, m.gsu_scores(make(False)), atol=1e-12, rtol=1e-10)
 
 
@@ -326,3 +327,29 @@ def test_din_inference_over_distinct_events_equals_pooling_every_event():
         x.embed = None
         slow = m(x).vector
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+
+
+def test_sim_training_forward_gathers_every_branch_from_the_distinct_rows():
+    """A training forward makes the distinct rows once; the short window and the ESU's selection are
+    gathered from them: same output and table / parameter gradients as embedding nothing twice."""
+    torch.manual_seed(0)
+    m = SIM(16, topk=5, attention_dim=8, short_seq_len=7).double().train()
+    tables, make = _trainable_inputs(seed=1)
+    res = []
+    for with_ids in (True, False):
+        x = make(with_ids)
+        out = m(x)
+        if with_ids:
+            R, inv = x._rows
+            assert R.shape[0] == len(torch.unique(x.hist_ids.flatten(0, 1), dim=0))
+            torch.testing.assert_close(x.recent(6)[0], x.hist[:, -6:], atol=0, rtol=0)
+        (out.vector.square().sum() + out.aux_vector.sin().sum()).backward()
+        res.append((out.vector.detach(), [t.grad.clone() for t in tables],
+                    [p.grad.clone() for p in m.parameters() if p.grad is not None]))
+        for p in [*tables, *m.parameters()]:
+            p.grad = None
+    (va, ta, pa), (vb, tb, pb) = res
+    torch.testing.assert_close(va, vb, atol=1e-12, rtol=1e-10)
+    assert len(pa) == len(pb) == len(list(m.parameters()))
+    for a, b in zip(ta + pa, tb + pb):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)

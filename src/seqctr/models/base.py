@@ -107,14 +107,37 @@ class SeqInputs:
     embed: Callable | None = None    # ids [..., Fi] -> embedded items; lets branches embed sub-windows
     hist_time: torch.Tensor | None = None
     target_time: torch.Tensor | None = None
+    _rows: tuple | None = field(default=None, init=False, repr=False, compare=False)   # distinct_rows' memo
 
     def recent(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The most recent ``n`` events ``([B, n', D], [B, n'])``. Embedded from their ids when
-        possible: equal values, and the backward pass then skips the full-size ``[B, T, D]``
-        gradient that slicing ``hist`` would allocate."""
+        possible (gathered from :meth:`distinct_rows` when a backbone made them): equal values, and
+        the backward pass then skips the full-size ``[B, T, D]`` gradient that slicing ``hist``
+        would allocate."""
+        if self._rows is not None:
+            return self._from_rows(self._rows[1][:, -n:]), self.mask[:, -n:]
         if self.embed is not None and self.hist_ids is not None:
             return self.embed(self.hist_ids[:, -n:]), self.mask[:, -n:]
         return self.hist[:, -n:], self.mask[:, -n:]
+
+    def distinct_rows(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(R [U, D], inverse [B, T])``: the distinct events embedded from their ids
+        (:meth:`distinct_ids`), made once per inputs. Once made, :meth:`recent` and
+        :meth:`events_at` gather from ``R`` too, so every branch's gradient reaches the tables
+        through one lookup of ``U`` rows (SIM's training: GSU, ESU and short window)."""
+        if self._rows is None:
+            d = self.distinct_ids()
+            if d is None:
+                return None
+            ids, inv = d
+            self._rows = (self.embed(ids), inv)
+        return self._rows
+
+    def _from_rows(self, inv: torch.Tensor) -> torch.Tensor:
+        """``R[inv]`` for distinct indices ``inv [B, ...]`` -> ``[B, ..., D]`` (an ``index_select``:
+        its backward is an ``index_add`` into ``[U, D]``)."""
+        R = self._rows[0]
+        return R.index_select(0, inv.reshape(-1)).view(*inv.shape, R.shape[-1])
 
     @eager   # torch.unique's output size depends on the data
     def distinct_events(self) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -155,6 +178,9 @@ class SeqInputs:
         Under autograd embedded from their ids when possible, as :meth:`recent`: equal values, and
         the backward pass then skips the ``[B, T, D]`` gradient of ``hist`` that gathering from it
         implies; without it a gather from ``hist`` is cheaper."""
+        if self._rows is not None:
+            B = idx.shape[0]
+            return self._from_rows(torch.gather(self._rows[1], 1, idx.reshape(B, -1)).view(idx.shape))
         if self.embed is not None and self.hist_ids is not None and torch.is_grad_enabled():
             B, F = idx.shape[0], self.hist_ids.shape[-1]
             ids = torch.gather(self.hist_ids, 1, idx.reshape(B, -1, 1).expand(-1, -1, F))
