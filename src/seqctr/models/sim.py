@@ -47,7 +47,7 @@ class SIM(TwoBranchBackbone):
             return matvec(x.hist, q.unsqueeze(-1)).squeeze(-1)
         raise AssertionError("hard search uses category ids, see long_branch")
 
-    def forward(self, x):
+    def forward(self, x: SeqInputs):
         if self.gsu == "soft" and torch.is_grad_enabled():
             x.distinct_rows()   # made before the short branch, which then gathers its window from them too
         return super().forward(x)
@@ -55,9 +55,10 @@ class SIM(TwoBranchBackbone):
     def soft_gsu_distinct(self, x: SeqInputs, R: torch.Tensor, inv: torch.Tensor):
         """Soft-GSU scores ``[B, T]`` and, in training, the auxiliary vector ``[B, D]``, over the
         batch's ``U`` distinct events (``R [U, D]``, ``inv [B, T]``; :meth:`SeqInputs.distinct_rows`):
-        ``S = q R^T`` and ``aux = W R``, with ``W [B, U]`` the masked scores summed per distinct event. The per-event products' values, but forward and backward
-        are GEMMs over ``R`` and the gradient reaches the tables through ``U`` rows: no ``[B, T, D]``
-        gradient is formed (on ml100k U ~ 1,400 against B T = 51,200; SIM trains ~1.1x faster)."""
+        ``S = q R^T`` and ``aux = W R``, with ``W [B, U]`` the masked scores summed per distinct
+        event. The per-event products' values, but forward and backward are GEMMs over ``R`` and the
+        gradient reaches the tables through ``U`` rows: no ``[B, T, D]`` gradient is formed (on
+        ml100k U ~ 1,400 against B T = 51,200; SIM trains ~1.1x faster)."""
         # in the embeddings' dtype even under bf16 autocast, as the per-event products (promoted to
         # float32): top-k over bfloat16 scores would tie, and W sums scores per event
         with torch.autocast(R.device.type, enabled=False):

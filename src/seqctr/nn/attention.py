@@ -22,7 +22,6 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> t
     return torch.nan_to_num(w, nan=0.0)
 
 
-
 class DiceMLP(nn.Module):
     """``[..., in_dim] -> [..., 1]``: Linear -> :class:`MaskedDice` per hidden layer, then a Linear to
     one score (DIN's activation unit after its first layer). Parameter names match :class:`MLP`'s
