@@ -145,33 +145,25 @@ class SeqInputs:
         ``hist == rows[inverse]``, or None when the ids are unknown. Valid because the events were
         embedded from their ids (``embed``): equal id rows have equal embeddings. A batch of
         256 x 200 ml100k events holds at most 1,682 distinct items (U << B T)."""
-        d = self._distinct()
-        if d is None:
-            return None
-        first, inv = d
-        return self.hist.flatten(0, 1)[first], inv
+        return self._distinct(self.hist)
 
     @eager
     def distinct_ids(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """As :meth:`distinct_events`, but the distinct events' ids ``(ids [U, Fi], inverse [B, T])``:
         ``embed(ids)`` are the rows, and under autograd their gradient reaches the embedding tables
         through ``U`` rows instead of a ``[B, T, D]`` gradient of ``hist``."""
-        d = self._distinct()
-        if d is None:
-            return None
-        first, inv = d
-        return self.hist_ids.flatten(0, 1)[first], inv
+        return self._distinct(self.hist_ids)
 
-    def _distinct(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(first [U], inverse [B, T])``: one flat position per distinct event, and each event's
-        distinct index; None when the ids are unknown."""
+    def _distinct(self, per_event: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(per_event [B, T, ...]`` at one position per distinct event ``[U, ...]``, each event's
+        distinct index ``[B, T])``; None when the ids are unknown."""
         key = None if self.hist_ids is None or self.embed is None else distinct_key(self.hist_ids)
         if key is None or key.numel() == 0:
             return None
         uniq, inv = torch.unique(key.flatten(), return_inverse=True)
         first = torch.zeros(len(uniq), dtype=torch.long, device=key.device).scatter_(
             0, inv, torch.arange(inv.numel(), device=key.device))          # one position per distinct event
-        return first, inv.view(key.shape)
+        return per_event.flatten(0, 1)[first], inv.view(key.shape)
 
     def events_at(self, idx: torch.Tensor) -> torch.Tensor:
         """The events at positions ``idx [B, ...]`` -> ``[B, ..., D]`` (an ESU's selection).

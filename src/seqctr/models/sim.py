@@ -36,10 +36,15 @@ class SIM(TwoBranchBackbone):
             self.W_b = nn.Linear(item_dim, self.attention_dim, bias=False)
             self.aux_dim, self.aux_weight = item_dim, aux_weight
 
+    def gsu_query(self, target: torch.Tensor) -> torch.Tensor:
+        """``W_b^T W_a t``: ``[B, D] -> [B, D]``. The soft GSU's ``(W_a t) . (W_b e)`` is this dot ``e``,
+        so no event is ever projected."""
+        return self.W_a(target) @ self.W_b.weight
+
     def gsu_scores(self, x: SeqInputs) -> torch.Tensor:
         """Relevance of every history event to the target ``[B, T]`` (padding excluded later)."""
         if self.gsu == "soft":  # (W_a t) . (W_b e) = (W_b^T W_a t) . e: no per-event projection
-            q = self.W_a(x.target) @ self.W_b.weight                                      # [B, D]
+            q = self.gsu_query(x.target)                                                  # [B, D]
             d = None if torch.is_grad_enabled() else x.distinct_events()
             if d is not None:  # inference: U distinct events x B targets in one GEMM, gathered back
                 rows, inv = d
@@ -62,7 +67,7 @@ class SIM(TwoBranchBackbone):
         # in the embeddings' dtype even under bf16 autocast, as the per-event products (promoted to
         # float32): top-k over bfloat16 scores would tie, and W sums scores per event
         with torch.autocast(R.device.type, enabled=False):
-            q = (self.W_a(x.target.to(R.dtype)) @ self.W_b.weight.to(R.dtype))             # [B, D]
+            q = self.gsu_query(x.target.to(R.dtype))                                       # [B, D]
             s = torch.gather(q @ R.T, 1, inv)                                          # [B, T]
             aux = pool_distinct(s * x.mask, inv, R) if self.training else None            # [B, D]
         return s, aux
@@ -108,7 +113,7 @@ class SIM(TwoBranchBackbone):
         N = x.target.shape[0]
         if self.gsu == "soft":
             if "gsu_e" in state:
-                s = (self.W_a(x.target) @ self.W_b.weight) @ state["gsu_e"][0].T      # [N, T]
+                s = self.gsu_query(x.target) @ state["gsu_e"][0].T                   # [N, T]
             else:
                 s = self.W_a(x.target) @ state["gsu_k"][0].T
             idx, sel = topk_select(s, mask, self.topk)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..nn import MultiHeadTargetAttention, gather_positions
+from ..nn import MultiHeadTargetAttention
 from .base import Backbone, BackboneOutput, SeqInputs, concat_events, expand, prefixed, unprefixed
 
 
