@@ -142,3 +142,34 @@ def test_hstu_shared_bias_is_one_row_for_every_head():
     shared.eval(), per_head.eval()
     x = inputs()
     torch.testing.assert_close(shared(x).vector, per_head(x).vector, rtol=0, atol=0)
+
+
+def test_dien_extractor_over_distinct_events_equals_the_sequence_path():
+    """With ids known, DIEN's extractor reads its input gates from the batch's distinct events
+    (and LAIN's prompts) as rows: the same vector, auxiliary loss and every table, prompt and
+    parameter gradient as the left-aligned ``[B, T, D]`` path, in float64."""
+    from seqctr.nn import AttentionCondition
+    from tests.models.test_long_sequence import _trainable_inputs
+
+    for P in (0, 2):
+        torch.manual_seed(0)
+        m = DIEN(16, aux_loss=True).double().train()
+        tables, make = _trainable_inputs()
+        prompts = torch.randn(6, P, 16, dtype=torch.float64, requires_grad=True)
+        res = {}
+        for with_ids in (True, False):
+            x = make(with_ids)
+            if P:
+                x.cond = {"long": AttentionCondition(prompts=prompts)}
+            out = m(x)
+            (out.vector.square().sum() + out.aux_loss).backward()
+            res[with_ids] = [out.vector.detach(), out.aux_loss.detach(), *(t.grad.clone() for t in tables),
+                             *(p.grad.clone() for p in m.parameters())] + ([prompts.grad.clone()] if P else [])
+            for p in [*tables, *m.parameters(), prompts]:
+                p.grad = None
+        assert make(True).distinct_rows()[0].shape[0] < 6 * 40               # the rows path really ran
+        for a, b in zip(*res.values()):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+        with torch.no_grad():                                                 # and at inference
+            m.eval()
+            torch.testing.assert_close(m(make(True)).vector, m(make(False)).vector, atol=1e-12, rtol=1e-10)

@@ -54,3 +54,37 @@ def test_zero_attention_keeps_the_state_exactly():
     states = gated_recurrence(gx, h0, w_h, b_h, att)
     assert torch.equal(states[:, 2], states[:, 1]) and torch.equal(states[:, -1], states[:, 1])
     assert not torch.equal(states[:, 1], states[:, 0])
+
+
+def test_indexed_rows_equal_the_gathered_input_gates():
+    """``gx [U, 3H]`` rows read through ``index [B, T]`` == the materialised ``gx[index]``:
+    states and every gradient (the rows' gradient is the per-step gradients added per row)."""
+    for att in (False, True):
+        gx_full, h0, w_h, b_h, a = _args(att)
+        torch.manual_seed(2)
+        rows = torch.randn(4, gx_full.shape[-1], dtype=torch.float64, requires_grad=True)
+        index = torch.randint(0, 4, gx_full.shape[:2])
+        index[0, :] = 1                                                    # a row read at every step
+        w = torch.randn(3, 5, 4, dtype=torch.float64)
+        ins = [rows, h0, w_h, b_h] + ([a] if att else [])
+        got = gated_recurrence(rows, h0, w_h, b_h, a, index=index)
+        want = gated_recurrence(rows[index], h0, w_h, b_h, a)
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+        g_got = torch.autograd.grad((got * w).sum(), ins)
+        g_want = torch.autograd.grad((want * w).sum(), ins)
+        for x, y in zip(g_got, g_want):
+            torch.testing.assert_close(x, y, atol=1e-12, rtol=1e-10)
+        assert torch.autograd.gradcheck(lambda r, *p: gated_recurrence(r, *p, index=index),
+                                        (rows, h0, w_h, b_h, a), atol=1e-6)
+        with torch.no_grad():                                              # the inference loop too
+            torch.testing.assert_close(gated_recurrence(rows, h0, w_h, b_h, a, index=index), want,
+                                       atol=1e-12, rtol=1e-10)
+
+
+def test_gru_over_rows_equals_gru_over_the_sequence():
+    torch.manual_seed(3)
+    ref = torch.nn.GRU(6, 5, batch_first=True)
+    rows = torch.randn(9, 6, requires_grad=True)
+    index = torch.randint(0, 9, (3, 7))
+    torch.testing.assert_close(gru(rows, ref, index=index), gru(rows[index], ref), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(gru(rows, ref, index=index), ref(rows[index])[0], atol=1e-6, rtol=1e-5)

@@ -17,13 +17,19 @@ from ..utils.compile import eager
 from .base import Backbone, BackboneOutput, SeqInputs, expand, register
 
 
-def left_align(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move each row's real events to the front: ``[B, T, D]`` right-aligned -> left-aligned."""
+def left_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each left-aligned position reads from: ``mask [B, T]`` (right-aligned) ->
+    ``(positions [B, T], left-aligned mask [B, T])``; padded positions read padded ones."""
     B, T = mask.shape
     L = mask.sum(1)
-    idx = (torch.arange(T, device=x.device).unsqueeze(0) + (T - L).unsqueeze(1)) % max(T, 1)
+    ar = torch.arange(T, device=mask.device).unsqueeze(0)
+    return (ar + (T - L).unsqueeze(1)) % max(T, 1), ar < L.unsqueeze(1)
+
+
+def left_align(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each row's real events to the front: ``[B, T, D]`` right-aligned -> left-aligned."""
+    idx, new_mask = left_index(mask)
     out = torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-    new_mask = torch.arange(T, device=x.device).unsqueeze(0) < L.unsqueeze(1)
     return out * new_mask.unsqueeze(-1), new_mask
 
 
@@ -92,20 +98,47 @@ class DIEN(Backbone):
         ln = F.logsigmoid(-(h * neg).sum(-1))
         return -((lp + ln) * valid).sum() / valid.sum().clamp_min(1.0)
 
-    def forward(self, x: SeqInputs) -> BackboneOutput:
-        seq, mask = left_align(x.hist, x.mask)
+    def sequence(self, x: SeqInputs):
+        """The extractor's states over LAIN's prompts (if any) then the events, left-aligned:
+        ``(states [B, P+T, H], mask [B, P+T], lengths [B], seq)``, ``seq()`` giving the
+        embedded sequence ``[B, P+T, D]`` (0 beyond each length) for the auxiliary loss.
+
+        When the ids are known, the extractor's input gates are computed once per distinct event
+        of the batch and per prompt (``gru(rows, index=...)``): the same values as over the
+        left-aligned ``[B, T, D]`` sequence, a GEMM of ``U + B P`` rows instead of ``B (P+T)``, and
+        the gradient reaches the tables through ``U`` rows."""
         cond = x.condition("long")
         P = cond.num_prompts if cond is not None else 0
-        if P:  # LAIN prompts open the sequence: the extractor reads them first, the AUGRU attends to them
-            seq = torch.cat([cond.prompts, seq], 1)
-            mask = torch.cat([mask.new_ones(mask.shape[0], P), mask], 1)
-        states, L = self.extract(seq, mask)
+        d = x.distinct_rows()
+        if d is None:
+            seq, mask = left_align(x.hist, x.mask)
+            if P:  # LAIN prompts open the sequence: the extractor reads them first, the AUGRU attends to them
+                seq = torch.cat([cond.prompts, seq], 1)
+                mask = torch.cat([mask.new_ones(mask.shape[0], P), mask], 1)
+            states, L = self.extract(seq, mask)
+            return states, mask, L, lambda: seq
+        rows, inv = d
+        pos, mask = left_index(x.mask)
+        index = torch.gather(inv, 1, pos)                                      # [B, T] distinct row per step
+        if P:
+            B = index.shape[0]
+            prompt_rows = rows.shape[0] + torch.arange(B * P, device=index.device).view(B, P)
+            rows = torch.cat([rows, cond.prompts.flatten(0, 1)])
+            index = torch.cat([prompt_rows, index], 1)
+            mask = torch.cat([mask.new_ones(B, P), mask], 1)
+        states = gru(rows, self.gru, index=index) * mask.unsqueeze(-1)
+        return states, mask, mask.sum(1), lambda: rows[index] * mask.unsqueeze(-1)
+
+    def forward(self, x: SeqInputs) -> BackboneOutput:
+        cond = x.condition("long")
+        P = cond.num_prompts if cond is not None else 0
+        states, mask, L, seq = self.sequence(x)
         att = self.attention(x.target, states, mask, cond)
         final = self.augru(states, att, L)
         aux = None
-        if self.use_aux and self.training and seq.shape[1] - P > 1:
+        if self.use_aux and self.training and states.shape[1] - P > 1:
             # events only: LAIN's prompt tokens are neither predicted nor predictors of the next event
-            aux = self.aux_loss_weight * self.auxiliary_loss(states[:, P:], seq[:, P:], mask[:, P:])
+            aux = self.aux_loss_weight * self.auxiliary_loss(states[:, P:], seq()[:, P:], mask[:, P:])
         weights = {}
         if x.need_weights:  # history part, back to right-aligned positions
             att, L = att[:, P:], L - P
@@ -117,12 +150,7 @@ class DIEN(Backbone):
     def prefill(self, x: SeqInputs) -> dict:
         """The interest extractor's states ``[1, T(+P), H]`` (they do not depend on the target);
         the attention-gated AUGRU still runs per candidate."""
-        seq, mask = left_align(x.hist, x.mask)
-        cond = x.condition("long")
-        if cond is not None and cond.prompts is not None:
-            seq = torch.cat([cond.prompts, seq], 1)
-            mask = torch.cat([mask.new_ones(1, cond.num_prompts), mask], 1)
-        states, _ = self.extract(seq, mask)
+        states, mask, _, _ = self.sequence(x)
         return {"states": states, "state_mask": mask}
 
     cache_uses_condition = True   # LAIN prompts run through the cached GRU states: they move with L

@@ -8,6 +8,12 @@ Both are one gated recurrence over precomputed input gates ``gx = x W_x + b_x  [
     GRU:    h_t = lerp(n, h_{t-1}, v)      = (1 - v) n + v h_{t-1}      (torch.nn.GRU's z = v)
     AUGRU:  h_t = lerp(h_{t-1}, n, a_t v)  = (1 - a_t v) h_{t-1} + a_t v n   (DIEN: u' = a_t u)
 
+The input gates may also come as rows ``gx [U, 3H]`` with ``index [B, T]`` (step ``t`` of row ``b``
+reads ``gx[index[b, t]]``): DIEN's extractor computes them once per *distinct* event of the batch
+(``U`` ~1,400 on ml100k against ``B T`` = 51,200), and the recurrence gathers each step's ``[B, 3H]``
+slice as it goes (its backward adds each step's gradient into ``[U, 3H]``), so neither the
+``[B, T, 3H]`` gates nor their gradient are ever materialised.
+
 Why not autograd: its backward records ~15 small ops and two small GEMMs per step and sums the
 recurrent weight's gradient through extra buffers. Here the backward runs the recurrence once with
 fused element-wise expressions, one ``[B, 3H] x [3H, H]`` product per step for the state and one
@@ -22,51 +28,57 @@ from ..utils.compile import eager
 
 
 def _forward(gx: torch.Tensor, h0: torch.Tensor, w_h: torch.Tensor, b_h: torch.Tensor,
-             att: torch.Tensor | None, save: bool):
+             att: torch.Tensor | None, save: bool, index: torch.Tensor | None = None):
     """All states ``[B, T, H]`` and, if ``save``, per step what the backward needs: the previous
     state, ``[r, v]``, ``n`` and the hidden gates ``g`` (small per-step tensors, not stacked)."""
-    B, T, _ = gx.shape
-    H = h0.shape[1]
+    B, H = h0.shape
+    T = gx.shape[1] if index is None else index.shape[1]
     h, states, saved = h0, [], []
-    gx_t = gx.unbind(1)
+    gx_t = gx.unbind(1) if index is None else None
+    at = None if index is None else index.t().contiguous()              # [T, B]: the rows step t reads
     a_t = att.unsqueeze(-1).unbind(1) if att is not None else None
     for t in range(T):
+        x_t = gx_t[t] if at is None else gx.index_select(0, at[t])        # [B, 3H]
         g = torch.addmm(b_h, h, w_h.t())                                   # [B, 3H]
-        rv = torch.sigmoid(gx_t[t][:, :2 * H] + g[:, :2 * H])             # [B, 2H]: r, v
-        n = torch.tanh(torch.addcmul(gx_t[t][:, 2 * H:], rv[:, :H], g[:, 2 * H:]))
+        rv = torch.sigmoid(x_t[:, :2 * H] + g[:, :2 * H])                  # [B, 2H]: r, v
+        n = torch.tanh(torch.addcmul(x_t[:, 2 * H:], rv[:, :H], g[:, 2 * H:]))
         if save:
             saved.append((h, rv, n, g))
         v = rv[:, H:]
         h = torch.lerp(n, h, v) if a_t is None else torch.lerp(h, n, a_t[t] * v)
         states.append(h)
-    out = torch.stack(states, 1) if T else gx.new_zeros(B, 0, H)
+    out = torch.stack(states, 1) if T else h0.new_zeros(B, 0, H)
     return out, saved
 
 
 class _Recurrence(torch.autograd.Function):
-    """``(gx [B,T,3H], h0 [B,H], w_h [3H,H], b_h [3H], att [B,T] | None) -> states [B, T, H]``.
+    """``(gx [B,T,3H], h0 [B,H], w_h [3H,H], b_h [3H], att [B,T] | None, index) -> states [B, T, H]``
+    (``gx [U, 3H]`` rows when ``index [B, T]`` is given).
 
     The backward keeps every per-step tensor small (``[B, 3H]``, reused from the allocator's cache)
     and writes the big ``[B, T, 3H]`` input-gate gradient once, by one ``stack``: writing step slices
     into a fresh big buffer costs a page fault per 4 KiB on this kind of machine."""
 
     @staticmethod
-    def forward(ctx, gx, h0, w_h, b_h, att):
-        out, saved = _forward(gx, h0, w_h, b_h, att, save=True)
+    def forward(ctx, gx, h0, w_h, b_h, att, index):
+        out, saved = _forward(gx, h0, w_h, b_h, att, save=True, index=index)
         ctx.steps = saved
-        ctx.save_for_backward(w_h, att if att is not None else torch.empty(0))
-        ctx.has_att = att is not None
+        none = torch.empty(0)
+        ctx.save_for_backward(w_h, att if att is not None else none, index if index is not None else none)
+        ctx.has_att, ctx.indexed, ctx.gx_shape = att is not None, index is not None, gx.shape
         return out
 
     @staticmethod
     def backward(ctx, d_out):
-        w_h, att = ctx.saved_tensors
+        w_h, att, index = ctx.saved_tensors
         steps = ctx.steps
         T = len(steps)
         B, H = d_out.shape[0], w_h.shape[1]
         dh = d_out.new_zeros(B, H)
         d_w, d_b = torch.zeros_like(w_h), d_out.new_zeros(3 * H)
         dgx = [None] * T
+        if ctx.indexed:                       # rows' gradient: each step's [B, 3H] added where it was read
+            d_rows, at = d_out.new_zeros(ctx.gx_shape), index.t().contiguous()
         datt = [None] * T if ctx.has_att else None
         for t in range(T - 1, -1, -1):
             h, rv, n, g = steps[t]
@@ -92,15 +104,20 @@ class _Recurrence(torch.autograd.Function):
             d_w.addmm_(dg_t.t(), h)
             d_b.add_(dg_t.sum(0))
             dh = torch.addmm(dh_direct, dg_t, w_h)
-            dgx[t] = dgx_t
-        return (torch.stack(dgx, 1), dh, d_w, d_b, torch.stack(datt, 1) if ctx.has_att else None)
+            if ctx.indexed:
+                d_rows.index_add_(0, at[t], dgx_t)
+            else:
+                dgx[t] = dgx_t
+        d_gx = d_rows if ctx.indexed else torch.stack(dgx, 1)
+        return d_gx, dh, d_w, d_b, torch.stack(datt, 1) if ctx.has_att else None, None
 
 
 @eager   # a Python loop over a data-dependent step count: traced, it would recompile per length
 def gated_recurrence(gx: torch.Tensor, h0: torch.Tensor, w_h: torch.Tensor, b_h: torch.Tensor,
-                     att: torch.Tensor | None = None) -> torch.Tensor:
+                     att: torch.Tensor | None = None, index: torch.Tensor | None = None) -> torch.Tensor:
     """States ``[B, T, H]`` of the GRU (``att`` None) or the AUGRU (``att [B, T]``, 0 = keep the
-    state) over input gates ``gx [B, T, 3H]`` from ``h0 [B, H]``; see the module docstring.
+    state) over input gates ``gx [B, T, 3H]`` (or rows ``gx [U, 3H]`` read through ``index [B, T]``)
+    from ``h0 [B, H]``; see the module docstring.
 
     Under autocast the whole recurrence runs in the autocast dtype (inputs cast once, not per step),
     as ``torch.nn.GRU`` does: ``train.precision: bf16``'s speed and measured accuracy are for that."""
@@ -109,17 +126,24 @@ def gated_recurrence(gx: torch.Tensor, h0: torch.Tensor, w_h: torch.Tensor, b_h:
         dt = torch.get_autocast_dtype(dev)
         with torch.autocast(dev, enabled=False):
             return gated_recurrence(gx.to(dt), h0.to(dt), w_h.to(dt), b_h.to(dt),
-                                    att.to(dt) if att is not None else None)
+                                    att.to(dt) if att is not None else None, index)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (gx, h0, w_h, b_h, att)):
-        return _Recurrence.apply(gx, h0, w_h, b_h, att)
-    return _forward(gx, h0, w_h, b_h, att, save=False)[0]
+        return _Recurrence.apply(gx, h0, w_h, b_h, att, index)
+    return _forward(gx, h0, w_h, b_h, att, save=False, index=index)[0]
 
 
-def gru(x: torch.Tensor, module: torch.nn.GRU, h0: torch.Tensor | None = None) -> torch.Tensor:
+def gru(x: torch.Tensor, module: torch.nn.GRU, h0: torch.Tensor | None = None,
+        index: torch.Tensor | None = None) -> torch.Tensor:
     """``torch.nn.GRU`` (one layer, batch_first, with biases) through :func:`gated_recurrence`:
-    ``x [B, T, D]`` -> states ``[B, T, H]``, the module's own parameters (checkpoints unchanged)."""
-    B, T, D = x.shape
-    H = module.hidden_size
-    gx = torch.addmm(module.bias_ih_l0, x.reshape(B * T, D), module.weight_ih_l0.t()).view(B, T, 3 * H)
-    h0 = x.new_zeros(B, H) if h0 is None else h0
-    return gated_recurrence(gx, h0, module.weight_hh_l0, module.bias_hh_l0)
+    ``x [B, T, D]`` -> states ``[B, T, H]``, the module's own parameters (checkpoints unchanged).
+    With ``index [B, T]``, ``x [U, D]`` are rows and step ``t`` of row ``b`` reads ``x[index[b, t]]``:
+    the input gates are then one ``[U, D] x [D, 3H]`` GEMM, however long the sequences."""
+    if index is None:
+        B, T, D = x.shape
+        H = module.hidden_size
+        gx = torch.addmm(module.bias_ih_l0, x.reshape(B * T, D), module.weight_ih_l0.t()).view(B, T, 3 * H)
+    else:
+        B = index.shape[0]
+        gx = torch.addmm(module.bias_ih_l0, x, module.weight_ih_l0.t())                   # [U, 3H]
+    h0 = x.new_zeros(B, module.hidden_size) if h0 is None else h0
+    return gated_recurrence(gx, h0, module.weight_hh_l0, module.bias_hh_l0, index=index)
