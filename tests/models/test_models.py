@@ -113,3 +113,34 @@ def test_every_trainable_parameter_gets_a_gradient(synth_ds, name, lain):
     model.loss(model(batch), batch.label).backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, missing
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_full_history_is_embedded_only_by_backbones_that_read_it(synth_ds, mode):
+    """``CTRModel`` passes ``hist=None``: SIM and DIEN work from the distinct events and never
+    look up the ``[B, T]`` history; DIN reads it, and it is embedded exactly once."""
+    batch = gather_batch(synth_ds, synth_ds.indices("train")[:32], max_len=30)
+    for name, full_lookups in (("sim", 0), ("dien", 0), ("din", 1)):
+        model = getattr(make_model(synth_ds, name), mode)()
+        shapes, items = [], model.embedding.items
+        model.embedding.items = lambda ids: shapes.append(tuple(ids.shape)) or items(ids)  # noqa: B023
+        with torch.set_grad_enabled(mode == "train"):
+            model(batch)
+        assert shapes.count(tuple(batch.hist.shape)) == full_lookups, (name, shapes)
+
+
+def test_seq_inputs_embed_the_history_on_first_read():
+    from seqctr.models.base import SeqInputs
+
+    calls = []
+    embed = lambda ids: calls.append(1) or ids.float() * 2              # noqa: E731
+    ids = torch.randint(0, 5, (2, 3, 1))
+    x = SeqInputs(target=torch.zeros(2, 1), hist=None, mask=ids[..., 0] > 0, seq_len=torch.tensor([3, 3]),
+                  hist_ids=ids, embed=embed)
+    assert calls == []
+    assert torch.equal(x.hist, ids.float() * 2) and torch.equal(x.hist, ids.float() * 2) and calls == [1]
+    given = torch.ones(2, 3, 1)
+    y = SeqInputs(target=torch.zeros(2, 1), hist=given, mask=x.mask, seq_len=x.seq_len, hist_ids=ids, embed=embed)
+    assert y.hist is given and calls == [1]
+    with pytest.raises(TypeError):
+        SeqInputs(target=torch.zeros(2, 1), mask=x.mask, seq_len=x.seq_len)   # hist stays a required field

@@ -86,18 +86,39 @@ def pool_distinct(w: torch.Tensor, inv: torch.Tensor, rows: torch.Tensor) -> tor
     return W.scatter_add(1, inv, w.to(dt)) @ rows.to(dt)
 
 
+class _EmbeddedOnRead:
+    """``SeqInputs.hist``, embedded from ``hist_ids`` on its first read when given as None (as
+    :class:`CTRModel` does): a backbone that works from the distinct events (SIM, DIEN) never
+    pays the ``[B, T, D]`` lookup. A required dataclass field (no default)."""
+
+    def __set_name__(self, owner, name):
+        self.slot = "_" + name
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            raise AttributeError(self.slot)          # tells dataclass: the field has no default
+        value = obj.__dict__[self.slot]
+        if value is None and obj.embed is not None and obj.hist_ids is not None:
+            value = obj.__dict__[self.slot] = obj.embed(obj.hist_ids)
+        return value
+
+    def __set__(self, obj, value):
+        obj.__dict__[self.slot] = value
+
+
 @dataclass
 class SeqInputs:
     """Embedded inputs of a backbone.
 
-    ``target [B, D]``, ``hist [B, T, D]`` (right-aligned, most recent last), ``mask [B, T]`` bool,
+    ``target [B, D]``, ``hist [B, T, D]`` (right-aligned, most recent last; None = embedded from
+    ``hist_ids`` when first read), ``mask [B, T]`` bool,
     ``seq_len [B]`` (true length before truncation), ``need_weights``: fill attention weights;
     ``target_ids [B, Fi]`` / ``hist_ids [B, T, Fi]``: the raw feature ids (e.g. for search by category);
     ``hist_time [B, T]`` / ``target_time [B]`` int64 event and candidate times, or None when the data
     has none (only time-aware backbones read them: HSTU's time-bucket bias)."""
 
     target: torch.Tensor
-    hist: torch.Tensor
+    hist: torch.Tensor = _EmbeddedOnRead()
     mask: torch.Tensor
     seq_len: torch.Tensor
     need_weights: bool = False
@@ -124,7 +145,8 @@ class SeqInputs:
         """``(R [U, D], inverse [B, T])``: the distinct events embedded from their ids
         (:meth:`distinct_ids`), made once per inputs. Once made, :meth:`recent` and
         :meth:`events_at` gather from ``R`` too, so every branch's gradient reaches the tables
-        through one lookup of ``U`` rows (SIM's training: GSU, ESU and short window)."""
+        through one lookup of ``U`` rows (SIM: GSU, ESU and short window; DIEN: the extractor's
+        input gates)."""
         if self._rows is None:
             d = self.distinct_ids()
             if d is None:
@@ -331,7 +353,7 @@ class CTRModel(nn.Module):
     def forward(self, batch, need_weights: bool = False) -> ModelOutput:
         emb = self.embedding
         target = emb.items(batch.target)
-        x = SeqInputs(target=target, hist=emb.items(batch.hist), mask=batch.mask, seq_len=batch.seq_len,
+        x = SeqInputs(target=target, hist=None, mask=batch.mask, seq_len=batch.seq_len,
                       need_weights=need_weights, target_ids=batch.target, hist_ids=batch.hist,
                       cond=self.lain(batch.seq_len) if self.lain is not None else None, embed=emb.items,
                       hist_time=batch.hist_time, target_time=batch.target_time)

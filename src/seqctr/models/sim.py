@@ -53,17 +53,18 @@ class SIM(TwoBranchBackbone):
         raise AssertionError("hard search uses category ids, see long_branch")
 
     def forward(self, x: SeqInputs):
-        if self.gsu == "soft" and torch.is_grad_enabled():
+        if self.gsu == "soft":
             x.distinct_rows()   # made before the short branch, which then gathers its window from them too
         return super().forward(x)
 
     def soft_gsu_distinct(self, x: SeqInputs, R: torch.Tensor, inv: torch.Tensor):
-        """Soft-GSU scores ``[B, T]`` and, in training, the auxiliary vector ``[B, D]``, over the
-        batch's ``U`` distinct events (``R [U, D]``, ``inv [B, T]``; :meth:`SeqInputs.distinct_rows`):
+        """Soft-GSU scores ``[B, T]`` and, in training, the auxiliary vector ``[B, D]`` (None at
+        inference), over the batch's ``U`` distinct events (``R [U, D]``, ``inv [B, T]``; :meth:`SeqInputs.distinct_rows`):
         ``S = q R^T`` and ``aux = W R``, with ``W [B, U]`` the masked scores summed per distinct
         event. The per-event products' values, but forward and backward are GEMMs over ``R`` and the
         gradient reaches the tables through ``U`` rows: no ``[B, T, D]`` gradient is formed (on
-        ml100k U ~ 1,400 against B T = 51,200; SIM trains ~1.1x faster)."""
+        ml100k U ~ 1,400 against B T = 51,200; SIM trains ~1.1x faster). Inference takes the same
+        path, so the full ``[B, T, D]`` history is never embedded (``SeqInputs.hist`` is lazy)."""
         # in the embeddings' dtype even under bf16 autocast, as the per-event products (promoted to
         # float32): top-k over bfloat16 scores would tie, and W sums scores per event
         with torch.autocast(R.device.type, enabled=False):
@@ -73,10 +74,10 @@ class SIM(TwoBranchBackbone):
         return s, aux
 
     def long_branch(self, x: SeqInputs) -> BranchOutput:
-        T = x.hist.shape[1]
+        T = x.mask.shape[1]
         aux = None
         if self.gsu == "soft":
-            d = x.distinct_rows() if torch.is_grad_enabled() else None
+            d = x.distinct_rows()
             if d is not None:
                 s, aux = self.soft_gsu_distinct(x, *d)
             else:
@@ -89,7 +90,7 @@ class SIM(TwoBranchBackbone):
             if cat is None:
                 raise ValueError("hard search needs the history's category ids (SeqInputs.hist_ids)")
             match = (cat == x.target_ids[:, self.category_feature].unsqueeze(1)) & x.mask
-            recency = torch.arange(T, device=x.hist.device, dtype=x.hist.dtype).expand(x.mask.shape)
+            recency = torch.arange(T, device=x.mask.device, dtype=x.target.dtype).expand(x.mask.shape)
             idx, sel_mask = topk_select(recency, match, self.topk)
         out = self.exact_search(self.long_attention, x, idx, sel_mask)
         out.aux_vector = aux

@@ -84,7 +84,7 @@ class TwoBranchBackbone(Backbone):
     def short_branch(self, x: SeqInputs) -> BranchOutput:
         hist, mask = self.short_window(x)
         res = self.short_attention(x.target, hist, mask, x.condition("short"))
-        return BranchOutput(res.out, left_pad_to(res.weights, x.hist.shape[1]) if x.need_weights else None,
+        return BranchOutput(res.out, left_pad_to(res.weights, x.mask.shape[1]) if x.need_weights else None,
                             aux_loss=res.aux_loss)
 
     def long_branch(self, x: SeqInputs) -> BranchOutput:  # pragma: no cover - interface
@@ -94,7 +94,7 @@ class TwoBranchBackbone(Backbone):
         """ESU: ``attention`` over the events a GSU selected (``idx [B, k]``); prompts come after
         the selection, so top-k can never drop them. Weights are mapped back to positions."""
         res = attention(x.target, x.events_at(idx), sel_mask, x.condition("long"))
-        return BranchOutput(res.out, scatter_weights(res.weights, idx, x.hist.shape[1]) if x.need_weights else None,
+        return BranchOutput(res.out, scatter_weights(res.weights, idx, x.mask.shape[1]) if x.need_weights else None,
                             aux_loss=res.aux_loss)
 
     # -- serving: short-branch K/V + whatever the long branch caches ----------------------------
