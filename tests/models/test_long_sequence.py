@@ -353,3 +353,34 @@ def test_sim_training_forward_gathers_every_branch_from_the_distinct_rows():
     assert len(pa) == len(pb) == len(list(m.parameters()))
     for a, b in zip(ta + pa, tb + pb):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("topk,heads", [(5, 2), (5, 1), (40, 2)])
+def test_twin_over_distinct_events_equals_every_event(topk, heads):
+    """With ids known TWIN scores the batch's distinct events in one GEMM and reads its top-k (or,
+    k >= T, pools) from them: the same vector and the same table and parameter gradients as the
+    absorbed attention over ``hist``, in float64; training and inference."""
+    from seqctr.nn import AttentionCondition
+
+    torch.manual_seed(0)
+    m = TWIN(16, topk=topk, attention_dim=8, num_heads=heads, short_seq_len=6).double().train()
+    tables, make = _trainable_inputs()
+    prompts = torch.randn(6, 2, 16, dtype=torch.float64, requires_grad=True)
+    res = {}
+    for with_ids in (True, False):
+        x = make(with_ids)
+        x.cond = {"long": AttentionCondition(prompts=prompts)}
+        out = m(x)
+        out.vector.sin().sum().backward()
+        res[with_ids] = [out.vector.detach(), prompts.grad.clone(), *(t.grad.clone() for t in tables),
+                         *(p.grad.clone() for p in m.parameters() if p.grad is not None)]
+        for p in [*tables, *m.parameters(), prompts]:
+            p.grad = None
+    assert len(res[True]) == len(res[False])
+    for a, b in zip(*res.values()):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    m.eval()
+    with torch.no_grad():
+        fast, slow = make(True), make(False)
+        torch.testing.assert_close(m(fast).vector, m(slow).vector, atol=1e-12, rtol=1e-10)
+        assert fast._rows is not None and slow._rows is None                 # each path really ran

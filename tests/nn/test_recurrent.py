@@ -88,3 +88,20 @@ def test_gru_over_rows_equals_gru_over_the_sequence():
     index = torch.randint(0, 9, (3, 7))
     torch.testing.assert_close(gru(rows, ref, index=index), gru(rows[index], ref), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(gru(rows, ref, index=index), ref(rows[index])[0], atol=1e-6, rtol=1e-5)
+
+
+def test_tanh_form_and_final_state_only():
+    """The CPU ``tanh`` form is within 2e-7 of float64 tanh, in place or under autograd; ``final``
+    returns exactly the last state, with or without autograd."""
+    from seqctr.nn.recurrent import _tanh
+
+    x = torch.linspace(-30, 30, 200_001)
+    want = torch.tanh(x.double())
+    assert (_tanh(x.clone()).double() - want).abs().max() <= 2e-7
+    assert (_tanh(x.clone().requires_grad_()).double() - want).abs().max() <= 2e-7
+    gx, h0, w_h, b_h, att = (a.detach().float() for a in _args(True))
+    full = gated_recurrence(gx, h0, w_h, b_h, att)
+    assert torch.equal(gated_recurrence(gx, h0, w_h, b_h, att, final=True), full[:, -1])
+    w_h.requires_grad_()
+    last = gated_recurrence(gx, h0, w_h, b_h, att, final=True)
+    assert last.requires_grad and torch.equal(last.detach(), full[:, -1])

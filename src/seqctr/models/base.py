@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn import MLP, AttentionCondition, FeatureEmbedding, gather_positions
+from ..nn.batched import pool_distinct  # noqa: F401  (re-exported: backbones pool distinct events)
 from ..utils.compile import eager
 
 _REGISTRY: dict[str, type["Backbone"]] = {}
@@ -75,15 +76,6 @@ def distinct_key(ids: torch.Tensor) -> torch.Tensor | None:
     for f in range(1, ids.shape[-1]):
         key = key * radix[f] + ids[..., f]
     return key
-
-
-def pool_distinct(w: torch.Tensor, inv: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``sum_t w[b, t] rows[inv[b, t]]`` as ``W @ rows``, with ``W [B, U]`` the weights summed per
-    distinct event: ``w, inv [B, T]``, ``rows [U, D]`` -> ``[B, D]`` (differentiable in ``w`` and
-    ``rows``)."""
-    dt = torch.promote_types(w.dtype, rows.dtype)
-    W = torch.zeros(w.shape[0], rows.shape[0], dtype=dt, device=w.device)
-    return W.scatter_add(1, inv, w.to(dt)) @ rows.to(dt)
 
 
 class _EmbeddedOnRead:

@@ -55,7 +55,7 @@ class AUGRU(nn.Module):
             return h0
         a = att[:, :T] * (torch.arange(T, device=x.device).unsqueeze(0) < lengths.unsqueeze(1))
         gx = self.x2h(x[:, :T])                                       # [B, T, 3H] in one matmul
-        return gated_recurrence(gx, h0, self.h2h.weight, self.h2h.bias, a)[:, -1]
+        return gated_recurrence(gx, h0, self.h2h.weight, self.h2h.bias, a, final=True)
 
 
 @register("dien")

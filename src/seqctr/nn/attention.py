@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batched import matvec, vecmat
+from .batched import distinct_scores, matvec, pool_distinct, vecmat
 from .condition import AttentionCondition, Conditionable, apply_temperature
 from .dropout import Dropout
 from .mlp import MLP, activation
@@ -399,21 +399,37 @@ class MultiHeadTargetAttention(Conditionable):
             w_hist = torch.zeros(B, H, T, dtype=w.dtype, device=w.device).scatter(-1, idx, w_hist)
         return AttentionResult(self.W_o(out.reshape(B, -1)), w_hist, w[..., :P] if P else None)
 
-    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
+    @property
+    def absorbed(self) -> bool:
+        """Plain linear K/V: :meth:`forward` never projects the events (and takes ``rows``)."""
+        return self.ckv is None and not self.silu
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor | None, mask: torch.Tensor,
                 cond: AttentionCondition | None = None, topk: int | None = None,
-                score_bias: torch.Tensor | None = None) -> AttentionResult:
+                score_bias: torch.Tensor | None = None, rows: tuple | None = None) -> AttentionResult:
         """Same result as ``attend(query, *project_kv(keys))``. With plain linear K/V it runs in
         the absorbed form — scores ``(W_k^T q) . e_t`` and output ``W_v (sum_t w_t e_t)`` — which
-        never projects the events: O(T D H) instead of O(T D A) per sample."""
-        if self.ckv is not None or self.silu:          # non-linear K/V: project every event
+        never projects the events: O(T D H) instead of O(T D A) per sample.
+
+        ``rows = (R [U, D], inv [B, T])``, the batch's distinct events with ``keys == R[inv]``
+        (then ``keys`` may be None; absorbed form only): the scores are one GEMM over ``R``
+        (:func:`~seqctr.nn.batched.distinct_scores`), the selection and the pooled sum are read
+        from ``R``, and the gradient reaches ``R`` without a ``[B, T, D]`` gradient."""
+        if not self.absorbed:                          # non-linear K/V: project every event
             k, v, aux = self.project_kv(keys, mask)
             return self.attend(query, k, v, mask, cond, topk, score_bias)._replace(aux_loss=aux)
-        B, T, D = keys.shape
+        B, T = mask.shape
         H, hd, kd = self.num_heads, self.head_dim, self.key_dim
         q = self.condition_query(self.W_q(query[..., :kd]), cond).view(B, H, hd)
         qk = torch.einsum("bhe,hek->bhk", q, self.W_k.weight.view(H, hd, kd))           # W_k^T q per head
-        # batched mat-vec as [B, T, kd] @ [B, kd, H]: the fastest orientation on CPU
-        scores = matvec(keys[..., :kd], qk.transpose(1, 2)).transpose(1, 2) / hd ** 0.5      # [B, H, T]
+        if rows is not None:
+            R, inv = rows
+            D = R.shape[-1]
+            scores = distinct_scores(qk, R[:, :kd], inv) / hd ** 0.5                       # [B, H, T]
+        else:
+            D = keys.shape[-1]
+            # batched mat-vec as [B, T, kd] @ [B, kd, H]: the fastest orientation on CPU
+            scores = matvec(keys[..., :kd], qk.transpose(1, 2)).transpose(1, 2) / hd ** 0.5  # [B, H, T]
         shift = self.key_shift(cond)
         if shift is not None:                                    # (the same for every key)
             scores = scores + (q * shift.view(B, H, hd)).sum(-1, keepdim=True) / hd ** 0.5
@@ -424,14 +440,20 @@ class MultiHeadTargetAttention(Conditionable):
         if topk is not None and topk < T:
             idx, hmask = topk_select(scores, hmask, topk)
             scores = torch.gather(scores, -1, idx)
-            events = gather_positions(keys, idx)                                         # [B, H, k, D]
+            if rows is None:
+                events = gather_positions(keys, idx)                                     # [B, H, k, D]
+            else:
+                at = torch.gather(inv.unsqueeze(1).expand(B, H, T), -1, idx)              # [B, H, k] distinct
+                events = R.index_select(0, at.reshape(-1)).view(*at.shape, D)
         P = cond.num_prompts if cond is not None else 0
         if P:
             ps, pv = self._prompts(q.unsqueeze(2), cond, shift)
             scores, hmask = _with_prompts(scores, hmask, ps)
         w = masked_softmax(apply_temperature(scores, cond), hmask)
         wd = self.dropout(w)
-        if idx is None:
+        if idx is None and rows is not None:
+            pooled = pool_distinct(wd[..., P:].reshape(B * H, T), inv.repeat_interleave(H, 0), R).view(B, H, D)
+        elif idx is None:
             pooled = vecmat(wd[..., P:], keys)                                          # [B, H, D]
         else:
             n = events.shape[2]

@@ -71,3 +71,24 @@ def matvec(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
 def vecmat(W: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
     """``W [B, H, T] @ A [B, T, D]`` -> ``[B, H, D]`` (H weighted sums of T events)."""
     return _VecMat.apply(*_same_dtype(W, A))
+
+
+def pool_distinct(w: torch.Tensor, inv: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``sum_t w[b, t] rows[inv[b, t]]`` as ``W @ rows``, with ``W [B, U]`` the weights summed per
+    distinct event: ``w, inv [B, T]``, ``rows [U, D]`` -> ``[B, D]`` (differentiable in ``w`` and
+    ``rows``)."""
+    dt = torch.promote_types(w.dtype, rows.dtype)
+    W = torch.zeros(w.shape[0], rows.shape[0], dtype=dt, device=w.device)
+    return W.scatter_add(1, inv, w.to(dt)) @ rows.to(dt)
+
+
+def distinct_scores(Q: torch.Tensor, R: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+    """``Q [B, H, D]`` against every event ``R[inv] [B, T, D]`` -> ``[B, H, T]``, as one
+    ``[B H, D] x [D, U]`` GEMM over the ``U`` distinct rows ``R [U, D]`` gathered back by
+    ``inv [B, T]``, in the promoted dtype even under autocast (top-k over bfloat16 scores would
+    tie). Its backward is a GEMM too: no ``[B, T, D]`` gradient is formed."""
+    B, H, D = Q.shape
+    Q, R = _same_dtype(Q, R)
+    with torch.autocast(R.device.type, enabled=False):
+        s = (Q.reshape(B * H, D) @ R.T).view(B, H, -1)                                   # [B, H, U]
+    return torch.gather(s, -1, inv.unsqueeze(1).expand(B, H, inv.shape[-1]))
