@@ -80,8 +80,8 @@ def distinct_key(ids: torch.Tensor) -> torch.Tensor | None:
 
 class _EmbeddedOnRead:
     """``SeqInputs.hist``, embedded from ``hist_ids`` on its first read when given as None (as
-    :class:`CTRModel` does): a backbone that works from the distinct events (SIM, DIEN) never
-    pays the ``[B, T, D]`` lookup. A required dataclass field (no default)."""
+    :class:`CTRModel` does): a backbone that works from the distinct events (SIM, TWIN, DIEN)
+    never pays the ``[B, T, D]`` lookup. A required dataclass field (no default)."""
 
     def __set_name__(self, owner, name):
         self.slot = "_" + name

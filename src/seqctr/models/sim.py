@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..nn import topk_select
-from ..nn.batched import matvec, vecmat
+from ..nn.batched import distinct_scores, matvec, vecmat
 from .base import SeqInputs, expand, pool_distinct, prefixed, register
 from .two_branch import BranchOutput, TwoBranchBackbone
 
@@ -42,20 +42,15 @@ class SIM(TwoBranchBackbone):
         return self.W_a(target) @ self.W_b.weight
 
     def gsu_scores(self, x: SeqInputs) -> torch.Tensor:
-        """Relevance of every history event to the target ``[B, T]`` (padding excluded later)."""
+        """Relevance of every history event to the target ``[B, T]`` (padding excluded later), per
+        event over ``hist``: the path when the ids are unknown (else :meth:`soft_gsu_distinct`)."""
         if self.gsu == "soft":  # (W_a t) . (W_b e) = (W_b^T W_a t) . e: no per-event projection
             q = self.gsu_query(x.target)                                                  # [B, D]
-            d = None if torch.is_grad_enabled() else x.distinct_events()
-            if d is not None:  # inference: U distinct events x B targets in one GEMM, gathered back
-                rows, inv = d
-                return torch.gather(q @ rows.T, 1, inv)
             return matvec(x.hist, q.unsqueeze(-1)).squeeze(-1)
         raise AssertionError("hard search uses category ids, see long_branch")
 
-    def forward(self, x: SeqInputs):
-        if self.gsu == "soft":
-            x.distinct_rows()   # made before the short branch, which then gathers its window from them too
-        return super().forward(x)
+    def long_reads_distinct_rows(self) -> bool:
+        return self.gsu == "soft"
 
     def soft_gsu_distinct(self, x: SeqInputs, R: torch.Tensor, inv: torch.Tensor):
         """Soft-GSU scores ``[B, T]`` and, in training, the auxiliary vector ``[B, D]`` (None at
@@ -69,7 +64,7 @@ class SIM(TwoBranchBackbone):
         # float32): top-k over bfloat16 scores would tie, and W sums scores per event
         with torch.autocast(R.device.type, enabled=False):
             q = self.gsu_query(x.target.to(R.dtype))                                       # [B, D]
-            s = torch.gather(q @ R.T, 1, inv)                                          # [B, T]
+            s = distinct_scores(q.unsqueeze(1), R, inv).squeeze(1)                         # [B, T]
             aux = pool_distinct(s * x.mask, inv, R) if self.training else None            # [B, D]
         return s, aux
 

@@ -40,16 +40,14 @@ class TWIN(TwoBranchBackbone):
     def score_bias(self, x: SeqInputs) -> torch.Tensor:
         return self.bias(x.hist[..., -self.bdim:]).transpose(1, 2)          # [B, H, T]
 
-    def forward(self, x: SeqInputs):
-        if self.long_attention.absorbed:
-            x.distinct_rows()   # made before the short branch, which then gathers its window from them too
-        return super().forward(x)
+    def long_reads_distinct_rows(self) -> bool:
+        return self.long_attention.absorbed
 
     def long_branch(self, x: SeqInputs) -> BranchOutput:
         """Over the batch's distinct events when the ids are known and K/V are plain linear maps
         (scores one GEMM over ``U`` rows, the top-k read from them; ``hist`` never embedded), else
         over ``hist``: the same values either way."""
-        rows = x.distinct_rows() if self.long_attention.absorbed else None
+        rows = x.distinct_rows() if self.long_reads_distinct_rows() else None
         res = self.long_attention(x.target, x.hist if rows is None else None, x.mask, x.condition("long"),
                                   topk=self.topk, score_bias=self.score_bias(x) if self.bias is not None else None,
                                   rows=rows)

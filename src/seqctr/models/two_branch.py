@@ -146,7 +146,15 @@ class TwoBranchBackbone(Backbone):
         return self.long_attention.attend(x.target, expand(K, N), expand(V, N), None, x.condition("long"),
                                           select=(idx, sel_mask), need_weights=False).out
 
+    def long_reads_distinct_rows(self) -> bool:
+        """True: the long branch works from :meth:`SeqInputs.distinct_rows` (SIM's soft GSU, TWIN's
+        absorbed attention). They are then made first, so the short branch gathers its window from
+        them too and every branch's gradient reaches the tables through one lookup."""
+        return False
+
     def forward(self, x: SeqInputs) -> BackboneOutput:
+        if self.long_reads_distinct_rows():
+            x.distinct_rows()
         short, long = self.short_branch(x), self.long_branch(x)
         att = {}
         if x.need_weights:
