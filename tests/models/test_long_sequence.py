@@ -330,11 +330,17 @@ def test_din_inference_over_distinct_events_equals_pooling_every_event():
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
 
 
-def test_sim_training_forward_gathers_every_branch_from_the_distinct_rows():
+def test_sim_training_forward_gathers_every_branch_from_the_distinct_rows(monkeypatch):
     """A training forward makes the distinct rows once; the short window and the ESU's selection are
-    gathered from them: same output and table / parameter gradients as embedding nothing twice."""
+    read from them (sparse products over the rows): same output and table / parameter gradients as
+    embedding nothing twice."""
+    import seqctr.nn.attention as attention
+
+    made = []
+    real = attention.row_pattern
+    monkeypatch.setattr(attention, "row_pattern", lambda col, U: made.append(col.shape) or real(col, U))
     torch.manual_seed(0)
-    m = SIM(16, topk=5, attention_dim=8, short_seq_len=7).double().train()
+    m = SIM(16, topk=6, attention_dim=8, short_seq_len=7).double().train()     # 6 x 6 entries >= U
     tables, make = _trainable_inputs(seed=1)
     res = []
     for with_ids in (True, False):
@@ -344,6 +350,7 @@ def test_sim_training_forward_gathers_every_branch_from_the_distinct_rows():
             R, inv = x._rows
             assert R.shape[0] == len(torch.unique(x.hist_ids.flatten(0, 1), dim=0))
             torch.testing.assert_close(x.recent(6)[0], x.hist[:, -6:], atol=0, rtol=0)
+            assert made == [(x.mask.shape[0], 6)] * 2                  # short window and ESU
         (out.vector.square().sum() + out.aux_vector.sin().sum()).backward()
         res.append((out.vector.detach(), [t.grad.clone() for t in tables],
                     [p.grad.clone() for p in m.parameters() if p.grad is not None]))
@@ -385,3 +392,44 @@ def test_twin_over_distinct_events_equals_every_event(topk, heads):
         fast, slow = make(True), make(False)
         torch.testing.assert_close(m(fast).vector, m(slow).vector, atol=1e-12, rtol=1e-10)
         assert fast._rows is not None and slow._rows is None                 # each path really ran
+
+
+@pytest.mark.parametrize("name", ["eta", "sdim"])
+def test_eta_and_sdim_over_distinct_rows_equal_every_event(name, monkeypatch):
+    """ETA and SDIM read the batch's distinct rows (codes per row; ESU, SDIM's collision sums and the
+    short window as sparse products over them): the same vector, attention weights and table /
+    parameter gradients as over the embedded ``hist``, in float64, training and inference, with
+    LAIN prompts and an empty history in the batch."""
+    import seqctr.models.sdim as sdim
+    from seqctr.nn import AttentionCondition
+
+    made = []
+    real = sdim.row_pattern
+    monkeypatch.setattr(sdim, "row_pattern", lambda col, U, keep=None: made.append(col.shape) or real(col, U, keep))
+    torch.manual_seed(0)
+    m = (ETA(16, hash_bits=6, topk=6, attention_dim=8, short_seq_len=7) if name == "eta"
+         else SDIM(16, num_hashes=3, hash_bits=2, attention_dim=8, short_seq_len=7)).double()
+    tables, make = _trainable_inputs()
+    prompts = torch.randn(6, 2, 16, dtype=torch.float64, requires_grad=True)
+    for train in (True, False):
+        m.train(train)
+        res = {}
+        for with_ids in (True, False):
+            x = make(with_ids)
+            x.need_weights = True
+            x.cond = {"long": AttentionCondition(prompts=prompts)}
+            with torch.set_grad_enabled(train):
+                out = m(x)
+            got = [out.vector.detach(), out.attention["long"].detach(), out.attention["short"].detach()]
+            if train:
+                out.vector.sin().sum().backward()
+                got += [prompts.grad.clone(), *(t.grad.clone() for t in tables),
+                        *(p.grad.clone() for p in m.parameters() if p.grad is not None)]
+                for p in [*tables, *m.parameters(), prompts]:
+                    p.grad = None
+            assert (x._rows is not None) == with_ids                  # each path really ran
+            res[with_ids] = got
+        assert len(res[True]) == len(res[False]) > 3 * train
+        for a, b in zip(*res.values()):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    assert made == ([(6 * 3, 40)] * 2 if name == "sdim" else [])      # SDIM's collision sums, sparse

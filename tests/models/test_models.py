@@ -117,10 +117,10 @@ def test_every_trainable_parameter_gets_a_gradient(synth_ds, name, lain):
 
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_full_history_is_embedded_only_by_backbones_that_read_it(synth_ds, mode):
-    """``CTRModel`` passes ``hist=None``: SIM and DIEN work from the distinct events and never
-    look up the ``[B, T]`` history; DIN reads it, and it is embedded exactly once."""
+    """``CTRModel`` passes ``hist=None``: SIM, TWIN, ETA, SDIM and DIEN work from the distinct events
+    and never look up the ``[B, T]`` history; DIN reads it, and it is embedded exactly once."""
     batch = gather_batch(synth_ds, synth_ds.indices("train")[:32], max_len=30)
-    for name, full_lookups in (("sim", 0), ("dien", 0), ("din", 1)):
+    for name, full_lookups in (("sim", 0), ("twin", 0), ("eta", 0), ("sdim", 0), ("dien", 0), ("din", 1)):
         model = getattr(make_model(synth_ds, name), mode)()
         shapes, items = [], model.embedding.items
         model.embedding.items = lambda ids: shapes.append(tuple(ids.shape)) or items(ids)  # noqa: B023

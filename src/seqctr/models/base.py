@@ -133,6 +133,17 @@ class SeqInputs:
             return self.embed(self.hist_ids[:, -n:]), self.mask[:, -n:]
         return self.hist[:, -n:], self.mask[:, -n:]
 
+    def rows_of(self, idx: torch.Tensor | None = None, recent: int | None = None) -> tuple | None:
+        """The events at positions ``idx [B, k]`` (or the ``recent`` last ones, or all) as ``(R [U, D],
+        inverse [B, k])`` over :meth:`distinct_rows`, when a backbone made them (else None): what
+        a target attention takes as ``rows`` to read them without gathering ``[B, k, D]``."""
+        if self._rows is None:
+            return None
+        R, inv = self._rows
+        if idx is not None:
+            return R, torch.gather(inv, 1, idx)
+        return R, (inv if recent is None else inv[:, -recent:])
+
     def distinct_rows(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(R [U, D], inverse [B, T])``: the distinct events embedded from their ids
         (:meth:`distinct_ids`), made once per inputs. Once made, :meth:`recent` and
@@ -158,8 +169,9 @@ class SeqInputs:
         """The batch's distinct history events: ``(rows [U, D], inverse [B, T])`` with
         ``hist == rows[inverse]``, or None when the ids are unknown. Valid because the events were
         embedded from their ids (``embed``): equal id rows have equal embeddings. A batch of
-        256 x 200 ml100k events holds at most 1,682 distinct items (U << B T)."""
-        return self._distinct(self.hist)
+        256 x 200 ml100k events holds at most 1,682 distinct items (U << B T). Once a backbone made
+        :meth:`distinct_rows`, those (the same values), so ``hist`` is not embedded for them."""
+        return self._rows if self._rows is not None else self._distinct(self.hist)
 
     @eager
     def distinct_ids(self) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -48,6 +48,11 @@ class ETA(TwoBranchBackbone):
         dist = hamming(simhash(rows, self.rotations).unsqueeze(0), tcode)            # [B, U]
         return torch.gather(dist, 1, inv)
 
+    def long_reads_distinct_rows(self) -> bool:
+        """Codes per distinct event (:meth:`hamming`); the ESU and the short window read the same
+        rows, so the ``[B, T, D]`` history is never embedded."""
+        return True
+
     def long_branch(self, x: SeqInputs) -> BranchOutput:
         idx, sel_mask = topk_select(-self.hamming(x), x.mask, self.topk)
         return self.exact_search(self.long_attention, x, idx, sel_mask)

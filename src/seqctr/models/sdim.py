@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..nn import simhash
+from ..nn.batched import row_pattern, row_pool, sparse_pays
 from .base import SeqInputs, register
 from .two_branch import BranchOutput, TwoBranchBackbone
 
@@ -38,9 +39,28 @@ class SDIM(TwoBranchBackbone):
         same = x.per_event(self.buckets) == self.buckets(x.target).unsqueeze(1)   # [B, T, R]
         return same.transpose(1, 2) & x.mask.unsqueeze(1)
 
+    def long_reads_distinct_rows(self) -> bool:
+        """Buckets per distinct event; the collision sums and the short window read the same rows."""
+        return True
+
+    def collision_sums(self, x: SeqInputs, c: torch.Tensor) -> torch.Tensor:
+        """``sum_t c[b, r, t] e_t``: ``c [B, R, T]`` -> ``[B, R, D]``. Over the distinct rows when
+        made, as one sparse product of the colliding entries only (about ``1 / 2^bits`` of them): no
+        ``[B, T, D]`` history or gradient; else a batched product over ``hist``."""
+        rows = x.rows_of()
+        if rows is not None:
+            R, inv = rows
+            B, Rr, T = c.shape
+            col = inv.unsqueeze(1).expand(B, Rr, T).reshape(B * Rr, T)
+            if sparse_pays(R.shape[0], col):
+                pat = row_pattern(col, R.shape[0], keep=c.reshape(B * Rr, T))
+                return row_pool(c.reshape(B * Rr, T).to(R.dtype), R, pat).view(B, Rr, -1)
+        return c.to(x.hist.dtype) @ x.hist
+
     def long_branch(self, x: SeqInputs) -> BranchOutput:
-        c = self.collisions(x).to(x.hist.dtype)                       # [B, R, T]
-        sums = c @ x.hist                                             # [B, R, D]
+        c = self.collisions(x)                                        # [B, R, T] bool
+        sums = self.collision_sums(x, c)                              # [B, R, D]
+        c = c.to(sums.dtype)
         cond = x.condition("long")
         if cond is not None and cond.prompts is not None:             # LAIN prompts collide in every round
             sums = sums + cond.prompts.sum(1, keepdim=True)

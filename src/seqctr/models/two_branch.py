@@ -82,8 +82,13 @@ class TwoBranchBackbone(Backbone):
         return x.recent(self.short_seq_len - 1)
 
     def short_branch(self, x: SeqInputs) -> BranchOutput:
-        hist, mask = self.short_window(x)
-        res = self.short_attention(x.target, hist, mask, x.condition("short"))
+        n = self.short_seq_len - 1
+        rows = x.rows_of(recent=n) if self.short_attention.absorbed else None
+        if rows is not None:        # read from the batch's distinct events: no [B, n, D] window
+            res = self.short_attention(x.target, None, x.mask[:, -n:], x.condition("short"), rows=rows)
+        else:
+            hist, mask = self.short_window(x)
+            res = self.short_attention(x.target, hist, mask, x.condition("short"))
         return BranchOutput(res.out, left_pad_to(res.weights, x.mask.shape[1]) if x.need_weights else None,
                             aux_loss=res.aux_loss)
 
@@ -93,7 +98,11 @@ class TwoBranchBackbone(Backbone):
     def exact_search(self, attention, x: SeqInputs, idx: torch.Tensor, sel_mask: torch.Tensor) -> BranchOutput:
         """ESU: ``attention`` over the events a GSU selected (``idx [B, k]``); prompts come after
         the selection, so top-k can never drop them. Weights are mapped back to positions."""
-        res = attention(x.target, x.events_at(idx), sel_mask, x.condition("long"))
+        rows = x.rows_of(idx) if attention.absorbed else None
+        if rows is not None:
+            res = attention(x.target, None, sel_mask, x.condition("long"), rows=rows)
+        else:
+            res = attention(x.target, x.events_at(idx), sel_mask, x.condition("long"))
         return BranchOutput(res.out, scatter_weights(res.weights, idx, x.mask.shape[1]) if x.need_weights else None,
                             aux_loss=res.aux_loss)
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batched import distinct_scores, matvec, pool_distinct, vecmat
+from .batched import distinct_scores, matvec, row_pattern, row_pool, row_scores, sparse_pays, vecmat
 from .condition import AttentionCondition, Conditionable, apply_temperature
 from .dropout import Dropout
 from .mlp import MLP, activation
@@ -412,9 +412,13 @@ class MultiHeadTargetAttention(Conditionable):
         never projects the events: O(T D H) instead of O(T D A) per sample.
 
         ``rows = (R [U, D], inv [B, T])``, the batch's distinct events with ``keys == R[inv]``
-        (then ``keys`` may be None; absorbed form only): the scores are one GEMM over ``R``
-        (:func:`~seqctr.nn.batched.distinct_scores`), the selection and the pooled sum are read
-        from ``R``, and the gradient reaches ``R`` without a ``[B, T, D]`` gradient."""
+        (then ``keys`` may be None; absorbed form only): scores and pooled sum are read from ``R``
+        and the gradient reaches ``R`` without a ``[B, T, D]`` gradient. Attending over all ``T``
+        (a short window, an ESU's selection) both are sparse products over ``R``
+        (:func:`~seqctr.nn.batched.row_scores`, :func:`~seqctr.nn.batched.row_pool`: no ``[B, T, D]``
+        tensor at all) when :func:`~seqctr.nn.batched.sparse_pays`; scoring all ``T`` for a top-k
+        (TWIN) is one GEMM over ``R`` (:func:`~seqctr.nn.batched.distinct_scores`) and the pooled
+        sum over the selection a sparse product."""
         if not self.absorbed:                          # non-linear K/V: project every event
             k, v, aux = self.project_kv(keys, mask)
             return self.attend(query, k, v, mask, cond, topk, score_bias)._replace(aux_loss=aux)
@@ -422,7 +426,19 @@ class MultiHeadTargetAttention(Conditionable):
         H, hd, kd = self.num_heads, self.head_dim, self.key_dim
         q = self.condition_query(self.W_q(query[..., :kd]), cond).view(B, H, hd)
         qk = torch.einsum("bhe,hek->bhk", q, self.W_k.weight.view(H, hd, kd))           # W_k^T q per head
-        if rows is not None:
+        sparse = None          # RowPattern of the pooled rows, when they are read as sparse products
+        if rows is not None and (topk is None or topk >= T):     # every event is scored and pooled
+            cols = rows[1].unsqueeze(1).expand(B, H, T).reshape(B * H, T)
+            if sparse_pays(rows[0].shape[0], cols):
+                sparse = row_pattern(cols, rows[0].shape[0])
+            else:                   # (compiling, or more distinct rows than entries): gather them
+                R, inv = rows
+                keys, rows = R.index_select(0, inv.reshape(-1)).view(B, T, -1), None
+        if sparse is not None:
+            R, inv = rows
+            D = R.shape[-1]
+            scores = row_scores(qk.reshape(B * H, kd), R[:, :kd], sparse).view(B, H, T) / hd ** 0.5
+        elif rows is not None:
             R, inv = rows
             D = R.shape[-1]
             scores = distinct_scores(qk, R[:, :kd], inv) / hd ** 0.5                       # [B, H, T]
@@ -443,16 +459,19 @@ class MultiHeadTargetAttention(Conditionable):
             if rows is None:
                 events = gather_positions(keys, idx)                                     # [B, H, k, D]
             else:
-                at = torch.gather(inv.unsqueeze(1).expand(B, H, T), -1, idx)              # [B, H, k] distinct
-                events = R.index_select(0, at.reshape(-1)).view(*at.shape, D)
+                at = torch.gather(inv.unsqueeze(1).expand(B, H, T), -1, idx).reshape(B * H, -1)  # distinct
+                if sparse_pays(R.shape[0], at):
+                    sparse = row_pattern(at, R.shape[0])
+                else:
+                    events = R.index_select(0, at.reshape(-1)).view(B, H, -1, D)
         P = cond.num_prompts if cond is not None else 0
         if P:
             ps, pv = self._prompts(q.unsqueeze(2), cond, shift)
             scores, hmask = _with_prompts(scores, hmask, ps)
         w = masked_softmax(apply_temperature(scores, cond), hmask)
         wd = self.dropout(w)
-        if idx is None and rows is not None:
-            pooled = pool_distinct(wd[..., P:].reshape(B * H, T), inv.repeat_interleave(H, 0), R).view(B, H, D)
+        if sparse is not None:
+            pooled = row_pool(wd[..., P:].reshape(B * H, -1), R, sparse).view(B, H, D)
         elif idx is None:
             pooled = vecmat(wd[..., P:], keys)                                          # [B, H, D]
         else:

@@ -10,7 +10,11 @@ heads keep the GEMMs, whose inner dimension is then the number of heads).
 """
 from __future__ import annotations
 
+import warnings
 import torch
+
+# the CSR products below use only documented, stable operations (valid CSR: sorted, merged columns)
+warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
 
 
 def _scores(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
@@ -92,3 +96,132 @@ def distinct_scores(Q: torch.Tensor, R: torch.Tensor, inv: torch.Tensor) -> torc
     with torch.autocast(R.device.type, enabled=False):
         s = (Q.reshape(B * H, D) @ R.T).view(B, H, -1)                                   # [B, H, U]
     return torch.gather(s, -1, inv.unsqueeze(1).expand(B, H, inv.shape[-1]))
+
+
+class RowPattern:
+    """Which rows of ``R [U, D]`` each of ``N`` attention rows reads (``col [N, k]``; with ``keep
+    [N, k]`` only the kept entries, e.g. SDIM's collisions), as valid CSR matrices (columns sorted,
+    a row's repeated events merged into one entry): ``[N, U]``, and its transpose ``[U, N]`` made on
+    first use (the backward pass). ``where [N k]`` maps each entry to its merged one (a dropped
+    entry to ``nnz``, a slot past the end). Made once and shared by :func:`row_scores` and
+    :func:`row_pool` of one attention."""
+
+    def __init__(self, col: torch.Tensor, U: int, keep: torch.Tensor | None = None):
+        N, k = col.shape
+        self.shape, dev = (N, k, U), col.device
+        if keep is None:                # every entry: sort each row (cheaper than one long sort)
+            scol, order = torch.sort(col, dim=1)
+            srow = None
+            flat = (order + torch.arange(N, device=dev).unsqueeze(1) * k).reshape(-1)
+            scol = scol.reshape(-1)
+        else:                           # the kept entries, sorted by (row, column)
+            kept = keep.reshape(-1).nonzero().squeeze(1)
+            key = torch.div(kept, k, rounding_mode="floor") * U + col.reshape(-1)[kept]
+            skey, order = torch.sort(key)
+            flat, srow, scol = kept[order], torch.div(skey, U, rounding_mode="floor"), skey % U
+        first = torch.ones_like(scol, dtype=torch.bool)
+        if keep is None:
+            first.view(N, k)[:, 1:] = scol.view(N, k)[:, 1:] != scol.view(N, k)[:, :-1]
+        else:
+            first[1:] = (scol[1:] != scol[:-1]) | (srow[1:] != srow[:-1])
+        slot = first.cumsum(0) - 1                                   # merged entry of each sorted one
+        self.ucol = scol[first]
+        self.where = torch.full((N * k,), self.ucol.numel(), dtype=torch.long, device=dev).scatter_(0, flat, slot)
+        self.counts = (first.view(N, k).sum(1) if keep is None
+                       else torch.bincount(srow[first], minlength=N))
+        self.crow = torch.zeros(N + 1, dtype=torch.long, device=dev)
+        self.crow[1:] = self.counts.cumsum(0)
+        self._t = None
+
+    def csr(self, values: torch.Tensor) -> torch.Tensor:
+        """``[N, U]`` sparse with the merged entries' ``values [nnz]``."""
+        N, _, U = self.shape
+        return torch.sparse_csr_tensor(self.crow, self.ucol, values, (N, U), check_invariants=False)
+
+    def csr_t(self, values: torch.Tensor) -> torch.Tensor:
+        """The transpose ``[U, N]`` of :meth:`csr` (``values`` in :meth:`csr`'s order)."""
+        N, _, U = self.shape
+        if self._t is None:
+            urow = torch.repeat_interleave(torch.arange(N, device=self.ucol.device), self.counts)
+            tperm = torch.sort(self.ucol * N + urow)[1]             # by column, then row (all distinct)
+            tcrow = torch.zeros(U + 1, dtype=torch.long, device=self.ucol.device)
+            tcrow[1:] = torch.bincount(self.ucol, minlength=U).cumsum(0)
+            self._t = (tcrow, urow[tperm], tperm)
+        tcrow, trow, tperm = self._t
+        return torch.sparse_csr_tensor(tcrow, trow, values[tperm], (U, N), check_invariants=False)
+
+    def merge(self, v: torch.Tensor) -> torch.Tensor:
+        """Per-entry ``v [N, k]`` summed into the merged entries ``[nnz]`` (dropped ones ignored)."""
+        nnz = self.ucol.numel()
+        return v.new_zeros(nnz + 1).index_add_(0, self.where, v.reshape(-1))[:nnz]
+
+    def sampled(self, X: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+        """``X[n] . R[col[n, j]]`` -> ``[N, k]`` (0 at dropped entries): only the read entries of
+        ``X R^T`` (one SDDMM)."""
+        pattern = self.csr(X.new_zeros(self.ucol.numel()))
+        vals = torch.sparse.sampled_addmm(pattern, X, R.T, beta=0.0).values()
+        return torch.cat([vals, vals.new_zeros(1)])[self.where].view(self.shape[:2])
+
+
+def row_pattern(col: torch.Tensor, U: int, keep: torch.Tensor | None = None) -> RowPattern:
+    """:class:`RowPattern` of ``col [N, k]`` (int64 indices into ``U`` rows; ``keep [N, k]`` bool)."""
+    return RowPattern(col, U, keep)
+
+
+def sparse_pays(U: int, col: torch.Tensor) -> bool:
+    """True when reading ``col``'s rows of ``R [U, D]`` through :func:`row_scores` / :func:`row_pool`
+    is the cheaper form: eager (dynamo does not trace sparse tensors) and ``U`` no larger than the
+    number of entries (their gradients are dense ``[U, D]``; the gathered form's are ``[N, k, D]``)."""
+    return col.numel() > 0 and U <= col.numel() and not torch.compiler.is_compiling()
+
+
+class _RowScores(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, X, R, pat):
+        ctx.save_for_backward(X, R)
+        ctx.pat = pat
+        return pat.sampled(X, R)
+
+    @staticmethod
+    def backward(ctx, g):
+        X, R = ctx.saved_tensors
+        gv = ctx.pat.merge(g)
+        gX = ctx.pat.csr(gv) @ R if ctx.needs_input_grad[0] else None
+        gR = ctx.pat.csr_t(gv) @ X if ctx.needs_input_grad[1] else None
+        return gX, gR, None
+
+
+class _RowPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w, R, pat):
+        v = pat.merge(w)
+        ctx.save_for_backward(v, R)
+        ctx.pat = pat
+        return pat.csr(v) @ R
+
+    @staticmethod
+    def backward(ctx, g):
+        v, R = ctx.saved_tensors
+        g = g.contiguous()
+        gw = ctx.pat.sampled(g, R) if ctx.needs_input_grad[0] else None
+        gR = ctx.pat.csr_t(v) @ g if ctx.needs_input_grad[1] else None
+        return gw, gR, None
+
+
+def row_scores(X: torch.Tensor, R: torch.Tensor, pat: RowPattern) -> torch.Tensor:
+    """``s[n, j] = X[n] . R[col[n, j]]``: ``X [N, D]``, ``R [U, D]`` -> ``[N, k]``, without forming
+    the ``[N, k, D]`` events or their gradient: forward is one sampled GEMM (SDDMM), backward two
+    sparse-dense products (``[N, U] x [U, D]`` and ``[U, N] x [N, D]``). Same values and gradients as
+    ``(R[col] * X[:, None]).sum(-1)``, in the promoted dtype even under autocast."""
+    X, R = _same_dtype(X, R)
+    with torch.autocast(R.device.type, enabled=False):
+        return _RowScores.apply(X.contiguous(), R.contiguous(), pat)
+
+
+def row_pool(w: torch.Tensor, R: torch.Tensor, pat: RowPattern) -> torch.Tensor:
+    """``p[n] = sum_j w[n, j] R[col[n, j]]``: ``w [N, k]``, ``R [U, D]`` -> ``[N, D]``, as one sparse
+    ``[N, U] x [U, D]`` product (a row's repeated events summed into one entry); backward an SDDMM
+    for ``w`` and a sparse ``[U, N] x [N, D]`` product for ``R``: no ``[N, k, D]`` tensor."""
+    w, R = _same_dtype(w, R)
+    with torch.autocast(R.device.type, enabled=False):
+        return _RowPool.apply(w.contiguous(), R.contiguous(), pat)
