@@ -134,15 +134,13 @@ class SeqInputs:
         return self.hist[:, -n:], self.mask[:, -n:]
 
     def rows_of(self, idx: torch.Tensor | None = None, recent: int | None = None) -> tuple | None:
-        """The events at positions ``idx [B, k]`` (or the ``recent`` last ones, or all) as ``(R [U, D],
+        """The events at positions ``idx [B, k]`` (or the ``recent`` last ones) as ``(R [U, D],
         inverse [B, k])`` over :meth:`distinct_rows`, when a backbone made them (else None): what
         a target attention takes as ``rows`` to read them without gathering ``[B, k, D]``."""
         if self._rows is None:
             return None
         R, inv = self._rows
-        if idx is not None:
-            return R, torch.gather(inv, 1, idx)
-        return R, (inv if recent is None else inv[:, -recent:])
+        return R, (inv[:, -recent:] if idx is None else torch.gather(inv, 1, idx))
 
     def distinct_rows(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(R [U, D], inverse [B, T])``: the distinct events embedded from their ids

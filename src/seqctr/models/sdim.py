@@ -47,7 +47,7 @@ class SDIM(TwoBranchBackbone):
         """``sum_t c[b, r, t] e_t``: ``c [B, R, T]`` -> ``[B, R, D]``. Over the distinct rows when
         made, as one sparse product of the colliding entries only (about ``1 / 2^bits`` of them): no
         ``[B, T, D]`` history or gradient; else a batched product over ``hist``."""
-        rows = x.rows_of()
+        rows = x.distinct_rows()
         if rows is not None:
             R, inv = rows
             B, Rr, T = c.shape

@@ -11,6 +11,7 @@ heads keep the GEMMs, whose inner dimension is then the number of heads).
 from __future__ import annotations
 
 import warnings
+
 import torch
 
 # the CSR products below use only documented, stable operations (valid CSR: sorted, merged columns)
@@ -111,24 +112,22 @@ class RowPattern:
         self.shape, dev = (N, k, U), col.device
         if keep is None:                # every entry: sort each row (cheaper than one long sort)
             scol, order = torch.sort(col, dim=1)
-            srow = None
+            first = torch.ones_like(scol, dtype=torch.bool)          # first of its (row, column) run
+            first[:, 1:] = scol[:, 1:] != scol[:, :-1]
+            self.counts = first.sum(1)
             flat = (order + torch.arange(N, device=dev).unsqueeze(1) * k).reshape(-1)
-            scol = scol.reshape(-1)
+            scol, first = scol.reshape(-1), first.reshape(-1)
         else:                           # the kept entries, sorted by (row, column)
             kept = keep.reshape(-1).nonzero().squeeze(1)
             key = torch.div(kept, k, rounding_mode="floor") * U + col.reshape(-1)[kept]
             skey, order = torch.sort(key)
-            flat, srow, scol = kept[order], torch.div(skey, U, rounding_mode="floor"), skey % U
-        first = torch.ones_like(scol, dtype=torch.bool)
-        if keep is None:
-            first.view(N, k)[:, 1:] = scol.view(N, k)[:, 1:] != scol.view(N, k)[:, :-1]
-        else:
-            first[1:] = (scol[1:] != scol[:-1]) | (srow[1:] != srow[:-1])
+            flat, scol = kept[order], skey % U
+            first = torch.ones_like(skey, dtype=torch.bool)
+            first[1:] = skey[1:] != skey[:-1]                         # (row, column) is the key
+            self.counts = torch.bincount(torch.div(skey[first], U, rounding_mode="floor"), minlength=N)
         slot = first.cumsum(0) - 1                                   # merged entry of each sorted one
         self.ucol = scol[first]
         self.where = torch.full((N * k,), self.ucol.numel(), dtype=torch.long, device=dev).scatter_(0, flat, slot)
-        self.counts = (first.view(N, k).sum(1) if keep is None
-                       else torch.bincount(srow[first], minlength=N))
         self.crow = torch.zeros(N + 1, dtype=torch.long, device=dev)
         self.crow[1:] = self.counts.cumsum(0)
         self._t = None
