@@ -74,3 +74,30 @@ def test_paired_bootstrap_covers_the_true_delta():
         assert r["lo"] < r["delta"] < r["hi"]
         covered += r["lo"] <= true <= r["hi"]
     assert covered >= 0.8 * trials
+
+
+def test_two_level_bootstrap_covers_seed_to_seed_variation():
+    """Pairs whose difference is pure run-to-run noise (a mean difference of 0 over seeds): the one-level
+    interval, which holds the runs fixed, often excludes 0; resampling the pairs too covers it. With one
+    pair the two levels give the same interval."""
+    rng = np.random.default_rng(3)
+    n, k = 600, 6
+    one, two, trials = 0, 0, 16
+    for t in range(trials):
+        y = rng.integers(0, 2, n)
+        base = y * 1.0 + rng.normal(size=n)
+        A, B = [], []
+        for _ in range(k):                 # each "seed" a model of its own; b differs from a by a run-level shift
+            a = base + 0.2 * rng.normal(size=n)
+            A.append(a)
+            B.append(a + rng.choice([-0.4, 0.4]) * y * rng.uniform(0.5, 1.0) + 0.05 * rng.normal(size=n))
+        true = 0.0                          # shifts of either sign equally likely: no difference in expectation
+        r1 = paired_bootstrap(y, A, B, n_boot=120, seed=t)
+        r2 = paired_bootstrap(y, A, B, n_boot=120, seed=t, resample_pairs=True)
+        assert r2["delta"] == r1["delta"] and r2["hi"] - r2["lo"] > r1["hi"] - r1["lo"]
+        one += r1["lo"] <= true <= r1["hi"]
+        two += r2["lo"] <= true <= r2["hi"]
+    assert two >= 0.8 * trials and one <= 0.5 * trials
+    r1 = paired_bootstrap(y, A[:1], B[:1], n_boot=100, seed=5)
+    r2 = paired_bootstrap(y, A[:1], B[:1], n_boot=100, seed=5, resample_pairs=True)
+    assert (r1["lo"], r1["hi"]) == (r2["lo"], r2["hi"])

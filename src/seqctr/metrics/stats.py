@@ -30,13 +30,19 @@ METRICS = {"auc": auc, "logloss": logloss}
 
 
 def paired_bootstrap(y, preds_a: list, preds_b: list, metric: str = "auc", n_boot: int = 1000, seed: int = 0,
-                     mask=None) -> dict:
+                     mask=None, resample_pairs: bool = False) -> dict:
     """Interval of ``metric(b) - metric(a)`` under resampling of the test samples.
 
     ``preds_a`` / ``preds_b``: lists of prediction arrays, paired by position (e.g. seed ``s`` of
     the bare model with seed ``s`` of +LAIN); the statistic is the mean paired difference, each
     bootstrap replicate resamples the samples once for all pairs. ``mask`` restricts to a subset
-    (a length bucket). Returns the observed delta and the 2.5 / 97.5 percentiles."""
+    (a length bucket). Returns the observed delta and the 2.5 / 97.5 percentiles.
+
+    ``resample_pairs=True`` makes it a two-level bootstrap: each replicate also draws the pairs with
+    replacement (from a generator of its own, so with one pair it is the one-level interval). The
+    one-level interval only holds the trained models fixed and asks how a new test set would
+    move their difference; when the pairs are training runs whose difference varies from seed to
+    seed (two codes equal up to float rounding), the two-level one also covers that variation."""
     f = METRICS[metric]
     y = np.asarray(y)
     A = [np.asarray(p) for p in preds_a]
@@ -44,16 +50,18 @@ def paired_bootstrap(y, preds_a: list, preds_b: list, metric: str = "auc", n_boo
     if mask is not None:
         y, A, B = y[mask], [p[mask] for p in A], [p[mask] for p in B]
 
-    def stat(idx):
-        return float(np.mean([f(y[idx], b[idx]) - f(y[idx], a[idx]) for a, b in zip(A, B)]))
+    def stat(idx, pairs):
+        return float(np.mean([f(y[idx], B[j][idx]) - f(y[idx], A[j][idx]) for j in pairs]))
 
-    n = len(y)
+    n, k = len(y), len(A)
     nan = float("nan")
     if n == 0:
         return {"delta": nan, "lo": nan, "hi": nan, "n": 0, "n_boot": 0}
-    rng = np.random.default_rng(seed)
-    obs = stat(np.arange(n))
-    reps = np.array([stat(rng.integers(0, n, n)) for _ in range(n_boot)])
+    rng, rng_pairs = np.random.default_rng(seed), np.random.default_rng([seed, 1])
+    every = np.arange(k)
+    obs = stat(np.arange(n), every)
+    reps = np.array([stat(rng.integers(0, n, n), rng_pairs.integers(0, k, k) if resample_pairs else every)
+                     for _ in range(n_boot)])
     reps = reps[np.isfinite(reps)]            # replicates with one class have no AUC
     if len(reps) == 0:
         return {"delta": obs, "lo": nan, "hi": nan, "n": int(n), "n_boot": 0}
