@@ -10,10 +10,11 @@ resumes). Then the paired bootstrap (:func:`seqctr.metrics.stats.paired_bootstra
 *before* with seed ``s`` of *after*, 500 resamples) of test AUC after minus before, overall and per
 length bucket, once over the test samples and once over seeds and test samples (two-level), and the
 largest per-sample probability change per seed. The goal of a pure speed change:
-every interval includes 0. ``--control`` also trains the *before* code a second time with
+every interval includes 0. ``--control`` makes it a 2 x 2 design: both codes are also trained with
 ``ATEN_CPU_CAPABILITY=avx2`` (PyTorch's own kernels in another vector width: the same arithmetic summed in
-another order) and reports that against *before* the same way: the interval a rounding-only difference
-gives, since the bootstrap resamples test samples, not training runs. Writes
+another order), and the table adds *before* with avx2 kernels minus *before* (what a rounding-only
+difference does to the AUC) and *after* minus *before*, both with avx2 kernels (the code change under
+another rounding): a shift that is the code's should show in both kernel widths. Writes
 ``bench/results/<--name>.{json,md}``.
 """
 from __future__ import annotations
@@ -105,6 +106,7 @@ def main() -> int:
     runs = {"before": (code["before"], "", {}), "after": (code["after"], "", {})}    # side: code, dir suffix, env
     if args.control:
         runs["control"] = (code["before"], "-avx2", {"ATEN_CPU_CAPABILITY": "avx2"})
+        runs["after_control"] = (code["after"], "-avx2", {"ATEN_CPU_CAPABILITY": "avx2"})
     jobs = []
     for m in models:
         for s in seeds:
@@ -125,7 +127,7 @@ def main() -> int:
              "AUC after minus before, seed s paired with seed s, overall and per history-length bucket: resampling the "
              "test samples (the trained models held fixed), and resampling the seeds too (two-level; it also covers "
              "how the difference varies from one training run to the next).", "",
-             "| model | AUC before (per seed) | AUC after (per seed) | delta overall [95%, test samples] | buckets including 0 | "
+             "| comparison | AUC reference (per seed) | AUC compared (per seed) | delta overall [95%, test samples] | buckets including 0 | "
              "[95%, seeds and test samples] | buckets including 0 | max abs prob change |",
              "|---|---|---|---|---:|---|---:|---:|"]
     cfg = load_config("ml100k/sim")                          # every ml100k config shares the data section
@@ -145,12 +147,14 @@ def main() -> int:
     for m in models:
         p = {side: [probs(side, m, s) for s in seeds] for side in runs}
         entry = {f"{side}_auc": [round(float(auc(y, q)), 5) for q in p[side]] for side in runs}
-        for side, label in (("after", m), ("control", f"{m} (control: before, avx2 kernels)")):
+        for ref, side, label in (("before", "after", m),
+                                 ("before", "control", f"{m} control: before with avx2 kernels minus before"),
+                                 ("control", "after_control", f"{m} control: after minus before, both with avx2 kernels")):
             if side not in p:
                 continue
-            a, b = p["before"], p[side]
+            a, b = p[ref], p[side]
             cells = []
-            for key, two_level in ((f"delta_{side}_minus_before", False), (f"delta_{side}_minus_before_two_level", True)):
+            for key, two_level in ((f"delta_{side}_minus_{ref}", False), (f"delta_{side}_minus_{ref}_two_level", True)):
                 deltas = {k: paired_bootstrap(y, a, b, metric="auc", n_boot=500, mask=mask, resample_pairs=two_level)
                           for k, mask in parts.items()}
                 entry[key] = deltas
@@ -159,7 +163,7 @@ def main() -> int:
                 cells += [(f"{o['delta']:+.5f} " if not two_level else "") + f"[{o['lo']:+.5f}, {o['hi']:+.5f}]",
                           f"{inside} / {len(deltas) - 1}"]
             entry[f"max_abs_prob_diff_per_seed_{side}"] = [float(np.abs(pa - pb).max()) for pa, pb in zip(a, b)]
-            lines.append(f"| {label} | {', '.join(f'{v:.4f}' for v in entry['before_auc'])} | "
+            lines.append(f"| {label} | {', '.join(f'{v:.4f}' for v in entry[f'{ref}_auc'])} | "
                          f"{', '.join(f'{v:.4f}' for v in entry[f'{side}_auc'])} | {' | '.join(cells)} | "
                          f"{max(entry[f'max_abs_prob_diff_per_seed_{side}']):.2g} |")
         result["models"][m] = entry
