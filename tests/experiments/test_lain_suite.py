@@ -42,7 +42,12 @@ def test_compare_resume_and_report(tmp_path, seqctr_home, capsys):
              for s in (1, 2)] for g in ("twin/bare", "twin/lain")}
     assert abs(d["overall"]["auc"]["delta"] - float(np.mean(np.subtract(m["twin/lain"], m["twin/bare"])))) < 1e-9
     assert d["overall"]["auc"]["lo"] <= d["overall"]["auc"]["delta"] <= d["overall"]["auc"]["hi"]
+    # the two-level interval (seeds resampled too): same observed delta, an interval at least as wide
+    two = d["overall"]["auc_seeds"]
+    assert two["delta"] == d["overall"]["auc"]["delta"]
+    assert two["hi"] - two["lo"] >= d["overall"]["auc"]["hi"] - d["overall"]["auc"]["lo"] - 1e-12
     md = (out / "compare" / "results.md").read_text()
+    assert "Δ twin/lain, seeds too" in md
     assert "Δ twin/lain" in md
     capsys.readouterr()
 
