@@ -89,7 +89,7 @@ def main() -> int:
     ap.add_argument("--work", default=str(ROOT / "bench/work/code_auc"))
     ap.add_argument("--name", default="code_auc_ml100k", help="results file stem under bench/results")
     ap.add_argument("--control", action="store_true",
-                    help="also train the before code with ATEN_CPU_CAPABILITY=avx2 (a rounding-only change)")
+                    help="also train both codes with ATEN_CPU_CAPABILITY=avx2 (a 2 x 2 of code x kernel rounding)")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     import numpy as np
@@ -97,6 +97,7 @@ def main() -> int:
     from seqctr.config import load_config
     from seqctr.data import prepare_config
     from seqctr.metrics import DEFAULT_BUCKETS, auc, bucket_masks
+    from seqctr.experiments.summary import predictions
     from seqctr.metrics.stats import paired_bootstrap
     from seqctr.utils.io import atomic_path, write_json
 
@@ -107,11 +108,17 @@ def main() -> int:
     if args.control:
         runs["control"] = (code["before"], "-avx2", {"ATEN_CPU_CAPABILITY": "avx2"})
         runs["after_control"] = (code["after"], "-avx2", {"ATEN_CPU_CAPABILITY": "avx2"})
+
+    def folder(side: str, m: str, s: int) -> Path:
+        """Where one run of ``side``'s code for model ``m`` and seed ``s`` writes (and is found)."""
+        (sha, _), suffix, _ = runs[side]
+        return work / "runs" / (sha[:10] + suffix) / f"{m}-{s}"
+
     jobs = []
     for m in models:
         for s in seeds:
-            for (sha, src), suffix, extra in runs.values():
-                out = work / "runs" / (sha[:10] + suffix) / f"{m}-{s}"
+            for side, ((_, src), _, extra) in runs.items():
+                out = folder(side, m, s)
                 if not (out / "predictions_test.npz").exists():
                     jobs.append((src, out, ["--config", f"ml100k/{m}", "--set", f"train.epochs={args.epochs}",
                                             "--set", "train.threads=1", "--set", f"train.seed={s}"], extra))
@@ -135,17 +142,9 @@ def main() -> int:
     test = ds.indices("test")
     y, seq_len = ds.label[test], ds.sample_pos[test]
 
-    def probs(side: str, m: str, s: int) -> np.ndarray:
-        (sha, _), suffix, _ = runs[side]
-        z = np.load(work / "runs" / (sha[:10] + suffix) / f"{m}-{s}" / "predictions_test.npz")
-        order = np.argsort(z["index"])
-        if not np.array_equal(z["index"][order], test):
-            raise SystemExit(f"{m} seed {s} ({side}): the predictions do not cover the test split")
-        return z["prob"][order]
-
     parts = {"overall": None, **bucket_masks(seq_len, DEFAULT_BUCKETS)}
     for m in models:
-        p = {side: [probs(side, m, s) for s in seeds] for side in runs}
+        p = {side: [predictions(folder(side, m, s), test) for s in seeds] for side in runs}
         entry = {f"{side}_auc": [round(float(auc(y, q)), 5) for q in p[side]] for side in runs}
         for ref, side, label in (("before", "after", m),
                                  ("before", "control", f"{m} control: before with avx2 kernels minus before"),

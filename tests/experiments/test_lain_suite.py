@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import yaml
 
 from seqctr.cli import main
@@ -143,3 +144,11 @@ def test_ab_suite_pairs_each_backbone_with_its_overridden_twin(tmp_path, seqctr_
     capsys.readouterr()
     assert main(args[:4] + ["--config-dir", str(cdir), "--out", str(out)]) == 2
     assert "--b KEY=VALUE" in capsys.readouterr().err
+
+
+def test_run_predictions_come_back_in_split_order_or_fail_naming_the_file(tmp_path):
+    from seqctr.experiments.summary import predictions
+    np.savez(tmp_path / "predictions_test.npz", index=np.array([7, 3, 5]), prob=np.array([0.7, 0.3, 0.5]))
+    assert predictions(tmp_path, np.array([3, 5, 7])).tolist() == [0.3, 0.5, 0.7]
+    with pytest.raises(ValueError, match=r"predictions_test\.npz: the predictions do not cover the test split"):
+        predictions(tmp_path, np.array([3, 5, 8]))

@@ -29,10 +29,14 @@ def split_labels(out_specs_metrics: dict):
     return ds.label[idx], ds.sample_pos[idx], idx, cfg.eval.buckets
 
 
-def predictions(out: Path, spec: RunSpec, test_idx: np.ndarray) -> np.ndarray:
-    z = np.load(run_dir(out, spec) / "predictions_test.npz")
+def predictions(folder: Path, test_idx: np.ndarray) -> np.ndarray:
+    """A run's test probabilities (``folder/predictions_test.npz``) in the order of ``test_idx``, the
+    split's sample indices; a ValueError naming the file if they do not cover exactly that split."""
+    path = Path(folder) / "predictions_test.npz"
+    z = np.load(path)
     order = np.argsort(z["index"])
-    assert np.array_equal(z["index"][order], test_idx), "run predictions do not cover the test split"
+    if not np.array_equal(z["index"][order], test_idx):
+        raise ValueError(f"{path}: the predictions do not cover the test split")
     return z["prob"][order]
 
 
@@ -45,7 +49,7 @@ def summarise(out: Path, groups: dict, seeds: list[int], baseline: str | None, m
     buckets = list(masks)[1:]
     res: dict = {"groups": {}, "baseline": baseline, "seeds": seeds, "buckets": buckets,
                  "dataset": next(iter(metrics.values())).get("dataset", {}).get("name", "?")}
-    preds = {g: [predictions(out, RunSpec(f"{g}/seed{s}", ""), idx) for s in seeds] for g in groups}
+    preds = {g: [predictions(run_dir(out, RunSpec(f"{g}/seed{s}", "")), idx) for s in seeds] for g in groups}
     for g in groups:
         ms = [metrics[f"{g}/seed{s}"]["test"] for s in seeds]
         block = {}
@@ -54,11 +58,11 @@ def summarise(out: Path, groups: dict, seeds: list[int], baseline: str | None, m
             block[part] = {k: mean_ci([get(m)[k] for m in ms]) for k in ("auc", "gauc", "logloss")}
         res["groups"][g] = {"metrics": block}
         if baseline and g != baseline:
-            delta = {part: {k: paired_bootstrap(y, preds[baseline], preds[g], metric=k, n_boot=500, mask=m)
-                            for k in ("auc", "logloss")}
-                     for part, m in masks.items()}
-            if len(seeds) > 1:        # the AUC interval with the seeds resampled too (run-to-run variation)
-                for part, m in masks.items():
+            delta = {}
+            for part, m in masks.items():
+                delta[part] = {k: paired_bootstrap(y, preds[baseline], preds[g], metric=k, n_boot=500, mask=m)
+                               for k in ("auc", "logloss")}
+                if len(seeds) > 1:    # the AUC interval with the seeds resampled too (run-to-run variation)
                     delta[part]["auc_seeds"] = paired_bootstrap(y, preds[baseline], preds[g], metric="auc",
                                                                 n_boot=500, mask=m, resample_pairs=True)
             res["groups"][g]["delta_vs_" + baseline] = delta
@@ -77,7 +81,8 @@ def format_summary(res: dict, title: str) -> str:
     lines = [f"## {title}", "", f"Seeds {res['seeds']}. Cells: test AUC, mean over seeds [95% t-interval]. "
              f"Δ rows: paired bootstrap (500 resamples of the test samples) of the AUC difference to `{base}`, "
              f"[2.5%, 97.5%]; \"seeds too\" rows: the same with the seeds resampled as well (two-level), "
-             f"an interval that also covers how the difference varies between training runs.", "", "| variant | " + " | ".join(parts) + " | GAUC | logloss |",
+             f"an interval that also covers how the difference varies between training runs.", "",
+             "| variant | " + " | ".join(parts) + " | GAUC | logloss |",
              "|---|" + "---:|" * (len(parts) + 2)]
 
     def ci(c):
