@@ -350,31 +350,91 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def cmd_serve(args) -> int:
-    import os
-
-    from .serving.bundle import load_bundle
-
+def _serve_extra_check() -> None:
     import importlib.util
 
     missing = [m for m in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(m) is None]
     if missing:
         raise SeqctrError(f"seqctr serve needs the serve extra (missing {', '.join(missing)}): "
                           "pip install 'seqctr[serve]'")
+
+
+def _histories_kw(args) -> dict:
+    rules = _data_rules(args)
+    return {"source": args.histories if hasattr(args, "histories") else args.source, "columns": rules["columns"],
+            "label": rules["label"], "items": rules["items"], "users": rules["users"]}
+
+
+def _say_loaded(res: dict, where: str) -> None:
+    print(f"histories: {res['users']:,} users, {res['events']:,} events -> {where} in {res['seconds']:.1f} s",
+          flush=True)
+
+
+def cmd_histories(args) -> int:
+    from .serving.histories import load_histories
+    from .serving.stores import open_store
+
+    if args.store == "memory" and not args.history_file:
+        raise SeqctrError("seqctr histories writes to a persistent store: --history-file F or --store redis://...")
+    store = open_store(args.store, "", 0, args.history_file)
+    try:
+        res = load_histories(store, **_histories_kw(args), progress=False if args.no_progress else None)
+    finally:
+        store.close()
+    if args.json:
+        print(dumps(res))
+    else:
+        _say_loaded(res, args.history_file or args.store)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    from .serving.bundle import load_bundle
+    from .serving.stores import open_history_file, open_store
+
+    _serve_extra_check()
     import uvicorn
     if args.workers > 1 and args.store == "memory" and not args.history_file:
         raise SeqctrError("--workers > 1 with the memory store needs --history-file (shared histories) "
                           "or --store redis://...: otherwise each worker sees other histories")
     b = load_bundle(args.model)                         # fail here, with one line, not in each worker
+    if args.history_file:
+        open_history_file(args.history_file, busy_timeout_s=1.0).close()   # unusable or locked: one line now
     env = {"SEQCTR_SERVE_MODEL": str(args.model), "SEQCTR_SERVE_STORE": args.store,
            "SEQCTR_SERVE_CACHE_BYTES": str(args.cache_bytes), "SEQCTR_SERVE_HISTORY_FILE": args.history_file or "",
            "SEQCTR_SERVE_MAX_CANDIDATES": str(args.max_candidates), "SEQCTR_SERVE_MAX_EVENTS": str(args.max_events),
-           "SEQCTR_SERVE_MAX_BODY": str(args.max_body), "SEQCTR_SERVE_THREADS": str(args.threads)}
+           "SEQCTR_SERVE_MAX_BODY": str(args.max_body), "SEQCTR_SERVE_THREADS": str(args.threads),
+           "SEQCTR_SERVE_MAX_HISTORY": str(args.max_history), "SEQCTR_SERVE_LOG_LEVEL": args.log_level,
+           "SEQCTR_SERVE_HISTORIES": ""}
+    if args.histories:
+        if args.store == "memory" and not args.history_file:   # the one worker loads its own memory
+            env["SEQCTR_SERVE_HISTORIES"] = json.dumps(_histories_kw(args))
+        else:                                                  # a shared store: loaded once, here
+            from .serving.histories import load_histories
+
+            store = open_store(args.store, b.fingerprint, 0, args.history_file)
+            try:
+                _say_loaded(load_histories(store, **_histories_kw(args)), args.history_file or args.store)
+            finally:
+                store.close()
+    metrics_dir = None
+    if args.workers > 1:        # one /metrics view over every worker (prometheus-client multiprocess mode)
+        metrics_dir = tempfile.mkdtemp(prefix="seqctr-metrics-")
+        env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     os.environ.update(env)
     print(f"serving {args.model} (fingerprint {b.fingerprint}) on http://{args.host}:{args.port} "
           f"store={args.store} workers={args.workers}; docs at /docs", flush=True)
-    uvicorn.run("seqctr.serving.http:app_from_env", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level=args.log_level)
+    try:
+        uvicorn.run("seqctr.serving.http:app_from_env", factory=True, host=args.host, port=args.port,
+                    workers=args.workers, log_level=args.log_level)
+    finally:
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 
@@ -541,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--no-progress", action="store_true", help="no progress bar")
     pd.set_defaults(func=cmd_predict)
 
-    sv = command("serve", "HTTP scoring service of a bundle (FastAPI + uvicorn; needs the serve extra)")
+    sv = command("serve", "HTTP scoring service of a bundle (FastAPI + uvicorn; needs the serve extra)", [data])
     sv.add_argument("--model", required=True, help="bundle folder (seqctr export)")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on")
     sv.add_argument("--port", type=int, default=8000, help="port to listen on")
@@ -553,8 +613,22 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-events", type=int, default=1000, help="cap on events per append")
     sv.add_argument("--max-body", type=int, default=1 << 20, help="cap on request body bytes")
     sv.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = torch default)")
-    sv.add_argument("--log-level", default="warning", help="uvicorn log level")
+    sv.add_argument("--max-history", type=int, default=0,
+                    help="cap on a request's own history (0 = ten model windows)")
+    sv.add_argument("--histories", metavar="SOURCE",
+                    help="load every user's history from this data source first (read as `prepare` reads it, "
+                    "with the same data options); shared stores are loaded once, before the workers start")
+    sv.add_argument("--log-level", default="warning", help="uvicorn log level (every 5xx is logged at any level)")
     sv.set_defaults(func=cmd_serve)
+
+    hs = command("histories", "load every user's history from a data source into a persistent serving store "
+                 "(what `seqctr serve --histories` does before it starts)", [data])
+    hs.add_argument("source", help=source_help)
+    hs.add_argument("--store", default="memory", help="memory (with --history-file) | redis://host:port/db")
+    hs.add_argument("--history-file", help="the SQLite history file that `seqctr serve --history-file` reads")
+    hs.add_argument("--json", action="store_true", help="print one JSON object")
+    hs.add_argument("--no-progress", action="store_true", help="no progress bar")
+    hs.set_defaults(func=cmd_histories)
 
     cf = command("configs", "list the packaged run configs (use them as --config NAME), or print the "
                             "configuration reference")

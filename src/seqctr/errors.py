@@ -9,7 +9,7 @@ class SeqctrError(Exception):
 class InputError(SeqctrError):
     """Bad input data. The message names the file, the column and the row or user where known."""
 
-    def __init__(self, message: str, *, path=None, column=None, row=None, user=None):
+    def __init__(self, message: str, *, path=None, column=None, row=None, user=None, field=None):
         parts = []
         if path is not None:
             parts.append(f"file {path}")
@@ -22,6 +22,7 @@ class InputError(SeqctrError):
         where = (", ".join(parts) + ": ") if parts else ""
         super().__init__(where + message)
         self.path, self.column, self.row, self.user = path, column, row, user
+        self.field = field          # the request field at fault (the service's error body names it)
 
 
 class ConfigError(SeqctrError):

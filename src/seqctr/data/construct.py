@@ -50,7 +50,7 @@ class SplitRule:
         return rule
 
 
-def _sort_key(raw: np.ndarray) -> np.ndarray:
+def sort_key(raw: np.ndarray) -> np.ndarray:
     """Integer sort key of raw ids: numeric order when all ids are integers (or integer strings),
     else string order. Vectorised (PyArrow casts, dictionary ranks), no per-row Python."""
     if raw.dtype.kind in "iu":
@@ -130,8 +130,8 @@ def build_dataset(inter: Interactions, split: SplitRule, name: str, protocol: st
     n_events = len(inter.user)
     if n_events == 0:
         raise InputError("no interactions", path=inter.origin)
-    ukey = _sort_key(inter.user)
-    order = event_order(ukey, inter.timestamp, _sort_key(inter.item))
+    ukey = sort_key(inter.user)
+    order = event_order(ukey, inter.timestamp, sort_key(inter.item))
     take = (lambda a: a) if order is None else (lambda a: a[order])
     seq_ts = take(inter.timestamp).astype(np.int64, copy=False)
     inter.timestamp = None
@@ -217,7 +217,7 @@ def _events(name: str, protocol: str, files: list, read) -> ResolvedSource:
     def build(rule):
         return build_dataset(read(), rule, name, protocol)
 
-    return ResolvedSource(name, files, build, protocol)
+    return ResolvedSource(name, files, build, protocol, read)
 
 
 def _side(spec: dict | None, default_key: str, what: str):

@@ -551,12 +551,15 @@ class ResolvedSource:
     """A source resolved to its files, before parsing: the checksum is known without reading rows.
 
     ``build(split_rule) -> SeqDataset`` parses and constructs; ``protocol`` names the construction
-    (it and the name go into the prepared cache's folder name)."""
+    (it and the name go into the prepared cache's folder name). ``read_events() -> Interactions``
+    reads the raw events, for sources made of one event table (None for LongCTR / EB-NeRD, whose
+    histories are not one event per row): the serving loader of histories reads it."""
 
     name: str
     files: list
     build: object  # (SplitRule) -> SeqDataset
     protocol: str
+    read_events: object = None  # () -> Interactions, or None
 
     @property
     def checksum(self) -> str:

@@ -5,32 +5,47 @@
   request's time for a time-aware model — HSTU's time bias; default the latest event's)
 - ``POST /v1/users/{user}/events`` ``{"events": [{"item": ..., "timestamp": ...}, ...]}`` ->
   ``{"user": ..., "history_len": n, "model": ...}`` (appends; the cache is updated incrementally)
-- ``GET /healthz``, ``GET /metrics`` (Prometheus text), OpenAPI docs at ``/docs``.
+- ``GET /healthz``, ``GET /metrics`` (Prometheus text; one view over every worker process when
+  ``PROMETHEUS_MULTIPROC_DIR`` is set, as ``seqctr serve`` does), OpenAPI docs at ``/docs``.
 
-Client mistakes are 4xx JSON ``{"error": "..."}`` (422 malformed JSON / wrong types / empty
-candidates, 413 a body — by its Content-Length or counted as a chunked body arrives — or a
-candidate list over its cap, 400 bad ids); never a 500.
+Every answer carries an ``X-Request-ID`` header (the client's, when it sent a sane one). Every
+error is JSON ``{"error": "...", "field": "..." | null}``: 422 a body that is not JSON or not the
+schema, 400 a value the scorer refuses (ids, times), 413 a body, candidate list, event list or
+history over its cap, 404 / 405 unknown path or method, 503 the store unreachable (with
+``Retry-After``). A 500 is a server fault, never a client's: it is logged with its traceback and
+request id.
 """
 from __future__ import annotations
 
+import logging
+import os
+import re
 import time
+import traceback
+import uuid
 from typing import Any, Union
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from ..errors import SeqctrError
+from ..errors import InputError, SeqctrError
+from .stores import StoreUnavailable
+
+log = logging.getLogger("seqctr.serve")
 
 RawId = Union[StrictStr, StrictInt]
+Time = Union[StrictInt, StrictFloat, StrictStr, None]      # a bool is not a time
 
 
 class Event(BaseModel):
     model_config = ConfigDict(extra="forbid")
     item: RawId
-    timestamp: Union[StrictInt, float, StrictStr, None] = None
+    timestamp: Time = None
 
 
 class ScoreRequest(BaseModel):
@@ -38,7 +53,7 @@ class ScoreRequest(BaseModel):
     user: RawId
     candidates: list[RawId] = Field(min_length=1)
     history: Union[list[Union[RawId, Event]], None] = None
-    timestamp: Union[StrictInt, float, StrictStr, None] = None   # the request's time (default: latest event's)
+    timestamp: Time = None   # the request's time (default: latest event's)
 
 
 class EventsRequest(BaseModel):
@@ -46,32 +61,74 @@ class EventsRequest(BaseModel):
     events: list[Union[Event, RawId]] = Field(min_length=1)
 
 
-class BodyCap:
-    """ASGI middleware refusing a request body over ``max_body`` bytes with 413 however it is sent:
-    by its ``Content-Length`` (refused before a byte is read), or chunked — counted as it arrives,
-    refused at most one chunk past the cap, else replayed whole to the app. ``on_reject(scope,
-    seconds)`` is told of every refusal (the service's metrics)."""
+def error_response(status: int, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
+    """The one error shape of the service."""
+    return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
 
-    def __init__(self, app, max_body: int, on_reject=None):
-        self.app, self.max_body, self.on_reject = app, max_body, on_reject
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+class Edge:
+    """Outermost ASGI middleware: a request id on every answer (``X-Request-ID``), the body cap
+    (413 by ``Content-Length`` before a byte is read, or counted as a chunked body arrives), every
+    answer observed for the metrics (``observe(scope, status, seconds)``), and any exception that
+    escaped the app answered 500 and logged with its traceback and the request id."""
+
+    def __init__(self, app, max_body: int, observe=None):
+        self.app, self.max_body, self.observe = app, max_body, observe
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         t0 = time.perf_counter()
-        size = dict(scope.get("headers", ())).get(b"content-length")   # ASGI header names are lower-case
+        headers = dict(scope.get("headers", ()))       # ASGI header names are lower-case
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        scope["seqctr.request_id"] = rid
+        status = {"code": 500, "started": False}
+
+        async def send_with_id(msg):
+            if msg["type"] == "http.response.start":
+                status["code"], status["started"] = msg["status"], True
+                msg = dict(msg, headers=list(msg.get("headers", [])) + [(b"x-request-id", rid.encode())])
+            await send(msg)
+
+        try:
+            app_receive = await self._capped(scope, receive, headers)
+            if app_receive is None:                       # refused (413) or the client went away
+                if scope.get("seqctr.reason") == "too_large":
+                    await error_response(413, f"request body over {self.max_body} bytes", "body")(
+                        scope, receive, send_with_id)
+            else:
+                await self.app(scope, app_receive, send_with_id)
+        except Exception as e:  # a server fault: answered, logged, never a crash
+            scope["seqctr.reason"] = type(e).__name__
+            log.error("500 %s %s request_id=%s: %s\n%s", scope.get("method"), scope.get("path"), rid, e,
+                      traceback.format_exc())
+            if not status["started"]:
+                await error_response(500, f"internal error: {type(e).__name__} (request id {rid})")(
+                    scope, receive, send_with_id)
+        if self.observe is not None:
+            self.observe(scope, status["code"], time.perf_counter() - t0)
+
+    async def _capped(self, scope, receive, headers):
+        """The ``receive`` the app gets, or None when the body is over the cap (or the client left)."""
+        size = headers.get(b"content-length")
         if size is not None:
             if size.isdigit() and int(size) <= self.max_body:
-                return await self.app(scope, receive, send)
-            return await self._refuse(scope, receive, send, t0)
+                return receive
+            scope["seqctr.reason"] = "too_large"
+            return None
         chunks, total = [], 0
         while True:
             msg = await receive()
             if msg["type"] != "http.request":          # the client went away: nothing to answer
-                return
+                return None
             total += len(msg.get("body", b""))
             if total > self.max_body:
-                return await self._refuse(scope, receive, send, t0)
+                scope["seqctr.reason"] = "too_large"
+                return None
             chunks.append(msg.get("body", b""))
             if not msg.get("more_body", False):
                 break
@@ -80,13 +137,7 @@ class BodyCap:
         async def replay():
             return pending.pop() if pending else await receive()
 
-        await self.app(scope, replay, send)
-
-    async def _refuse(self, scope, receive, send, t0: float) -> None:
-        resp = JSONResponse({"error": f"request body over {self.max_body} bytes"}, status_code=413)
-        await resp(scope, receive, send)
-        if self.on_reject:
-            self.on_reject(scope, time.perf_counter() - t0)
+        return replay
 
 
 def _items(events) -> tuple[list, list]:
@@ -95,104 +146,180 @@ def _items(events) -> tuple[list, list]:
     return items, ts
 
 
-def _endpoint(scope) -> str:
-    """The metrics label of a request's path (a user's events path under one label)."""
-    path = scope.get("path", "?")
-    return "/v1/users/{user}/events" if path.startswith("/v1/users/") else path
+def _loc(e: dict) -> str:
+    return ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+
+
+class Metrics:
+    """The service's Prometheus metrics. Labels are route templates (``/v1/users/{user}/events``;
+    any unknown path is ``unmatched``) and bounded reasons, never raw client input. With
+    ``PROMETHEUS_MULTIPROC_DIR`` set, every worker writes its values there and ``/metrics`` reads
+    them all (prometheus-client's multiprocess mode): one view of the whole service."""
+
+    def __init__(self, app: FastAPI, store_kind: str):
+        self.app = app
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        reg = self.registry = CollectorRegistry()
+        self.requests = Counter("seqctr_requests", "HTTP requests", ["endpoint", "status"], registry=reg)
+        self.latency = Histogram("seqctr_request_seconds", "request latency", ["endpoint"], registry=reg,
+                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
+        self.client_errors = Counter("seqctr_client_errors", "4xx answers by reason", ["endpoint", "reason"],
+                                     registry=reg)
+        self.server_errors = Counter("seqctr_server_errors", "5xx answers by reason", ["endpoint", "reason"],
+                                     registry=reg)
+        self.hits = Counter("seqctr_cache_hits", "scores served from a stored cache", registry=reg)
+        self.misses = Counter("seqctr_cache_misses", "caches built (missing or stale)", registry=reg)
+        # in-process caches add up over workers; a shared store's figures are the same in every worker
+        mode = "livesum" if store_kind == "memory" else "mostrecent"
+        self.cache_bytes = Gauge("seqctr_cache_bytes", "bytes of caches held (in process: resident bytes; "
+                                 "in a shared store: the stored byte forms)", registry=reg, multiprocess_mode=mode)
+        self.cached_users = Gauge("seqctr_cached_users", "users with a cache held", registry=reg,
+                                  multiprocess_mode=mode)
+
+    def route(self, scope) -> str:
+        for r in self.app.router.routes:
+            match, _ = r.matches(scope)
+            if match != Match.NONE:
+                return getattr(r, "path", "unmatched")
+        return "unmatched"
+
+    def observe(self, scope, status: int, seconds: float) -> None:
+        route = self.route(scope)
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+        reason = scope.get("seqctr.reason", "other")
+        if 400 <= status < 500:
+            self.client_errors.labels(route, reason).inc()
+        elif status >= 500:
+            self.server_errors.labels(route, reason if status != 500 else "internal").inc()
+
+    def set_cache(self, stats: dict) -> None:
+        if stats:
+            self.cache_bytes.set(stats.get("cache_bytes", 0))
+            self.cached_users.set(stats.get("cached_users", 0))
+
+    def render(self) -> bytes:
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            reg = CollectorRegistry()
+            multiprocess.MultiProcessCollector(reg)
+            return generate_latest(reg)
+        return generate_latest(self.registry)
+
+
+_STATUS_REASON = {404: "not_found", 405: "method_not_allowed"}
 
 
 def create_app(scorer, max_candidates: int = 1000, max_events: int = 1000, max_body: int = 1 << 20) -> FastAPI:
     """The service around a :class:`~seqctr.serving.scorer.Scorer` (its store holds the state)."""
     app = FastAPI(title="seqctr scoring service", version=scorer.bundle.info.get("seqctr", ""),
                   description="Click probabilities for a user's candidates from a seqctr model bundle.")
-    reg = CollectorRegistry()
-    requests = Counter("seqctr_requests", "HTTP requests", ["endpoint", "status"], registry=reg)
-    latency = Histogram("seqctr_request_seconds", "request latency", ["endpoint"], registry=reg,
-                        buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
-    hits = Counter("seqctr_cache_hits", "scores served from a stored cache", registry=reg)
-    misses = Counter("seqctr_cache_misses", "caches built (missing or stale)", registry=reg)
-    cache_bytes = Gauge("seqctr_cache_bytes", "bytes of caches held in process", registry=reg)
-    cached_users = Gauge("seqctr_cached_users", "users with a cache held in process", registry=reg)
+    store = scorer.store
+    metrics = Metrics(app, getattr(store, "kind", "?"))
+    in_process = getattr(store, "kind", "") == "memory"
     fp = scorer.fingerprint
+    app.add_middleware(Edge, max_body=max_body, observe=metrics.observe)
 
-    def error(status: int, message: str, **extra) -> JSONResponse:
-        return JSONResponse({"error": message, **extra}, status_code=status)
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        t0 = time.perf_counter()
-        try:
-            resp = await call_next(request)
-        except Exception as e:  # a server fault: answered, logged in the status, never a crash
-            resp = error(500, f"internal error: {type(e).__name__}")
-        count(request.scope, resp.status_code, time.perf_counter() - t0)
-        return resp
-
-    def count(scope, status: int, seconds: float) -> None:
-        endpoint = _endpoint(scope)
-        requests.labels(endpoint, str(status)).inc()
-        latency.labels(endpoint).observe(seconds)
-
-    # outermost: an oversized body is refused (and counted) before anything reads it
-    app.add_middleware(BodyCap, max_body=max_body, on_reject=lambda scope, seconds: count(scope, 413, seconds))
+    def refuse(request: Request, status: int, reason: str, message: str, field: str | None = None, headers=None):
+        request.scope["seqctr.reason"] = reason
+        return error_response(status, message, field, headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        parts = []
-        for e in exc.errors():
-            where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
-            parts.append(f"{where or 'body'}: {e.get('msg')}")
-        return error(422, "; ".join(parts) or "invalid request")
+        errors = exc.errors()
+        if errors and errors[0].get("type") == "json_invalid":
+            return refuse(request, 422, "malformed_json", f"body: not valid JSON ({errors[0].get('ctx', {}).get('error', '')})",
+                          "body")
+        parts = [f"{_loc(e)}: {e.get('msg')}" for e in errors]
+        return refuse(request, 422, "validation", "; ".join(parts) or "invalid request",
+                      _loc(errors[0]) if errors else None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def framework(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400:       # the body could not be parsed: bad UTF-8, nesting too deep, huge ints
+            cause = exc.__cause__
+            why = f"{type(cause).__name__}" if cause is not None else "unreadable"
+            return refuse(request, 422, "malformed_json", f"body: not valid JSON ({why})", "body")
+        reason = _STATUS_REASON.get(exc.status_code, f"http_{exc.status_code}")
+        message = {404: f"no such path: {request.url.path[:200]}",
+                   405: f"method {request.method} not allowed here"}.get(exc.status_code, str(exc.detail))
+        return refuse(request, exc.status_code, reason, message, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(StoreUnavailable)
+    async def unavailable(request: Request, exc: StoreUnavailable):
+        log.warning("503 %s %s request_id=%s: %s", request.method, request.url.path,
+                    request.scope.get("seqctr.request_id"), exc)
+        return refuse(request, 503, "store_unavailable", f"store unavailable, retry later: {exc}",
+                      headers={"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(SeqctrError)
     async def bad_input(request: Request, exc: SeqctrError):
-        return error(400, str(exc))
+        return refuse(request, 400, "bad_input", str(exc), getattr(exc, "field", None))
+
+    def cache_figures() -> None:
+        if in_process:              # cheap in process; a shared store is asked at /metrics only
+            metrics.set_cache(store.stats())
 
     @app.post("/v1/score")
-    def score(req: ScoreRequest) -> dict[str, Any]:
+    def score(req: ScoreRequest, request: Request) -> dict[str, Any]:
         if len(req.candidates) > max_candidates:
-            return error(413, f"candidates: {len(req.candidates)} over the cap of {max_candidates}")
+            return refuse(request, 413, "too_large", f"candidates: {len(req.candidates)} over the cap of "
+                          f"{max_candidates}", "candidates")
+        if req.history is not None and len(req.history) > scorer.max_history:
+            return refuse(request, 413, "too_large", f"history: {len(req.history)} events over the cap of "
+                          f"{scorer.max_history}", "history")
         history, times = (None, None) if req.history is None else _items(req.history)
         probs, cached = scorer.score_ex(req.user, req.candidates, history, times, req.timestamp)
         if history is None:
-            (hits if cached else misses).inc()
+            (metrics.hits if cached else metrics.misses).inc()
+            cache_figures()
         return {"scores": [float(p) for p in probs], "model": fp, "cached": cached}
 
     @app.post("/v1/users/{user}/events")
-    def events(user: str, req: EventsRequest) -> dict[str, Any]:
+    def events(user: str, req: EventsRequest, request: Request) -> dict[str, Any]:
         if len(req.events) > max_events:
-            return error(413, f"events: {len(req.events)} over the cap of {max_events}")
+            return refuse(request, 413, "too_large", f"events: {len(req.events)} over the cap of {max_events}",
+                          "events")
         items, ts = _items(req.events)
         n = scorer.append(user, items, ts)
+        cache_figures()
         return {"user": user, "history_len": n, "model": fp}
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
-        return {"status": "ok", "model": fp, "store": getattr(scorer.store, "kind", "?")}
+        return {"status": "ok", "model": fp, "store": getattr(store, "kind", "?")}
 
     @app.get("/metrics")
-    def metrics() -> Response:
-        st = scorer.store.stats()
-        if st:
-            cache_bytes.set(st.get("cache_bytes", 0))
-            cached_users.set(st.get("cached_users", 0))
-        return Response(generate_latest(reg), media_type=CONTENT_TYPE_LATEST)
+    def metrics_page() -> Response:
+        metrics.set_cache(store.stats())
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def configure_logging(level: str = "warning") -> None:
+    """The service's own log lines (``seqctr.serve``: every 5xx with its traceback) to stderr, once."""
+    logger = logging.getLogger("seqctr")
+    if not logger.handlers:
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s pid=%(process)d %(message)s"))
+        logger.addHandler(h)
+    wanted = logging.getLevelName(level.upper())
+    logger.setLevel(min(logging.WARNING, wanted) if isinstance(wanted, int) else logging.WARNING)
 
 
 def app_from_env():
     """uvicorn factory for ``seqctr serve --workers N`` (each worker builds its own app from the
     ``SEQCTR_SERVE_*`` variables that ``seqctr serve`` sets)."""
-    import os
-
     from .scorer import Scorer
     from .bundle import load_bundle
     from .stores import open_store
 
-    from ..utils.malloc import keep_freed_memory
+    from ..utils.malloc import serving_malloc
 
-    keep_freed_memory()        # a worker process: keep freed buffers (seqctr.utils.malloc), as the CLI does
+    configure_logging(os.environ.get("SEQCTR_SERVE_LOG_LEVEL", "warning"))
+    serving_malloc()
     threads = int(os.environ.get("SEQCTR_SERVE_THREADS", 0))
     if threads > 0:
         import torch
@@ -202,6 +329,17 @@ def app_from_env():
     store = open_store(os.environ.get("SEQCTR_SERVE_STORE", "memory"), bundle.fingerprint,
                        int(os.environ.get("SEQCTR_SERVE_CACHE_BYTES", 256 << 20)),
                        os.environ.get("SEQCTR_SERVE_HISTORY_FILE") or None)
-    return create_app(Scorer(bundle, store), int(os.environ.get("SEQCTR_SERVE_MAX_CANDIDATES", 1000)),
+    scorer = Scorer(bundle, store, max_history=int(os.environ.get("SEQCTR_SERVE_MAX_HISTORY", 0)) or None)
+    histories = os.environ.get("SEQCTR_SERVE_HISTORIES")
+    if histories:                   # an in-process store (one worker): load its histories here
+        import json
+
+        from .histories import load_histories
+
+        load_histories(store, **json.loads(histories))
+    return create_app(scorer, int(os.environ.get("SEQCTR_SERVE_MAX_CANDIDATES", 1000)),
                       int(os.environ.get("SEQCTR_SERVE_MAX_EVENTS", 1000)),
                       int(os.environ.get("SEQCTR_SERVE_MAX_BODY", 1 << 20)))
+
+
+__all__ = ["create_app", "app_from_env", "Edge", "Metrics", "error_response", "InputError"]

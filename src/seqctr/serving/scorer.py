@@ -22,37 +22,62 @@ from ..data.sources import BadTime, text_times
 from ..errors import InputError
 from .bundle import Bundle, load_bundle
 from .runtime import append, fingerprint, prefill, request_time, score
-from .stores import MemoryStore
+from .stores import MemoryStore, cache_gen
+
+
+# What the scorer (and so the service) accepts, checked before anything is stored.
+MAX_ID_CHARS = 256            # an id's string form (a user or item id longer than this is refused)
+TIME_LIMIT = 1 << 62          # |time| < 2**62: fits int64, and so does the difference of any two times
+MAX_TIME_CHARS = 64           # a time written as text
+HISTORY_WINDOWS = 10          # default cap on a request's history: this many model windows
 
 
 def raw_id(x, field: str, row: int | None = None) -> str:
-    """One raw id as its string form; anything that is not an int or a string is refused."""
+    """One raw id as its string form: an int or a string of at most :data:`MAX_ID_CHARS`
+    characters of valid Unicode (no lone surrogates); anything else is an :class:`InputError`."""
     if isinstance(x, bool) or not isinstance(x, (int, str, np.integer, np.str_)):
-        raise InputError(f"{field}: an id must be a string or an integer, got {type(x).__name__} {x!r}", row=row)
-    return str(x)
+        raise InputError(f"{field}: an id must be a string or an integer, got {type(x).__name__} {x!r}", row=row,
+                         field=field)
+    if isinstance(x, (int, np.integer)) and not -10 ** MAX_ID_CHARS < x < 10 ** MAX_ID_CHARS:
+        raise InputError(f"{field}: an integer id has at most {MAX_ID_CHARS} digits", row=row, field=field)
+    s = str(x)
+    if len(s) > MAX_ID_CHARS:
+        raise InputError(f"{field}: an id has at most {MAX_ID_CHARS} characters, got {len(s)}", row=row,
+                         field=field)
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{field}: an id must be valid Unicode (it holds a lone surrogate)", row=row,
+                         field=field) from None
+    return s
 
 
 def as_time(t, row: int | None = None, field: str = "timestamps") -> int | None:
     """One event time as an int, read as the training data's times are: an int; a finite float,
     truncated; a string through :func:`~seqctr.data.sources.text_times` (a decimal integer or an
-    ISO 8601 date); ``None`` stays missing. Anything else (a bool, NaN, "soon", "") is an
-    :class:`InputError` naming the row."""
+    ISO 8601 date); ``None`` stays missing. The result must lie in ``(-2**62, 2**62)``
+    (:data:`TIME_LIMIT`: any two times' difference then fits int64 too). Anything else (a bool,
+    NaN, "soon", "", 10**30) is an :class:`InputError` naming the row."""
     if t is None:
         return None
+    out = None
     if isinstance(t, (bool, np.bool_)):
         pass
     elif isinstance(t, (int, np.integer)):
-        return int(t)
+        out = int(t)
     elif isinstance(t, (float, np.floating)):
-        if np.isfinite(t):
-            return int(t)
-    elif isinstance(t, (str, np.str_)):
+        if np.isfinite(t) and abs(t) < TIME_LIMIT:
+            out = int(t)
+    elif isinstance(t, (str, np.str_)) and len(t) <= MAX_TIME_CHARS:
         try:
-            return int(text_times([t])[0])
-        except BadTime:
+            out = int(text_times([t])[0])
+        except (BadTime, OverflowError, ValueError):
             pass
-    raise InputError(f"{field}: a time must be an integer, a finite number or an ISO date, "
-                     f"got {type(t).__name__} {t!r}", row=row)
+    if out is not None and -TIME_LIMIT < out < TIME_LIMIT:
+        return out
+    shown = repr(t) if len(repr(t)) <= 40 else repr(t)[:37] + "..."
+    raise InputError(f"{field}: a time must be an integer, a finite number or an ISO date, with "
+                     f"|time| < 2**62, got {type(t).__name__} {shown}", row=row, field=field)
 
 
 def event_times(times, n: int) -> list[int | None] | None:
@@ -62,7 +87,7 @@ def event_times(times, n: int) -> list[int | None] | None:
         return None
     out = [as_time(t, i) for i, t in enumerate(times)]
     if len(out) != n:
-        raise InputError(f"timestamps: {len(out)} times for {n} events")
+        raise InputError(f"timestamps: {len(out)} times for {n} events", field="timestamps")
     return out
 
 
@@ -79,7 +104,7 @@ def fill_times(times, n: int, start: int = 0) -> list[int]:
 
 def raw_ids(xs, field: str) -> list[str]:
     if isinstance(xs, (str, bytes)) or not hasattr(xs, "__iter__"):
-        raise InputError(f"{field}: expected a list of ids, got {type(xs).__name__}")
+        raise InputError(f"{field}: expected a list of ids, got {type(xs).__name__}", field=field)
     return [raw_id(x, field, i) for i, x in enumerate(xs)]
 
 
@@ -98,10 +123,12 @@ class Scorer:
     latest event's). An event without a time takes the one before it.
     """
 
-    def __init__(self, bundle: Bundle, store=None, max_len: int | None = None):
+    def __init__(self, bundle: Bundle, store=None, max_len: int | None = None, max_history: int | None = None):
         self.bundle, self.model = bundle, bundle.model
         self.store = store if store is not None else MemoryStore()
         self.max_len = int(max_len or bundle.max_len)
+        # a request's own history: the window's events and the true length beyond it (LAIN reads it)
+        self.max_history = int(max_history or HISTORY_WINDOWS * self.max_len)
         meta = bundle.info["meta"]
         self.n_context = len(meta.get("context_features", []))
         self.item_vocab_size = meta["vocab_sizes"]["item_id"]
@@ -155,9 +182,16 @@ class Scorer:
         return prefill(self.model, self.user_row(user), self.item_rows(items), max_len=self.max_len,
                        hist_time=hist_time)
 
-    def _valid(self, cache, history_len: int) -> bool:
-        """A stored cache may be served: these weights made it, and it covers the whole stored history."""
-        return cache is not None and cache.model_version == self.fingerprint and cache.history_len == history_len
+    def _valid(self, cache, state: tuple[int, int]) -> bool:
+        """A stored cache may be served: these weights made it, from exactly the stored history
+        (its length and generation, :meth:`~seqctr.serving.stores.MemoryStore.state`)."""
+        return (cache is not None and cache.model_version == self.fingerprint
+                and (cache.history_len, cache_gen(cache)) == tuple(state))
+
+    @staticmethod
+    def _stamp(cache, gen: int):
+        cache.meta["history_gen"] = int(gen)
+        return cache
 
     # -- API --------------------------------------------------------------------------------------
     def score(self, user, candidates, history=None, history_times=None, time=None) -> np.ndarray:
@@ -165,12 +199,18 @@ class Scorer:
 
     def score_ex(self, user, candidates, history=None, history_times=None, time=None) -> tuple[np.ndarray, bool]:
         """``(probabilities, cached)``: ``cached`` is True when a stored cache was used as it was.
-        ``time``: the request's time (for a time-aware model; default the latest event's)."""
+        ``time``: the request's time (for a time-aware model; default the latest event's). Every
+        input is checked before any work: ids, times, and a ``history`` of at most
+        ``max_history`` events."""
         user = raw_id(user, "user")
         cands = self.item_rows(raw_ids(candidates, "candidates"))
         time = as_time(time, field="time")
         if history is not None:
-            cache = self._build(user, raw_ids(history, "history"), history_times)
+            items = raw_ids(history, "history")
+            if len(items) > self.max_history:
+                raise InputError(f"history: {len(items)} events over the cap of {self.max_history}", field="history")
+            times = event_times(history_times, len(items))
+            cache = self._build(user, items, times)
             return score(self.model, cache, cands, time).numpy(), False
         with self._lock(user):
             cache, hit = self._cache(user)
@@ -178,11 +218,11 @@ class Scorer:
 
     def _cache(self, user: str):
         """The user's valid cache (built and stored when missing or stale). Caller holds the lock."""
-        hist, times = self.store.timeline(user)
         cache = self.store.get_cache(user)
-        if self._valid(cache, len(hist)):
+        if self._valid(cache, self.store.state(user)):
             return cache, True
-        cache = self._build(user, hist, times)
+        hist, times, gen = self.store.snapshot(user)
+        cache = self._stamp(self._build(user, hist, times), gen)
         self.store.put_cache(user, cache)
         return cache, False
 
@@ -191,33 +231,37 @@ class Scorer:
         user = raw_id(user, "user")
         items = raw_ids(history, "history")
         timestamps = event_times(timestamps, len(items))   # refused before anything is stored
+        cache = self._build(user, items, timestamps)        # a failure here stores nothing
         with self._lock(user):
             self.store.replace(user, items, timestamps)
-            cache = self._build(user, items, timestamps)
+            cache = self._stamp(cache, self.store.state(user)[1])
             self.store.put_cache(user, cache)
         return cache
 
     def append(self, user, events, timestamps=None):
-        """Add ``events`` (raw item ids, oldest first) to the user's history; the cache is updated
-        incrementally (``append``) when it is valid, else rebuilt. Returns the new history length."""
+        """Add ``events`` (raw item ids, oldest first) to the user's history; returns the new
+        history length. The new cache is computed first — incrementally (``append``) from a valid
+        one, else from the stored history — and the events are stored after it, in one
+        transaction: an append that fails stores nothing. When another process appended meanwhile,
+        the cache is left to be rebuilt by the next score."""
         user = raw_id(user, "user")
         items = raw_ids(events, "events")
         timestamps = event_times(timestamps, len(items))   # refused before anything is stored
         with self._lock(user):
             cache = self.store.get_cache(user)
-            before, before_ts = self.store.timeline(user)
-            n = self.store.extend(user, items, timestamps)
-            alone = n == len(before) + len(items)      # else another process appended too (Redis)
-            if alone and self._valid(cache, len(before)):
+            state = self.store.state(user)
+            if self._valid(cache, state):
                 new_times = None
                 if self.uses_time:         # a missing time continues from the latest cached event's
                     new_times = fill_times(timestamps, len(items), int(request_time(cache)))
                 cache = append(self.model, cache, self.item_rows(items), new_times)
-            elif alone:
-                cache = self._build(user, before + items, before_ts + list(timestamps or [None] * len(items)))
             else:
-                cache = self._build(user, *self.store.timeline(user))
-            self.store.put_cache(user, cache)
+                before, before_ts, gen = self.store.snapshot(user)
+                state = (len(before), gen)
+                cache = self._build(user, before + items, before_ts + list(timestamps or [None] * len(items)))
+            n = self.store.extend(user, items, timestamps)
+            if n == state[0] + len(items):             # else another process appended too
+                self.store.put_cache(user, self._stamp(cache, state[1]))
         return n
 
 

@@ -40,3 +40,43 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _done = bool(mallopt(M_MMAP_THRESHOLD, THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, THRESHOLD))
     return _done
+
+
+_trimmer = None
+
+
+def serving_malloc(period_s: float | None = None) -> bool:
+    """A serving process's malloc: :func:`keep_freed_memory` (requests reuse their buffers), and a
+    daemon thread that hands the heap's free pages back to the kernel (glibc ``malloc_trim(0)``)
+    every ``period_s`` seconds (``SEQCTR_MALLOC_TRIM_S``, default 1; 0 = never).
+
+    Why: long-lived cache entries are allocated between a request's large short-lived buffers, so
+    the freed space between them is never returned while no trim runs — resident memory then
+    grows with every new user although the caches stay within their budget. A trim returns whole
+    free pages only; a request that needs them again faults them back in, once per period at most.
+    True when the trimmer runs."""
+    global _trimmer
+    keep_freed_memory()
+    if _trimmer is not None:
+        return True
+    if period_s is None:
+        period_s = float(os.environ.get("SEQCTR_MALLOC_TRIM_S", 1.0))
+    if period_s <= 0 or os.environ.get("SEQCTR_MALLOC", "reuse").strip().lower() == "system":
+        return False
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):           # not glibc
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    import threading
+
+    def run():
+        while True:
+            time.sleep(period_s)
+            trim(0)
+
+    import time
+
+    _trimmer = threading.Thread(target=run, name="seqctr-malloc-trim", daemon=True)
+    _trimmer.start()
+    return True
