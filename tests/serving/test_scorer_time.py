@@ -13,18 +13,6 @@ from seqctr.data import SeqBatch
 from seqctr.errors import InputError
 from seqctr.serving.scorer import Scorer, fill_times, load
 from seqctr.serving.stores import MemoryStore
-from tests.serving.conftest import train_in_own_home
-
-
-@pytest.fixture(scope="module")
-def hstu_bundle(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hstu_time")
-    rows, bundle = train_in_own_home(root, name="hstu", options={"num_layers": 2, "max_len": 16})
-    scorer = load(bundle)
-    with torch.no_grad():     # trained one epoch from N(0, 0.02): made larger so a wrong time shows
-        for blk in scorer.model.backbone.blocks:
-            blk.ts_w.normal_(0, 1.0)
-    return rows, bundle, scorer.model.state_dict()
 
 
 def scorer_of(bundle, state, store=None) -> Scorer:

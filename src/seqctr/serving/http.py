@@ -316,10 +316,10 @@ def app_from_env():
     from .bundle import load_bundle
     from .stores import open_store
 
-    from ..utils.malloc import serving_malloc
+    from ..utils.malloc import keep_freed_memory
 
     configure_logging(os.environ.get("SEQCTR_SERVE_LOG_LEVEL", "warning"))
-    serving_malloc()
+    keep_freed_memory()        # a worker process: keep freed buffers (seqctr.utils.malloc), as the CLI does
     threads = int(os.environ.get("SEQCTR_SERVE_THREADS", 0))
     if threads > 0:
         import torch
