@@ -40,6 +40,19 @@ def comma_list(kind=float):
     return parse
 
 
+_UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
+
+
+def byte_size(text: str) -> int:
+    """argparse type: ``500MB``, ``1.5GiB``, ``268435456`` -> bytes (decimal kB/MB/GB, binary KiB/MiB/GiB)."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise argparse.ArgumentTypeError(f"expected a size such as 268435456, 500MB or 2GiB, got {text!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
 def _multi_arg(text: str | None) -> dict:
     """``genres,tags=;`` -> ``{genres: "|", tags: ";"}`` (default separator ``|``)."""
     out = {}
@@ -406,7 +419,7 @@ def cmd_serve(args) -> int:
     if args.history_file:
         open_history_file(args.history_file, busy_timeout_s=1.0).close()   # unusable or locked: one line now
     env = {"SEQCTR_SERVE_MODEL": str(args.model), "SEQCTR_SERVE_STORE": args.store,
-           "SEQCTR_SERVE_CACHE_BYTES": str(args.cache_bytes), "SEQCTR_SERVE_HISTORY_FILE": args.history_file or "",
+           "SEQCTR_SERVE_CACHE_BYTES": str(args.cache_bytes // max(args.workers, 1)), "SEQCTR_SERVE_HISTORY_FILE": args.history_file or "",
            "SEQCTR_SERVE_MAX_CANDIDATES": str(args.max_candidates), "SEQCTR_SERVE_MAX_EVENTS": str(args.max_events),
            "SEQCTR_SERVE_MAX_BODY": str(args.max_body), "SEQCTR_SERVE_THREADS": str(args.threads),
            "SEQCTR_SERVE_MAX_HISTORY": str(args.max_history), "SEQCTR_SERVE_LOG_LEVEL": args.log_level,
@@ -607,7 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8000, help="port to listen on")
     sv.add_argument("--store", default="memory", help="memory | redis://host:port/db (histories and caches)")
     sv.add_argument("--workers", type=int, default=1, help="worker processes")
-    sv.add_argument("--cache-bytes", type=int, default=256 << 20, help="memory store: cache budget per process")
+    sv.add_argument("--cache-bytes", type=byte_size, default=256 << 20, help="memory store: the in-process cache budget of the whole service in bytes (resident bytes "
+                    "the caches hold), split evenly across the workers")
     sv.add_argument("--history-file", help="memory store: persist histories to this SQLite file")
     sv.add_argument("--max-candidates", type=int, default=1000, help="cap on candidates per request")
     sv.add_argument("--max-events", type=int, default=1000, help="cap on events per append")

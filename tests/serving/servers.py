@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from seqctr.serving.store import free_port
+from seqctr.serving.store import free_port, group_rss_bytes
 
 
 class Serve:
@@ -60,11 +60,7 @@ class Serve:
 
     def rss_mb(self) -> float:
         """Resident memory of all its processes, MB."""
-        total = 0
-        for pid in self.pids():
-            with contextlib.suppress(OSError):
-                total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        return total / 1e6
+        return group_rss_bytes(self.proc.pid) / 1e6
 
     def kill9(self) -> None:
         with contextlib.suppress(ProcessLookupError):

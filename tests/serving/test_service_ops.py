@@ -282,38 +282,55 @@ def test_redis_stopped_mid_traffic_is_a_503_then_recovers(trained):
 
 
 def test_kill9_during_appends_leaves_each_append_whole_or_absent(trained, tmp_path):
-    """SIGKILL of the whole server (two workers) while 6 clients append 5-event groups; after a
-    restart every stored history is a sequence of whole groups, and every acknowledged group is there."""
+    """6 clients append 5-event groups through two workers: SIGKILL one worker (the service goes
+    on with its replacement), then the whole server. After a restart every stored history is a
+    sequence of whole groups, and every acknowledged group is there."""
+    import os
+    import signal
+
     _, bundle, _ = trained
     db = tmp_path / "h.sqlite"
     srv = Serve(bundle, "--history-file", db, "--workers", 2).start()
     acked: list = []
+    failed = [0]
     stop = threading.Event()
 
     def client(c):
         with httpx.Client(base_url=srv.url, timeout=10) as h:
-            k = 0
-            while not stop.is_set() and k < 400:
+            for k in range(400):
+                if stop.is_set():
+                    return
                 group = [f"c{c}g{k}e{j}" for j in range(5)]
                 try:
                     r = h.post(f"/v1/users/k{c % 3}/events", json={"events": group})
                 except httpx.TransportError:
-                    return
+                    failed[0] += 1
+                    time.sleep(0.05)
+                    continue
                 if r.status_code == 200:
                     acked.append((c, k))
-                k += 1
+
+    def wait_for(n):
+        deadline = time.time() + 60
+        while len(acked) < n and time.time() < deadline:
+            time.sleep(0.05)
+        assert len(acked) >= n, f"appends stalled at {len(acked)}: {srv.output()[-2000:]}"
 
     threads = [threading.Thread(target=client, args=(c,)) for c in range(6)]
     for t in threads:
         t.start()
-    deadline = time.time() + 30
-    while len(acked) < 60 and time.time() < deadline:
-        time.sleep(0.05)
-    srv.kill9()
-    stop.set()
-    for t in threads:
-        t.join(timeout=30)
-    assert len(acked) >= 60, "appends did not get going"
+    try:
+        wait_for(40)
+        workers = [p for p in srv.pids() if p != srv.proc.pid]
+        assert len(workers) >= 2, srv.pids()
+        os.kill(workers[0], signal.SIGKILL)           # one worker dies mid-append
+        wait_for(len(acked) + 60)                      # the service goes on
+        srv.kill9()                                    # then everything at once
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        srv.stop()
     with Serve(bundle, "--history-file", db, "--workers", 2) as again, httpx.Client(base_url=again.url) as http:
         assert http.post("/v1/score", json={"user": "k0", "candidates": ["i1"]}).status_code == 200
     stored = _sqlite(db)
@@ -321,8 +338,7 @@ def test_kill9_during_appends_leaves_each_append_whole_or_absent(trained, tmp_pa
     for user, events in stored.items():
         assert len(events) % 5 == 0, (user, len(events))
         for g in range(0, len(events), 5):
-            head = events[g]
-            c, k = head[1:].split("g")[0], head.split("g")[1].split("e")[0]
+            c, k = events[g][1:].split("e")[0].split("g")
             assert events[g:g + 5] == [f"c{c}g{k}e{j}" for j in range(5)], "a partial append"
             groups.add((int(c), int(k)))
     assert set(acked) <= groups, "an acknowledged append was lost"

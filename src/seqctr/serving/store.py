@@ -90,6 +90,23 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = 20) -> None:
         proc.wait()
 
 
+def group_rss_bytes(pgid: int) -> int:
+    """Resident bytes of every process in process group ``pgid`` (a server and its workers; Linux
+    ``/proc``; 0 elsewhere)."""
+    import os
+
+    total = 0
+    for p in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not p.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(p.name)) == pgid:
+                total += int((p / "statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ProcessLookupError, IndexError, ValueError):
+            continue
+    return total
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
