@@ -31,14 +31,14 @@ import time
 from pathlib import Path
 
 import serving_models
-from seqctr.serving.store import free_port, stop_process
+from seqctr.serving.store import free_port, group_rss_bytes, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results"
 MODELS = ("din", "sim", "twin", "hstu")
 LENGTHS = (50, 200, 1000)
 DEFAULTS = {"models": ",".join(MODELS), "lengths": "50,200,1000", "stores": "memory,redis", "variants": "full,ckv,none",
-            "concurrency": 8, "tag": "service"}
+            "concurrency": 8, "tag": "service", "workers": 1, "users": 16, "target_requests": 10000}
 
 
 def make_bundles(work: Path, models) -> dict:
@@ -70,7 +70,7 @@ def start_server(bundle: Path, port: int, store: str, cache_bytes: int, workers:
     if store == "memory" and workers > 1:   # workers share histories through the SQLite file
         db = work / f"hist-{port}.sqlite"
         cmd += ["--history-file", str(db)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     import httpx
 
     deadline = time.time() + 120
@@ -117,6 +117,20 @@ async def load(url: str, users: list[str], items: list[str], candidates: int, co
     return {"requests": len(lat), "errors": errors, "wall_s": wall, "rps": len(lat) / wall,
             "p50_ms": 1000 * statistics.median(lat), "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
             "max_ms": 1000 * lat[-1]}
+
+
+def memory_cell(client, proc, base: int, store: str, name: str, variant: str, n_users: int) -> dict:
+    """Resident memory of the server's processes per cached user after ``n_users`` users' histories
+    were appended (each append builds the user's cache), beside the bytes the cache is charged."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    grown = group_rss_bytes(proc.pid) - base
+    figures = {s.name: s.value for fam in text_string_to_metric_families(client.get("/metrics").text)
+               for s in fam.samples if s.name in ("seqctr_cache_bytes", "seqctr_cached_users")}
+    cached = int(figures.get("seqctr_cached_users", 0))
+    return {"store": store, "model": name, "variant": variant, "users": n_users, "cached_users": cached,
+            "rss_grown_mb": grown / 1e6, "rss_per_user_kb": grown / max(n_users, 1) / 1e3,
+            "charged_per_user_kb": figures.get("seqctr_cache_bytes", 0) / max(cached, 1) / 1e3}
 
 
 def cache_bytes_per_user(bundle: Path, items: list[str], lengths) -> dict:
@@ -185,11 +199,16 @@ def main() -> int:
                         rng = random.Random(1)
                         users = {L: [f"u{L}_{k}" for k in range(args.users)] for L in lengths}
                         with httpx.Client(base_url=url, timeout=120) as c:
+                            for _ in range(3):              # warm up: the first requests allocate the workspace
+                                c.post("/v1/score", json={"user": "warm", "candidates": vocab[:args.candidates]})
+                            base = group_rss_bytes(proc.pid)
                             for L in lengths:
                                 for u in users[L]:
                                     r = c.post(f"/v1/users/{u}/events",
                                                json={"events": [rng.choice(vocab) for _ in range(L)]})
                                     assert r.status_code == 200, r.text
+                            results.setdefault("memory", []).append(
+                                memory_cell(c, proc, base, store_kind, name, variant, sum(map(len, users.values()))))
                         for L in lengths:
                             target = name in ("sim", "twin") and L == 1000 and variant != "none"
                             n, t = ((args.target_requests, args.target_seconds) if target
@@ -214,7 +233,8 @@ def main() -> int:
 def render(results: dict) -> str:
     cfg = results["config"]
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in cfg.items()
-                     if k in ("models", "lengths", "stores", "variants", "concurrency", "tag") and v != DEFAULTS.get(k))
+                     if k in ("models", "lengths", "stores", "variants", "concurrency", "tag", "workers", "users",
+                              "target_requests") and v != DEFAULTS.get(k))
     lines = ["# The HTTP scoring service under load (loopback, `seqctr serve`)", "",
              f"Command: `.venv/bin/python bench/bench_service.py {flags}`".replace(" `", "`") + f" ({cfg['concurrency']} concurrent clients, "
              f"{cfg['candidates']} candidates per request, {cfg['users']} users per history length, "
@@ -228,6 +248,16 @@ def render(results: dict) -> str:
         mark = " **target**" if c["target"] else ""
         lines.append(f"| {c['store']} | {c['model']} | {c['variant']}{mark} | {c['events']:,} | {c['requests']:,} | "
                      f"{c['errors']} | {c['rps']:.1f} | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} |")
+    if results.get("memory"):
+        lines += ["", "Memory per user: the server's resident memory (all its processes) grown while the users' "
+                  "histories were appended (each append builds the cache), per user, beside the bytes the cache "
+                  "is charged per cached user (`seqctr_cache_bytes` / `seqctr_cached_users`; a shared store's "
+                  "caches live in Redis, not in the server):", "",
+                  "| store | model | cache | users | cached | RSS grown MB | RSS KB / user | charged KB / user |",
+                  "|---|---|---|---:|---:|---:|---:|---:|"]
+        for m in results["memory"]:
+            lines.append(f"| {m['store']} | {m['model']} | {m['variant']} | {m['users']:,} | {m['cached_users']:,} | "
+                         f"{m['rss_grown_mb']:.1f} | {m['rss_per_user_kb']:.1f} | {m['charged_per_user_kb']:.1f} |")
     lines += ["", "Cache bytes per user (`KVCache.nbytes`), and CollectiveKV's share of the full cache:", "",
               "| model | events | full | CollectiveKV | share |", "|---|---:|---:|---:|---:|"]
     cb = results["cache_bytes"]

@@ -225,6 +225,10 @@ def main() -> int:
 def render(r: dict, tag: str) -> str:
     c = r["config"]
     flags = "" if c["store"] == "sqlite" else f" --store {c['store']}"
+    if c["workers"] != 2:
+        flags += f" --workers {c['workers']}"
+    if c["tag"]:
+        flags += f" --tag {c['tag']}"
     if c["quick"]:
         flags += " --quick"
     rss = r["rss_mb"]

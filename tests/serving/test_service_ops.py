@@ -427,3 +427,18 @@ def test_resident_memory_stays_within_the_cache_budget(trained):
     assert metric(metrics, "seqctr_cache_bytes") <= 2_000_000
     assert 50 < metric(metrics, "seqctr_cached_users") < 4000, "evicting: the budget holds a part of the users"
     assert grown < 2 + 15, f"resident memory grew {grown:.1f} MB over a 2 MB budget"
+
+
+def test_the_readme_contract_lists_exactly_the_statuses_the_suite_checks():
+    """The README's status table and this file's hostile suite describe the same service: every
+    client status the README lists is exercised here, and every status exercised is listed."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("<!-- contract -->")[1].split("<!-- /contract -->")[0]
+    listed = {int(line.split("|")[1]) for line in table.splitlines() if line.startswith("| ") and
+              line.split("|")[1].strip().isdigit()}
+    exercised = {c[4] for c in HOSTILE} | {c[2] for c in HOSTILE_APPENDS}
+    assert listed - {500, 503} == exercised, (listed, exercised)
+    # 503 and 500 have their own tests above
+    assert {500, 503} <= listed
