@@ -185,6 +185,8 @@ def test_two_workers_keep_one_history_per_user(trained, tmp_path, kind):
             assert mine == [f"c{c}-{k}" for k in range(15)], "a client's events out of order"
         np.testing.assert_allclose(final[u]["scores"], ref.score(u, cands, history=got), rtol=1e-5, atol=1e-6)
     assert stored["seq"] == history
+    assert metric(metrics, "seqctr_cached_users") >= 3 and metric(metrics, "seqctr_cache_bytes") > 0, \
+        "the cache gauges count every worker's caches, or the shared store's"
     # one view over both workers: every append counted once (40 + 120)
     assert 'seqctr_requests_total{endpoint="/v1/users/{user}/events",status="200"} 160.0' in metrics, metrics
 
