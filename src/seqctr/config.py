@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, check_keys
-from .metrics.core import DEFAULT_BUCKETS
+from .metrics.core import DEFAULT_BUCKETS, PAPER_GROUPS
 
 
 @dataclass
@@ -77,6 +77,7 @@ class EvalConfig:
     """How results are reported."""
 
     buckets: list = field(default_factory=lambda: list(DEFAULT_BUCKETS))   # history-length bucket edges
+    groups: list = field(default_factory=lambda: list(PAPER_GROUPS))   # a second set reported beside them
     save_predictions: bool = True    # test predictions -> predictions_test.npz (for paired bootstraps)
     polarization: bool = False       # attention Gini / entropy per bucket on test -> attention.json
 

@@ -35,21 +35,21 @@ def test_compare_resume_and_report(tmp_path, seqctr_home, capsys):
     res = json.loads((out / "compare" / "results.json").read_text())["backbones"]["twin"]
     assert set(res["groups"]) == {"twin/bare", "twin/lain"}
     auc = res["groups"]["twin/lain"]["metrics"]["overall"]["auc"]
-    assert auc["n"] == 2 and auc["lo"] <= auc["mean"] <= auc["hi"]
+    assert auc["n"] == 2 and auc["lo"] <= auc["mean"] <= auc["hi"] and auc["users"] == 24
     d = res["groups"]["twin/lain"]["delta_vs_twin/bare"]
-    assert set(d) == {"overall", "[1,50)", "[50,100)", "[100,200)", "[200,inf)"}
+    assert set(d) == {"overall", "[1,50)", "[50,100)", "[100,200)", "[200,inf)",         # our buckets
+                      "paper [0,100)", "paper [100,200)", "paper [200,inf)"}               # the paper's groups
     # the observed delta is the mean paired difference of the per-seed test AUCs
     m = {g: [json.loads((out / "compare" / g / f"seed{s}" / "metrics.json").read_text())["test"]["overall"]["auc"]
              for s in (1, 2)] for g in ("twin/bare", "twin/lain")}
     assert abs(d["overall"]["auc"]["delta"] - float(np.mean(np.subtract(m["twin/lain"], m["twin/bare"])))) < 1e-9
     assert d["overall"]["auc"]["lo"] <= d["overall"]["auc"]["delta"] <= d["overall"]["auc"]["hi"]
-    # the two-level interval (seeds resampled too): same observed delta, an interval at least as wide
-    two = d["overall"]["auc_seeds"]
-    assert two["delta"] == d["overall"]["auc"]["delta"]
-    assert two["hi"] - two["lo"] >= d["overall"]["auc"]["hi"] - d["overall"]["auc"]["lo"] - 1e-12
+    # users x seeds: a p-value, and Benjamini-Hochberg over the page's delta AUC cells
+    assert 0 <= d["overall"]["auc"]["p"] <= 1 and "q" in d["overall"]["auc"] and "significant" in d["overall"]["auc"]
+    page = json.loads((out / "compare" / "results.json").read_text())
+    assert page["multiplicity"]["cells"] == 8          # overall + 4 buckets + 3 paper groups, one backbone
     md = (out / "compare" / "results.md").read_text()
-    assert "Δ twin/lain, seeds too" in md
-    assert "Δ twin/lain" in md
+    assert "Δ twin/lain" in md and "bootstrap over users and seeds" in md and "Benjamini-Hochberg" in md
     capsys.readouterr()
 
     stamp = (out / "compare" / "twin/lain/seed1/metrics.json").stat().st_mtime_ns

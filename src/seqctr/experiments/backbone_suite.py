@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .runner import run_specs
-from .summary import finish, format_summary, specs, summarise
+from .summary import finish, format_summary, mark_significance, specs, summarise
 
 
 def backbones(names: list[str], seeds: list[int], out: Path, config_dir: Path, sets: list[str] = (),
@@ -24,6 +24,7 @@ def backbones(names: list[str], seeds: list[int], out: Path, config_dir: Path, s
     res = summarise(out, groups, seeds, baseline, metrics)
     res["best_epoch"] = {b: [metrics[f"{b}/seed{s}"].get("best_epoch") for s in seeds] for b in names}
     res["epochs_run"] = {b: [len(metrics[f"{b}/seed{s}"].get("history", [])) for s in seeds] for b in names}
+    mark_significance(res)
     md = [format_summary(res, f"Backbones vs {baseline}"), "",
           "| backbone | best epoch per seed | epochs run per seed |", "|---|---|---|"]
     md += [f"| {b} | {res['best_epoch'][b]} | {res['epochs_run'][b]} |" for b in names]
@@ -48,6 +49,9 @@ def ab(names: list[str], seeds: list[int], out: Path, config_dir: Path, b_sets: 
     md = [f"# A/B: {' '.join(b_sets)} (b) vs as configured (a)", ""]
     for n in names:
         per[n] = summarise(out, {f"{n}/a": None, f"{n}/b": None}, seeds, f"{n}/a", metrics)
+    page = {"b": list(b_sets), "backbones": per}
+    mark_significance(page)
+    for n in names:
         md += [format_summary(per[n], n), ""]
-    return finish(out.parent, "ab", {"b": list(b_sets), "backbones": per}, "\n".join(md), per,
+    return finish(out.parent, "ab", page, "\n".join(md), per,
                   f"{' '.join(b_sets)}: Δ test AUC")

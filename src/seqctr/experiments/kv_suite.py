@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .summary import finish, format_summary, specs, summarise
+from .summary import finish, format_summary, mark_significance, specs, summarise
 from .runner import run_specs
 
 VARIANTS = ("base", "silu", "ck", "cv", "ckv")
@@ -124,9 +124,10 @@ def kv(backbones: list[str], seeds: list[int], out: Path, config_dir: Path, sets
     res, md = {"backbones": {}, "cache": acc}, ["# CollectiveKV: accuracy and per-user cache", ""]
     for b in backbones:
         mine = {g: None for g in groups if g.startswith(b + "/")}
-        control = f"{b}/{control_variant(b)}"
-        res["backbones"][b] = summarise(root, mine, seeds, control, metrics)
-        md += [format_summary(res["backbones"][b], f"{b} (Δ vs {control.split('/')[1]})"), ""]
+        res["backbones"][b] = summarise(root, mine, seeds, f"{b}/{control_variant(b)}", metrics)
+    mark_significance(res)
+    for b in backbones:
+        md += [format_summary(res["backbones"][b], f"{b} (Δ vs {control_variant(b)})"), ""]
     md += ["## Per-user cache bytes (float32 K/V; CollectiveKV: user parts + pool indices)", "",
            format_bytes_table(acc)]
     return finish(Path(out), "kv", res, "\n".join(md))

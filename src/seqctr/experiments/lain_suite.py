@@ -15,7 +15,7 @@ import numpy as np
 
 from ..utils.io import read_metrics
 from .runner import RunSpec, run_dir, run_specs
-from .summary import delta_cell, finish, format_summary, specs, summarise  # noqa: F401  (re-exported)
+from .summary import delta_cell, finish, format_summary, mark_significance, specs, summarise  # noqa: F401
 
 ABLATION = {  # paper Table 6, one config each
     "bare": [],
@@ -46,11 +46,12 @@ def compare(backbones: list[str], seeds: list[int], out: Path, config_dir: Path,
     metrics = run_specs(specs_all, out, jobs, threads, log)
     md = ["# LAIN vs bare backbones", ""]
     for b in backbones:
-        groups = {f"{b}/bare": None, f"{b}/lain": None}
-        per[b] = summarise(out, groups, seeds, f"{b}/bare", metrics)
-        md.append(format_summary(per[b], b))
-        md.append("")
-    return finish(Path(out).parent, "compare", {"backbones": per}, "\n".join(md), per, "+LAIN: Δ test AUC per bucket")
+        per[b] = summarise(out, {f"{b}/bare": None, f"{b}/lain": None}, seeds, f"{b}/bare", metrics)
+    page = {"backbones": per}
+    mark_significance(page)
+    for b in backbones:
+        md += [format_summary(per[b], b), ""]
+    return finish(Path(out).parent, "compare", page, "\n".join(md), per, "+LAIN: Δ test AUC per bucket")
 
 
 def maxlen(backbones: list[str], lengths: list[int], seeds: list[int], out: Path, config_dir: Path,
@@ -63,37 +64,48 @@ def maxlen(backbones: list[str], lengths: list[int], seeds: list[int], out: Path
     metrics = run_specs(specs(groups, seeds, list(sets) + ["eval.polarization=true"]), root, jobs, threads, log)
     res, md = {}, ["# max_len sweep", ""]
     for b in backbones:
-        base = f"{b}/bare/len{lengths[0]}"
-        summ = summarise(root, {g: None for g in groups if g.startswith(b + "/")}, seeds, base, metrics)
-        pol = {}
-        for g in groups:
-            if g.startswith(b + "/"):
-                pol[g] = [read_metrics(run_dir(root, RunSpec(f"{g}/seed{s}", "")) / "attention.json")
-                          for s in seeds]
-        summ["polarization"] = {g: {br: {part: float(np.mean([p[br]["buckets"][part]["gini"] if part != "overall"
-                                                              else p[br]["overall"]["gini"] for p in ps]))
-                                         for part in ["overall"] + summ["buckets"]}
-                                    for br in ps[0]} for g, ps in pol.items()}
-        if with_lain:   # LAIN's own effect at each max_len: +LAIN vs bare at the same length
-            summ["lain_vs_bare"] = {n: summarise(root, {f"{b}/bare/len{n}": None, f"{b}/lain/len{n}": None}, seeds,
-                                                 f"{b}/bare/len{n}", metrics) for n in lengths}
-        res[b] = summ
+        res[b] = _maxlen_summary(root, b, groups, lengths, seeds, metrics, with_lain)
+    page = {"backbones": res, "lengths": lengths}
+    mark_significance(page)
+    for b in backbones:
+        summ = res[b]
         md.append(format_summary(summ, f"{b}: AUC by max_len (Δ vs max_len {lengths[0]})"))
         if with_lain:
-            md += ["", f"+LAIN vs bare at the same max_len, {b} (paired bootstrap of the AUC difference):", "",
+            md += ["", f"+LAIN vs bare at the same max_len, {b} (bootstrap over users and seeds of the AUC "
+                   "difference):", "",
                    "| max_len | " + " | ".join(["overall"] + summ["buckets"]) + " |",
                    "|---|" + "---:|" * (len(summ["buckets"]) + 1)]
             for n, r in summ["lain_vs_bare"].items():
                 d = r["groups"][f"{b}/lain/len{n}"][f"delta_vs_{b}/bare/len{n}"]
                 md.append(f"| {n} | " + " | ".join(delta_cell(d[p]["auc"]) for p in ["overall"] + summ["buckets"]) + " |")
         md += ["", f"Mean attention Gini (over seeds) per branch and bucket, {b}:", "",
-               "| run | branch | " + " | ".join(["overall"] + summ["buckets"]) + " |",
-               "|---|---|" + "---:|" * (len(summ["buckets"]) + 1)]
+               "| run | branch | " + " | ".join(["overall"] + summ["pol_buckets"]) + " |",
+               "|---|---|" + "---:|" * (len(summ["pol_buckets"]) + 1)]
         for g, brs in summ["polarization"].items():
             for br, vals in brs.items():
                 md.append(f"| {g} | {br} | " + " | ".join(f"{v:.3f}" for v in vals.values()) + " |")
         md.append("")
-    return finish(Path(out), "maxlen", {"backbones": res, "lengths": lengths}, "\n".join(md))
+    return finish(Path(out), "maxlen", page, "\n".join(md))
+
+
+def _maxlen_summary(root: Path, b: str, groups: dict, lengths: list[int], seeds: list[int], metrics: dict,
+                    with_lain: bool) -> dict:
+    """One backbone's max_len sweep: AUC per length vs the shortest, attention Gini per branch and
+    bucket, and (``with_lain``) +LAIN vs bare at each length."""
+    base = f"{b}/bare/len{lengths[0]}"
+    summ = summarise(root, {g: None for g in groups if g.startswith(b + "/")}, seeds, base, metrics)
+    pol = {g: [read_metrics(run_dir(root, RunSpec(f"{g}/seed{s}", "")) / "attention.json") for s in seeds]
+           for g in groups if g.startswith(b + "/")}
+    first = next(iter(pol.values()))[0]
+    summ["pol_buckets"] = list(next(iter(first.values()))["buckets"])       # the runs' own length buckets
+    summ["polarization"] = {g: {br: {part: float(np.mean([p[br]["buckets"][part]["gini"] if part != "overall"
+                                                          else p[br]["overall"]["gini"] for p in ps]))
+                                     for part in ["overall"] + summ["pol_buckets"]}
+                                for br in ps[0]} for g, ps in pol.items()}
+    if with_lain:   # LAIN's own effect at each max_len: +LAIN vs bare at the same length
+        summ["lain_vs_bare"] = {n: summarise(root, {f"{b}/bare/len{n}": None, f"{b}/lain/len{n}": None}, seeds,
+                                             f"{b}/bare/len{n}", metrics) for n in lengths}
+    return summ
 
 
 def ablation(backbone: str, seeds: list[int], out: Path, config_dir: Path, sets: list[str] = (), jobs: int = 2,
@@ -113,14 +125,17 @@ def ablation(backbone: str, seeds: list[int], out: Path, config_dir: Path, sets:
     groups = {f"{backbone}/{k}": (cfg, known[k]) for k in rows}
     metrics = run_specs(specs(groups, seeds, sets), root, jobs, threads, log)
     res = summarise(root, groups, seeds, f"{backbone}/bare", metrics)
-    md = format_summary(res, f"LAIN ablation on {backbone}")
     full = f"{backbone}/full"
+    vs_full = None
     if full in groups and len(groups) > 2:
         lain_groups = {g: v for g, v in groups.items() if g != f"{backbone}/bare"}
         vs_full = summarise(root, lain_groups, seeds, full, metrics)
         for g, r in vs_full["groups"].items():
-            if f"delta_vs_{full}" in r:
+            if f"delta_vs_{full}" in r:       # the same cells: marked once, shown in both tables
                 res["groups"][g][f"delta_vs_{full}"] = r[f"delta_vs_{full}"]
+    mark_significance(res)
+    md = format_summary(res, f"LAIN ablation on {backbone}")
+    if vs_full is not None:
         md += "\n\n" + format_summary(vs_full, f"LAIN variants on {backbone} vs full LAIN")
     return finish(Path(out), "ablation", res, md, {backbone: res}, f"LAIN ablation ({backbone}): Δ test AUC vs bare")
 
@@ -139,4 +154,5 @@ def sensitivity(backbone: str, seeds: list[int], out: Path, config_dir: Path, fo
                                                              f"model.lain.hidden={h}", f"model.lain.prompts={k}"])
     metrics = run_specs(specs(groups, seeds, sets), root, jobs, threads, log)
     res = summarise(root, groups, seeds, f"{backbone}/bare", metrics)
+    mark_significance(res)
     return finish(Path(out), "sensitivity", res, format_summary(res, f"LAIN sensitivity on {backbone}"))

@@ -66,6 +66,7 @@ def logloss(y: np.ndarray, p: np.ndarray, eps: float = 1e-7) -> float:
 
 
 DEFAULT_BUCKETS = (1, 50, 100, 200)   # history-length bucket edges of every report: [1,50) [50,100) [100,200) [200,inf)
+PAPER_GROUPS = (0, 100, 200)          # the LAIN paper's length groups (Fig. 1, Tables 4-5): < 100, 100-200, >= 200
 
 
 def bucket_masks(seq_len: np.ndarray, edges=DEFAULT_BUCKETS) -> dict[str, np.ndarray]:
