@@ -51,8 +51,43 @@ def test_temperature_above_one_for_short_and_falling_with_length():
     assert (tau[1:] < tau[:-1]).all()                    # strictly decreasing in L
     assert tau[L == 100].item() == pytest.approx(1.25)   # 1 + sigmoid(0) * 0.5
     assert 1 <= tau[-1] < 1.01                           # long users: almost plain softmax
-    g = torch.autograd.grad(tau.sum(), [lain.gamma, lain.beta])
+    g = torch.autograd.grad(tau.sum(), [lain.gamma_raw, lain.beta_raw])
     assert all(x.abs() > 0 for x in g)                   # gamma and beta are learnable
+
+
+def test_temperature_stays_above_one_whatever_training_does_to_gamma_and_beta():
+    """tau > 1 by construction: however far an optimiser pushes the learned values (the paper's
+    unconstrained form reaches tau <= 0 with gamma below -1 / sigmoid), and it keeps falling with L."""
+    lain = LAIN(LainConfig(enabled=True, prompts=0, qk_condition=False), item_dim=8, feature_dim=8, l0=100.0)
+    L = torch.tensor([0, 1, 10, 99, 100, 400, 3000])
+    for raw_g in (-50.0, -3.0, 0.0, 3.0, 50.0):
+        for raw_b in (-50.0, -3.0, 0.0, 3.0):
+            with torch.no_grad():
+                lain.gamma_raw.fill_(raw_g)
+                lain.beta_raw.fill_(raw_b)
+            tau = lain.temperature(L)
+            assert torch.isfinite(tau).all() and (tau >= 1).all() and (tau <= 1 + lain.gamma + 1e-6).all()
+            assert (tau[1:] <= tau[:-1]).all()
+    # gradient steps that drive gamma down keep it positive
+    with torch.no_grad():
+        lain.gamma_raw.fill_(0.0)
+    opt = torch.optim.SGD([lain.gamma_raw], lr=10.0)
+    for _ in range(50):
+        opt.zero_grad()
+        lain.temperature(L).sum().backward()          # minimising tau pushes gamma towards 0
+        opt.step()
+    assert lain.gamma.item() > 0 and (lain.temperature(L) >= 1).all()
+
+
+def test_weights_saved_with_the_unconstrained_gamma_and_beta_load_to_the_same_temperature():
+    lain = LAIN(LainConfig(enabled=True, prompts=0, qk_condition=False), item_dim=8, feature_dim=8, l0=80.0)
+    state = {k: v for k, v in lain.state_dict().items() if not k.endswith("_raw")}
+    state["gamma"], state["beta"] = torch.tensor(0.73), torch.tensor(0.02)    # the old names and meaning
+    fresh = LAIN(LainConfig(enabled=True, prompts=0, qk_condition=False), item_dim=8, feature_dim=8, l0=1.0)
+    fresh.load_state_dict(state)
+    L = torch.tensor([0.0, 40.0, 80.0, 500.0])
+    expect = 1 + torch.sigmoid(-0.02 * (L - 80.0)) * 0.73
+    torch.testing.assert_close(fresh.temperature(L), expect)
 
 
 @pytest.mark.parametrize("topk", [1, 3, 50])

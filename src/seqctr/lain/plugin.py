@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..errors import ConfigError, check_keys
 from ..nn import AttentionCondition, Conditionable
@@ -77,6 +78,14 @@ class LainConfig:
         return float(meta[key])
 
 
+def inverse_softplus(y: float) -> float:
+    """``x`` with ``softplus(x) = y`` (``y > 0``)."""
+    y = float(y)
+    if y <= 0:
+        raise ValueError(f"softplus takes only positive values, got {y}")
+    return y + math.log(-math.expm1(-y))
+
+
 class SpectralLengthEncoder(nn.Module):
     """``L [B] -> h_len [B, out_dim]`` through learnable Fourier features.
 
@@ -117,9 +126,9 @@ class LAIN(nn.Module):
         if cfg.qk_condition:
             self.e_len = nn.Sequential(nn.Linear(feature_dim, feature_dim), nn.ReLU(),
                                        nn.Linear(feature_dim, cfg.cond_dim))
-        if cfg.temperature:
-            self.gamma = nn.Parameter(torch.tensor(float(cfg.gamma)))
-            self.beta = nn.Parameter(torch.tensor(float(cfg.beta)))
+        if cfg.temperature:          # gamma = softplus(gamma_raw) > 0, beta likewise: tau stays in (1, 1 + gamma)
+            self.gamma_raw = nn.Parameter(torch.tensor(inverse_softplus(cfg.gamma)))
+            self.beta_raw = nn.Parameter(torch.tensor(inverse_softplus(cfg.beta)))
         self.register_buffer("L0", torch.tensor(float(l0)))   # saved with the weights: serving uses the trained L0
 
     def attach(self, backbone: nn.Module) -> int:
@@ -133,9 +142,30 @@ class LAIN(nn.Module):
                 m.enable_condition(self.cfg.cond_dim)
         return len(layers)
 
+    @property
+    def gamma(self) -> torch.Tensor:
+        return F.softplus(self.gamma_raw)
+
+    @property
+    def beta(self) -> torch.Tensor:
+        return F.softplus(self.beta_raw)
+
     def temperature(self, length: torch.Tensor) -> torch.Tensor:
-        """``tau [B] = 1 + sigmoid(-beta (L - L0)) * gamma``."""
+        """``tau [B] = 1 + sigmoid(-beta (L - L0)) * gamma``, with ``gamma, beta > 0`` by construction
+        (softplus of the learned values): tau lies in ``(1, 1 + gamma)``, never 1 or below (the paper's
+        unconstrained form lets training push gamma below 0 and so tau to 1, 0 or negative, which flips
+        the attention), and it falls with the length as the paper intends (beta > 0)."""
         return 1 + torch.sigmoid(-self.beta * (length.to(self.L0.dtype) - self.L0)) * self.gamma
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Weights saved before gamma and beta were constrained hold them as they are: stored as the
+        raw values that give them (a value <= 0, which the old form allowed, becomes 1e-6)."""
+        for name in ("gamma", "beta"):
+            old = state_dict.pop(prefix + name, None)
+            if old is not None and prefix + name + "_raw" not in state_dict:
+                state_dict[prefix + name + "_raw"] = torch.tensor(inverse_softplus(max(float(old), 1e-6)),
+                                                                  dtype=old.dtype)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, seq_len: torch.Tensor) -> dict[str, AttentionCondition]:
         h = self.encoder(seq_len)
