@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 
-import serving_models
 from seqctr.serving.store import free_port, group_rss_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,8 +49,7 @@ def start(bundle: Path, args, store: str, db: Path | None) -> tuple[subprocess.P
     if db is not None:
         cmd += ["--history-file", str(db)]
     log = open(Path(tempfile.gettempdir()) / f"seqctr-soak-{port}.log", "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, **serving_models.TUNED_MALLOC})
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ)
     import httpx
 
     url = f"http://127.0.0.1:{port}"
@@ -137,6 +135,13 @@ async def soak(url: str, args, items: list[str]) -> dict:
             "unknown_path_non404": unknown_errors, "metrics": m1}
 
 
+def gauges(text: str) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+            if s.name in ("seqctr_cache_bytes", "seqctr_cached_users")}
+
+
 def stored_lengths(store: str, db: Path | None, redis_url: str | None) -> dict:
     if db is not None:
         import sqlite3
@@ -155,6 +160,8 @@ def stored_lengths(store: str, db: Path | None, redis_url: str | None) -> dict:
 
 
 def main() -> int:
+    from seqctr.cli import byte_size
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", default="sqlite", choices=["sqlite", "redis"])
     ap.add_argument("--workers", type=int, default=2)
@@ -164,7 +171,7 @@ def main() -> int:
     ap.add_argument("--zipf", type=float, default=1.05, help="popularity exponent (rank ** -zipf)")
     ap.add_argument("--candidates", type=int, default=50)
     ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--cache-bytes", type=int, default=500_000_000)
+    ap.add_argument("--cache-bytes", type=byte_size, default=500_000_000, help="the service's cache budget (500MB, 2GiB)")
     ap.add_argument("--unknown-paths", type=int, default=10_000)
     ap.add_argument("--sample-s", type=float, default=2.0, help="RSS sampling period")
     ap.add_argument("--seed", type=int, default=0)
@@ -215,7 +222,9 @@ def main() -> int:
            "events_lost": lost, "events_extra": extra, "duplicate_positions": audit["duplicate_positions"],
            "users_with_history": len(lengths), "longest_history": max(lengths.values(), default=0),
            "rss_after_warmup_mb": {"min": min(warm, default=None), "max": max(warm, default=None)},
-           "server_errors_in_metrics": "seqctr_server_errors_total{" in metrics_text}
+           "server_errors_in_metrics": "seqctr_server_errors_total{" in metrics_text,
+           "cache_gauges": gauges(metrics_text),
+           "env": {k: v for k, v in os.environ.items() if k.startswith(("SEQCTR_MALLOC", "MALLOC_"))}}
     write_json(OUT / f"{tag}.json", out)
     write_text(OUT / f"{tag}.md", render(out, tag))
     print(render(out, tag))
@@ -248,10 +257,13 @@ def render(r: dict, tag: str) -> str:
              f"| append p50 / p99 | {r['p50_ms']['append']:.1f} / {r['p99_ms']['append']:.1f} ms |",
              f"| events acknowledged / lost / extra | {r['appended_events']:,} / {r['events_lost']} / {r['events_extra']} |",
              f"| duplicate (user, position) rows | {r['duplicate_positions']} |",
+             f"| server malloc settings | {', '.join(f'{k}={v}' for k, v in r['env'].items()) or 'the library defaults'} |",
              f"| users with a history, longest | {r['users_with_history']:,}, {r['longest_history']:,} events |",
              f"| resident memory (all server processes): start, after 20% of the run (min-max), end | "
              f"{rss[0][1]:.0f}, {r['rss_after_warmup_mb']['min']:.0f}-{r['rss_after_warmup_mb']['max']:.0f}, "
              f"{rss[-1][1]:.0f} MB |",
+             f"| caches held at the end (bytes charged, users) | {r['cache_gauges'].get('seqctr_cache_bytes', 0) / 1e6:.0f} MB, "
+             f"{int(r['cache_gauges'].get('seqctr_cached_users', 0)):,} |",
              f"| `/metrics` bytes before / after {c['unknown_paths']:,} unknown paths | "
              f"{r['metrics_bytes_before_unknown']:,} / {r['metrics_bytes_after_unknown']:,} |", "",
              "Latency p50 / p99 (ms) by tenth of the run:", "",
@@ -264,5 +276,4 @@ def render(r: dict, tag: str) -> str:
 
 
 if __name__ == "__main__":
-    serving_models.with_tuned_malloc(__file__)
     sys.exit(main())

@@ -41,3 +41,55 @@ def keep_freed_memory() -> bool:
     _done = bool(mallopt(M_MMAP_THRESHOLD, THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, THRESHOLD))
     return _done
 
+
+
+
+_trimmer = None
+TRIM_SLACK = 128 << 20        # resident bytes a serving worker may hold above its base and cache budget
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (Linux ``/proc/self/statm``; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def start_trimmer(above_bytes: int | None = None, period_s: float | None = None) -> bool:
+    """A daemon thread that, every ``period_s`` seconds (``SEQCTR_MALLOC_TRIM_S``, default 1; 0: no
+    thread), hands the heap's free pages back to the kernel (glibc ``malloc_trim(0)``) whenever the
+    process's resident memory is above ``above_bytes`` (None: every time).
+
+    For a long-lived serving process under :func:`keep_freed_memory`: cache entries of every size
+    are made and dropped between the requests' short-lived buffers, and the free space left between
+    them stays resident while nothing trims it, so resident memory creeps past what the caches
+    hold. A trim returns whole free pages only (nothing in use moves); requests that need them again
+    fault them back in. Trimming only above a limit (a worker's base, its cache budget and
+    :data:`TRIM_SLACK`) holds memory to the budget and costs nothing while memory is below it
+    (``bench/soak_service.py``). True when the thread runs."""
+    global _trimmer
+    if _trimmer is not None:
+        return True
+    if period_s is None:
+        period_s = float(os.environ.get("SEQCTR_MALLOC_TRIM_S", 1.0) or 0)
+    if period_s <= 0:
+        return False
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):           # not glibc
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    import threading
+    import time
+
+    def run():
+        while True:
+            time.sleep(period_s)
+            if above_bytes is None or resident_bytes() > above_bytes:
+                trim(0)
+
+    _trimmer = threading.Thread(target=run, name="seqctr-malloc-trim", daemon=True)
+    _trimmer.start()
+    return True
