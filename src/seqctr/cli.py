@@ -302,7 +302,12 @@ def cmd_experiment(args) -> int:
     common = dict(out=Path(args.out), config_dir=resolve_config_dir(args.config_dir), sets=args.set, jobs=args.jobs,
                   threads=args.threads)
     seeds = args.seeds
-    if args.kind == "compare":
+    if args.kind == "paper":
+        from .experiments.paper import reproduce
+
+        common.pop("config_dir")
+        reproduce(args.dataset, args.source, seeds, backbones=args.backbones, lengths=args.lengths, **common)
+    elif args.kind == "compare":
         lain_suite.compare(args.backbones, seeds, **common)
     elif args.kind == "maxlen":
         lain_suite.maxlen(args.backbones, args.lengths, seeds, with_lain=not args.no_lain, **common)
@@ -582,6 +587,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "accuracy)", "comma list", "din,twin")
     abp.add_argument("--b", action="append", default=[], metavar="KEY=VALUE",
                      help="an override of the B side (repeatable), e.g. train.precision=bf16")
+    pp = suite("paper", "the LAIN paper's Tables 3-6 on your copy of its data (a LongCTR folder), its numbers "
+                        "beside ours", "comma list", "din,dien,sim,sdim,twin")
+    pp.add_argument("--dataset", required=True, choices=["microvideo", "kuaivideo", "ebnerd"],
+                    help="which of the paper's datasets SOURCE is (MicroVideo1.7M_x2, KuaiVideo_x2, EBNeRD_small_x1)")
+    pp.add_argument("--source", required=True, help="the dataset's LongCTR folder")
+    pp.add_argument("--lengths", type=comma_list(int), default="200,500,1000", help="max_len values of Table 5")
     kv = suite("kv", "CollectiveKV variants vs the uncompressed model, cache bytes, d_u and pool sweeps",
                "comma list", "sim,eta,sdim,twin,hstu")
     kv.add_argument("--variants", type=comma_list(str), default="base,silu,ck,cv,ckv", help="which of base,silu,ck,cv,ckv")
