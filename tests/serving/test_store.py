@@ -94,3 +94,25 @@ def test_local_redis_says_what_is_missing(monkeypatch):
     with pytest.raises(FileNotFoundError, match="apt-get install redis-server"):
         with local_redis():
             pass
+
+
+def test_a_history_file_of_the_older_layout_is_upgraded_in_place(tmp_path):
+    """Files written before the users table: their users get their lengths, appends continue after
+    the stored events, and nothing stored is lost."""
+    import sqlite3
+
+    from seqctr.serving.stores import MemoryStore
+
+    db = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE events (user TEXT, pos INTEGER, item TEXT, ts INTEGER, PRIMARY KEY (user, pos))")
+    conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", [("a", 0, "i1", 5), ("a", 1, "i2", 6), ("b", 0, "i9", None)])
+    conn.commit()
+    conn.close()
+    store = MemoryStore(history_file=db)
+    assert store.state("a") == (2, 0) and store.state("b") == (1, 0) and store.state("nobody") == (0, 0)
+    assert store.extend("a", ["i3"], [7]) == 3
+    assert store.timeline("a") == (["i1", "i2", "i3"], [5, 6, 7])
+    store.replace("b", ["x"])
+    assert store.state("b") == (1, 1), "a replace moves the generation on"
+    store.close()

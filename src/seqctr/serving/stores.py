@@ -17,6 +17,7 @@ when the process is killed in the middle. A store that cannot be reached raises
 """
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import sys
 import threading
@@ -204,29 +205,18 @@ class MemoryStore:
                     self._lru.drop(user)
                     n += 1
                 return n
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(self._db):
                 for user, items, ts in histories:
                     self._write_rows(user, items, _times_of(items, ts), replace=True)
                     self._lru.drop(user)
                     n += 1
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
         return n
 
     def _write(self, user: str, items: list, ts: list, replace: bool) -> int:
         """One transaction: the user's row read under the write lock, events written, counts moved
         on. All of it or, on any error (or a kill), none. Caller holds ``_lock``."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            n = self._write_rows(user, items, ts, replace)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-        return n
+        with immediate(self._db):
+            return self._write_rows(user, items, ts, replace)
 
     def _write_rows(self, user: str, items: list, ts: list, replace: bool) -> int:
         db = self._db
@@ -263,6 +253,19 @@ class MemoryStore:
                 self._db = None
 
 
+@contextlib.contextmanager
+def immediate(db: sqlite3.Connection):
+    """One write transaction (``BEGIN IMMEDIATE``: the write lock taken first, so what it reads stays
+    true until it commits): committed when the block ends, rolled back on any error."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
 def open_history_file(path: Path, busy_timeout_s: float = 10.0) -> sqlite3.Connection:
     """Open (creating) a history file: WAL mode, tables made or upgraded (files written before the
     ``users`` table get it filled from their events). Anything that makes the file unusable — not
@@ -277,18 +280,13 @@ def open_history_file(path: Path, busy_timeout_s: float = 10.0) -> sqlite3.Conne
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")    # WAL: a commit survives a killed process
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(db):
             db.execute("CREATE TABLE IF NOT EXISTS events (user TEXT, pos INTEGER, item TEXT, ts INTEGER, "
                        "PRIMARY KEY (user, pos))")
             fresh = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'users'").fetchone() is None
             if fresh:
                 db.execute("CREATE TABLE users (user TEXT PRIMARY KEY, n INTEGER NOT NULL, gen INTEGER NOT NULL)")
                 db.execute("INSERT INTO users SELECT user, MAX(pos) + 1, 0 FROM events GROUP BY user")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
     except sqlite3.OperationalError as e:
         db.close()
         what = "locked by another process" if "locked" in str(e) else str(e)
