@@ -1,11 +1,15 @@
-"""EB-NeRD: the real test sample in the official schema, against an independent row-by-row count."""
+"""EB-NeRD: a fixture written in the official schema (integer and string article ids) and, where
+../shared has it, the real test sample, each against an independent row-by-row count."""
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 from collections import Counter
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from seqctr.data import prepare
 from tests.data.test_bad_input import assert_clean_error, run_cli
@@ -32,10 +36,48 @@ def reference(folder, valid_frac=0.1, test_frac=0.1):
     return out
 
 
-def test_counts_match_an_independent_computation(tmp_path):
-    folder = shared_path("data", "ebnerd-test-sample")
+def write_ebnerd(folder, string_ids: bool = False, seed: int = 0, n_users: int = 12, n_imp: int = 60):
+    """A small EB-NeRD folder in the official schema (``behaviors.parquet``, ``history.parquet``):
+    users with 3-30 past reads, impressions of 2-7 articles in view with 0-2 clicked among them.
+    ``string_ids``: article ids as strings (``"a17"``), the case where in-view and clicked ids must
+    share one code."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    art = (lambda i: f"a{i}") if string_ids else (lambda i: int(i) + 9000)
+    t0 = dt.datetime(2023, 5, 1)
+    users = list(range(100, 100 + n_users))
+    hist = {"user_id": [], "impression_time_fixed": [], "article_id_fixed": []}
+    for u in users:
+        n = int(rng.integers(3, 31))
+        hist["user_id"].append(u)
+        hist["impression_time_fixed"].append([t0 + dt.timedelta(hours=int(h)) for h in np.sort(rng.integers(0, 24 * 20, n))])
+        hist["article_id_fixed"].append([art(a) for a in rng.integers(0, 50, n)])
+    beh = {"impression_id": [], "impression_time": [], "user_id": [], "article_ids_inview": [], "article_ids_clicked": []}
+    for k in range(n_imp):
+        inview = [art(a) for a in rng.choice(60, int(rng.integers(2, 8)), replace=False)]
+        # clicked: listed in another order than in view, so the two lists' own codes would disagree
+        clicked = list(rng.permutation(inview)[:int(rng.integers(0, 3))])
+        beh["impression_id"].append(5000 + k)
+        beh["impression_time"].append(t0 + dt.timedelta(hours=int(rng.integers(0, 24 * 25))))
+        beh["user_id"].append(int(rng.choice(users + [999])))      # 999: a user without a history row
+        beh["article_ids_inview"].append(inview)
+        beh["article_ids_clicked"].append([x if string_ids else int(x) for x in clicked])
+    pq.write_table(pa.table(hist), folder / "history.parquet")
+    pq.write_table(pa.table(beh), folder / "behaviors.parquet")
+    return folder
+
+
+@pytest.fixture(params=["int ids", "string ids", "shared sample"])
+def ebnerd_folder(request, tmp_path):
+    if request.param == "shared sample":
+        return shared_path("data", "ebnerd-test-sample")
+    return write_ebnerd(tmp_path / "ebnerd", string_ids=request.param == "string ids")
+
+
+def test_counts_match_an_independent_computation(tmp_path, ebnerd_folder):
+    folder = ebnerd_folder
     ds, cache, _ = prepare(str(folder), home=tmp_path / "h")
-    assert cache.name.startswith("ebnerd-test-sample-ebnerd-v1-")
+    assert cache.name.startswith(f"{folder.name}-ebnerd-v1-")
     ref = [r for r in reference(folder) if r[4] >= 1]                  # min_history 1 (the default)
     assert len(ds.label) == len(ref)
     assert int(ds.label.sum()) == int(sum(r[3] for r in ref))
@@ -52,12 +94,16 @@ def test_counts_match_an_independent_computation(tmp_path):
         seq = ds.seq_items[ds.offsets[u]:ds.offsets[u] + ds.sample_pos[s]]
         if raw_user is not None:
             assert [vocab[i - 2] for i in seq] == [str(a) for a in hist[raw_user][:len(seq)]]
+    # sample by sample (impressions in file order, articles in view in order): each label is the click
+    # of that very article, and each known target is that article
+    assert ds.label.tolist() == [r[3] for r in ref]
+    for t, r in zip(ds.sample_target.tolist(), ref):
+        if t >= 2:
+            assert vocab[t - 2] == str(r[2])
 
 
 def test_articles_table_gives_the_category(tmp_path):
-    src = shared_path("data", "ebnerd-test-sample")
-    folder = tmp_path / "eb"
-    shutil.copytree(src, folder)
+    folder = write_ebnerd(tmp_path / "eb")
     beh = pq.read_table(folder / "behaviors.parquet")
     ids = sorted({a for r in beh.column("article_ids_inview").to_pylist() for a in r})
     cat = {a: a % 7 for a in ids}
@@ -75,9 +121,7 @@ def test_articles_table_gives_the_category(tmp_path):
 
 
 def test_impression_without_articles_in_view(tmp_path, seqctr_home, capsys):
-    src = shared_path("data", "ebnerd-test-sample")
-    folder = tmp_path / "eb"
-    shutil.copytree(src, folder)
+    folder = write_ebnerd(tmp_path / "eb")
     beh = pq.read_table(folder / "behaviors.parquet").to_pydict()
     beh["article_ids_inview"][4] = []
     pq.write_table(pa.table(beh), folder / "behaviors.parquet")

@@ -105,7 +105,7 @@ def read_ebnerd(folder: Path, rule):
     s_time = b_time[imp_of]
     # label: (impression, article) pairs among the clicked ones
     click_imp = np.repeat(np.arange(len(b_imp)), np.diff(c_off))
-    label = np.isin(_pair(imp_of, inview), _pair(click_imp, clicked)).astype(np.float32)
+    label = np.isin(*_pairs(imp_of, inview, click_imp, clicked)).astype(np.float32)
     # seq_len = events of the user strictly before the impression time (one sorted int64 key)
     t0 = min(int(ev_time.min(initial=0)), int(s_time.min(initial=0)))
     key_ev = (ev_user.astype(np.int64) << 34) + (ev_time - t0)
@@ -166,10 +166,16 @@ def read_ebnerd(folder: Path, rule):
     return ds
 
 
-def _pair(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """One int64 key per (impression row, article id) pair (article ids are hashed into 32 bits of
-    their string form only when they are not integers)."""
-    b = np.asarray(b)
-    if b.dtype.kind not in "iu":
-        b = np.unique(b.astype(str), return_inverse=True)[1]
-    return (np.asarray(a, np.int64) << 32) + (b.astype(np.int64) & 0xFFFFFFFF)
+def _pairs(a1: np.ndarray, b1: np.ndarray, a2: np.ndarray, b2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One int64 key per (impression row, article id) pair, for two lists of pairs on one code of the
+    article ids (integers as they are; anything else by its string form, coded over both lists
+    together, so an id has the same code in the in-view and the clicked lists)."""
+    b1, b2 = np.asarray(b1), np.asarray(b2)
+    if b1.dtype.kind not in "iu" or b2.dtype.kind not in "iu":
+        codes = np.unique(np.concatenate([b1.astype(str), b2.astype(str)]), return_inverse=True)[1].reshape(-1)
+        b1, b2 = codes[:len(b1)], codes[len(b1):]
+
+    def key(a, b):
+        return (np.asarray(a, np.int64) << 32) + (np.asarray(b).astype(np.int64) & 0xFFFFFFFF)
+
+    return key(a1, b1), key(a2, b2)
