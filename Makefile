@@ -13,7 +13,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 $(VENV)/.stamp-core: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install "$(TORCH_PIN)"
-	$(PIP) install -e ".[report]"
+	$(PIP) install -e ".[report,serve]"
 	touch $@
 
 $(VENV)/.stamp-dev: $(VENV)/.stamp-core

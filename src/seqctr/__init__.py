@@ -1,5 +1,5 @@
 """seqctr: length-aware CTR prediction from user behaviour sequences."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def load(path, store=None, device: str = "cpu"):

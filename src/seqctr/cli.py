@@ -368,13 +368,19 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _checkout() -> str:
+    """The folder to ``pip install -e`` for an extra: this source checkout when seqctr runs from one."""
+    root = Path(__file__).resolve().parents[2]
+    return str(root) if (root / "pyproject.toml").is_file() else "."
+
+
 def _serve_extra_check() -> None:
     import importlib.util
 
     missing = [m for m in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(m) is None]
     if missing:
         raise SeqctrError(f"seqctr serve needs the serve extra (missing {', '.join(missing)}): "
-                          "pip install 'seqctr[serve]'")
+                          f"pip install -e '{_checkout()}[serve]' (this checkout), or pip install 'seqctr[serve]'")
 
 
 def _histories_kw(args) -> dict:
