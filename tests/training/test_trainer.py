@@ -88,3 +88,27 @@ def test_train_step_clock_times_its_parts_without_changing_the_step(synth_ds):
             times = clock
     assert runs[0] == runs[1] and runs[0][0] != runs[0][-1]
     assert set(times) == {"forward", "backward", "clip + optimiser"} and all(v > 0 for v in times.values())
+
+
+def test_a_wrong_checkpoint_says_what_it_is_and_what_was_expected(tmp_path):
+    import torch
+
+    from seqctr.errors import SeqctrError
+    from seqctr.training.trainer import load_checkpoint
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("some notes")
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "bundle.json").write_text("{}")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    cases = {notes: "is not a PyTorch checkpoint (10 bytes", empty: "is an empty file",
+             bundle: "is a folder — it is a model bundle: pass it as --model", tmp_path / "nope.pt": "does not exist",
+             foreign: "is a PyTorch file but not a seqctr checkpoint"}
+    for path, needle in cases.items():
+        with pytest.raises(SeqctrError) as e:
+            load_checkpoint(path)
+        assert needle in str(e.value) and "expected a run's best.pt" in str(e.value), str(e.value)
