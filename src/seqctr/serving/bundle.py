@@ -75,7 +75,7 @@ def _user_table(ds) -> np.ndarray:
 
 def export_bundle(checkpoint: str | Path, out: str | Path, source: str | None = None) -> Path:
     """Write the bundle of a trained run (its ``best.pt``) into ``out`` (atomically)."""
-    from ..training import load_checkpoint, load_trained
+    from ..checkpoint import load_checkpoint, load_trained
 
     model, cfg, ds, folder = load_trained(checkpoint, source)
     ck = load_checkpoint(checkpoint)

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..utils.device import resolve_device
+
 
 @dataclass
 class Dist:
@@ -75,7 +77,6 @@ class Dist:
 
 def init_distributed(device_name: str = "auto") -> tuple[Dist, torch.device]:
     """Join torchrun's process group if there is one; returns ``(Dist, device of this process)``."""
-    from .trainer import resolve_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:

@@ -22,19 +22,13 @@ from ..errors import ConfigError, SeqctrError
 from ..metrics import evaluate_predictions
 from ..models import CTRModel, build_model
 from ..nn import dropout
+from ..checkpoint import load_checkpoint, load_trained, save_torch  # noqa: F401  (also seqctr.training's)
+from ..utils.device import resolve_device
 from ..utils.io import atomic_path, provenance, write_json
 from ..utils.compile import compiled
 from ..utils.malloc import keep_freed_memory
 from ..utils.progress import Progress
 from .distributed import init_distributed, shard
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SeqctrError("train.device is cuda but no CUDA device is available; use device: auto or cpu")
-    return torch.device(name)
 
 
 def set_seed(seed: int) -> None:
@@ -51,61 +45,6 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0)
     params = list(model.parameters())
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
-
-
-def save_torch(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Read a checkpoint the trainer wrote. Only tensors and plain containers are accepted
-    (``weights_only=True``): a checkpoint cannot run code when it is loaded."""
-    path = Path(path)
-    expected = "expected a run's best.pt or last.pt, written by seqctr train"
-    if path.is_dir():
-        hint = (" — it is a model bundle: pass it as --model" if (path / "bundle.json").is_file() else
-                " — it is a run folder: pass its best.pt" if (path / "best.pt").is_file() else "")
-        raise SeqctrError(f"checkpoint {path} is a folder{hint} ({expected})")
-    if not path.is_file():
-        raise SeqctrError(f"checkpoint {path} does not exist ({expected})")
-    size = path.stat().st_size
-    if size == 0:
-        raise SeqctrError(f"checkpoint {path} is an empty file ({expected})")
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head != b"PK\x03\x04":                    # torch.save writes a zip archive
-        raise SeqctrError(f"checkpoint {path} is not a PyTorch checkpoint ({size:,} bytes, not a torch.save "
-                          f"archive; {expected})")
-    try:
-        ck = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # corrupt, truncated, or holding objects that are not tensors
-        raise SeqctrError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}; "
-                          f"{expected})") from e
-    if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
-        raise SeqctrError(f"checkpoint {path} is a PyTorch file but not a seqctr checkpoint (no model and config; "
-                          f"{expected})")
-    return ck
-
-
-def load_trained(checkpoint: str | Path, source: str | None = None, device="cpu"):
-    """A trained run's model, config and prepared dataset: ``(model in eval mode, RunConfig, dataset,
-    dataset folder)``. ``source`` overrides the config's data source; a dataset whose vocabularies
-    differ from the checkpoint's is an error (the ids would mean other things)."""
-    from ..config import config_from_dict
-    from ..data import prepare_config
-
-    ck = load_checkpoint(checkpoint)
-    if "meta" not in ck:
-        raise SeqctrError(f"{checkpoint}: not a best checkpoint (use a run's best.pt)")
-    cfg = config_from_dict(ck["config"])
-    ds, folder, _ = prepare_config(cfg.data, source)
-    if ds.meta["vocab_sizes"] != ck["meta"]["vocab_sizes"]:
-        raise SeqctrError(f"checkpoint {checkpoint} was trained on a dataset with other vocabularies "
-                          f"({ck['meta']['name']}, sha {ck['meta'].get('source_sha256', '?')[:12]}) than {folder}")
-    model = build_model(cfg.model, ck["meta"])
-    model.load_state_dict(ck["model"])
-    return model.to(device).eval(), cfg, ds, folder
 
 
 @torch.no_grad()
