@@ -316,7 +316,7 @@ def app_from_env():
     from .bundle import load_bundle
     from .stores import open_store
 
-    from ..utils.malloc import TRIM_SLACK, keep_freed_memory, resident_bytes, start_trimmer
+    from ..utils.malloc import keep_freed_memory, resident_bytes, start_trimmer, trim_slack
 
     configure_logging(os.environ.get("SEQCTR_SERVE_LOG_LEVEL", "warning"))
     keep_freed_memory()        # a worker process: keep freed buffers (seqctr.utils.malloc), as the CLI does
@@ -331,7 +331,7 @@ def app_from_env():
                        os.environ.get("SEQCTR_SERVE_HISTORY_FILE") or None)
     scorer = Scorer(bundle, store, max_history=int(os.environ.get("SEQCTR_SERVE_MAX_HISTORY", 0)) or None)
     # resident memory held to this worker's base + its cache budget + a slack (seqctr.utils.malloc)
-    start_trimmer(resident_bytes() + getattr(store, "cache_bytes", 0) + TRIM_SLACK)
+    start_trimmer(resident_bytes() + getattr(store, "cache_bytes", 0) + trim_slack())
     histories = os.environ.get("SEQCTR_SERVE_HISTORIES")
     if histories:                   # an in-process store (one worker): load its histories here
         import json

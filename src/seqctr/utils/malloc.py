@@ -45,7 +45,13 @@ def keep_freed_memory() -> bool:
 
 
 _trimmer = None
-TRIM_SLACK = 128 << 20        # resident bytes a serving worker may hold above its base and cache budget
+TRIM_SLACK = 32 << 20         # resident bytes a serving worker may hold above its base and cache budget
+
+
+def trim_slack() -> int:
+    """Bytes of :data:`TRIM_SLACK`, or ``SEQCTR_MALLOC_TRIM_SLACK_MB`` when set."""
+    mb = os.environ.get("SEQCTR_MALLOC_TRIM_SLACK_MB")
+    return int(float(mb) * (1 << 20)) if mb else TRIM_SLACK
 
 
 def resident_bytes() -> int:
@@ -67,8 +73,8 @@ def start_trimmer(above_bytes: int | None = None, period_s: float | None = None)
     them stays resident while nothing trims it, so resident memory creeps past what the caches
     hold. A trim returns whole free pages only (nothing in use moves); requests that need them again
     fault them back in. Trimming only above a limit (a worker's base, its cache budget and
-    :data:`TRIM_SLACK`) holds memory to the budget and costs nothing while memory is below it
-    (``bench/soak_service.py``). True when the thread runs."""
+    :data:`TRIM_SLACK`, or ``SEQCTR_MALLOC_TRIM_SLACK_MB``) holds memory to the budget and costs
+    nothing while memory is below it (``bench/soak_service.py``). True when the thread runs."""
     global _trimmer
     if _trimmer is not None:
         return True
