@@ -79,10 +79,12 @@ def write_run_report(run_dir: str | Path, result: dict) -> Path:
     return path
 
 
+# every suite's page, in reading order: `seqctr report` includes whichever are present
 EXPERIMENTS = [("data", "data.md", "Length buckets of the data"), ("compare", "results.md", "LAIN vs bare backbones"),
                ("maxlen", "results.md", "max_len sweep"), ("ablation", "results.md", "LAIN ablation"),
-               ("sensitivity", "results.md", "LAIN sensitivity"), ("kv", "results.md", "CollectiveKV vs uncompressed K/V"),
-               ("kv", "kv.md", "K/V SVD diagnostic")]
+               ("sensitivity", "results.md", "LAIN sensitivity"), ("paper", "results.md", "The LAIN paper's tables"),
+               ("backbones", "results.md", "Backbones against each other"), ("ab", "results.md", "A/B of a setting"),
+               ("kv", "results.md", "CollectiveKV vs uncompressed K/V"), ("kv", "kv.md", "K/V SVD diagnostic")]
 
 
 def write_experiments_report(root: Path) -> Path:
