@@ -18,7 +18,7 @@ done
 for data in ml100k mlls; do
   lengths=50,200; [ $data = mlls ] && lengths=50,200,1000
   $X maxlen --backbones din,twin --config-dir $data --lengths $lengths --seeds $S3 $E --out $OUT/$data/maxlen
-  $X ablation --backbones twin --config-dir $data --seeds $S3 $E --out $OUT/$data/ablation-twin
+  $X ablation --backbone twin --config-dir $data --seeds $S3 $E --out $OUT/$data/ablation-twin
 done
 for data in ml100k mlls; do
   $X compare --backbones dien --config-dir $data --seeds $S3 --set train.epochs=1 --jobs 2 --threads 1 \

@@ -294,6 +294,16 @@ def cmd_analyze_kv(args) -> int:
     return 0
 
 
+def _one_backbone(args) -> str:
+    """The backbone of a one-backbone suite: ``--backbone``, or ``--backbones`` naming exactly one."""
+    if args.backbone:
+        return args.backbone
+    if len(args.backbones) != 1:
+        raise SeqctrError(f"experiment {args.kind} runs one backbone: give --backbone NAME (got --backbones "
+                          f"{','.join(args.backbones)})")
+    return args.backbones[0]
+
+
 def cmd_experiment(args) -> int:
     from .experiments import backbone_suite, kv_suite, lain_suite
 
@@ -316,7 +326,7 @@ def cmd_experiment(args) -> int:
     elif args.kind == "ab":
         backbone_suite.ab(args.backbones, seeds, b_sets=args.b, **common)
     elif args.kind == "ablation":
-        lain_suite.ablation(args.backbones[0], seeds, rows=args.rows, **common)
+        lain_suite.ablation(_one_backbone(args), seeds, rows=args.rows, **common)
     elif args.kind == "kv":
         unknown = set(args.variants) - set(kv_suite.VARIANTS)
         if unknown:
@@ -325,7 +335,7 @@ def cmd_experiment(args) -> int:
                     sweep_backbone=args.sweep_backbone, user_dims=args.user_dims,
                     pool_sizes=args.pool_sizes, **common)
     else:
-        lain_suite.sensitivity(args.backbones[0], seeds, **common)
+        lain_suite.sensitivity(_one_backbone(args), seeds, **common)
     md = Path(args.out) / args.kind / "results.md"
     if args.json:
         print((md.parent / "results.json").read_text().strip())
@@ -570,9 +580,13 @@ def build_parser() -> argparse.ArgumentParser:
                                "bare backbones against each other (backbones), A/B of a setting (ab)")
     ex_sub = ex.add_subparsers(dest="kind", required=True, metavar="SUITE")
 
-    def suite(name, help, backbones_help, default_backbones):
+    def suite(name, help, backbones_help, default_backbones, one=False):
         sp = ex_sub.add_parser(name, help=help, description=help, parents=[common, runs], formatter_class=fmt)
-        sp.add_argument("--backbones", type=comma_list(str), default=default_backbones, help=backbones_help)
+        if one:         # a suite of one backbone: --backbone (--backbones NAME still read, one name only)
+            sp.add_argument("--backbone", default=None, help=f"{backbones_help} (default: {default_backbones})")
+            sp.add_argument("--backbones", type=comma_list(str), default=[default_backbones], help=argparse.SUPPRESS)
+        else:
+            sp.add_argument("--backbones", type=comma_list(str), default=default_backbones, help=backbones_help)
         sp.set_defaults(func=cmd_experiment)
         return sp
 
@@ -580,12 +594,12 @@ def build_parser() -> argparse.ArgumentParser:
     ml = suite("maxlen", "max_len sweep, bare and +LAIN: per-bucket AUC and attention Gini", "comma list", "din,twin")
     ml.add_argument("--lengths", type=comma_list(int), default="50,100,200,500", help="the max_len values")
     ml.add_argument("--no-lain", action="store_true", help="bare backbones only")
-    ab = suite("ablation", "LAIN component ablation (paper Table 6)", "the backbone (first of the list)", "twin")
+    ab = suite("ablation", "LAIN component ablation (paper Table 6)", "the backbone", "twin", one=True)
     ab.add_argument("--rows", type=comma_list(str), default=None,
                     help="which rows: bare, full, no_lcp, no_qk_condition, no_temperature, no_lma, no_short_branch "
                          "(default: these), and the open choices l0_users, l0_samples, prompt_small (vs full)")
-    suite("sensitivity", "LAIN sensitivity grid: d_f x hidden x prompts (paper Fig. 4)",
-          "the backbone (first of the list)", "twin")
+    suite("sensitivity", "LAIN sensitivity grid: d_f x hidden x prompts (paper Fig. 4)", "the backbone", "twin",
+          one=True)
     bb = suite("backbones", "bare backbones against a baseline backbone per length bucket (e.g. HSTU vs DIN)",
                "comma list", "din,hstu")
     bb.add_argument("--baseline", help="the backbone the others are compared with (default: the first)")
