@@ -220,6 +220,7 @@ def read_yaml(path: Path, _seen: tuple = ()) -> dict:
         raise ConfigError(f"config file {path}: not valid YAML ({e})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    _absolute_paths(values, path.parent)
     base = values.pop("extends", None)
     if base is not None:
         local = path.parent / str(base)
@@ -260,11 +261,34 @@ def resolve_config_dir(name: str | Path) -> Path:
                       f"{', '.join(sorted(d.name for d in PACKAGED.iterdir() if d.is_dir()))}")
 
 
+BUILTIN_SOURCES = ("ml100k", "ml-latest-small", "mlls")
+
+
+def _absolute_paths(values: dict, base: Path) -> None:
+    """Data paths (``data.source``, ``data.items.path``, ``data.users.path``) that are relative and
+    name something under ``base`` become absolute, in place: a config's paths are read against the
+    config's own folder (else the working directory), and a run stores them absolute, so its folder
+    can move and be evaluated or exported from anywhere."""
+    data = values.get("data")
+    if not isinstance(data, dict):
+        return
+    slots = [(data, "source")] + [(data[k], "path") for k in ("items", "users") if isinstance(data.get(k), dict)]
+    for holder, key in slots:
+        v = holder.get(key)
+        if not isinstance(v, str) or v in BUILTIN_SOURCES:
+            continue
+        p = Path(v).expanduser()
+        if not p.is_absolute() and (base / p).exists():
+            holder[key] = str((base / p).resolve())
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config (a path or a packaged name; defaults when ``path`` is None) and apply
-    ``--set`` overrides."""
+    ``--set`` overrides. Relative data paths are read against the YAML's folder, then the working
+    directory, and kept absolute (:func:`_absolute_paths`)."""
     values: dict[str, Any] = read_yaml(resolve_config(path)) if path is not None else {}
     apply_overrides(values, overrides or [])
+    _absolute_paths(values, Path.cwd())
     return config_from_dict(values)
 
 
