@@ -81,6 +81,11 @@ def test_scores_over_http_equal_the_scorer_and_the_forward_pass(trained):
         assert 'seqctr_requests_total{endpoint="/v1/score",status="200"} 3.0' in metrics
         assert "seqctr_cache_hits_total 2.0" in metrics and "seqctr_cache_bytes" in metrics
         assert http.get("/docs").status_code == 200 and "/v1/score" in http.get("/openapi.json").text
+        # the docs page is served from this host alone (no CDN): every asset it names is here
+        page = http.get("/docs").text
+        assert "cdn" not in page.lower() and "https://" not in page
+        for asset in ("/docs-static/swagger-ui-bundle.js", "/docs-static/swagger-ui.css"):
+            assert asset in page and http.get(asset).status_code == 200
 
 
 BAD = [

@@ -211,10 +211,36 @@ class Metrics:
 _STATUS_REASON = {404: "not_found", 405: "method_not_allowed"}
 
 
+def _offline_docs() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("swagger_ui_bundle") is not None
+
+
+def _serve_docs_offline(app: FastAPI) -> None:
+    """``/docs`` from the Swagger UI files of the ``swagger-ui-bundle`` package (part of the serve
+    extra) under ``/docs-static``, not from a CDN: the page works on a host without internet."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from starlette.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-static", StaticFiles(directory=str(swagger_ui_path)), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - docs",
+                                   swagger_js_url="/docs-static/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-static/swagger-ui.css",
+                                   swagger_favicon_url="/docs-static/favicon-32x32.png")
+
+
 def create_app(scorer, max_candidates: int = 1000, max_events: int = 1000, max_body: int = 1 << 20) -> FastAPI:
     """The service around a :class:`~seqctr.serving.scorer.Scorer` (its store holds the state)."""
     app = FastAPI(title="seqctr scoring service", version=scorer.bundle.info.get("seqctr", ""),
-                  description="Click probabilities for a user's candidates from a seqctr model bundle.")
+                  description="Click probabilities for a user's candidates from a seqctr model bundle.",
+                  docs_url=None if _offline_docs() else "/docs")
+    if _offline_docs():
+        _serve_docs_offline(app)
     store = scorer.store
     metrics = Metrics(app, getattr(store, "kind", "?"))
     in_process = getattr(store, "kind", "") == "memory"
