@@ -107,3 +107,13 @@ def test_row_pool_over_kept_entries_equals_the_masked_sum(share):
                                atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(row_scores(X, R, pat), (R[col] * X[:, None]).sum(-1) * keep, atol=1e-12, rtol=1e-12)
     assert got[0].abs().sum() == 0 and pat.ucol.numel() <= int(keep.sum())
+
+
+def test_importing_seqctr_leaves_the_warning_filters_alone():
+    """No global filter on the importer's warnings (PyTorch's one CSR beta notice is spent locally)."""
+    import subprocess
+    import sys
+
+    code = ("import warnings; before = list(warnings.filters); import seqctr.nn.batched, seqctr.models; "
+            "assert warnings.filters == before, [f for f in warnings.filters if f not in before]")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

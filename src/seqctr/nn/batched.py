@@ -14,8 +14,19 @@ import warnings
 
 import torch
 
-# the CSR products below use only documented, stable operations (valid CSR: sorted, merged columns)
-warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+
+
+def _quiet_csr_beta_warning() -> None:
+    """PyTorch says once per process that sparse CSR support is beta; the products below use only
+    documented, stable operations on valid CSR (sorted, merged columns). Build one CSR tensor here
+    under a local filter, so that once is spent without a global filter on the importer's warnings."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+        torch.sparse_csr_tensor(torch.tensor([0, 1]), torch.tensor([0]), torch.tensor([1.0]), (1, 1),
+                                check_invariants=False)
+
+
+_quiet_csr_beta_warning()
 
 
 def _scores(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
