@@ -114,6 +114,7 @@ def test_importing_seqctr_leaves_the_warning_filters_alone():
     import subprocess
     import sys
 
-    code = ("import warnings; before = list(warnings.filters); import seqctr.nn.batched, seqctr.models; "
+    code = ("import warnings, numpy, torch, torch.jit; before = list(warnings.filters); "
+            "import seqctr.nn.batched, seqctr.models; "
             "assert warnings.filters == before, [f for f in warnings.filters if f not in before]")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
