@@ -50,6 +50,7 @@ def test_compare_resume_and_report(tmp_path, seqctr_home, capsys):
     assert page["multiplicity"]["cells"] == 8          # overall + 4 buckets + 3 paper groups, one backbone
     md = (out / "compare" / "results.md").read_text()
     assert "Δ twin/lain" in md and "bootstrap over users and seeds" in md and "Benjamini-Hochberg" in md
+    findings_page_renders(tmp_path, out, page)
     capsys.readouterr()
 
     stamp = (out / "compare" / "twin/lain/seed1/metrics.json").stat().st_mtime_ns
@@ -61,6 +62,27 @@ def test_compare_resume_and_report(tmp_path, seqctr_home, capsys):
     report = (out / "report.md").read_text()
     assert "LAIN vs bare backbones" in report and "Δ twin/lain" in report
     assert "| [1,50) |" in report and "users" in report     # the data analysis table is included
+
+
+def findings_page_renders(tmp_path, out, page):
+    """bench/lain_findings.py turns the evidence tree into the findings page: the < 100 events answer
+    per backbone, every cell, and the suites not run yet."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("lain_findings",
+                                                  Path(__file__).resolve().parents[2] / "bench" / "lain_findings.py")
+    lf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lf)
+    evidence = tmp_path / "evidence" / "ml100k" / "compare-din-twin"
+    evidence.mkdir(parents=True)
+    (evidence / "compare").symlink_to(out / "compare")
+    lf.STORE = tmp_path / "store"
+    text = lf.render(lf.collect(tmp_path / "evidence"))
+    d = page["backbones"]["twin"]["groups"]["twin/lain"]["delta_vs_twin/bare"]["paper [0,100)"]["auc"]
+    assert f"| ml100k | twin | 2 | {lf.cell(d)} | {lf.verdict(d)} |" in text
+    assert "Not run yet:" in text and "ml-latest-small compare-din-twin" in text
+    assert "### ml100k, twin (seeds [1, 2])" in text and "*increases*" in text
 
 
 def test_maxlen_sweep_records_polarization(tmp_path, seqctr_home, capsys):
