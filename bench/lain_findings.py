@@ -44,15 +44,26 @@ def collect(out: Path) -> dict:
     return {p.stem: json.loads(p.read_text()) for p in sorted(STORE.glob("*.json"))}
 
 
+def num(x, fmt: str) -> str:
+    """A number of a results file (NaN is stored as null) in ``fmt``, or — where there is none."""
+    return "—" if x is None or x != x else format(x, fmt)
+
+
 def cell(d: dict | None) -> str:
-    if not d or d.get("delta") != d.get("delta"):
+    if not d or num(d.get("delta"), "") == "—":
         return "—"
-    return f"{d['delta']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]" + ("*" if d.get("significant") else "")
+    return f"{num(d['delta'], '+.4f')} [{num(d['lo'], '+.4f')}, {num(d['hi'], '+.4f')}]" + ("*" if d.get("significant") else "")
+
+
+def ci(c: dict) -> str:
+    return f"{num(c['mean'], '.4f')} [{num(c['lo'], '.4f')}, {num(c['hi'], '.4f')}]"
 
 
 def verdict(d: dict | None) -> str:
     if not d:
         return "not run yet"
+    if d.get("delta") is None or d.get("lo") is None or d.get("hi") is None:
+        return "no samples or no interval"
     if d.get("significant"):
         return "**yes**" if d["delta"] > 0 else "**no: it hurts**"
     return "no evidence either way" if d["lo"] <= 0 <= d["hi"] else "a trend, not significant over the page"
@@ -102,7 +113,7 @@ def render(pages: dict) -> str:
                    "|---|" + "---:|" * (len(summ["buckets"]) + 1)]
             for g, r in summ["groups"].items():
                 m = r["metrics"]
-                md.append(f"| {g} | " + " | ".join(f"{m[p]['auc']['mean']:.4f}" for p in ["overall"] + summ["buckets"]) + " |")
+                md.append(f"| {g} | " + " | ".join(num(m[p]["auc"]["mean"], ".4f") for p in ["overall"] + summ["buckets"]) + " |")
                 d = r.get(f"delta_vs_{summ['baseline']}")
                 if d:
                     md.append(f"| Δ vs {summ['baseline']} | " + " | ".join(cell(d[p]["auc"]) for p in ["overall"] + summ["buckets"]) + " |")
@@ -111,7 +122,7 @@ def render(pages: dict) -> str:
                    "|---|---|" + "---:|" * (len(summ["pol_buckets"]) + 1)]
             for g, brs in summ["polarization"].items():
                 for br, vals in brs.items():
-                    md.append(f"| {g} | {br} | " + " | ".join(f"{v:.3f}" for v in vals.values()) + " |")
+                    md.append(f"| {g} | {br} | " + " | ".join(num(v, ".3f") for v in vals.values()) + " |")
             md.append("")
     md += ["## Every cell", ""]
     for data, b, summ in runs:
@@ -120,8 +131,7 @@ def render(pages: dict) -> str:
                "| variant | " + " | ".join(parts) + " |", "|---|" + "---:|" * len(parts)]
         for g, r in summ["groups"].items():
             m = r["metrics"]
-            md.append(f"| {g} | " + " | ".join(f"{m[p]['auc']['mean']:.4f} [{m[p]['auc']['lo']:.4f}, {m[p]['auc']['hi']:.4f}]"
-                                                for p in parts) + " |")
+            md.append(f"| {g} | " + " | ".join(ci(m[p]["auc"]) for p in parts) + " |")
             d = r.get(f"delta_vs_{summ['baseline']}")
             if d:
                 md.append(f"| Δ {g} | " + " | ".join(cell(d[p]["auc"]) for p in parts) + " |")

@@ -164,7 +164,7 @@ def test_ab_suite_pairs_each_backbone_with_its_overridden_twin(tmp_path, seqctr_
     cfg = lambda side: json.loads((out / "ab" / f"din/{side}/seed1/metrics.json").read_text())["config"]  # noqa: E731
     assert cfg("b")["train"]["precision"] == "bf16" and cfg("a")["train"]["precision"] == "fp32"
     assert main(["report", "--out", str(out)]) == 0                 # the report covers every suite's page
-    assert "A/B of a setting" in (out / "report.md").read_text()
+    assert "A/B: train.precision=bf16 (b) vs as configured (a)" in (out / "report.md").read_text()
     capsys.readouterr()
     assert main(args[:4] + ["--config-dir", str(cdir), "--out", str(out)]) == 2
     assert "--b KEY=VALUE" in capsys.readouterr().err
