@@ -25,6 +25,10 @@ class InputError(SeqctrError):
         self.field = field          # the request field at fault (the service's error body names it)
 
 
+class TooLarge(InputError):
+    """Input over a size cap (e.g. a request's history over ``max_history``); the service answers 413."""
+
+
 class ConfigError(SeqctrError):
     """A config file or --set override that cannot be applied."""
 

@@ -18,17 +18,23 @@ from ..errors import SeqctrError
 from ..utils.progress import Progress
 
 
-def iter_histories(inter):
-    """``(user, items, times)`` per user (raw ids as strings, times as ints), users in key order."""
+def group_histories(inter) -> tuple[int, object]:
+    """``(number of users, iterator of (user, items, times))``: each user's events in the prepared
+    dataset's order (raw ids as strings, times as ints), users in key order. The sort keys are
+    made once, and the user count comes from the same grouping the iterator walks."""
     ukey = sort_key(inter.user)
     order = event_order(ukey, inter.timestamp, sort_key(inter.item))
     take = (lambda a: a) if order is None else (lambda a: a[order])
     ukey, users, items, ts = take(ukey), take(inter.user), take(inter.item), take(inter.timestamp)
     starts = np.flatnonzero(np.r_[True, ukey[1:] != ukey[:-1]]) if len(ukey) else np.zeros(0, np.int64)
     ends = np.r_[starts[1:], len(ukey)]
-    user_str = as_str(users[starts]) if len(starts) else []
-    for u, a, b in zip(user_str, starts, ends):
-        yield str(u), as_str(items[a:b]).tolist(), ts[a:b].astype(np.int64).tolist()
+
+    def walk():
+        user_str = as_str(users[starts]) if len(starts) else []
+        for u, a, b in zip(user_str, starts, ends):
+            yield str(u), as_str(items[a:b]).tolist(), ts[a:b].astype(np.int64).tolist()
+
+    return len(starts), walk()
 
 
 def load_histories(store, source: str, columns: dict | None = None, label: dict | None = None,
@@ -41,10 +47,9 @@ def load_histories(store, source: str, columns: dict | None = None, label: dict 
     if src.read_events is None:
         raise SeqctrError(f"histories from {source}: only event tables are supported (a table, ml100k, "
                           f"ml-latest-small, a MovieLens folder), not the {src.protocol} layout")
-    inter = src.read_events()
-    n_users = len(np.unique(sort_key(inter.user))) if len(inter.user) else 0
+    n_users, histories = group_histories(src.read_events())
     n_events, done, batch = 0, 0, []
-    for h in Progress(iter_histories(inter), "histories", enabled=progress, total=n_users):
+    for h in Progress(histories, "histories", enabled=progress, total=n_users):
         batch.append(h)
         n_events += len(h[1])
         if len(batch) >= chunk:

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Stric
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from ..errors import InputError, SeqctrError
+from ..errors import SeqctrError, TooLarge
 from .stores import StoreUnavailable
 
 log = logging.getLogger("seqctr.serve")
@@ -236,10 +236,11 @@ def _serve_docs_offline(app: FastAPI) -> None:
 
 def create_app(scorer, max_candidates: int = 1000, max_events: int = 1000, max_body: int = 1 << 20) -> FastAPI:
     """The service around a :class:`~seqctr.serving.scorer.Scorer` (its store holds the state)."""
+    offline_docs = _offline_docs()
     app = FastAPI(title="seqctr scoring service", version=scorer.bundle.info.get("seqctr", ""),
                   description="Click probabilities for a user's candidates from a seqctr model bundle.",
-                  docs_url=None if _offline_docs() else "/docs")
-    if _offline_docs():
+                  docs_url=None if offline_docs else "/docs")
+    if offline_docs:
         _serve_docs_offline(app)
     store = scorer.store
     metrics = Metrics(app, getattr(store, "kind", "?"))
@@ -279,6 +280,10 @@ def create_app(scorer, max_candidates: int = 1000, max_events: int = 1000, max_b
         return refuse(request, 503, "store_unavailable", f"store unavailable, retry later: {exc}",
                       headers={"Retry-After": str(exc.retry_after)})
 
+    @app.exception_handler(TooLarge)
+    async def too_large(request: Request, exc: TooLarge):
+        return refuse(request, 413, "too_large", str(exc), exc.field)
+
     @app.exception_handler(SeqctrError)
     async def bad_input(request: Request, exc: SeqctrError):
         return refuse(request, 400, "bad_input", str(exc), getattr(exc, "field", None))
@@ -292,9 +297,6 @@ def create_app(scorer, max_candidates: int = 1000, max_events: int = 1000, max_b
         if len(req.candidates) > max_candidates:
             return refuse(request, 413, "too_large", f"candidates: {len(req.candidates)} over the cap of "
                           f"{max_candidates}", "candidates")
-        if req.history is not None and len(req.history) > scorer.max_history:
-            return refuse(request, 413, "too_large", f"history: {len(req.history)} events over the cap of "
-                          f"{scorer.max_history}", "history")
         history, times = (None, None) if req.history is None else _items(req.history)
         probs, cached = scorer.score_ex(req.user, req.candidates, history, times, req.timestamp)
         if history is None:
@@ -370,4 +372,4 @@ def app_from_env():
                       int(os.environ.get("SEQCTR_SERVE_MAX_BODY", 1 << 20)))
 
 
-__all__ = ["create_app", "app_from_env", "Edge", "Metrics", "error_response", "InputError"]
+__all__ = ["create_app", "app_from_env", "Edge", "Metrics", "error_response"]

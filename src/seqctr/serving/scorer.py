@@ -19,7 +19,7 @@ import torch
 
 from ..data.encode import OOV, PAD, lookup
 from ..data.sources import BadTime, text_times
-from ..errors import InputError
+from ..errors import InputError, TooLarge
 from .bundle import Bundle, load_bundle
 from .runtime import append, fingerprint, prefill, request_time, score
 from .stores import MemoryStore, cache_gen
@@ -206,9 +206,11 @@ class Scorer:
         cands = self.item_rows(raw_ids(candidates, "candidates"))
         time = as_time(time, field="time")
         if history is not None:
+            if hasattr(history, "__iter__") and not hasattr(history, "__len__"):
+                history = list(history)                                           # a generator: counted too
+            if hasattr(history, "__len__") and len(history) > self.max_history:    # before reading any id
+                raise TooLarge(f"history: {len(history)} events over the cap of {self.max_history}", field="history")
             items = raw_ids(history, "history")
-            if len(items) > self.max_history:
-                raise InputError(f"history: {len(items)} events over the cap of {self.max_history}", field="history")
             times = event_times(history_times, len(items))
             cache = self._build(user, items, times)
             return score(self.model, cache, cands, time).numpy(), False

@@ -29,7 +29,8 @@ from .cache import KVCache
 
 # Resident bytes a cached entry costs beyond its tensors' storage: per tensor (the Python tensor,
 # its TensorImpl and StorageImpl, allocator headers) and per entry (KVCache, its dicts, the LRU
-# slot and the key). Measured by tests/serving/test_memory.py, which holds the accounting to RSS.
+# slot and the key). Held to a server's resident memory by
+# tests/serving/test_service_ops.py::test_resident_memory_stays_within_the_cache_budget.
 TENSOR_OVERHEAD = 1024
 ENTRY_OVERHEAD = 2048
 
@@ -185,17 +186,11 @@ class MemoryStore:
 
     def replace(self, user: str, items: list[str], timestamps: list | None = None) -> None:
         """Set the user's whole history (its generation moves on, so no older cache is served)."""
-        ts = _times_of(items, timestamps)
-        with self._lock:
-            if self._db is None:
-                gen = self._hist.get(user, ([], [], 0))[2] + 1
-                self._hist[user] = (list(items), ts, gen)
-            else:
-                self._write(user, items, ts, replace=True)
-        self._lru.drop(user)
+        self.replace_many([(user, items, timestamps)])
 
     def replace_many(self, histories) -> int:
-        """``replace`` for many ``(user, items, times)`` in one transaction (loading from data)."""
+        """Set the whole history of each ``(user, items, times)``, in one transaction (loading from
+        data); each user's generation moves on and its cache here is dropped."""
         n = 0
         with self._lock:
             if self._db is None:
