@@ -122,7 +122,8 @@ def test_config_values_are_validated_before_any_work(tmp_path, capsys):
                             ("model.dropout=1.5", "model.dropout"), ("train.device=gpu", "train.device"),
                             ("eval.buckets=[50,1]", "eval.buckets"), ("model.name=nope", "model.name"),
                             ("model.options={topk: 3}", "model.options"), ("model.lain={prompt: 1}", "model.lain"),
-                            ("data.split={test: 0.1}", "data.split"), ("data.label={col: x}", "data.label")]:
+                            ("data.split={test: 0.1}", "data.split"), ("data.label={col: x}", "data.label"),
+                            ("model.impl=sparce", "model.impl")]:
         assert main(["train", "--config", _cfg(tmp_path, missing), "--set", setting]) == 2, setting
         _one_error_line(capsys, needle)
 
@@ -177,7 +178,7 @@ def test_configuration_reference_is_current():
     """docs/configuration.md is generated from the code; regenerate with `seqctr configs --reference`."""
     from pathlib import Path
 
-    from seqctr.config import reference
+    from seqctr.config_reference import reference
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
     assert doc.read_text().strip() == reference().strip(), "run: seqctr configs --reference > docs/configuration.md"

@@ -1,6 +1,5 @@
-"""Checkpoints of training runs: written atomically by the trainer, read back as tensors only, and
-a trained run's model with its config and dataset (what evaluation and bundle export start from).
-Below both training and serving, so neither imports the other."""
+"""Checkpoints of training runs: written atomically by the trainer, read back as tensors only.
+A leaf of the package (torch and file helpers only), below models, training and serving."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,24 +43,3 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise SeqctrError(f"checkpoint {path} is a PyTorch file but not a seqctr checkpoint (no model and config; "
                           f"{expected})")
     return ck
-
-
-def load_trained(checkpoint: str | Path, source: str | None = None, device="cpu"):
-    """A trained run's model, config and prepared dataset: ``(model in eval mode, RunConfig, dataset,
-    dataset folder)``. ``source`` overrides the config's data source; a dataset whose vocabularies
-    differ from the checkpoint's is an error (the ids would mean other things)."""
-    from .config import config_from_dict
-    from .data import prepare_config
-    from .models import build_model
-
-    ck = load_checkpoint(checkpoint)
-    if "meta" not in ck:
-        raise SeqctrError(f"{checkpoint}: not a best checkpoint (use a run's best.pt)")
-    cfg = config_from_dict(ck["config"])
-    ds, folder, _ = prepare_config(cfg.data, source)
-    if ds.meta["vocab_sizes"] != ck["meta"]["vocab_sizes"]:
-        raise SeqctrError(f"checkpoint {checkpoint} was trained on a dataset with other vocabularies "
-                          f"({ck['meta']['name']}, sha {ck['meta'].get('source_sha256', '?')[:12]}) than {folder}")
-    model = build_model(cfg.model, ck["meta"])
-    model.load_state_dict(ck["model"])
-    return model.to(device).eval(), cfg, ds, folder

@@ -189,10 +189,18 @@ def _launch(nproc: int, argv: list[str]) -> int:
     return subprocess.run(cmd).returncode
 
 
-def cmd_train(args) -> int:
+def _run_config(path, overrides):
+    """A run's config, every value checked (the backbone's name and options too) before any work."""
     from .config import load_config
+    from .models import check_model_config
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(path, overrides)
+    check_model_config(cfg.model)
+    return cfg
+
+
+def cmd_train(args) -> int:
+    cfg = _run_config(args.config, args.set)
     out = Path(args.out or f"runs/{cfg.data.source if '/' not in cfg.data.source else 'custom'}-{cfg.model.name}")
     if args.nproc > 1:
         argv = ["train", "--config", args.config, "--out", str(out)] + [a for kv in args.set for a in ("--set", kv)]
@@ -203,9 +211,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .config import load_config
-
-    cfg = load_config(None, args.set)  # the defaults are DIN on ml100k with the benchmark settings
+    cfg = _run_config(None, args.set)  # the defaults are DIN on ml100k with the benchmark settings
     _train(cfg, Path(args.out), args.resume, None if not args.no_progress else False)
     return 0
 
@@ -215,7 +221,9 @@ def cmd_evaluate(args) -> int:
     from .data import BatchLoader
     from .experiments import format_metrics_table
     from .metrics import evaluate_predictions
-    from .training import load_trained, predict, resolve_device
+    from .device import resolve_device
+    from .models import load_trained
+    from .training import predict
 
     check_device(args.device, "--device")
     device = resolve_device(args.device)
@@ -284,7 +292,7 @@ def _plot_data(a: dict, path: Path, title: str) -> None:
 
 def cmd_analyze_kv(args) -> int:
     from .experiments.kv_analysis import analyze_kv
-    from .training import load_trained
+    from .models import load_trained
 
     model, cfg, ds, _ = load_trained(args.checkpoint)
     if not model.backbone.two_branch:
@@ -473,7 +481,8 @@ def cmd_serve(args) -> int:
 
 
 def cmd_configs(args) -> int:
-    from .config import PACKAGED, packaged_configs, reference
+    from .config import PACKAGED, packaged_configs
+    from .config_reference import reference
 
     if args.reference:
         print(reference())

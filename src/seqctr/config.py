@@ -1,6 +1,7 @@
 """Typed run configuration (dataclasses) loaded from YAML, with ``--set a.b=value`` overrides.
 
-A run is described by one :class:`RunConfig` with four parts: ``data`` (which dataset and how
+A leaf of the package (it imports no model, data or plug-in code). A run is described by one
+:class:`RunConfig` with four parts: ``data`` (which dataset and how
 batches are cut), ``model`` (backbone name + its options), ``train`` (optimiser, early stopping)
 and ``eval`` (length buckets). Unknown keys are errors, so a typo never silently does nothing.
 """
@@ -16,6 +17,73 @@ import yaml
 
 from .errors import ConfigError, check_keys
 from .metrics.core import DEFAULT_BUCKETS, PAPER_GROUPS
+
+
+@dataclass
+class SplitRule:
+    """How samples are split: per user, chronologically, for one-sample-per-event sources (EB-NeRD:
+    by time over impressions; LongCTR: the splits as given)."""
+
+    valid_frac: float = 0.1      # share of each user's samples for validation (at least one)
+    test_frac: float = 0.1       # share of each user's samples for test (the latest; at least one)
+    min_history: int = 1         # events before a user's first sample (1 drops the empty-history event)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "SplitRule":
+        d = dict(d or {})
+        check_keys(d, [f.name for f in dataclasses.fields(cls)], "data.split")
+        rule = cls(**d)
+        if not (0 <= rule.valid_frac < 1 and 0 <= rule.test_frac < 1) or rule.min_history < 0:
+            raise ConfigError(f"data.split: fractions must be in [0, 1) and min_history >= 0, got {d}")
+        return rule
+
+
+BRANCHES = ("short", "long")
+
+
+@dataclass
+class LainConfig:
+    """``model.lain`` in a config. Every row of the paper's ablation (Table 6) is one setting:
+    w/o LCP = ``prompts: 0``; w/o QK conditioning = ``qk_condition: false``; w/o temperature =
+    ``temperature: false``; w/o LMA = both false; w/o short branch = ``branches: [long]``."""
+
+    enabled: bool = False        # switch the plug-in on
+    prompts: int = 4             # length-conditioned prompt tokens per branch (0 = none)
+    qk_condition: bool = True    # add e_len to query and keys of the attention layers
+    temperature: bool = True     # length-dependent softmax temperature tau = 1 + sigmoid(-beta (L - L0)) gamma
+    branches: list = field(default_factory=lambda: list(BRANCHES))   # which branches: short, long
+    fourier_dim: int = 32        # Spectral Length Encoder: Fourier features of the length
+    hidden: int = 512            # Spectral Length Encoder: hidden width
+    cond_dim: int = 16           # width of e_len
+    gamma: float = 0.5           # temperature range
+    beta: float = 0.01           # temperature slope
+    prompt_scale: float = 1.0    # learnable scale on the prompt tokens, initialised here (1 = the paper's plain MLP output)
+    l0: str | float = "users"    # L0: users (mean over users, the paper's "dataset mean"; better where the two differ) | samples (mean over training samples) | a number
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "LainConfig":
+        d = dict(d or {})
+        check_keys(d, {f.name for f in dataclasses.fields(cls)}, "model.lain")
+        cfg = cls(**d)
+        bad = set(cfg.branches) - set(BRANCHES)
+        if bad or not cfg.branches:
+            raise ConfigError(f"model.lain.branches: use a non-empty subset of {list(BRANCHES)}, got {cfg.branches}")
+        if cfg.prompts < 0 or cfg.fourier_dim < 1 or cfg.hidden < 1 or cfg.cond_dim < 1:
+            raise ConfigError(f"model.lain: prompts >= 0 and positive sizes required, got {d}")
+        if not (cfg.l0 in ("samples", "users") or (isinstance(cfg.l0, (int, float)) and not isinstance(cfg.l0, bool)
+                                                    and cfg.l0 > 0)):
+            raise ConfigError(f"model.lain.l0: expected samples, users or a positive number, got {cfg.l0!r}")
+        return cfg
+
+    def resolve_l0(self, meta: dict) -> float:
+        """The L0 this config asks for, from a prepared dataset's ``meta``."""
+        if not isinstance(self.l0, str):
+            return float(self.l0)
+        key = {"samples": "mean_train_len", "users": "mean_user_len"}[self.l0]
+        if key not in meta:
+            raise ConfigError(f"model.lain.l0={self.l0}: the dataset was prepared before seqctr recorded {key}; "
+                              "prepare it again (--force) or give l0 as a number")
+        return float(meta[key])
 
 
 @dataclass
@@ -50,6 +118,7 @@ class ModelConfig:
     dropout: float = 0.2             # dropout in the prediction MLP
     options: dict = field(default_factory=dict)   # the backbone's own options (see "Backbone options")
     lain: dict = field(default_factory=dict)      # the LAIN plug-in (see "model.lain")
+    impl: str = "fast"               # target-attention ops: fast | reference | dense | distinct | sparse (seqctr.ops; equal outputs within float rounding)
 
 
 @dataclass
@@ -137,7 +206,9 @@ def _pos_int(v) -> bool:
 
 
 def validate(cfg: RunConfig) -> None:
-    """Every value in range, every nested block known; one :class:`ConfigError` naming the key."""
+    """Every value in range, every nested block known; one :class:`ConfigError` naming the key. The
+    backbone's name and options are checked against the registry by
+    :func:`seqctr.models.check_model_config` (the config module imports no model)."""
     d, m, t, e = cfg.data, cfg.model, cfg.train, cfg.eval
     for key in ("max_len", "batch_size", "eval_batch_size", "bucket_chunk"):
         _check(_pos_int(getattr(d, key)), f"data.{key}", "an integer >= 1", getattr(d, key))
@@ -157,18 +228,11 @@ def validate(cfg: RunConfig) -> None:
     b = e.buckets
     _check(len(b) >= 1 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in b)
            and all(x < y for x, y in zip(b, b[1:])), "eval.buckets", "increasing numbers, e.g. [1, 50, 100, 200]", b)
-    from .data.construct import SplitRule
-
     SplitRule.from_dict(d.split)
     for key, val in d.label.items():
         _check(key in ("column", "threshold", "positive"), f"data.label.{key}", "one of column, threshold, positive",
                key)
-    from .models import backbone_names, check_options
-
-    _check(m.name in backbone_names(), "model.name", f"one of {backbone_names()}", m.name)
-    check_options(m.name, m.options)
-    from .lain import LainConfig
-
+    _check(isinstance(m.name, str) and m.name != "", "model.name", "a backbone name", m.name)
     LainConfig.from_dict(m.lain)
 
 
@@ -290,60 +354,3 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     apply_overrides(values, overrides or [])
     _absolute_paths(values, Path.cwd())
     return config_from_dict(values)
-
-
-# --------------------------------------------------------------------------- the configuration reference
-def _field_docs(cls) -> dict[str, str]:
-    """The trailing ``# comment`` of each dataclass field in its source: the code is the documentation."""
-    import inspect
-    import re
-
-    docs = {}
-    for line in inspect.getsource(cls).splitlines():
-        m = re.match(r"\s+(\w+):\s*[^=]+=.*?#\s*(.+)$", line)
-        if m:
-            docs[m.group(1)] = m.group(2).strip()
-    return docs
-
-
-def _default(f) -> str:
-    if f.default is not dataclasses.MISSING:
-        return repr(f.default)
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return repr(f.default_factory())              # type: ignore[misc]
-    return "(required)"
-
-
-def reference() -> str:
-    """The configuration reference (docs/configuration.md), generated from the dataclasses, the LAIN
-    config and every backbone's constructor, so it cannot drift from the code (a test compares)."""
-    from .data.construct import SplitRule
-    from .lain import LainConfig
-    from .models import backbone_names
-    from .models.base import _REGISTRY, backbone_options
-
-    out = ["# Configuration reference", "",
-           "Generated from the code by `seqctr configs --reference` (a test keeps this file equal to it). A run "
-           "config is YAML with four sections; `extends: base.yaml` merges a base file; `--set section.key=value` "
-           "overrides any key (the value is parsed as YAML). Unknown keys and out-of-range values are errors "
-           "before any work starts.", ""]
-    for section, cls in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig), ("eval", EvalConfig),
-                         ("data.split", SplitRule), ("model.lain", LainConfig)):
-        docs = _field_docs(cls)
-        doc = (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
-        out += [f"## `{section}`", "", doc, "", "| key | default | meaning |", "|---|---|---|"]
-        for f in dataclasses.fields(cls):
-            out.append(f"| `{f.name}` | `{_default(f)}` | {docs.get(f.name, '').replace('|', chr(92) + '|')} |")
-        out.append("")
-    out += ["## Backbone options (`model.options`)", "",
-            "Passed to the backbone's constructor; the defaults below are the constructor's. Every backbone "
-            "documents its options in its class docstring (`seqctr/models/<name>.py`).", ""]
-    for name in backbone_names():
-        opts = backbone_options(name)
-        doc = " ".join((_REGISTRY[name].__doc__ or "").split()).replace("|", chr(92) + "|")
-        out += [f"### `{name}`", "", doc, "", "| option | default |", "|---|---|"]
-        out += [f"| `{k}` | `{v!r}` |" for k, v in sorted(opts.items())]
-        out.append("")
-    out += ["## Packaged configs", "", "`--config NAME` finds these from any directory (`din` = `ml100k/din`):", "",
-            ", ".join(f"`{n}`" for n in packaged_configs()), ""]
-    return "\n".join(out)

@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seqctr.models.base import SeqInputs
+from seqctr.models.base import SeqInputs, distinct_rows
 from seqctr.models.eta import ETA
 from seqctr.models.sdim import SDIM
 from seqctr.models.sim import SIM
 from seqctr.models.twin import TWIN
-from seqctr.nn import topk_select
+from seqctr.ops import IMPLS, set_impl, topk_select
 
 
 def inputs(B=5, T=12, D=16, seed=0, need_weights=True):
@@ -176,7 +176,7 @@ def embedded_inputs(B=6, T=40, vocab=(9, 4), seed=0):
     ids = torch.stack([torch.randint(0, v, (B, T), generator=g) for v in vocab], -1) * mask.unsqueeze(-1)
     tids = torch.stack([torch.randint(0, v, (B,), generator=g) for v in vocab], -1)
     return SeqInputs(target=embed(tids), hist=embed(ids), mask=mask, seq_len=lengths, target_ids=tids,
-                     hist_ids=ids, embed=embed)
+                     hist_ids=ids, rows=distinct_rows(ids, embed))
 
 
 def test_distinct_key_is_equal_exactly_for_equal_rows():
@@ -200,20 +200,21 @@ def test_per_event_equals_the_function_of_every_event():
     got = x.per_event(lambda e: seen.append(e.shape) or fn(e))
     assert torch.equal(got, fn(x.hist))
     assert seen == [(len(torch.unique(x.hist_ids.flatten(0, 1), dim=0)), 16)]  # once per distinct event
-    x.hist_ids = None                                                       # ids unknown: plain fn(hist)
+    x.rows = None                                                           # no distinct rows: plain fn(hist)
     assert torch.equal(x.per_event(fn), fn(x.hist))
 
 
 @pytest.mark.parametrize("cls", [ETA, SDIM])
 def test_hashing_once_per_distinct_event_changes_no_output(cls):
-    """ETA's and SDIM's history codes come from per_event: same long branch as hashing every event."""
+    """ETA's and SDIM's history codes come from per_event: same long branch as hashing every event
+    (the same selection; the ESU then reads the rows instead of ``hist``: float rounding apart)."""
     torch.manual_seed(0)
     m = cls(16, attention_dim=8, num_heads=2, **({"topk": 5} if cls is ETA else {})).eval()
     x = embedded_inputs()
     got = m.long_branch(x)
-    x.embed = None                                                          # hash every event
+    x.rows = None                                                           # hash every event
     want = m.long_branch(x)
-    torch.testing.assert_close(got.vector, want.vector, atol=0, rtol=0)
+    torch.testing.assert_close(got.vector, want.vector, atol=1e-6, rtol=1e-5)
 
 
 def test_sim_inference_scores_distinct_events_as_every_event():
@@ -223,14 +224,14 @@ def test_sim_inference_scores_distinct_events_as_every_event():
     m = SIM(16, topk=5, attention_dim=8).eval()
     x = embedded_inputs()
     with torch.no_grad():
-        fast, aux = m.soft_gsu_distinct(x, *x.distinct_rows())
+        fast, aux = m.soft_gsu_distinct(x, *x.rows)
         slow = m.gsu_scores(x)
         out = m.long_branch(x)
         assert aux is None
         torch.testing.assert_close(fast, slow, atol=1e-6, rtol=1e-5)
         assert torch.equal(topk_select(fast, x.mask, 5)[0], topk_select(slow, x.mask, 5)[0])
         y = embedded_inputs()
-        y.embed = None
+        y.rows = None
         torch.testing.assert_close(out.vector, m.long_branch(y).vector, atol=1e-6, rtol=1e-5)
 
 
@@ -244,7 +245,7 @@ def _trainable_inputs(seed=0):
     def make(with_ids: bool) -> SeqInputs:
         return SeqInputs(target=embed(base.target_ids), hist=embed(base.hist_ids), mask=base.mask,
                          seq_len=base.seq_len, target_ids=base.target_ids, hist_ids=base.hist_ids,
-                         embed=embed if with_ids else None)
+                         rows=distinct_rows(base.hist_ids, embed) if with_ids else None)
     return tables, make
 
 
@@ -273,48 +274,20 @@ def test_sim_training_gsu_over_distinct_events_equals_every_event():
     for a, b in zip(fast[2] + list(fast[3].values()), slow[2] + list(slow[3].values())):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
     x = make(True)
-    s_fast, _ = m.soft_gsu_distinct(x, *x.distinct_rows())
+    s_fast, _ = m.soft_gsu_distinct(x, *x.rows)
     torch.testing.assert_close(s_fast, m.gsu_scores(make(False)), atol=1e-12, rtol=1e-10)
 
 
-def test_events_at_embeds_the_selected_events_from_their_ids():
-    """``events_at`` equals gathering ``hist`` at the positions, values and table gradients; with
-    gradients on it embeds from the ids (no ``[B, T, D]`` gradient), without them it gathers."""
-    from seqctr.nn import gather_positions
-
-    tables, make = _trainable_inputs(seed=3)
-    idx = torch.stack([torch.randperm(40)[:6] for _ in range(6)])            # [B, k]
-    grads = []
-    for with_ids in (True, False):
-        x = make(with_ids)
-        got = x.events_at(idx)
-        torch.testing.assert_close(got, gather_positions(x.hist, idx), atol=0, rtol=0)
-        got.cumsum(1).sum().backward()
-        grads.append([t.grad.clone() for t in tables])
-        for t in tables:
-            t.grad = None
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
-    x = make(True)
-    with torch.no_grad():
-        x.hist_ids = x.hist_ids.clone().fill_(0)          # without gradients the ids are not read
-        torch.testing.assert_close(x.events_at(idx), gather_positions(x.hist, idx), atol=0, rtol=0)
-
-
 def test_weighted_sum_over_distinct_events_equals_the_batched_sum():
-    """Without autograd ``weighted_sum`` pools distinct events (one GEMM); same values as over hist."""
-    from seqctr.models.base import pool_distinct
-
+    """With the distinct rows made ``weighted_sum`` pools them (one GEMM); same values as over hist."""
     x = embedded_inputs()
     w = torch.randn(x.mask.shape) * x.mask
     want = torch.einsum("bt,btd->bd", w, x.hist)
-    with torch.no_grad():
-        got = x.weighted_sum(w)
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(x.weighted_sum(w), want, atol=0, rtol=0)      # autograd on: over hist
-    rows, inv = x.distinct_events()
+    rows, inv = x.rows
     assert rows.shape[0] < x.hist.shape[0] * x.hist.shape[1]
-    torch.testing.assert_close(pool_distinct(w, inv, rows), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x.weighted_sum(w), want, atol=1e-5, rtol=1e-5)
+    x.rows = None
+    torch.testing.assert_close(x.weighted_sum(w), want, atol=0, rtol=0)
 
 
 def test_din_inference_over_distinct_events_equals_pooling_every_event():
@@ -325,32 +298,26 @@ def test_din_inference_over_distinct_events_equals_pooling_every_event():
     x = embedded_inputs()
     with torch.no_grad():
         fast = m(x).vector
-        x.embed = None
+        x.rows = None
         slow = m(x).vector
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
 
 
-def test_sim_training_forward_gathers_every_branch_from_the_distinct_rows(monkeypatch):
-    """A training forward makes the distinct rows once; the short window and the ESU's selection are
-    read from them (sparse products over the rows): same output and table / parameter gradients as
-    embedding nothing twice."""
-    import seqctr.nn.attention as attention
-
-    made = []
-    real = attention.row_pattern
-    monkeypatch.setattr(attention, "row_pattern", lambda col, U: made.append(col.shape) or real(col, U))
+@pytest.mark.parametrize("impl", IMPLS)
+def test_sim_training_forward_reads_every_branch_from_the_distinct_rows(impl):
+    """A training forward reads the short window and the ESU's selection from the distinct rows, in
+    every ops implementation: same output and table / parameter gradients as over ``hist``."""
     torch.manual_seed(0)
-    m = SIM(16, topk=6, attention_dim=8, short_seq_len=7).double().train()     # 6 x 6 entries >= U
+    m = set_impl(SIM(16, topk=6, attention_dim=8, short_seq_len=7).double().train(), impl)
     tables, make = _trainable_inputs(seed=1)
     res = []
     for with_ids in (True, False):
         x = make(with_ids)
         out = m(x)
         if with_ids:
-            R, inv = x._rows
+            R, inv = x.rows
             assert R.shape[0] == len(torch.unique(x.hist_ids.flatten(0, 1), dim=0))
-            torch.testing.assert_close(x.recent(6)[0], x.hist[:, -6:], atol=0, rtol=0)
-            assert made == [(x.mask.shape[0], 6)] * 2                  # short window and ESU
+            torch.testing.assert_close(x.recent(6)[0].dense(), x.hist[:, -6:], atol=0, rtol=0)
         (out.vector.square().sum() + out.aux_vector.sin().sum()).backward()
         res.append((out.vector.detach(), [t.grad.clone() for t in tables],
                     [p.grad.clone() for p in m.parameters() if p.grad is not None]))
@@ -391,21 +358,18 @@ def test_twin_over_distinct_events_equals_every_event(topk, heads):
     with torch.no_grad():
         fast, slow = make(True), make(False)
         torch.testing.assert_close(m(fast).vector, m(slow).vector, atol=1e-12, rtol=1e-10)
-        assert fast._rows is not None and slow._rows is None                 # each path really ran
+        assert fast.rows is not None and slow.rows is None                   # each path really ran
 
 
 @pytest.mark.parametrize("name", ["eta", "sdim"])
-def test_eta_and_sdim_over_distinct_rows_equal_every_event(name, monkeypatch):
+def test_eta_and_sdim_over_distinct_rows_equal_every_event(name):
     """ETA and SDIM read the batch's distinct rows (codes per row; ESU, SDIM's collision sums and the
     short window as sparse products over them): the same vector, attention weights and table /
     parameter gradients as over the embedded ``hist``, in float64, training and inference, with
     LAIN prompts and an empty history in the batch."""
-    import seqctr.models.sdim as sdim
     from seqctr.nn import AttentionCondition
+    from seqctr.ops.kernels import sparse_pays
 
-    made = []
-    real = sdim.row_pattern
-    monkeypatch.setattr(sdim, "row_pattern", lambda col, U, keep=None: made.append(col.shape) or real(col, U, keep))
     torch.manual_seed(0)
     m = (ETA(16, hash_bits=6, topk=6, attention_dim=8, short_seq_len=7) if name == "eta"
          else SDIM(16, num_hashes=3, hash_bits=2, attention_dim=8, short_seq_len=7)).double()
@@ -427,9 +391,10 @@ def test_eta_and_sdim_over_distinct_rows_equal_every_event(name, monkeypatch):
                         *(p.grad.clone() for p in m.parameters() if p.grad is not None)]
                 for p in [*tables, *m.parameters(), prompts]:
                     p.grad = None
-            assert (x._rows is not None) == with_ids                  # each path really ran
+            assert (x.rows is not None) == with_ids                   # each path really ran
+            if with_ids:                                              # SDIM's collision sums: the sparse form
+                assert sparse_pays(x.rows[0].shape[0], 6 * 3 * 40)
             res[with_ids] = got
         assert len(res[True]) == len(res[False]) > 3 * train
         for a, b in zip(*res.values()):
             torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
-    assert made == ([(6 * 3, 40)] * 2 if name == "sdim" else [])      # SDIM's collision sums, sparse

@@ -129,18 +129,17 @@ def test_full_history_is_embedded_only_by_backbones_that_read_it(synth_ds, mode)
         assert shapes.count(tuple(batch.hist.shape)) == full_lookups, (name, shapes)
 
 
-def test_seq_inputs_embed_the_history_on_first_read():
-    from seqctr.models.base import SeqInputs
+def test_seq_inputs_is_a_plain_value():
+    """Reading a field computes nothing; ``events()`` is the distinct rows when made, else ``hist``."""
+    from seqctr.models.base import SeqInputs, distinct_rows
 
-    calls = []
-    embed = lambda ids: calls.append(1) or ids.float() * 2              # noqa: E731
     ids = torch.randint(0, 5, (2, 3, 1))
+    embed = lambda t: t.float() * 2                                      # noqa: E731
     x = SeqInputs(target=torch.zeros(2, 1), hist=None, mask=ids[..., 0] > 0, seq_len=torch.tensor([3, 3]),
-                  hist_ids=ids, embed=embed)
-    assert calls == []
-    assert torch.equal(x.hist, ids.float() * 2) and torch.equal(x.hist, ids.float() * 2) and calls == [1]
-    given = torch.ones(2, 3, 1)
-    y = SeqInputs(target=torch.zeros(2, 1), hist=given, mask=x.mask, seq_len=x.seq_len, hist_ids=ids, embed=embed)
-    assert y.hist is given and calls == [1]
+                  hist_ids=ids, rows=distinct_rows(ids, embed))
+    assert x.hist is None and x.events().is_distinct
+    assert torch.equal(x.events().dense(), embed(ids))
+    y = SeqInputs(target=torch.zeros(2, 1), hist=embed(ids), mask=x.mask, seq_len=x.seq_len)
+    assert not y.events().is_distinct and y.events().x is y.hist
     with pytest.raises(TypeError):
-        SeqInputs(target=torch.zeros(2, 1), mask=x.mask, seq_len=x.seq_len)   # hist stays a required field
+        SeqInputs(target=torch.zeros(2, 1), mask=x.mask, seq_len=x.seq_len)   # hist is a required field

@@ -1,9 +1,11 @@
 """Shared attention layers: fused DIN form == textbook form; masking; Dice ignores padding."""
 from __future__ import annotations
 
+import pytest
 import torch
 
-from seqctr.nn import DINAttention, masked_softmax
+from seqctr.nn import DINAttention
+from seqctr.ops import IMPLS, Events, masked_softmax, set_impl
 from seqctr.nn.attention import MaskedDice
 
 
@@ -116,7 +118,8 @@ def test_attend_on_a_shared_cache_equals_a_materialised_copy():
 
 def test_attend_with_a_selection_equals_attention_over_the_gathered_events():
     """``select=(idx, sel_mask)`` == attention over the history cut down to those events."""
-    from seqctr.nn import MultiHeadTargetAttention, gather_positions
+    from seqctr.nn import MultiHeadTargetAttention
+    from seqctr.ops import gather_positions
 
     torch.manual_seed(2)
     B, T = 5, 11
@@ -191,51 +194,40 @@ def test_pool_argument_replaces_the_history_sum_and_keeps_the_prompts():
     torch.testing.assert_close(got.out, want.out, atol=1e-6, rtol=1e-6)
 
 
-def test_attention_over_distinct_rows_equals_attention_over_their_events(monkeypatch):
-    """``rows = (R, inv)`` (sparse products over ``R`` when they pay, else a gather) gives the
-    outputs, weights and gradients of attending over ``keys = R[inv]``: full attention (a short
-    window, an ESU's selection), top-k below and above ``T``, one and three heads, a key width below
-    the input's, prompts, length shift, temperature, score bias and an empty row; float64."""
-    import pytest
-
-    import seqctr.nn.attention as attention
+@pytest.mark.parametrize("impl", IMPLS)
+def test_attention_over_distinct_rows_equals_attention_over_their_events(impl):
+    """``Events.distinct_of(R, inv)`` gives the outputs, weights and gradients of attending over
+    ``keys = R[inv]`` in the reference form, whatever ``impl`` runs: full attention (a short window,
+    an ESU's selection), top-k below and above ``T``, one and three heads, a key width below the
+    input's, prompts, length shift, temperature, score bias; float64; and with more distinct rows
+    than entries."""
     from seqctr.nn import AttentionCondition, MultiHeadTargetAttention
 
-    made = []
-    real = attention.row_pattern
-    monkeypatch.setattr(attention, "row_pattern", lambda col, U: made.append(col.shape) or real(col, U))
     g = torch.Generator().manual_seed(3)
     _, _, mask = _inputs()
-    inv = torch.randint(0, 5, (6, 9), generator=g)          # U = 5 distinct events, read 54 times
-    for heads, key_dim in ((1, None), (3, 6)):
-        att = MultiHeadTargetAttention(8, 12, num_heads=heads, key_dim=key_dim)
-        att.enable_condition(4)
-        att.double()
-        for topk in (None, 3, 50):
-            for cond in (False, True):
-                c = AttentionCondition(prompts=torch.randn(6, 2, 8, dtype=torch.float64, generator=g),
-                                       qk=torch.randn(6, 4, dtype=torch.float64, generator=g),
-                                       temperature=torch.rand(6, dtype=torch.float64, generator=g) + 1) if cond else None
-                results = []
-                for use_rows in (True, False):
-                    R = torch.randn(5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).requires_grad_()
-                    q = torch.randn(6, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).requires_grad_()
-                    bias = torch.randn(6, heads, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
-                    keys = None if use_rows else R[inv]
-                    res = att(q, keys, mask, c, topk=topk, score_bias=bias, rows=(R, inv) if use_rows else None)
-                    res.out.sin().sum().backward()
-                    results.append([res.out, res.weights, R.grad, q.grad, *(p.grad.clone() for p in att.parameters() if p.grad is not None)])
-                    att.zero_grad(set_to_none=True)
-                assert len(results[0]) == len(results[1])
-                for a, b in zip(*results):
-                    torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
-    assert (6, 9) in made and (6, 3) in made and (18, 9) in made     # the sparse path really ran
-    made.clear()
-    att = MultiHeadTargetAttention(8, 12).double()
-    R = torch.randn(60, 8, dtype=torch.float64)                       # more rows than entries: gathered
-    inv = torch.randint(0, 60, (6, 9), generator=g)
-    torch.testing.assert_close(att(q.detach(), None, mask, rows=(R, inv)).out, att(q.detach(), R[inv], mask).out,
-                               atol=1e-12, rtol=1e-10)
-    assert not made
-    with pytest.raises(Exception):
-        att(q.detach(), None, mask)                                   # neither keys nor rows
+    for U in (5, 60):                                        # fewer rows than entries, and more
+        inv = torch.randint(0, U, (6, 9), generator=g)
+        for heads, key_dim in ((1, None), (3, 6)):
+            att = MultiHeadTargetAttention(8, 12, num_heads=heads, key_dim=key_dim)
+            att.enable_condition(4)
+            att.double()
+            for topk in (None, 3, 50):
+                for cond in (False, True):
+                    c = AttentionCondition(prompts=torch.randn(6, 2, 8, dtype=torch.float64, generator=g),
+                                           qk=torch.randn(6, 4, dtype=torch.float64, generator=g),
+                                           temperature=torch.rand(6, dtype=torch.float64, generator=g) + 1) if cond else None
+                    results = []
+                    for form, use_rows in ((impl, True), ("reference", False)):
+                        set_impl(att, form)
+                        R = torch.randn(U, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).requires_grad_()
+                        q = torch.randn(6, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).requires_grad_()
+                        bias = torch.randn(6, heads, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+                        ev = Events.distinct_of(R, inv) if use_rows else R[inv]
+                        res = att(q, ev, mask, c, topk=topk, score_bias=bias)
+                        res.out.sin().sum().backward()
+                        results.append([res.out, res.weights, R.grad, q.grad,
+                                        *(p.grad.clone() for p in att.parameters() if p.grad is not None)])
+                        att.zero_grad(set_to_none=True)
+                    assert len(results[0]) == len(results[1])
+                    for a, b in zip(*results):
+                        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)

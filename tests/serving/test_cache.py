@@ -67,15 +67,9 @@ def test_cached_scoring_equals_full_forward(synth_ds, name, T):
 
 def forward_vectors(model, user, hist, seq_len, cands):
     """The backbone's pooled vectors ``[N, out_dim]`` on the ordinary forward path."""
-    from seqctr.models import SeqInputs
-
     batch = SeqBatch.for_candidates(user, hist[max(hist.shape[0] - MAX_LEN, 0):], cands, seq_len)
-    emb = model.embedding
-    x = SeqInputs(target=emb.items(batch.target), hist=emb.items(batch.hist), mask=batch.mask, seq_len=batch.seq_len,
-                  target_ids=batch.target, hist_ids=batch.hist, embed=emb.items,
-                  cond=model.lain(batch.seq_len) if model.lain is not None else None)
     with torch.no_grad():
-        return model.backbone(x).vector
+        return model.backbone(model.inputs(batch)).vector
 
 
 @pytest.mark.parametrize("name,lain", [(n, lain) for n in backbone_names() for lain in (False, True)

@@ -79,7 +79,7 @@ def test_importing_seqctr_does_not_import_the_compiler():
     """Marking steps eager must not cost every CLI start and serving worker torch._dynamo's import (~1.7 s)."""
     code = ("import sys, seqctr.models, seqctr.training, seqctr.serving, seqctr.cli\n"
             "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo imported'\n"
-            "from seqctr.nn.retrieval import topk_select\nimport torch\n"
+            "from seqctr.ops.select import topk_select\nimport torch\n"
             "idx, m = topk_select(torch.tensor([[3., 1., 2.]]), torch.ones(1, 3, dtype=torch.bool), 2)\n"
             "assert idx.tolist() == [[0, 2]], idx\nassert 'torch._dynamo' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -9,7 +9,7 @@ from seqctr.config import ModelConfig, RunConfig
 from seqctr.data import BatchLoader, gather_batch
 from seqctr.errors import ConfigError
 from seqctr.models import backbone_names, build_model
-from seqctr.nn.batched import matvec, vecmat
+from seqctr.ops.kernels import matvec, vecmat
 from seqctr.training.trainer import autocast, make_optimizer, predict, train_step
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from seqctr.config import load_config
-from seqctr.training import Trainer, load_checkpoint
+from seqctr.checkpoint import load_checkpoint
+from seqctr.training import Trainer
 
 
 def small_cfg(**over):

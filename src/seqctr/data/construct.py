@@ -12,15 +12,14 @@ encoding and feature tables in ``encode``, the layout in ``dataset``.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, InputError, SeqctrError, check_keys
+from ..config import SplitRule
+from ..errors import InputError, SeqctrError, check_keys
 from ..utils.io import seqctr_home
 from . import ebnerd, longctr
 from .dataset import LAYOUT_VERSION, SeqDataset, dataset_meta
@@ -29,25 +28,6 @@ from .sources import (ML100K_MEMBERS, Interactions, ResolvedSource, _names, fetc
                       read_ml100k_atomic, read_ml_latest, read_side_table, read_table, table_files)
 
 PROTOCOL_VERSION = "ml100k-seqctr-v1"
-
-
-@dataclass
-class SplitRule:
-    """How samples are split: per user, chronologically, for one-sample-per-event sources (EB-NeRD:
-    by time over impressions; LongCTR: the splits as given)."""
-
-    valid_frac: float = 0.1      # share of each user's samples for validation (at least one)
-    test_frac: float = 0.1       # share of each user's samples for test (the latest; at least one)
-    min_history: int = 1         # events before a user's first sample (1 drops the empty-history event)
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "SplitRule":
-        d = dict(d or {})
-        check_keys(d, [f.name for f in dataclasses.fields(cls)], "data.split")
-        rule = cls(**d)
-        if not (0 <= rule.valid_frac < 1 and 0 <= rule.test_frac < 1) or rule.min_history < 0:
-            raise ConfigError(f"data.split: fractions must be in [0, 1) and min_history >= 0, got {d}")
-        return rule
 
 
 def sort_key(raw: np.ndarray) -> np.ndarray:

@@ -19,64 +19,15 @@ alone changes nothing there; it matters for non-softmax scorers (DIN's activatio
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import ConfigError, check_keys
+from ..config import LainConfig
+from ..errors import ConfigError
 from ..nn import AttentionCondition, Conditionable
-
-BRANCHES = ("short", "long")
-
-
-@dataclass
-class LainConfig:
-    """``model.lain`` in a config. Every row of the paper's ablation (Table 6) is one setting:
-    w/o LCP = ``prompts: 0``; w/o QK conditioning = ``qk_condition: false``; w/o temperature =
-    ``temperature: false``; w/o LMA = both false; w/o short branch = ``branches: [long]``."""
-
-    enabled: bool = False        # switch the plug-in on
-    prompts: int = 4             # length-conditioned prompt tokens per branch (0 = none)
-    qk_condition: bool = True    # add e_len to query and keys of the attention layers
-    temperature: bool = True     # length-dependent softmax temperature tau = 1 + sigmoid(-beta (L - L0)) gamma
-    branches: list = field(default_factory=lambda: list(BRANCHES))   # which branches: short, long
-    fourier_dim: int = 32        # Spectral Length Encoder: Fourier features of the length
-    hidden: int = 512            # Spectral Length Encoder: hidden width
-    cond_dim: int = 16           # width of e_len
-    gamma: float = 0.5           # temperature range
-    beta: float = 0.01           # temperature slope
-    prompt_scale: float = 1.0    # learnable scale on the prompt tokens, initialised here (1 = the paper's plain MLP output)
-    l0: str | float = "users"    # L0: users (mean over users, the paper's "dataset mean"; better where the two differ) | samples (mean over training samples) | a number
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "LainConfig":
-        d = dict(d or {})
-        check_keys(d, {f.name for f in dataclasses.fields(cls)}, "model.lain")
-        cfg = cls(**d)
-        bad = set(cfg.branches) - set(BRANCHES)
-        if bad or not cfg.branches:
-            raise ConfigError(f"model.lain.branches: use a non-empty subset of {list(BRANCHES)}, got {cfg.branches}")
-        if cfg.prompts < 0 or cfg.fourier_dim < 1 or cfg.hidden < 1 or cfg.cond_dim < 1:
-            raise ConfigError(f"model.lain: prompts >= 0 and positive sizes required, got {d}")
-        if not (cfg.l0 in ("samples", "users") or (isinstance(cfg.l0, (int, float)) and not isinstance(cfg.l0, bool)
-                                                    and cfg.l0 > 0)):
-            raise ConfigError(f"model.lain.l0: expected samples, users or a positive number, got {cfg.l0!r}")
-        return cfg
-
-    def resolve_l0(self, meta: dict) -> float:
-        """The L0 this config asks for, from a prepared dataset's ``meta``."""
-        if not isinstance(self.l0, str):
-            return float(self.l0)
-        key = {"samples": "mean_train_len", "users": "mean_user_len"}[self.l0]
-        if key not in meta:
-            raise ConfigError(f"model.lain.l0={self.l0}: the dataset was prepared before seqctr recorded {key}; "
-                              "prepare it again (--force) or give l0 as a number")
-        return float(meta[key])
-
 
 def inverse_softplus(y: float) -> float:
     """``x`` with ``softplus(x) = y`` (``y > 0``)."""

@@ -14,8 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn import MLP, AttentionCondition, FeatureEmbedding, gather_positions
-from ..nn.batched import pool_distinct  # noqa: F401  (re-exported: backbones pool distinct events)
+from ..config import LainConfig
+from ..errors import ConfigError, check_keys
+from ..nn import MLP, AttentionCondition, FeatureEmbedding
+from ..ops import IMPLS, Events, set_impl
+from ..ops.kernels import pool_distinct
 from ..utils.compile import eager
 
 _REGISTRY: dict[str, type["Backbone"]] = {}
@@ -57,9 +60,22 @@ def backbone_options(name: str) -> dict:
 
 def check_options(name: str, options: dict) -> None:
     """Refuse ``model.options`` keys the backbone does not take (before any data is prepared)."""
-    from ..errors import check_keys
-
     check_keys(options, backbone_options(name), f"model.options ({name})")
+
+
+def check_model_config(model_cfg) -> None:
+    """``model.name`` a registered backbone and ``model.options`` keys it takes: one :class:`ConfigError`
+    naming the key (the rest of a config is checked by :func:`seqctr.config.validate`)."""
+    if model_cfg.name not in _REGISTRY:
+        raise ConfigError(f"model.name: expected one of {backbone_names()}, got {model_cfg.name!r}")
+    check_options(model_cfg.name, model_cfg.options)
+    if model_cfg.impl not in IMPLS:
+        raise ConfigError(f"model.impl: expected one of {list(IMPLS)}, got {model_cfg.impl!r}")
+
+
+def backbone_doc(name: str) -> str:
+    """A backbone's class docstring on one line: its options and what it computes (the docs' source)."""
+    return " ".join((_REGISTRY[name].__doc__ or "").split())
 
 
 def distinct_key(ids: torch.Tensor) -> torch.Tensor | None:
@@ -78,152 +94,69 @@ def distinct_key(ids: torch.Tensor) -> torch.Tensor | None:
     return key
 
 
-class _EmbeddedOnRead:
-    """``SeqInputs.hist``, embedded from ``hist_ids`` on its first read when given as None (as
-    :class:`CTRModel` does): a backbone that works from the distinct events (SIM, TWIN, DIEN)
-    never pays the ``[B, T, D]`` lookup. A required dataclass field (no default)."""
-
-    def __set_name__(self, owner, name):
-        self.slot = "_" + name
-
-    def __get__(self, obj, objtype=None):
-        if obj is None:
-            raise AttributeError(self.slot)          # tells dataclass: the field has no default
-        value = obj.__dict__[self.slot]
-        if value is None and obj.embed is not None and obj.hist_ids is not None:
-            value = obj.__dict__[self.slot] = obj.embed(obj.hist_ids)
-        return value
-
-    def __set__(self, obj, value):
-        obj.__dict__[self.slot] = value
+@eager   # torch.unique's output size depends on the data
+def distinct_rows(hist_ids: torch.Tensor | None, embed: Callable | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The batch's distinct history events, embedded once: ``(R [U, D], inverse [B, T])`` with
+    ``embed(hist_ids) == R[inverse]``, or None when the ids are unknown (or negative, or too wide for
+    one int64 key). Under autograd the gradient then reaches the tables through ``U`` rows instead of
+    a ``[B, T, D]`` gradient (a batch of 256 x 200 ml100k events holds at most 1,682 distinct items)."""
+    key = None if hist_ids is None or embed is None else distinct_key(hist_ids)
+    if key is None or key.numel() == 0:
+        return None
+    uniq, inv = torch.unique(key.flatten(), return_inverse=True)
+    first = torch.zeros(len(uniq), dtype=torch.long, device=key.device).scatter_(
+        0, inv, torch.arange(inv.numel(), device=key.device))          # one position per distinct event
+    return embed(hist_ids.flatten(0, 1)[first]), inv.view(key.shape)
 
 
 @dataclass
 class SeqInputs:
-    """Embedded inputs of a backbone.
+    """Embedded inputs of a backbone: a plain value (reading a field computes nothing).
 
-    ``target [B, D]``, ``hist [B, T, D]`` (right-aligned, most recent last; None = embedded from
-    ``hist_ids`` when first read), ``mask [B, T]`` bool,
-    ``seq_len [B]`` (true length before truncation), ``need_weights``: fill attention weights;
-    ``target_ids [B, Fi]`` / ``hist_ids [B, T, Fi]``: the raw feature ids (e.g. for search by category);
-    ``hist_time [B, T]`` / ``target_time [B]`` int64 event and candidate times, or None when the data
-    has none (only time-aware backbones read them: HSTU's time-bucket bias)."""
+    ``target [B, D]``; the history in the forms the backbone asked for (:meth:`Backbone.history_forms`):
+    ``hist [B, T, D]`` (right-aligned, most recent last) and/or ``rows = (R [U, D], inverse [B, T])``,
+    the batch's distinct events with ``hist == R[inverse]`` (:func:`distinct_rows`), either None when
+    not made; ``mask [B, T]`` bool; ``seq_len [B]`` (true length before truncation); ``need_weights``:
+    fill attention weights; ``target_ids [B, Fi]`` / ``hist_ids [B, T, Fi]``: the raw feature ids
+    (e.g. for search by category); ``hist_time [B, T]`` / ``target_time [B]`` int64 event and
+    candidate times, or None when the data has none (only time-aware backbones read them)."""
 
     target: torch.Tensor
-    hist: torch.Tensor = _EmbeddedOnRead()
+    hist: torch.Tensor | None
     mask: torch.Tensor
     seq_len: torch.Tensor
     need_weights: bool = False
     target_ids: torch.Tensor | None = None
     hist_ids: torch.Tensor | None = None
     cond: dict[str, AttentionCondition] | None = None
-    embed: Callable | None = None    # ids [..., Fi] -> embedded items; lets branches embed sub-windows
     hist_time: torch.Tensor | None = None
     target_time: torch.Tensor | None = None
-    _rows: tuple | None = field(default=None, init=False, repr=False, compare=False)   # distinct_rows' memo
+    rows: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def recent(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The most recent ``n`` events ``([B, n', D], [B, n'])``. Embedded from their ids when
-        possible (gathered from :meth:`distinct_rows` when a backbone made them): equal values, and
-        the backward pass then skips the full-size ``[B, T, D]`` gradient that slicing ``hist``
-        would allocate."""
-        if self._rows is not None:
-            return self._from_rows(self._rows[1][:, -n:]), self.mask[:, -n:]
-        if self.embed is not None and self.hist_ids is not None:
-            return self.embed(self.hist_ids[:, -n:]), self.mask[:, -n:]
-        return self.hist[:, -n:], self.mask[:, -n:]
+    def events(self) -> Events:
+        """The history as :class:`~seqctr.ops.Events`: the distinct rows when made, else ``hist``."""
+        return Events.distinct_of(*self.rows) if self.rows is not None else Events.dense_of(self.hist)
 
-    def rows_of(self, idx: torch.Tensor | None = None, recent: int | None = None) -> tuple | None:
-        """The events at positions ``idx [B, k]`` (or the ``recent`` last ones) as ``(R [U, D],
-        inverse [B, k])`` over :meth:`distinct_rows`, when a backbone made them (else None): what
-        a target attention takes as ``rows`` to read them without gathering ``[B, k, D]``."""
-        if self._rows is None:
-            return None
-        R, inv = self._rows
-        return R, (inv[:, -recent:] if idx is None else torch.gather(inv, 1, idx))
-
-    def distinct_rows(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(R [U, D], inverse [B, T])``: the distinct events embedded from their ids
-        (:meth:`distinct_ids`), made once per inputs. Once made, :meth:`recent` and
-        :meth:`events_at` gather from ``R`` too, so every branch's gradient reaches the tables
-        through one lookup of ``U`` rows (SIM: GSU, ESU and short window; DIEN: the extractor's
-        input gates)."""
-        if self._rows is None:
-            d = self.distinct_ids()
-            if d is None:
-                return None
-            ids, inv = d
-            self._rows = (self.embed(ids), inv)
-        return self._rows
-
-    def _from_rows(self, inv: torch.Tensor) -> torch.Tensor:
-        """``R[inv]`` for distinct indices ``inv [B, ...]`` -> ``[B, ..., D]`` (an ``index_select``:
-        its backward is an ``index_add`` into ``[U, D]``)."""
-        R = self._rows[0]
-        return R.index_select(0, inv.reshape(-1)).view(*inv.shape, R.shape[-1])
-
-    @eager   # torch.unique's output size depends on the data
-    def distinct_events(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The batch's distinct history events: ``(rows [U, D], inverse [B, T])`` with
-        ``hist == rows[inverse]``, or None when the ids are unknown. Valid because the events were
-        embedded from their ids (``embed``): equal id rows have equal embeddings. A batch of
-        256 x 200 ml100k events holds at most 1,682 distinct items (U << B T). Once a backbone made
-        :meth:`distinct_rows`, those (the same values), so ``hist`` is not embedded for them."""
-        return self._rows if self._rows is not None else self._distinct(self.hist)
-
-    @eager
-    def distinct_ids(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """As :meth:`distinct_events`, but the distinct events' ids ``(ids [U, Fi], inverse [B, T])``:
-        ``embed(ids)`` are the rows, and under autograd their gradient reaches the embedding tables
-        through ``U`` rows instead of a ``[B, T, D]`` gradient of ``hist``."""
-        return self._distinct(self.hist_ids)
-
-    def _distinct(self, per_event: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(per_event [B, T, ...]`` at one position per distinct event ``[U, ...]``, each event's
-        distinct index ``[B, T])``; None when the ids are unknown."""
-        key = None if self.hist_ids is None or self.embed is None else distinct_key(self.hist_ids)
-        if key is None or key.numel() == 0:
-            return None
-        uniq, inv = torch.unique(key.flatten(), return_inverse=True)
-        first = torch.zeros(len(uniq), dtype=torch.long, device=key.device).scatter_(
-            0, inv, torch.arange(inv.numel(), device=key.device))          # one position per distinct event
-        return per_event.flatten(0, 1)[first], inv.view(key.shape)
-
-    def events_at(self, idx: torch.Tensor) -> torch.Tensor:
-        """The events at positions ``idx [B, ...]`` -> ``[B, ..., D]`` (an ESU's selection).
-        Under autograd embedded from their ids when possible, as :meth:`recent`: equal values, and
-        the backward pass then skips the ``[B, T, D]`` gradient of ``hist`` that gathering from it
-        implies; without it a gather from ``hist`` is cheaper."""
-        if self._rows is not None:
-            B = idx.shape[0]
-            return self._from_rows(torch.gather(self._rows[1], 1, idx.reshape(B, -1)).view(idx.shape))
-        if self.embed is not None and self.hist_ids is not None and torch.is_grad_enabled():
-            B, F = idx.shape[0], self.hist_ids.shape[-1]
-            ids = torch.gather(self.hist_ids, 1, idx.reshape(B, -1, 1).expand(-1, -1, F))
-            return self.embed(ids).view(*idx.shape, -1)
-        return gather_positions(self.hist, idx)
+    def recent(self, n: int) -> tuple[Events, torch.Tensor]:
+        """The most recent ``n`` events and their mask ``[B, n']``."""
+        return self.events().last(n), self.mask[:, -n:]
 
     def weighted_sum(self, w: torch.Tensor) -> torch.Tensor:
-        """``sum_t w[b, t] hist[b, t]``: ``w [B, T] -> [B, D]``. Without autograd over the batch's
-        distinct events (:func:`pool_distinct`: one GEMM, ~2x faster than the batched mat-vec over
-        ``hist`` at T = 200 including the ``unique``); with it, or when the ids are unknown, the
-        batched product over ``hist``."""
-        d = None if torch.is_grad_enabled() else self.distinct_events()
-        if d is None:
+        """``sum_t w[b, t] hist[b, t]``: ``w [B, T] -> [B, D]``; over the distinct rows when made (one
+        GEMM, :func:`~seqctr.ops.kernels.pool_distinct`), else a batched product over ``hist``."""
+        if self.rows is None:
             return torch.einsum("bt,btd->bd", w, self.hist)
-        rows, inv = d
-        return pool_distinct(w, inv, rows)
+        R, inv = self.rows
+        return pool_distinct(w, inv, R)
 
     def per_event(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """``fn(hist)`` for a row-wise ``fn`` (an event's output depends on its own embedding
-        only, e.g. SimHash codes), computed once per distinct event (:meth:`distinct_events`) and
-        gathered back: ETA's and SDIM's hashing GEMM shrinks ~30x on ml100k, and a batch of
-        all-distinct events costs one sort more. ``[B, T, D] -> [B, T, ...]``."""
-        d = self.distinct_events()
-        if d is None:
+        """``fn(hist)`` for a row-wise ``fn`` (an event's output depends on its own embedding only,
+        e.g. SimHash codes), once per distinct event when the rows are made, gathered back:
+        ``[B, T, D] -> [B, T, ...]``."""
+        if self.rows is None:
             return fn(self.hist)
-        rows, inv = d
-        return fn(rows)[inv]
+        R, inv = self.rows
+        return fn(R)[inv]
 
     def condition(self, branch: str) -> AttentionCondition | None:
         """What a plug-in (LAIN) gives this branch's attention layers, or None."""
@@ -276,6 +209,12 @@ class Backbone(nn.Module):
     out_dim: int
     aux_dim: int = 0          # > 0: the model adds an auxiliary CTR head on [user, target, aux_vector]
     aux_weight: float = 0.0   # its BCE weight in the loss
+
+    def history_forms(self, grad: bool) -> frozenset[str]:
+        """Which forms of the history :class:`CTRModel` makes for :meth:`forward`: ``dense``
+        (``SeqInputs.hist``) and/or ``distinct`` (``SeqInputs.rows``); ``grad``: autograd is on.
+        When the distinct rows cannot be made (ids unknown) ``hist`` is given instead."""
+        return frozenset({"dense"})
 
     def forward(self, x: SeqInputs) -> BackboneOutput:  # pragma: no cover - interface
         raise NotImplementedError
@@ -352,13 +291,23 @@ class CTRModel(nn.Module):
             self.lain = LAIN(lain_cfg, embedding.item_dim, embedding.dim, l0)
             self.lain.attach(backbone)
 
+    def inputs(self, batch, need_weights: bool = False) -> SeqInputs:
+        """The backbone's inputs for a batch: the target embedded, the history in the forms the backbone
+        declares (:meth:`Backbone.history_forms`; the distinct rows made here, explicitly), LAIN's
+        condition. ``batch``: a :class:`~seqctr.data.SeqBatch`."""
+        emb = self.embedding
+        forms = self.backbone.history_forms(torch.is_grad_enabled())
+        rows = distinct_rows(batch.hist, emb.items) if "distinct" in forms else None
+        hist = emb.items(batch.hist) if "dense" in forms or rows is None else None
+        return SeqInputs(target=emb.items(batch.target), hist=hist, mask=batch.mask, seq_len=batch.seq_len,
+                         need_weights=need_weights, target_ids=batch.target, hist_ids=batch.hist,
+                         cond=self.lain(batch.seq_len) if self.lain is not None else None,
+                         hist_time=batch.hist_time, target_time=batch.target_time, rows=rows)
+
     def forward(self, batch, need_weights: bool = False) -> ModelOutput:
         emb = self.embedding
-        target = emb.items(batch.target)
-        x = SeqInputs(target=target, hist=None, mask=batch.mask, seq_len=batch.seq_len,
-                      need_weights=need_weights, target_ids=batch.target, hist_ids=batch.hist,
-                      cond=self.lain(batch.seq_len) if self.lain is not None else None, embed=emb.items,
-                      hist_time=batch.hist_time, target_time=batch.target_time)
+        x = self.inputs(batch, need_weights)
+        target = x.target
         out = self.backbone(x)
         user = emb.user(batch.user)
         logits = self.head(torch.cat([user, target, out.vector], dim=-1)).squeeze(-1)
@@ -380,10 +329,7 @@ class CTRModel(nn.Module):
 
 def build_model(model_cfg, meta: dict) -> CTRModel:
     """Build a :class:`CTRModel` from a ``ModelConfig`` and a prepared dataset's ``meta``."""
-    from ..errors import ConfigError
-
-    if model_cfg.name not in _REGISTRY:
-        raise ConfigError(f"model.name: unknown backbone {model_cfg.name!r}; known: {backbone_names()}")
+    check_model_config(model_cfg)
     emb = FeatureEmbedding(meta["vocab_sizes"], meta["user_features"] + meta.get("context_features", []),
                            meta["item_features"], model_cfg.embedding_dim, pretrained=meta.get("pretrained"))
     try:
@@ -391,12 +337,10 @@ def build_model(model_cfg, meta: dict) -> CTRModel:
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model.options for {model_cfg.name}: {e}") from None
     lain = None
-    from ..lain import LainConfig
-
     lain_cfg = LainConfig.from_dict(model_cfg.lain)
     if lain_cfg.enabled:
         lain = (lain_cfg, lain_cfg.resolve_l0(meta))
-    return CTRModel(emb, backbone, model_cfg.mlp_hidden, model_cfg.dropout, lain=lain)
+    return set_impl(CTRModel(emb, backbone, model_cfg.mlp_hidden, model_cfg.dropout, lain=lain), model_cfg.impl)
 
 
 def prefixed(d: dict, prefix: str) -> dict:

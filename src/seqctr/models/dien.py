@@ -98,6 +98,10 @@ class DIEN(Backbone):
         ln = F.logsigmoid(-(h * neg).sum(-1))
         return -((lp + ln) * valid).sum() / valid.sum().clamp_min(1.0)
 
+    def history_forms(self, grad: bool) -> frozenset[str]:
+        """The distinct rows: the extractor's input gates are computed once per distinct event."""
+        return frozenset({"distinct"})
+
     def sequence(self, x: SeqInputs):
         """The extractor's states over LAIN's prompts (if any) then the events, left-aligned:
         ``(states [B, P+T, H], mask [B, P+T], lengths [B], seq)``, ``seq()`` giving the
@@ -109,7 +113,7 @@ class DIEN(Backbone):
         the gradient reaches the tables through ``U`` rows."""
         cond = x.condition("long")
         P = cond.num_prompts if cond is not None else 0
-        d = x.distinct_rows()
+        d = x.rows
         if d is None:
             seq, mask = left_align(x.hist, x.mask)
             if P:  # LAIN prompts open the sequence: the extractor reads them first, the AUGRU attends to them

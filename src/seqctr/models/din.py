@@ -19,6 +19,11 @@ class DIN(Backbone):
                                 fused=fused)
         self.out_dim = item_dim
 
+    def history_forms(self, grad: bool) -> frozenset[str]:
+        """``hist`` for the activation unit; without autograd also the distinct rows, over which the
+        weighted sum is one GEMM (:meth:`SeqInputs.weighted_sum`)."""
+        return frozenset({"dense"} if grad else {"dense", "distinct"})
+
     def forward(self, x: SeqInputs) -> BackboneOutput:
         res = self.att(x.target, x.hist, x.mask, x.condition("long"), pool=x.weighted_sum)
         return BackboneOutput(vector=res.out, attention={"din": res.weights} if x.need_weights else {})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..nn import simhash, topk_select
+from ..ops import simhash, topk_select
 from .base import SeqInputs, prefixed, register
 from .two_branch import BranchOutput, TwoBranchBackbone
 
@@ -41,17 +41,12 @@ class ETA(TwoBranchBackbone):
     def hamming(self, x: SeqInputs) -> torch.Tensor:
         """Hamming distance of each history event's code to the target's ``[B, T]``."""
         tcode = simhash(x.target, self.rotations)
-        d = x.distinct_events()
+        d = x.rows
         if d is None:
             return hamming(simhash(x.hist, self.rotations), tcode)
         rows, inv = d                      # distances of the U distinct events to the B targets, gathered
         dist = hamming(simhash(rows, self.rotations).unsqueeze(0), tcode)            # [B, U]
         return torch.gather(dist, 1, inv)
-
-    def long_reads_distinct_rows(self) -> bool:
-        """Codes per distinct event (:meth:`hamming`); the ESU and the short window read the same
-        rows, so the ``[B, T, D]`` history is never embedded."""
-        return True
 
     def long_branch(self, x: SeqInputs) -> BranchOutput:
         idx, sel_mask = topk_select(-self.hamming(x), x.mask, self.topk)

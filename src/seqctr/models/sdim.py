@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from ..nn import simhash
-from ..nn.batched import row_pattern, row_pool, sparse_pays
+from ..ops import simhash
+from ..ops.kernels import row_pattern, row_pool, sparse_pays
 from .base import SeqInputs, register
 from .two_branch import BranchOutput, TwoBranchBackbone
 
@@ -39,22 +39,18 @@ class SDIM(TwoBranchBackbone):
         same = x.per_event(self.buckets) == self.buckets(x.target).unsqueeze(1)   # [B, T, R]
         return same.transpose(1, 2) & x.mask.unsqueeze(1)
 
-    def long_reads_distinct_rows(self) -> bool:
-        """Buckets per distinct event; the collision sums and the short window read the same rows."""
-        return True
-
     def collision_sums(self, x: SeqInputs, c: torch.Tensor) -> torch.Tensor:
         """``sum_t c[b, r, t] e_t``: ``c [B, R, T]`` -> ``[B, R, D]``. Over the distinct rows when
         made, as one sparse product of the colliding entries only (about ``1 / 2^bits`` of them): no
         ``[B, T, D]`` history or gradient; else a batched product over ``hist``."""
-        rows = x.distinct_rows()
-        if rows is not None:
-            R, inv = rows
+        if x.rows is not None:
+            R, inv = x.rows
             B, Rr, T = c.shape
             col = inv.unsqueeze(1).expand(B, Rr, T).reshape(B * Rr, T)
-            if sparse_pays(R.shape[0], col):
+            if sparse_pays(R.shape[0], col.numel()):
                 pat = row_pattern(col, R.shape[0], keep=c.reshape(B * Rr, T))
                 return row_pool(c.reshape(B * Rr, T).to(R.dtype), R, pat).view(B, Rr, -1)
+            return c.to(R.dtype) @ x.events().dense()       # (the sparse form does not pay: rows gathered)
         return c.to(x.hist.dtype) @ x.hist
 
     def long_branch(self, x: SeqInputs) -> BranchOutput:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..nn import topk_select
-from ..nn.batched import distinct_scores, matvec, vecmat
-from .base import SeqInputs, expand, pool_distinct, prefixed, register
+from ..ops import topk_select
+from ..ops.kernels import distinct_scores, matvec, pool_distinct, vecmat
+from .base import SeqInputs, expand, prefixed, register
 from .two_branch import BranchOutput, TwoBranchBackbone
 
 
@@ -49,17 +49,14 @@ class SIM(TwoBranchBackbone):
             return matvec(x.hist, q.unsqueeze(-1)).squeeze(-1)
         raise AssertionError("hard search uses category ids, see long_branch")
 
-    def long_reads_distinct_rows(self) -> bool:
-        return self.gsu == "soft"
-
     def soft_gsu_distinct(self, x: SeqInputs, R: torch.Tensor, inv: torch.Tensor):
         """Soft-GSU scores ``[B, T]`` and, in training, the auxiliary vector ``[B, D]`` (None at
-        inference), over the batch's ``U`` distinct events (``R [U, D]``, ``inv [B, T]``; :meth:`SeqInputs.distinct_rows`):
+        inference), over the batch's ``U`` distinct events (``R [U, D]``, ``inv [B, T]``; ``SeqInputs.rows``):
         ``S = q R^T`` and ``aux = W R``, with ``W [B, U]`` the masked scores summed per distinct
         event. The per-event products' values, but forward and backward are GEMMs over ``R`` and the
         gradient reaches the tables through ``U`` rows: no ``[B, T, D]`` gradient is formed (on
         ml100k U ~ 1,400 against B T = 51,200; SIM trains ~1.1x faster). Inference takes the same
-        path, so the full ``[B, T, D]`` history is never embedded (``SeqInputs.hist`` is lazy)."""
+        path, so the full ``[B, T, D]`` history is never embedded."""
         # in the embeddings' dtype even under bf16 autocast, as the per-event products (promoted to
         # float32): top-k over bfloat16 scores would tie, and W sums scores per event
         with torch.autocast(R.device.type, enabled=False):
@@ -72,7 +69,7 @@ class SIM(TwoBranchBackbone):
         T = x.mask.shape[1]
         aux = None
         if self.gsu == "soft":
-            d = x.distinct_rows()
+            d = x.rows
             if d is not None:
                 s, aux = self.soft_gsu_distinct(x, *d)
             else:

@@ -38,19 +38,14 @@ class TWIN(TwoBranchBackbone):
         return s if self.bias is None else s + self.score_bias(x)
 
     def score_bias(self, x: SeqInputs) -> torch.Tensor:
-        return self.bias(x.hist[..., -self.bdim:]).transpose(1, 2)          # [B, H, T]
-
-    def long_reads_distinct_rows(self) -> bool:
-        return self.long_attention.absorbed
+        """The behaviour features' per-head bias ``[B, H, T]`` (per distinct event when the rows are made)."""
+        return x.per_event(lambda e: self.bias(e[..., -self.bdim:])).transpose(1, 2)
 
     def long_branch(self, x: SeqInputs) -> BranchOutput:
-        """Over the batch's distinct events when the ids are known and K/V are plain linear maps
-        (scores one GEMM over ``U`` rows, the top-k read from them; ``hist`` never embedded), else
-        over ``hist``: the same values either way."""
-        rows = x.distinct_rows() if self.long_reads_distinct_rows() else None
-        res = self.long_attention(x.target, x.hist if rows is None else None, x.mask, x.condition("long"),
-                                  topk=self.topk, score_bias=self.score_bias(x) if self.bias is not None else None,
-                                  rows=rows)
+        """Over the batch's distinct events when the ids are known (scores one GEMM over ``U`` rows,
+        the top-k read from them; ``hist`` never embedded), else over ``hist``: the same values."""
+        res = self.long_attention(x.target, x.events(), x.mask, x.condition("long"),
+                                  topk=self.topk, score_bias=self.score_bias(x) if self.bias is not None else None)
         return BranchOutput(res.out, res.weights if x.need_weights else None, aux_loss=res.aux_loss)
 
     def prefill_long(self, x: SeqInputs) -> dict:

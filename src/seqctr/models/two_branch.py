@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..nn import MultiHeadTargetAttention
+from ..ops import Events
 from .base import Backbone, BackboneOutput, SeqInputs, concat_events, expand, prefixed, unprefixed
 
 
@@ -77,18 +78,13 @@ class TwoBranchBackbone(Backbone):
                                         silu=self.silu_qkv and branch in self.silu_branches,
                                         collective=self.ckv_options if branch in self.ckv_branches else None)
 
-    def short_window(self, x: SeqInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """The most recent ``short_seq_len - 1`` events: ``([B, S, D], [B, S])``."""
+    def short_window(self, x: SeqInputs) -> tuple[Events, torch.Tensor]:
+        """The most recent ``short_seq_len - 1`` events and their mask ``[B, S]``."""
         return x.recent(self.short_seq_len - 1)
 
     def short_branch(self, x: SeqInputs) -> BranchOutput:
-        n = self.short_seq_len - 1
-        rows = x.rows_of(recent=n) if self.short_attention.absorbed else None
-        if rows is not None:        # read from the batch's distinct events: no [B, n, D] window
-            res = self.short_attention(x.target, None, x.mask[:, -n:], x.condition("short"), rows=rows)
-        else:
-            hist, mask = self.short_window(x)
-            res = self.short_attention(x.target, hist, mask, x.condition("short"))
+        events, mask = self.short_window(x)
+        res = self.short_attention(x.target, events, mask, x.condition("short"))
         return BranchOutput(res.out, left_pad_to(res.weights, x.mask.shape[1]) if x.need_weights else None,
                             aux_loss=res.aux_loss)
 
@@ -98,18 +94,14 @@ class TwoBranchBackbone(Backbone):
     def exact_search(self, attention, x: SeqInputs, idx: torch.Tensor, sel_mask: torch.Tensor) -> BranchOutput:
         """ESU: ``attention`` over the events a GSU selected (``idx [B, k]``); prompts come after
         the selection, so top-k can never drop them. Weights are mapped back to positions."""
-        rows = x.rows_of(idx) if attention.absorbed else None
-        if rows is not None:
-            res = attention(x.target, None, sel_mask, x.condition("long"), rows=rows)
-        else:
-            res = attention(x.target, x.events_at(idx), sel_mask, x.condition("long"))
+        res = attention(x.target, x.events().at(idx), sel_mask, x.condition("long"))
         return BranchOutput(res.out, scatter_weights(res.weights, idx, x.mask.shape[1]) if x.need_weights else None,
                             aux_loss=res.aux_loss)
 
     # -- serving: short-branch K/V + whatever the long branch caches ----------------------------
     def prefill(self, x: SeqInputs) -> dict[str, torch.Tensor]:
-        hist, mask = self.short_window(x)
-        return {**prefixed(self.short_attention.cache_kv(hist), "short_"), "short_mask": mask, "mask": x.mask,
+        events, mask = self.short_window(x)
+        return {**prefixed(self.short_attention.cache_kv(events.dense()), "short_"), "short_mask": mask, "mask": x.mask,
                 **self.prefill_long(x)}
 
     def score(self, state: dict, x: SeqInputs) -> BackboneOutput:
@@ -155,15 +147,16 @@ class TwoBranchBackbone(Backbone):
         return self.long_attention.attend(x.target, expand(K, N), expand(V, N), None, x.condition("long"),
                                           select=(idx, sel_mask), need_weights=False).out
 
-    def long_reads_distinct_rows(self) -> bool:
-        """True: the long branch works from :meth:`SeqInputs.distinct_rows` (SIM's soft GSU, TWIN's
-        absorbed attention). They are then made first, so the short branch gathers its window from
-        them too and every branch's gradient reaches the tables through one lookup."""
+    def history_forms(self, grad: bool) -> frozenset[str]:
+        """The distinct rows (every branch reads its events from them: one lookup of ``U`` rows, and
+        the gradient reaches the tables through them), plus ``hist`` where :meth:`reads_dense` says."""
+        return frozenset({"distinct", "dense"} if self.reads_dense() else {"distinct"})
+
+    def reads_dense(self) -> bool:
+        """True: the long branch also reads ``SeqInputs.hist`` (a backbone overrides it)."""
         return False
 
     def forward(self, x: SeqInputs) -> BackboneOutput:
-        if self.long_reads_distinct_rows():
-            x.distinct_rows()
         short, long = self.short_branch(x), self.long_branch(x)
         att = {}
         if x.need_weights:

@@ -1,4 +1,5 @@
-"""Target attention layers shared by the backbones."""
+"""Target attention layers shared by the backbones: short sequences of :mod:`seqctr.ops` calls, run
+in the implementation their ``impl`` names (``fast`` by default; :func:`seqctr.ops.set_impl`)."""
 from __future__ import annotations
 
 from typing import Callable, NamedTuple
@@ -7,19 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batched import distinct_scores, matvec, row_pattern, row_pool, row_scores, sparse_pays, vecmat
+from .. import ops
+from ..ops import Events, masked_softmax
 from .condition import AttentionCondition, Conditionable, apply_temperature
 from .dropout import Dropout
 from .mlp import MLP, activation
-from .retrieval import gather_positions, topk_select
-
-
-def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Softmax over ``dim`` ignoring positions where ``mask`` is False; all-masked rows give zeros
-    (an empty history attends to nothing instead of producing NaN)."""
-    scores = scores.masked_fill(~mask, float("-inf"))
-    w = torch.softmax(scores, dim=dim)
-    return torch.nan_to_num(w, nan=0.0)
 
 
 class DiceMLP(nn.Module):
@@ -114,11 +107,6 @@ class AttentionResult(NamedTuple):
     aux_loss: torch.Tensor | None = None
 
 
-def _shared(t: torch.Tensor) -> torch.Tensor | None:
-    """``t[0]`` when ``t [B, ...]`` is one tensor broadcast over the batch (stride 0, ``B > 1``)."""
-    return t[0] if t.shape[0] > 1 and t.stride(0) == 0 else None
-
-
 def _with_prompts(scores, mask, prompt_scores):
     """Prepend prompt scores (always attended) to ``scores``/``mask`` along the last dim."""
     if prompt_scores is None:
@@ -133,7 +121,7 @@ class DINAttention(Conditionable):
     The first layer is applied in a fused form that is exactly equal to the concatenation:
     ``W [q, k, q-k, q*k] = (Wq + Wd) q + (Wk - Wd) k + Wp (q*k)``, so the key term is computed once
     per history event (no ``[B, T, 4D]`` tensor), and the query term once per target.
-    ``fused=False`` runs the textbook form instead (same outputs; for benchmarks and as the oracle).
+    ``impl="reference"`` (or ``fused=False``) runs the textbook form instead (same outputs; the oracle).
 
     Conditioning (LAIN): the length vector shifts the query and keys fed to the unit, prompts
     are extra keys (pooled like events), and the scores are divided by the temperature.
@@ -146,7 +134,7 @@ class DINAttention(Conditionable):
                  fused: bool = True, branch: str = "long"):
         super().__init__()
         hidden = list(hidden)
-        self.fused, self.branch = fused, branch
+        self.impl, self.branch = "fast" if fused else "reference", branch
         self.first = nn.Linear(4 * dim, hidden[0])
         self.dice = act.lower() == "dice"
         self.act = MaskedDice(hidden[0]) if self.dice else activation(act)
@@ -214,12 +202,13 @@ class DINAttention(Conditionable):
         shift = self.key_shift(cond)
         if shift is not None:
             k = keys + shift.unsqueeze(1)
-        if P or shift is not None or not self.fused:
+        fast = self.impl != "reference"
+        if P or shift is not None or not fast:
             key_term = None
-        s = self.scores(q, k, mask, key_term) if self.fused else self.reference_scores(q, k, mask)
+        s = self.scores(q, k, mask, key_term) if fast else self.reference_scores(q, k, mask)
         s = apply_temperature(s, cond)
         w = masked_softmax(s, mask) if self.use_softmax else s * mask.to(s.dtype)
-        if pool is None:
+        if pool is None or not fast:
             pooled = torch.einsum("bt,btd->bd", w, keys)
         else:
             pooled = pool(w[:, P:])
@@ -268,6 +257,7 @@ class MultiHeadTargetAttention(Conditionable):
             self.W_v = nn.Linear(input_dim, attention_dim, bias=False)
         self.W_o = nn.Linear(attention_dim, input_dim, bias=False)
         self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.impl = "fast"         # seqctr.ops implementation (ops.set_impl)
 
     def kv_width(self) -> int:
         """Width of the cached K (and V) per event, all heads."""
@@ -317,69 +307,45 @@ class MultiHeadTargetAttention(Conditionable):
         search over a GSU's choice), as if the history were ``gather_positions(hist, idx)``;
         ``mask`` is then not used (``sel_mask`` already says which picks are real).
         ``need_weights=False`` (serving) skips mapping the weights back to ``[B, H, T]``.
-
-        ``k``/``v`` may be one user's cache expanded over ``B`` candidates (``expand``: stride 0 on
-        the batch axis). Then no per-candidate copy of the history is made: full scores are one
-        GEMM per head against the shared ``[H, T, hd]``, and selected events (top-k or ``select``)
-        are gathered straight from the shared rows."""
+        ``k``/``v`` may be one user's cache expanded over ``B`` candidates (stride 0 on the batch
+        axis): the ``fast`` ops then read the shared rows without a per-candidate copy."""
         B, H, T, hd = k.shape
-        k0, v0 = _shared(k), _shared(v)
-        if select is not None and k0 is not None and 4 * select[0].shape[-1] >= T:
-            # a quarter of the events or more: cheaper as a mask over the full-history GEMMs than as
-            # per-candidate copies of the selected rows (measured, bench/bench_serving.py)
-            mask = torch.zeros(B, T, dtype=torch.bool, device=k.device).scatter(1, select[0], select[1])
-            select = None
+        if select is not None:
+            as_mask, select = ops.selection_as_mask(select, k, self.impl)
+            mask = as_mask if as_mask is not None else mask
         q = self.condition_query(self.W_q(query[..., : self.key_dim]), cond)
-        q = (F.silu(q) if self.silu else q).view(B, H, 1, hd)
+        q = (F.silu(q) if self.silu else q).view(B, H, hd)
         shift = self.key_shift(cond)
         if shift is not None:
-            k, k0 = k + shift.view(B, H, 1, hd), None
+            k = k + shift.view(B, H, 1, hd)
         idx = None
         if select is not None:
             idx, sel_mask = select
             idx = idx.unsqueeze(1).expand(B, H, idx.shape[-1])
             hmask = sel_mask.unsqueeze(1).expand_as(idx)
-            scores = (q @ self._rows(k, k0, idx).transpose(-1, -2)).squeeze(2) / hd ** 0.5     # [B, H, k]
+            scores = ops.head_scores(q, ops.head_rows(k, idx, self.impl), self.impl)                 # [B, H, k]
             if score_bias is not None:
                 scores = scores + torch.gather(score_bias, -1, idx)
         else:
-            if k0 is not None:   # [H, B, hd] @ [H, hd, T], the 1/sqrt(hd) applied inside the GEMM
-                scores = torch.baddbmm(q.new_zeros(1, 1, 1), q.squeeze(2).transpose(0, 1), k0.transpose(-1, -2),
-                                       beta=0, alpha=hd ** -0.5).transpose(0, 1)              # [B, H, T]
-            else:
-                scores = (q @ k.transpose(-1, -2)).squeeze(2) / hd ** 0.5
+            scores = ops.head_scores(q, k, self.impl)                                                # [B, H, T]
             if score_bias is not None:
                 scores = scores + score_bias
             hmask = mask.unsqueeze(1).expand(B, H, T)
             if topk is not None and topk < T:
-                idx, hmask = topk_select(scores, hmask, topk)                          # [B, H, k]
+                idx, hmask = ops.topk_select(scores, hmask, topk)                                    # [B, H, k]
                 scores = torch.gather(scores, -1, idx)
         if idx is not None:
-            v = self._rows(v, v0, idx)                                                  # [B, H, k, hd]
+            v = ops.head_rows(v, idx, self.impl)                                                     # [B, H, k, hd]
         P = cond.num_prompts if cond is not None else 0
         if P:
-            ps, pv = self._prompts(q, cond, shift)
+            ps, pv = self._prompts(q.unsqueeze(2), cond, shift)
             scores, hmask = _with_prompts(scores, hmask, ps)
         w = masked_softmax(apply_temperature(scores, cond), hmask)
         wd = self.dropout(w)
-        if v0 is not None and idx is None:   # all events of shared values: one GEMM per head
-            out = (wd[..., P:].transpose(0, 1) @ v0).transpose(0, 1)                            # [B, H, hd]
-        else:
-            out = (wd[..., P:].unsqueeze(2) @ v).squeeze(2)
+        out = ops.head_pool(wd[..., P:], v, self.impl)                                               # [B, H, hd]
         if P:
             out = out + (wd[..., :P].unsqueeze(2) @ pv).squeeze(2)
         return self._result(out, w, P, idx, T, need_weights)
-
-    @staticmethod
-    def _rows(x: torch.Tensor, x0: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor:
-        """Per-head rows of ``x [B, H, T, hd]`` at ``idx [B, H, k]`` -> ``[B, H, k, hd]``; from the
-        shared ``x0 [H, T, hd]`` when ``x`` is one user's cache broadcast over the batch."""
-        hd = x.shape[-1]
-        if x0 is None:
-            return torch.gather(x, 2, idx.unsqueeze(-1).expand(*idx.shape, hd))
-        H, T, _ = x0.shape
-        flat = (idx + torch.arange(H, device=idx.device).view(1, H, 1) * T).reshape(-1)
-        return x0.reshape(H * T, hd).index_select(0, flat).view(*idx.shape, hd)
 
     def _prompts(self, q: torch.Tensor, cond: AttentionCondition, shift: torch.Tensor | None):
         """Scores ``[B, H, P]`` of the prompt tokens for ``q [B, H, 1, hd]``, and their values ``[B, H, P, hd]``."""
@@ -404,80 +370,45 @@ class MultiHeadTargetAttention(Conditionable):
         """Plain linear K/V: :meth:`forward` never projects the events (and takes ``rows``)."""
         return self.ckv is None and not self.silu
 
-    def forward(self, query: torch.Tensor, keys: torch.Tensor | None, mask: torch.Tensor,
+    def forward(self, query: torch.Tensor, events: Events | torch.Tensor, mask: torch.Tensor,
                 cond: AttentionCondition | None = None, topk: int | None = None,
-                score_bias: torch.Tensor | None = None, rows: tuple | None = None) -> AttentionResult:
-        """Same result as ``attend(query, *project_kv(keys))``. With plain linear K/V it runs in
-        the absorbed form — scores ``(W_k^T q) . e_t`` and output ``W_v (sum_t w_t e_t)`` — which
-        never projects the events: O(T D H) instead of O(T D A) per sample.
-
-        ``rows = (R [U, D], inv [B, T])``, the batch's distinct events with ``keys == R[inv]``
-        (then ``keys`` may be None; absorbed form only): scores and pooled sum are read from ``R``
-        and the gradient reaches ``R`` without a ``[B, T, D]`` gradient. Attending over all ``T``
-        (a short window, an ESU's selection) both are sparse products over ``R``
-        (:func:`~seqctr.nn.batched.row_scores`, :func:`~seqctr.nn.batched.row_pool`: no ``[B, T, D]``
-        tensor at all) when :func:`~seqctr.nn.batched.sparse_pays`; scoring all ``T`` for a top-k
-        (TWIN) is one GEMM over ``R`` (:func:`~seqctr.nn.batched.distinct_scores`) and the pooled
-        sum over the selection a sparse product."""
+                score_bias: torch.Tensor | None = None) -> AttentionResult:
+        """Same result as ``attend(query, *project_kv(events))``. ``events``: a ``[B, T, D]`` tensor or
+        an :class:`~seqctr.ops.Events` (dense, or the batch's distinct rows and their index). With plain
+        linear K/V it runs in the absorbed form — scores ``(W_k^T q) . e_t`` and output
+        ``W_v (sum_t w_t e_t)`` — which never projects the events: O(T D H) instead of O(T D A) per
+        sample. Scores and pooling are :func:`~seqctr.ops.event_scores` / :func:`~seqctr.ops.event_pool`
+        in the form :func:`~seqctr.ops.resolve` gives ``self.impl``."""
+        ev = events if isinstance(events, Events) else Events.dense_of(events)
         if not self.absorbed:                          # non-linear K/V: project every event
-            k, v, aux = self.project_kv(keys, mask)
+            k, v, aux = self.project_kv(ev.dense(), mask)
             return self.attend(query, k, v, mask, cond, topk, score_bias)._replace(aux_loss=aux)
         B, T = mask.shape
         H, hd, kd = self.num_heads, self.head_dim, self.key_dim
         q = self.condition_query(self.W_q(query[..., :kd]), cond).view(B, H, hd)
         qk = torch.einsum("bhe,hek->bhk", q, self.W_k.weight.view(H, hd, kd))           # W_k^T q per head
-        sparse = None          # RowPattern of the pooled rows, when they are read as sparse products
-        if rows is not None and (topk is None or topk >= T):     # every event is scored and pooled
-            cols = rows[1].unsqueeze(1).expand(B, H, T).reshape(B * H, T)
-            if sparse_pays(rows[0].shape[0], cols):
-                sparse = row_pattern(cols, rows[0].shape[0])
-            else:                   # (compiling, or more distinct rows than entries): gather them
-                R, inv = rows
-                keys, rows = R.index_select(0, inv.reshape(-1)).view(B, T, -1), None
-        if sparse is not None:
-            R, inv = rows
-            D = R.shape[-1]
-            scores = row_scores(qk.reshape(B * H, kd), R[:, :kd], sparse).view(B, H, T) / hd ** 0.5
-        elif rows is not None:
-            R, inv = rows
-            D = R.shape[-1]
-            scores = distinct_scores(qk, R[:, :kd], inv) / hd ** 0.5                       # [B, H, T]
-        else:
-            D = keys.shape[-1]
-            # batched mat-vec as [B, T, kd] @ [B, kd, H]: the fastest orientation on CPU
-            scores = matvec(keys[..., :kd], qk.transpose(1, 2)).transpose(1, 2) / hd ** 0.5  # [B, H, T]
+        select = topk is not None and topk < T
+        read, form = ops.resolve(self.impl, ev, H, scoring_for_topk=select)
+        scores = ops.event_scores(qk, read, form) / hd ** 0.5                             # [B, H, T]
         shift = self.key_shift(cond)
         if shift is not None:                                    # (the same for every key)
             scores = scores + (q * shift.view(B, H, hd)).sum(-1, keepdim=True) / hd ** 0.5
         if score_bias is not None:
             scores = scores + score_bias
         hmask = mask.unsqueeze(1).expand_as(scores)
-        events, idx = None, None
-        if topk is not None and topk < T:
-            idx, hmask = topk_select(scores, hmask, topk)
+        idx = None
+        if select:
+            idx, hmask = ops.topk_select(scores, hmask, topk)                              # [B, H, k]
             scores = torch.gather(scores, -1, idx)
-            if rows is None:
-                events = gather_positions(keys, idx)                                     # [B, H, k, D]
-            else:
-                at = torch.gather(inv.unsqueeze(1).expand(B, H, T), -1, idx).reshape(B * H, -1)  # distinct
-                if sparse_pays(R.shape[0], at):
-                    sparse = row_pattern(at, R.shape[0])
-                else:
-                    events = R.index_select(0, at.reshape(-1)).view(B, H, -1, D)
+            read, form = ops.resolve(self.impl, ev.at(idx), H)
         P = cond.num_prompts if cond is not None else 0
         if P:
             ps, pv = self._prompts(q.unsqueeze(2), cond, shift)
             scores, hmask = _with_prompts(scores, hmask, ps)
         w = masked_softmax(apply_temperature(scores, cond), hmask)
         wd = self.dropout(w)
-        if sparse is not None:
-            pooled = row_pool(wd[..., P:].reshape(B * H, -1), R, sparse).view(B, H, D)
-        elif idx is None:
-            pooled = vecmat(wd[..., P:], keys)                                          # [B, H, D]
-        else:
-            n = events.shape[2]
-            pooled = vecmat(wd[..., P:].reshape(B * H, 1, n), events.reshape(B * H, n, D)).view(B, H, D)
-        out = torch.einsum("bhd,hed->bhe", pooled, self.W_v.weight.view(H, hd, D))      # W_v per head
+        pooled = ops.event_pool(wd[..., P:], read, form)                                   # [B, H, D]
+        out = torch.einsum("bhd,hed->bhe", pooled, self.W_v.weight.view(H, hd, pooled.shape[-1]))  # W_v per head
         if P:
             out = out + (wd[..., :P].unsqueeze(2) @ pv).squeeze(2)
         return self._result(out, w, P, idx, T)

@@ -75,7 +75,8 @@ def _user_table(ds) -> np.ndarray:
 
 def export_bundle(checkpoint: str | Path, out: str | Path, source: str | None = None) -> Path:
     """Write the bundle of a trained run (its ``best.pt``) into ``out`` (atomically)."""
-    from ..checkpoint import load_checkpoint, load_trained
+    from ..checkpoint import load_checkpoint
+    from ..models import load_trained
 
     model, cfg, ds, folder = load_trained(checkpoint, source)
     ck = load_checkpoint(checkpoint)

@@ -72,7 +72,7 @@ def prefill(model: CTRModel, user: torch.Tensor, hist: torch.Tensor, seq_len: in
     L = torch.tensor([seq_len], device=hist.device)
     x = SeqInputs(target=None, hist=emb.items(hist.unsqueeze(0)), seq_len=L, hist_ids=hist.unsqueeze(0),
                   mask=torch.ones(1, hist.shape[0], dtype=torch.bool, device=hist.device),
-                  cond=model.lain(L) if model.lain is not None else None, embed=emb.items,
+                  cond=model.lain(L) if model.lain is not None else None,
                   hist_time=None if time is None else time.to(hist.device))
     run = Backbone.prefill if mode == "recompute" else type(model.backbone).prefill
     state = dict(run(model.backbone, x))
@@ -108,7 +108,7 @@ def append(model: CTRModel, cache: KVCache, new_events: torch.Tensor, new_times=
     if mode == "cache" and not lain_depends and new_events.shape[0] > 0:
         n = new_events.shape[0]
         new = SeqInputs(target=None, hist=emb.items(new_events.unsqueeze(0)), seq_len=torch.tensor([seq_len]),
-                        mask=torch.ones(1, n, dtype=torch.bool), hist_ids=new_events.unsqueeze(0), embed=emb.items,
+                        mask=torch.ones(1, n, dtype=torch.bool), hist_ids=new_events.unsqueeze(0),
                         hist_time=new_time)
         evicted = emb.items(ids[:n_evict].unsqueeze(0)) if n_evict else None
         state = type(model.backbone).append(model.backbone, dict(cache.tensors), new, evicted, max_len)

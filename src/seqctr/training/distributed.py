@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..utils.device import resolve_device
+from ..device import resolve_device
 
 
 @dataclass

@@ -22,8 +22,7 @@ from ..errors import ConfigError, SeqctrError
 from ..metrics import evaluate_predictions
 from ..models import CTRModel, build_model
 from ..nn import dropout
-from ..checkpoint import load_checkpoint, load_trained, save_torch  # noqa: F401  (also seqctr.training's)
-from ..utils.device import resolve_device
+from ..checkpoint import load_checkpoint, save_torch
 from ..utils.io import atomic_path, provenance, write_json
 from ..utils.compile import compiled
 from ..utils.malloc import keep_freed_memory

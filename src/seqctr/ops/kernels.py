@@ -1,4 +1,5 @@
-"""Batched matrix-vector products of target attention, with a backward that suits them.
+"""The fast kernels behind :mod:`seqctr.ops.attention`: batched mat-vec products with a backward that
+suits them, GEMMs over distinct rows, and sampled / sparse products over them.
 
 Target attention multiplies each sample's event matrix ``A [B, T, D]`` by a few vectors (one per
 head): scores ``A @ x`` and pooled ``w @ A``. Autograd's ``bmm`` backward computes the gradient of
@@ -178,11 +179,11 @@ def row_pattern(col: torch.Tensor, U: int, keep: torch.Tensor | None = None) -> 
     return RowPattern(col, U, keep)
 
 
-def sparse_pays(U: int, col: torch.Tensor) -> bool:
-    """True when reading ``col``'s rows of ``R [U, D]`` through :func:`row_scores` / :func:`row_pool`
+def sparse_pays(U: int, entries: int) -> bool:
+    """True when reading ``entries`` rows of ``R [U, D]`` through :func:`row_scores` / :func:`row_pool`
     is the cheaper form: eager (dynamo does not trace sparse tensors) and ``U`` no larger than the
     number of entries (their gradients are dense ``[U, D]``; the gathered form's are ``[N, k, D]``)."""
-    return col.numel() > 0 and U <= col.numel() and not torch.compiler.is_compiling()
+    return entries > 0 and U <= entries and not torch.compiler.is_compiling()
 
 
 class _RowScores(torch.autograd.Function):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from seqctr.nn.retrieval import _positions_numpy, _positions_torch, topk_select
+from seqctr.ops.select import _positions_numpy, _positions_torch, topk_select
 
 
 def reference(x: torch.Tensor, k: int) -> torch.Tensor:

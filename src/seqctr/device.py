@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import SeqctrError
+from .errors import SeqctrError
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -1,4 +1,5 @@
-"""General-search units (GSU) of two-stage long-sequence models: top-k selection and hashing."""
+"""Selection ops of two-stage long-sequence models (GSU): exact top-k with a padding-free tie rule, and
+SimHash codes."""
 from __future__ import annotations
 
 import numpy as np
@@ -82,16 +83,6 @@ def topk_select(scores: torch.Tensor, mask: torch.Tensor, k: int):
         pos = _positions_torch(rows, k)
     idx = pos.view(*inner.shape[:-1], k).permute(*[lead.index(d) for d in range(key.dim() - 1)], -1)
     return idx, torch.gather(mask, -1, idx)
-
-
-def gather_positions(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Rows of ``x [B, T, D]`` at ``idx [B, ...]`` -> ``[B, ..., D]`` (e.g. ``[B, k]`` or ``[B, H, k]``).
-
-    Done as one ``index_select`` over the flattened rows: its backward is an ``index_add``, much
-    cheaper on CPU than the scatter behind ``torch.gather``'s backward."""
-    B, T, D = x.shape
-    flat = (idx + torch.arange(B, device=idx.device).view(B, *([1] * (idx.dim() - 1))) * T).reshape(-1)
-    return torch.index_select(x.reshape(B * T, D), 0, flat).view(*idx.shape, D)
 
 
 def simhash(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:

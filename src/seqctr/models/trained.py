@@ -1,0 +1,27 @@
+"""A trained run's model with its config and dataset: what evaluation and bundle export start from."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..checkpoint import load_checkpoint
+from ..config import config_from_dict
+from ..data import prepare_config
+from ..errors import SeqctrError
+from .base import build_model
+
+
+def load_trained(checkpoint: str | Path, source: str | None = None, device="cpu"):
+    """A trained run's model, config and prepared dataset: ``(model in eval mode, RunConfig, dataset,
+    dataset folder)``. ``source`` overrides the config's data source; a dataset whose vocabularies
+    differ from the checkpoint's is an error (the ids would mean other things)."""
+    ck = load_checkpoint(checkpoint)
+    if "meta" not in ck:
+        raise SeqctrError(f"{checkpoint}: not a best checkpoint (use a run's best.pt)")
+    cfg = config_from_dict(ck["config"])
+    ds, folder, _ = prepare_config(cfg.data, source)
+    if ds.meta["vocab_sizes"] != ck["meta"]["vocab_sizes"]:
+        raise SeqctrError(f"checkpoint {checkpoint} was trained on a dataset with other vocabularies "
+                          f"({ck['meta']['name']}, sha {ck['meta'].get('source_sha256', '?')[:12]}) than {folder}")
+    model = build_model(cfg.model, ck["meta"])
+    model.load_state_dict(ck["model"])
+    return model.to(device).eval(), cfg, ds, folder
