@@ -138,9 +138,29 @@ def test_two_rank_metrics_equal_one_process_evaluation(job, two_rank_run, monkey
         torch.set_num_threads(threads)
 
 
+CRASH_HOOK = """
+import os
+if os.environ.get("CRASH_AFTER_STEPS"):          # test-only: a hard failure after N training steps
+    from seqctr.training import trainer
+    real, count = trainer.train_step, [0]
+
+    def crashing(*args, **kwargs):
+        out = real(*args, **kwargs)
+        count[0] += 1
+        if count[0] >= int(os.environ["CRASH_AFTER_STEPS"]):
+            os._exit(17)                          # a killed process writes nothing more
+        return out
+    trainer.train_step = crashing
+"""
+
+
 def test_killed_two_rank_run_resumes_to_the_same_weights(job, two_rank_run):
     out = job["root"] / "killed"
-    r = torchrun(job, out, env={"SEQCTR_CRASH_AFTER_STEPS": "4"})   # dies in epoch 2's first step
+    hook = job["root"] / "crash_hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(CRASH_HOOK)       # loaded by every rank at start-up
+    path = os.pathsep.join(p for p in (str(hook), job["env"].get("PYTHONPATH", "")) if p)
+    r = torchrun(job, out, env={"CRASH_AFTER_STEPS": "4", "PYTHONPATH": path})   # dies in epoch 2's first step
     assert r.returncode != 0
     last = load_checkpoint(out / "last.pt")
     assert last["state"]["epoch"] == 1 and not (out / "metrics.json").exists()

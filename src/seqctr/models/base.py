@@ -16,7 +16,7 @@ from torch import nn
 
 from ..config import LainConfig
 from ..errors import ConfigError, check_keys
-from ..nn import MLP, AttentionCondition, FeatureEmbedding
+from ..nn import MLP, AttentionCondition, FeatureEmbedding, MaskedDice
 from ..ops import IMPLS, Events, set_impl
 from ..ops.kernels import pool_distinct
 from ..utils.compile import eager
@@ -315,6 +315,17 @@ class CTRModel(nn.Module):
         if self.aux_head is not None and out.aux_vector is not None and self.training:
             aux_logits = self.aux_head(torch.cat([user, target, out.aux_vector], dim=-1)).squeeze(-1)
         return ModelOutput(logits=logits, aux_loss=out.aux_loss, aux_logits=aux_logits, attention=out.attention)
+
+    def prepare_distributed(self, new_group: Callable[[], object]) -> None:
+        """Before DDP wraps the model (every rank calls it alike): layers whose forward needs the whole
+        global batch — Dice's masked batch statistics — sum over a process group of their own
+        (``new_group()``, made only when such a layer exists), so that their all-reduces never
+        interleave with DDP's gradient buckets and a DDP step equals a one-process step."""
+        dice = [m for m in self.modules() if isinstance(m, MaskedDice)]
+        if dice:
+            group = new_group()
+            for m in dice:
+                m.sync = group
 
     def loss(self, out: ModelOutput, label: torch.Tensor) -> torch.Tensor:
         """The training objective of every model: BCE on the logits, plus the auxiliary head's

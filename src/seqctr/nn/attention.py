@@ -40,7 +40,7 @@ class MaskedDice(nn.Module):
 
     Unlike a plain BatchNorm, the training-time statistics use only rows where ``mask`` is True,
     so the amount of padding in a batch never changes any output. ``x [..., H]``, ``mask [...]``.
-    With ``sync`` (a process group, set by the Trainer under DDP) the statistics are summed over
+    With ``sync`` (a process group, set by :meth:`~seqctr.models.CTRModel.prepare_distributed` under DDP) the statistics are summed over
     all ranks with an autograd-aware all-reduce, as SyncBatchNorm does: each rank normalises by the *global* batch's
     mean and variance, so a DDP step equals a one-process step on the whole batch."""
 

@@ -8,7 +8,6 @@ How several processes share the work: :mod:`seqctr.training.distributed`.
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -137,13 +136,7 @@ class Trainer:
         if self.dist.active:   # same initial weights everywhere (same seed; DDP also broadcasts rank 0's)
             from torch.nn.parallel import DistributedDataParallel
 
-            from ..nn.attention import MaskedDice
-
-            dice = [mod for mod in self.model.modules() if isinstance(mod, MaskedDice)]
-            if dice:   # batch statistics over the global batch, on a group of their own so that their
-                group = torch.distributed.new_group()   # all-reduces never interleave with DDP's buckets
-                for mod in dice:
-                    mod.sync = group
+            self.model.prepare_distributed(torch.distributed.new_group)
 
             # buffers (Dice running statistics) are equal on every rank already: no per-step broadcast.
             # (static_graph=True looked 1.2x faster here, but left some gradients unsynchronised: not used)
@@ -163,8 +156,6 @@ class Trainer:
         self.log = print if self.dist.main else _quiet
         self._tb = None   # TensorBoard writer, opened on the first epoch when train.tensorboard is on
         self.state = {"epoch": 0, "best_auc": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": []}
-        self._crash_after = int(os.environ.get("SEQCTR_CRASH_AFTER_STEPS", "0"))   # fault-tolerance tests
-        self._steps = 0
 
     def eval_loader(self, split: str) -> BatchLoader:
         d = self.cfg.data
@@ -233,9 +224,6 @@ class Trainer:
             total += loss * len(mine)
             n_local += len(mine)
             n_seen += len(pos)
-            self._steps += 1
-            if self._crash_after and self._steps >= self._crash_after:
-                os._exit(17)           # simulated hard failure (a killed process writes nothing more)
             dt = time.perf_counter() - t0
             bar.note(loss=f"{total / max(n_local, 1):.4f}", samples_per_s=f"{n_seen / max(dt, 1e-9):.0f}")
         dt = time.perf_counter() - t0
