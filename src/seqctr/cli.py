@@ -71,9 +71,9 @@ def _side_arg(path, key, features, multi) -> dict:
     if key:
         spec["key"] = key
     if features:
-        from .data.sources import _names
+        from .data.columns import feature_names
 
-        spec["features"] = _names(features)
+        spec["features"] = feature_names(features)
     if multi:
         spec["multi"] = multi
     return spec

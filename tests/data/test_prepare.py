@@ -91,16 +91,16 @@ def test_string_ids_and_date_timestamps(tmp_path):
 def test_timestamp_columns_read_as_ints_and_refuse_non_dates_by_row():
     import pyarrow as pa
 
-    from seqctr.data.sources import _timestamps
+    from seqctr.data.columns import read_times
 
-    got = _timestamps(pa.array(["2020-01-01", "2020-01-01T00:00:10Z"]), Path("t.csv"), "ts")
+    got = read_times(pa.array(["2020-01-01", "2020-01-01T00:00:10Z"]), Path("t.csv"), "ts")
     assert got.tolist() == [1577836800, 1577836810]
-    assert _timestamps(pa.array(["17", "+5", "-3"]), Path("t.csv"), "ts").tolist() == [17, 5, -3]
-    assert _timestamps(pa.array(["17", "2020-01-01"]), Path("t.csv"), "ts").tolist() == [17, 1577836800]
-    assert _timestamps(pa.array([3.9, 4.0]), Path("t.csv"), "ts").tolist() == [3, 4]
+    assert read_times(pa.array(["17", "+5", "-3"]), Path("t.csv"), "ts").tolist() == [17, 5, -3]
+    assert read_times(pa.array(["17", "2020-01-01"]), Path("t.csv"), "ts").tolist() == [17, 1577836800]
+    assert read_times(pa.array([3.9, 4.0]), Path("t.csv"), "ts").tolist() == [3, 4]
     for bad, row in ([["2020-01-01", ""], 2], [["2020-01-01", "2020-01-02", "soon"], 3]):
         with pytest.raises(InputError, match=f"file t.csv, column 'ts', row {row}: timestamp is") as e:
-            _timestamps(pa.array(bad), Path("t.csv"), "ts")
+            read_times(pa.array(bad), Path("t.csv"), "ts")
         assert repr(bad[row - 1]) in str(e.value)
 
 

@@ -24,7 +24,8 @@ from ..utils.io import seqctr_home
 from . import ebnerd, longctr
 from .dataset import LAYOUT_VERSION, SeqDataset, dataset_meta
 from .encode import encode, item_feature_table, user_feature_table
-from .sources import (ML100K_MEMBERS, Interactions, ResolvedSource, _names, fetch_ml100k, read_grouplens_ml100k,
+from .columns import feature_names
+from .sources import (ML100K_MEMBERS, Interactions, ResolvedSource, fetch_ml100k, read_grouplens_ml100k,
                       read_ml100k_atomic, read_ml_latest, read_side_table, read_table, table_files)
 
 PROTOCOL_VERSION = "ml100k-seqctr-v1"
@@ -213,8 +214,8 @@ def _side(spec: dict | None, default_key: str, what: str):
         raise InputError(f"{what} table does not exist", path=p)
     multi = spec.get("multi") or {}
     if isinstance(multi, (list, str)):
-        multi = {m: "|" for m in _names(multi)}
-    return [p], lambda: read_side_table(p, spec.get("key") or default_key, _names(spec.get("features")) or None,
+        multi = {m: "|" for m in feature_names(multi)}
+    return [p], lambda: read_side_table(p, spec.get("key") or default_key, feature_names(spec.get("features")) or None,
                                         multi, what)
 
 

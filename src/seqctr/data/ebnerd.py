@@ -25,7 +25,8 @@ import numpy as np
 
 from ..errors import InputError
 from .encode import Multi, SideTable, encode
-from .sources import ResolvedSource, _categorical, _ids, _timestamps, list_column, sha256_files
+from .columns import list_column, read_categorical, read_ids, read_times
+from .sources import ResolvedSource, sha256_files
 
 FILES = ("behaviors.parquet", "history.parquet")
 
@@ -61,15 +62,15 @@ def read_ebnerd(folder: Path, rule):
                 raise InputError(f"missing column (columns are {t.column_names})", path=p, column=c)
 
     # histories: per user, articles sorted by (time, article)
-    h_user = _ids(hist.column("user_id"), hpath, "user_id")
+    h_user = read_ids(hist.column("user_id"), hpath, "user_id")
     h_off, h_art = list_column(hist, "article_id_fixed", hpath)
     t_off, h_time = list_column(hist, "impression_time_fixed", hpath, "timestamps")
     if not np.array_equal(h_off, t_off):
         r = int(np.flatnonzero(np.diff(h_off) != np.diff(t_off))[0])
         raise InputError("article_id_fixed and impression_time_fixed differ in length", path=hpath,
                          column="impression_time_fixed", row=r + 1)
-    h_art = _ids(h_art, hpath, "article_id_fixed")
-    h_time = _timestamps(h_time, hpath, "impression_time_fixed")
+    h_art = read_ids(h_art, hpath, "article_id_fixed")
+    h_time = read_times(h_time, hpath, "impression_time_fixed")
     if len(np.unique(h_user)) != len(h_user):
         s = np.sort(h_user)
         dup = s[1:][s[1:] == s[:-1]][0]
@@ -77,9 +78,9 @@ def read_ebnerd(folder: Path, rule):
                          row=int(np.flatnonzero(h_user == dup)[1]) + 1)
 
     # impressions
-    b_user = _ids(beh.column("user_id"), bpath, "user_id")
-    b_time = _timestamps(beh.column("impression_time").combine_chunks(), bpath, "impression_time")
-    b_imp = _ids(beh.column("impression_id"), bpath, "impression_id")
+    b_user = read_ids(beh.column("user_id"), bpath, "user_id")
+    b_time = read_times(beh.column("impression_time").combine_chunks(), bpath, "impression_time")
+    b_imp = read_ids(beh.column("impression_id"), bpath, "impression_id")
     v_off, inview = list_column(beh, "article_ids_inview", bpath)
     c_off, clicked = list_column(beh, "article_ids_clicked", bpath)
     n_inview = np.diff(v_off)
@@ -87,8 +88,8 @@ def read_ebnerd(folder: Path, rule):
         r = int(np.flatnonzero(n_inview == 0)[0])
         raise InputError(f"impression {b_imp[r]} has no articles in view", path=bpath, column="article_ids_inview",
                          row=r + 1)
-    inview = _ids(inview, bpath, "article_ids_inview")
-    clicked = _ids(clicked, bpath, "article_ids_clicked")
+    inview = read_ids(inview, bpath, "article_ids_inview")
+    clicked = read_ids(clicked, bpath, "article_ids_clicked")
 
     # users: history users then behaviour-only users; events per user row sorted by (time, article)
     users = np.unique(np.concatenate([h_user, b_user]))
@@ -138,12 +139,12 @@ def read_ebnerd(folder: Path, rule):
         art = pq.read_table(apath)
         if "article_id" not in art.column_names:
             raise InputError(f"missing column (columns are {art.column_names})", path=apath, column="article_id")
-        a_id = _ids(art.column("article_id"), apath, "article_id")
+        a_id = read_ids(art.column("article_id"), apath, "article_id")
         if len(np.unique(a_id)) != len(a_id):
             raise InputError("duplicate article_id", path=apath, column="article_id")
         side = SideTable(key=a_id, path=str(apath))
         if "category" in art.column_names:
-            side.single["category"] = _categorical(art.column("category"))
+            side.single["category"] = read_categorical(art.column("category"))
         if "subcategory" in art.column_names:
             so, sv = list_column(art, "subcategory", apath)
             side.multi["subcategory"] = Multi(so, np.asarray(sv.to_numpy(zero_copy_only=False)))

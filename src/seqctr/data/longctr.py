@@ -94,7 +94,7 @@ def _int_column(table, name: str, path: Path, vocab: int | None = None) -> np.nd
 
 def _list_column(table, name: str, path: Path, floats: bool = False):
     """A list column -> (offsets [R+1], flat values as numbers; ids checked unless ``floats``)."""
-    from .sources import list_column
+    from .columns import list_column
 
     offsets, flat = list_column(table, name, path, "vectors" if floats else "ids")
     values = np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float64)

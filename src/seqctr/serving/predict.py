@@ -29,18 +29,19 @@ def predict_table(scorer, path: str | Path, out: str | Path, columns: dict | Non
     import pyarrow.parquet as pq
 
     from ..data import SeqBatch
-    from ..data.sources import _column, _ids, _read_table, _timestamps
+    from ..data.columns import get_column, read_ids, read_times
+    from ..data.sources import read_table_file
 
     path, out = Path(path), Path(out)
     columns = dict(columns or {})
-    table = _read_table(path, columns.get("names"))
+    table = read_table_file(path, columns.get("names"))
     names = {r: columns.get(r, r) for r in ("user", "item", "timestamp")}
-    user = _ids(_column(table, names["user"], path), path, names["user"])
-    item = _ids(_column(table, names["item"], path), path, names["item"])
-    ts = _timestamps(_column(table, names["timestamp"], path), path, names["timestamp"])
+    user = read_ids(get_column(table, names["user"], path), path, names["user"])
+    item = read_ids(get_column(table, names["item"], path), path, names["item"])
+    ts = read_times(get_column(table, names["timestamp"], path), path, names["timestamp"])
     label = None
     if label_column:
-        label = _column(table, label_column, path)
+        label = get_column(table, label_column, path)
     n = len(user)
     us, it = as_str(user), as_str(item)
     order = np.lexsort((it, ts, us))

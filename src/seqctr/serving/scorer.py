@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..data.encode import OOV, PAD, lookup
-from ..data.sources import BadTime, text_times
+from ..data.columns import BadTime, text_times
 from ..errors import InputError, TooLarge
 from .bundle import Bundle, load_bundle
 from .runtime import append, fingerprint, prefill, request_time, score
