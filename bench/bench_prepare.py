@@ -48,7 +48,7 @@ def child_prepare(source: str, home: str) -> dict:
     ds, folder, _ = prepare(source, home=Path(home), force=True)
     dt = time.perf_counter() - t0
     arrays = sum(f.stat().st_size for f in Path(folder).iterdir() if f.suffix == ".npy")
-    return {"seconds": dt, "events": int(ds.meta["n_events"]), "samples": int(len(ds.label)),
+    return {"seconds": dt, "events": int(ds.meta.n_events), "samples": int(len(ds.label)),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "arrays_mb": arrays / 2**20,
             "folder": str(folder)}
 

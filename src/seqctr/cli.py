@@ -133,7 +133,7 @@ def cmd_prepare(args) -> int:
     from .data.stats import split_summary
 
     ds, folder, cached = prepare(args.source, **_data_rules(args), force=args.force)
-    summary = {"dataset": ds.meta["name"], "protocol": ds.meta["protocol"], "cache": str(folder),
+    summary = {"dataset": ds.meta.name, "protocol": ds.meta.protocol, "cache": str(folder),
                "cached": cached, **split_summary(ds, args.buckets)}
     if args.json:
         print(dumps(summary))
@@ -163,7 +163,7 @@ def _train(cfg, out: Path, resume: bool, progress) -> dict:
         ds, folder, cached = prepare_config(cfg.data)
         if d.main:
             d.barrier()
-        say(f"data: {ds.meta['name']} {'(cached)' if cached else '(prepared)'} {folder}")
+        say(f"data: {ds.meta.name} {'(cached)' if cached else '(prepared)'} {folder}")
         trainer = Trainer(cfg, ds, out, progress=progress)
         say(f"model: {cfg.model.name}, {sum(p.numel() for p in trainer.model.parameters()):,} parameters, "
             f"device {trainer.device}" + (f" x {d.world} processes" if d.active else "") +
@@ -172,7 +172,7 @@ def _train(cfg, out: Path, resume: bool, progress) -> dict:
         if d.main:
             report = write_run_report(out, result)
             print()
-            print(format_metrics_table(result["test"], f"{cfg.model.name} on {ds.meta['name']}: test"))
+            print(format_metrics_table(result["test"], f"{cfg.model.name} on {ds.meta.name}: test"))
             print(f"\nreport: {report}\nmetrics: {out / 'metrics.json'}\ncheckpoint: {out / 'best.pt'}")
         return result
     finally:
@@ -249,8 +249,8 @@ def cmd_analyze_data(args) -> int:
     out = Path(args.out)
     write_json(out / "data.json", a)
     table = format_data_table(a)
-    md = f"# Length buckets of {ds.meta['name']}\n\n{a['n_users']:,} users, {a['n_samples']:,} samples.\n\n{table}\n"
-    _plot_data(a, out / "data.png", f"{ds.meta['name']}: users and samples by history length")
+    md = f"# Length buckets of {ds.meta.name}\n\n{a['n_users']:,} users, {a['n_samples']:,} samples.\n\n{table}\n"
+    _plot_data(a, out / "data.png", f"{ds.meta.name}: users and samples by history length")
     if (out / "data.png").exists():
         md += "\n![users vs samples per bucket](data.png)\n"
     from .utils.io import write_text
@@ -359,7 +359,7 @@ def cmd_export_data(args) -> int:
 
     ds, _, _ = prepare(args.source, **_data_rules(args))
     out = export_longctr(ds, Path(args.out))
-    print(f"{ds.meta['name']} -> {out} ({args.format}: train/valid/test.parquet, user_info.parquet, "
+    print(f"{ds.meta.name} -> {out} ({args.format}: train/valid/test.parquet, user_info.parquet, "
           f"item_info.parquet, feature_map.json)")
     return 0
 

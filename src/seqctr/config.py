@@ -75,15 +75,15 @@ class LainConfig:
             raise ConfigError(f"model.lain.l0: expected samples, users or a positive number, got {cfg.l0!r}")
         return cfg
 
-    def resolve_l0(self, meta: dict) -> float:
-        """The L0 this config asks for, from a prepared dataset's ``meta``."""
+    def resolve_l0(self, meta) -> float:
+        """The L0 this config asks for, from a prepared dataset's :class:`~seqctr.data.DatasetMeta`."""
         if not isinstance(self.l0, str):
             return float(self.l0)
         key = {"samples": "mean_train_len", "users": "mean_user_len"}[self.l0]
-        if key not in meta:
+        if getattr(meta, key, None) is None:
             raise ConfigError(f"model.lain.l0={self.l0}: the dataset was prepared before seqctr recorded {key}; "
                               "prepare it again (--force) or give l0 as a number")
-        return float(meta[key])
+        return float(getattr(meta, key))
 
 
 @dataclass

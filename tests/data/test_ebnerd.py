@@ -110,7 +110,7 @@ def test_articles_table_gives_the_category(tmp_path):
     pq.write_table(pa.table({"article_id": ids, "category": [cat[a] for a in ids],
                              "subcategory": [sub[a] for a in ids]}), folder / "articles.parquet")
     ds, cache, _ = prepare(str(folder), home=tmp_path / "h")
-    names = ds.meta["item_features"]
+    names = ds.meta.item_features
     assert names[:2] == ["item_id", "category"] and names.count("subcategory") == 2
     vocab, cv = ds.raw_vocab(cache, "item_id"), ds.raw_vocab(cache, "category")
     for i in range(2, len(vocab) + 2, 37):

@@ -68,11 +68,11 @@ def test_reads_the_layout_field_by_field(tmp_path):
         assert ds.sample_pos[idx].tolist() == c["seq_len"].tolist()
         assert ds.label[idx].tolist() == c["is_click"].astype(float).tolist()
     # user_gender is constant per user -> a user feature; hour varies -> a per-sample context feature
-    assert ds.meta["user_features"] == ["user_gender"] and ds.meta["context_features"] == ["hour"]
+    assert ds.meta.user_features == ["user_gender"] and ds.meta.context_features == ["hour"]
     all_hour = np.concatenate([splits[s]["hour"] for s in ("train", "valid", "test")])
     assert ds.context_feats[:, 0].tolist() == all_hour.tolist()
     # item table: id, category, 3 tag columns (0-padded, values as given), price bins; vectors frozen apart
-    names = ds.meta["item_features"]
+    names = ds.meta.item_features
     assert names == ["item_id", "cate_id", "tags", "tags", "tags", "price"]
     assert not ds.item_feats[0].any() and not ds.pretrained["item_emb"][0].any(), "index 0 is padding"
     assert ds.item_feats[1:, 1].tolist() == items["cate_id"][1:].tolist()
@@ -131,8 +131,8 @@ def assert_same_dataset(a, b):
     """Identical histories, feature tables, vocabulary sizes and, per split in order, samples and labels."""
     for n in ("seq_items", "offsets", "item_feats", "user_feats"):
         np.testing.assert_array_equal(getattr(a, n), getattr(b, n), err_msg=n)
-    assert a.meta["item_features"] == b.meta["item_features"]
-    assert a.meta["user_features"] == b.meta["user_features"]
+    assert a.meta.item_features == b.meta.item_features
+    assert a.meta.user_features == b.meta.user_features
     assert a.vocab_sizes == b.vocab_sizes
     for s in ("train", "valid", "test"):
         ia, ib = a.indices(s), b.indices(s)

@@ -140,7 +140,7 @@ def test_taobao_userbehavior_head_real_fixture(tmp_path):
     ds, _, _ = prepare(str(path), columns=cols, label={"column": "behavior", "positive": ["buy", "cart", "fav"]},
                        home=tmp_path / "h")
     # SOURCE.md: 43 users, 4,321 rows, 4,278 protocol-style samples, [1,50) 43.1%, >=200 10.8%
-    assert ds.meta["n_users"] == 43 and ds.meta["n_events"] == 4321
+    assert ds.meta.n_users == 43 and ds.meta.n_events == 4321
     assert len(ds.sample_pos) == 4278
     s = split_summary(ds)
     n = {k: sum(s[sp]["buckets"][k] for sp in ("train", "valid", "test")) for k in s["train"]["buckets"]}
@@ -152,3 +152,18 @@ def test_taobao_userbehavior_head_real_fixture(tmp_path):
     mask = np.ones(len(raw), bool)
     mask[list(first_pos.values())] = False
     assert ds.label.mean() == pytest.approx(np.isin(raw[mask, 3], ["buy", "cart", "fav"]).mean())
+
+
+def test_dataset_meta_is_typed_and_round_trips_through_its_dict(synth_ds, tmp_path):
+    """``meta`` is a :class:`DatasetMeta`; its dict form (meta.json, checkpoints, bundles) reads back
+    equal, a key of a newer layout is kept, and a saved dataset reopens with the same meta."""
+    from seqctr.data import DatasetMeta, SeqDataset
+
+    m = synth_ds.meta
+    assert isinstance(m, DatasetMeta) and m.has_time == synth_ds.has_time
+    assert m.batch_user_features == m.user_features + m.context_features
+    assert DatasetMeta.from_dict(m.to_dict()) == m
+    newer = DatasetMeta.from_dict({**m.to_dict(), "shard_count": 4})
+    assert newer.extra == {"shard_count": 4} and newer.to_dict()["shard_count"] == 4
+    synth_ds.save(tmp_path / "again")
+    assert SeqDataset.load(tmp_path / "again").meta == m

@@ -59,7 +59,7 @@ def _table(seed=0, n_users=25):
 def _same_dataset(a: SeqDataset, b: SeqDataset):
     for name in ARRAYS:
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
-    assert a.meta["vocab_sizes"] == b.meta["vocab_sizes"]
+    assert a.meta.vocab_sizes == b.meta.vocab_sizes
 
 
 def test_batch_size_does_not_change_the_result(tmp_path):

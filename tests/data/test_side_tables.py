@@ -25,7 +25,7 @@ def side_tables(tmp_path, rows):
 
 def decode_item(ds, folder, i):
     """Raw (brand, sorted genres) of item id ``i`` read back from the prepared tables."""
-    names = ds.meta["item_features"]
+    names = ds.meta.item_features
     gv, bv = ds.raw_vocab(folder, "genres"), ds.raw_vocab(folder, "brand")
     g = sorted(gv[v - 2] for v, n in zip(ds.item_feats[i], names) if n == "genres" and v >= 2)
     b = [bv[v - 2] for v, n in zip(ds.item_feats[i], names) if n == "brand" and v >= 2]
@@ -46,7 +46,7 @@ def test_item_and_user_side_tables(tmp_path, seqctr_home, capsys):
                                  users={"path": str(tmp_path / "users.csv")})
     assert cached, "the CLI options and the keywords describe the same cache"
     assert folder.name.startswith("t-table-v1-"), "a custom table's cache is named after it, not ml100k"
-    names = ds.meta["item_features"]
+    names = ds.meta.item_features
     assert names[:2] == ["item_id", "category"] and names.count("genres") == 2 and names.count("brand") == 1
     vocab = ds.raw_vocab(folder, "item_id")
     for i in range(2, len(vocab) + 2):
@@ -54,7 +54,7 @@ def test_item_and_user_side_tables(tmp_path, seqctr_home, capsys):
         b, g = decode_item(ds, folder, i)
         assert b == [brand[raw]]
         assert g == sorted(x for x in genres[raw].split("|") if x)        # "" -> no values (all padding)
-    assert ds.meta["user_features"] == ["user_id", "country", "tier"]
+    assert ds.meta.user_features == ["user_id", "country", "tier"]
     uv, cv = ds.raw_vocab(folder, "user_id"), ds.raw_vocab(folder, "country")
     for u in np.flatnonzero(ds.user_feats[:, 0] >= 2):        # users with a training sample
         raw = int(uv[ds.user_feats[u, 0] - 2])

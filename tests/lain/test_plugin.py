@@ -169,9 +169,9 @@ def test_l0_is_the_sample_mean_the_user_mean_or_a_number(synth_ds):
     longest = {}
     for u, L in zip(synth_ds.sample_user[tr], synth_ds.sample_pos[tr]):
         longest[int(u)] = max(longest.get(int(u), 0), int(L))
-    assert synth_ds.meta["mean_user_len"] == pytest.approx(np.mean(list(longest.values())))
-    assert synth_ds.meta["mean_train_len"] == pytest.approx(synth_ds.sample_pos[tr].mean())
-    for l0, want in (("samples", synth_ds.meta["mean_train_len"]), ("users", synth_ds.meta["mean_user_len"]),
+    assert synth_ds.meta.mean_user_len == pytest.approx(np.mean(list(longest.values())))
+    assert synth_ds.meta.mean_train_len == pytest.approx(synth_ds.sample_pos[tr].mean())
+    for l0, want in (("samples", synth_ds.meta.mean_train_len), ("users", synth_ds.meta.mean_user_len),
                      (37.5, 37.5)):
         m = build_model(ModelConfig(name="din", embedding_dim=8, mlp_hidden=[8], lain={"enabled": True, "l0": l0}),
                         synth_ds.meta)

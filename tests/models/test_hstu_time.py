@@ -33,7 +33,7 @@ def test_prepared_events_carry_their_timestamps(synth_ds, synth_csv):
     import pyarrow.csv as pacsv
 
     t = pacsv.read_csv(synth_csv).to_pydict()
-    assert synth_ds.has_time and synth_ds.meta["has_time"]
+    assert synth_ds.has_time and synth_ds.meta.has_time
     raw = {}
     for u, ts in zip(t["user"], t["timestamp"]):
         raw.setdefault(u, []).append(ts)

@@ -339,7 +339,7 @@ def rich_ds(tmp_path_factory):
 def test_cached_scoring_with_multi_valued_and_pretrained_features(rich_ds, name):
     model = make(rich_ds, name)
     model.embedding.load_pretrained(rich_ds.pretrained)
-    assert rich_ds.item_feats.shape[1] > len(dict.fromkeys(rich_ds.meta["item_features"])), "multi-valued columns"
+    assert rich_ds.item_feats.shape[1] > len(dict.fromkeys(rich_ds.meta.item_features)), "multi-valued columns"
     user, hist, cands = random_user(rich_ds, 9, seed=1)
     user = torch.cat([user, torch.tensor([[5]])], dim=1)                 # user feature + the context feature
     got = score(model, prefill(model, user[0], hist, seq_len=9, max_len=MAX_LEN), cands)

@@ -4,13 +4,13 @@ Preparation (``prepare``, readers, the dataset layout) needs NumPy and PyArrow o
 names (``BatchLoader``, ``SeqBatch``...) load PyTorch on first use, so ``seqctr prepare`` neither
 waits for nor holds the ~200 MB of an imported torch.
 """
-from .dataset import SeqDataset
+from .dataset import DatasetMeta, SeqDataset
 from .construct import PROTOCOL_VERSION, SplitRule, build_dataset, prepare, prepare_config, resolve_source
 from .sources import Interactions, read_table
 
 _BATCHING = ("BatchLoader", "SeqBatch", "gather_batch", "make_batches", "padding_fraction")
 
-__all__ = [*_BATCHING, "SeqDataset", "PROTOCOL_VERSION", "SplitRule", "build_dataset", "prepare", "prepare_config",
+__all__ = [*_BATCHING, "DatasetMeta", "SeqDataset", "PROTOCOL_VERSION", "SplitRule", "build_dataset", "prepare", "prepare_config",
            "Interactions", "read_table", "resolve_source"]
 
 

@@ -187,10 +187,10 @@ def build_dataset(inter: Interactions, split: SplitRule, name: str, protocol: st
         seq_ts=seq_ts,
         sample_ts=seq_ts[is_sample],
         meta=dataset_meta(name, protocol, inter.origin, inter.checksum, split.__dict__, item_names, user_names,
-                          vocab_sizes, n_users, n_events, vocab_arrays),
+                          vocab_sizes, n_users, n_events),
+        vocab_arrays=vocab_arrays,
     )
-    ds.meta.update(ds.length_stats())
-    return ds
+    return ds.record_lengths()
 
 
 def _events(name: str, protocol: str, files: list, read) -> ResolvedSource:
@@ -307,7 +307,7 @@ def prepare(source: str = "ml100k", *, columns: dict | None = None, label: dict 
         return SeqDataset.load(folder), folder, True
     ds = src.build(rule)
     ds.save(folder)
-    ds.meta.pop("_vocab_arrays", None)
+    ds.vocab_arrays = {}
     return ds, folder, False
 
 

@@ -13,13 +13,13 @@ Layout (``E`` events, ``U`` users, ``N`` samples, ``I`` item vocabulary rows):
   ``label [N] float32``, ``split [N] int8`` (0/1/2 = train/valid/test);
 - ``context_feats [N, Fc] int32``: per-sample categorical features (e.g. LongCTR sample columns
   that vary within a user); ``Fc`` is usually 0. A batch's user input is ``user_feats`` then these.
-- ``seq_ts [E] int64`` and ``sample_ts [N] int64`` (optional, ``meta["has_time"]``): every event's
+- ``seq_ts [E] int64`` and ``sample_ts [N] int64`` (optional, ``meta.has_time``): every event's
   timestamp and every sample's candidate time (the target event's own time in the one-sample-per-event
   protocols, the impression time in EB-NeRD), in the source's units. HSTU's time-bucket bias reads
   them; data without event times (LongCTR) has neither, and time-aware layers then leave time out.
 
 Multi-valued item features (genres) take several columns of ``item_feats`` under one name (0 =
-no value), pooled by the embedding layer. Pre-trained item vectors (``meta["pretrained"]``:
+no value), pooled by the embedding layer. Pre-trained item vectors (``meta.pretrained``:
 name -> width) are stored as ``pretrained_<name>.npy [I, P] float32``, looked up by item id.
 
 Nothing of size samples x max_len is stored.
@@ -27,7 +27,7 @@ Nothing of size samples x max_len is stored.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,63 @@ SPLITS = {"train": 0, "valid": 1, "test": 2}
 LAYOUT_VERSION = 4
 ARRAYS = ("seq_items", "offsets", "item_feats", "user_feats", "sample_user", "sample_pos", "sample_target", "label",
           "split", "context_feats")
-OPTIONAL_ARRAYS = ("seq_ts", "sample_ts")   # saved when present (meta["has_time"])
+OPTIONAL_ARRAYS = ("seq_ts", "sample_ts")   # saved when present (meta.has_time)
+
+
+@dataclass
+class DatasetMeta:
+    """What a prepared dataset records beside its arrays (``meta.json``); checkpoints, bundles and
+    results carry it as a plain dict (:meth:`to_dict`, read back by :meth:`from_dict`).
+
+    ``item_features`` / ``user_features`` / ``context_features``: the names of a batch's item, user
+    and per-sample columns; ``vocab_sizes``: rows of each feature's table (ids 0 = padding, 1 = out of
+    vocabulary); ``pretrained``: name -> ``[I, P]`` shape of frozen item vectors; ``mean_train_len`` /
+    ``mean_user_len``: LAIN's L0 choices (``model.lain.l0``); ``extra``: keys of a newer layout, kept."""
+
+    name: str
+    protocol: str
+    origin: str
+    source_sha256: str
+    split_rule: dict
+    item_features: list
+    user_features: list
+    vocab_sizes: dict
+    n_users: int
+    n_events: int
+    layout: int = LAYOUT_VERSION
+    context_features: list = field(default_factory=list)
+    pretrained: dict = field(default_factory=dict)
+    ignored_columns: list = field(default_factory=list)
+    has_time: bool = False
+    mean_train_len: float | None = None
+    mean_user_len: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: "dict | DatasetMeta") -> "DatasetMeta":
+        if isinstance(d, DatasetMeta):
+            return d
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in d.items() if k in known},
+                   extra={k: v for k, v in d.items() if k not in known and not k.startswith("_")})
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return {**out, **self.extra}
+
+    @property
+    def batch_user_features(self) -> list[str]:
+        """Names of a batch's user columns: the per-user features, then the per-sample context."""
+        return list(self.user_features) + list(self.context_features)
+
+
+def dataset_meta(name, protocol, origin, checksum, split_rule, item_names, user_names, vocab_sizes, n_users,
+                 n_events, **extra) -> DatasetMeta:
+    """The :class:`DatasetMeta` of a dataset a reader has just built."""
+    return DatasetMeta(name=name, protocol=protocol, origin=origin, source_sha256=checksum, split_rule=split_rule,
+                       item_features=list(item_names), user_features=list(user_names),
+                       vocab_sizes={k: int(v) for k, v in vocab_sizes.items()}, n_users=int(n_users),
+                       n_events=int(n_events), **extra)
 
 
 @dataclass
@@ -58,15 +114,18 @@ class SeqDataset:
     context_feats: np.ndarray | None = None
     seq_ts: np.ndarray | None = None       # [E] int64 event times (None: the data has none)
     sample_ts: np.ndarray | None = None    # [N] int64 candidate times
-    meta: dict = field(default_factory=dict)
+    meta: DatasetMeta | None = None
     pretrained: dict = field(default_factory=dict)   # name -> [I, P] float32 (see the module doc)
+    vocab_arrays: dict = field(default_factory=dict)  # feature -> raw ids of its vocabulary (saved beside meta)
 
     def __post_init__(self):
         if self.context_feats is None:
             self.context_feats = np.zeros((len(self.sample_user), 0), dtype=np.int32)
         if (self.seq_ts is None) != (self.sample_ts is None):
             raise ValueError("seq_ts and sample_ts come together (both or neither)")
-        self.meta["has_time"] = self.seq_ts is not None
+        self.meta = DatasetMeta.from_dict(self.meta) if self.meta is not None else None
+        if self.meta is not None:
+            self.meta.has_time = self.seq_ts is not None
 
     @property
     def has_time(self) -> bool:
@@ -76,16 +135,16 @@ class SeqDataset:
     # --- schema -------------------------------------------------------------------------------
     @property
     def item_feature_names(self) -> list[str]:
-        return self.meta["item_features"]
+        return self.meta.item_features
 
     @property
     def user_feature_names(self) -> list[str]:
         """Names of a batch's user columns: the per-user features, then the per-sample context."""
-        return self.meta["user_features"] + self.meta.get("context_features", [])
+        return self.meta.batch_user_features
 
     @property
     def vocab_sizes(self) -> dict[str, int]:
-        return self.meta["vocab_sizes"]
+        return self.meta.vocab_sizes
 
     @property
     def seq_len(self) -> np.ndarray:
@@ -120,9 +179,10 @@ class SeqDataset:
         has[users] = True
         return float(longest[has].mean())
 
-    def length_stats(self) -> dict:
-        """The length statistics LAIN's L0 can be (``model.lain.l0``), recorded in ``meta``."""
-        return {"mean_train_len": self.mean_train_len, "mean_user_len": self.mean_user_len}
+    def record_lengths(self) -> "SeqDataset":
+        """Record in ``meta`` the length statistics LAIN's L0 can be (``model.lain.l0``); returns self."""
+        self.meta.mean_train_len, self.meta.mean_user_len = self.mean_train_len, self.mean_user_len
+        return self
 
     # --- storage ------------------------------------------------------------------------------
     def save(self, folder: Path) -> None:
@@ -131,12 +191,11 @@ class SeqDataset:
             for name in ARRAYS + OPTIONAL_ARRAYS:
                 if getattr(self, name) is not None:
                     np.save(tmp / f"{name}.npy", getattr(self, name), allow_pickle=False)
-            for name, arr in self.meta.get("_vocab_arrays", {}).items():
+            for name, arr in self.vocab_arrays.items():
                 np.save(tmp / f"vocab_{name}.npy", arr, allow_pickle=False)
             for name, arr in self.pretrained.items():
                 np.save(tmp / f"pretrained_{name}.npy", arr, allow_pickle=False)
-            meta = {k: v for k, v in self.meta.items() if not k.startswith("_")}
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+            (tmp / "meta.json").write_text(json.dumps(self.meta.to_dict(), indent=2))
 
     @classmethod
     def load(cls, folder: Path, mmap: bool = True) -> "SeqDataset":
@@ -144,25 +203,16 @@ class SeqDataset:
         are read on demand and shared by every process on the machine that opens the same folder
         (DDP ranks, evaluation workers) — a 10^8-event dataset does not cost its size per process."""
         folder = Path(folder)
-        meta = json.loads((folder / "meta.json").read_text())
+        meta = DatasetMeta.from_dict(json.loads((folder / "meta.json").read_text()))
         mode = "r" if mmap else None
         arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False, mmap_mode=mode) for name in ARRAYS}
-        if meta.get("has_time"):
+        if meta.has_time:
             arrays.update({name: np.load(folder / f"{name}.npy", allow_pickle=False, mmap_mode=mode)
                            for name in OPTIONAL_ARRAYS})
         pre = {n: np.load(folder / f"pretrained_{n}.npy", allow_pickle=False, mmap_mode=mode)
-               for n in meta.get("pretrained", {})}
+               for n in meta.pretrained}
         return cls(**arrays, meta=meta, pretrained=pre)
 
     def raw_vocab(self, folder: Path, feature: str) -> np.ndarray:
         """Raw ids of a vocabulary (index ``i`` -> raw value of id ``i + 2``)."""
         return np.load(Path(folder) / f"vocab_{feature}.npy", allow_pickle=False)
-
-
-def dataset_meta(name, protocol, origin, checksum, split_rule, item_names, user_names, vocab_sizes, n_users,
-                 n_events, vocab_arrays, **extra) -> dict:
-    """The ``meta`` every prepared dataset carries (``_vocab_arrays`` is saved beside it, not in it)."""
-    return {"name": name, "protocol": protocol, "layout": LAYOUT_VERSION, "origin": origin,
-            "source_sha256": checksum, "split_rule": split_rule, "item_features": item_names,
-            "user_features": user_names, "vocab_sizes": {k: int(v) for k, v in vocab_sizes.items()},
-            "n_users": int(n_users), "n_events": int(n_events), **extra, "_vocab_arrays": vocab_arrays}

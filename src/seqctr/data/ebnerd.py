@@ -161,10 +161,10 @@ def read_ebnerd(folder: Path, rule):
         meta=dataset_meta(folder.name, "ebnerd-v1", f"ebnerd:{folder.name}",
                           sha256_files([bpath, hpath] + ([apath] if apath.is_file() else [])), rule.__dict__,
                           item_names, ["user_id"], {"item_id": vocab_size, "user_id": len(user_vocab) + 2, **isizes},
-                          len(users), len(ev_art), {"item_id": item_vocab, "user_id": user_vocab, **ivocabs}),
+                          len(users), len(ev_art)),
+        vocab_arrays={"item_id": item_vocab, "user_id": user_vocab, **ivocabs},
     )
-    ds.meta.update(ds.length_stats())
-    return ds
+    return ds.record_lengths()
 
 
 def _pairs(a1: np.ndarray, b1: np.ndarray, a2: np.ndarray, b2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ context features. Item ``sequence`` features are multi-valued (mean-pooled); ``n
 are cut into 16 quantile bins (edges from the training rows / all items; NaN -> the OOV id);
 ``embedding`` features (pre-trained vectors, e.g. ``item_emb_d128``) become frozen tables with a
 trainable projection to the embedding width. Columns the feature map does not describe are
-ignored and listed in ``meta["ignored_columns"]``.
+ignored and listed in ``meta.ignored_columns``.
 """
 from __future__ import annotations
 
@@ -289,11 +289,10 @@ def read_longctr(folder: Path):
         pretrained=pretrained,
         meta=dataset_meta(folder.name, "longctr-v1", f"longctr:{folder.name}", sha256_files(
             [folder / f for f in REQUIRED]), {"given": "train/valid/test parquet"}, item_names, user_names,
-            vocab_sizes, n_users, len(seq), {}, context_features=ctx_names,
+            vocab_sizes, n_users, len(seq), context_features=ctx_names,
             pretrained={n: list(m.shape) for n, m in pretrained.items()}, ignored_columns=ignored),
     )
-    ds.meta.update(ds.length_stats())
-    return ds
+    return ds.record_lengths()
 
 
 def export_longctr(ds, out: Path, dataset_id: str | None = None) -> Path:
@@ -305,8 +304,8 @@ def export_longctr(ds, out: Path, dataset_id: str | None = None) -> Path:
     import pyarrow.parquet as pq
 
     out = Path(out)
-    ufe = ds.meta["user_features"]
-    ctx = ds.meta.get("context_features", [])
+    ufe = ds.meta.user_features
+    ctx = ds.meta.context_features
     with atomic_dir(out) as tmp:
         for split in SPLIT_FILES:
             idx = ds.indices(split)
@@ -322,7 +321,7 @@ def export_longctr(ds, out: Path, dataset_id: str | None = None) -> Path:
         seq = pa.ListArray.from_arrays(pa.array(np.asarray(ds.offsets, np.int32)),
                                        pa.array(np.asarray(ds.seq_items, np.int64)))
         pq.write_table(pa.table({"full_item_seq": seq}), tmp / "user_info.parquet")
-        inames = ds.meta["item_features"]
+        inames = ds.meta.item_features
         item_cols = {"item_index": np.arange(len(ds.item_feats), dtype=np.int64)}
         feats, multi_len = [], {}
         for name in dict.fromkeys(inames):
@@ -353,7 +352,7 @@ def export_longctr(ds, out: Path, dataset_id: str | None = None) -> Path:
             feats.append({n: {"source": "item", "type": "embedding", "pretrain_dim": int(mat.shape[1])}})
         feats += [{n: {"type": "meta"}} for n in META_COLUMNS]
         names = list(dict.fromkeys(ufe + ctx + inames))
-        fmap = {"dataset_id": dataset_id or ds.meta["name"], "num_fields": len(names),
+        fmap = {"dataset_id": dataset_id or ds.meta.name, "num_fields": len(names),
                 "total_features": int(sum(vs[n] for n in names)), "input_length": 0, "labels": ["label"],
                 "features": feats}
         (tmp / "feature_map.json").write_text(json.dumps(fmap, indent=1))

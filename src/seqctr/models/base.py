@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import LainConfig
+from ..data.dataset import DatasetMeta
 from ..errors import ConfigError, check_keys
 from ..nn import MLP, AttentionCondition, FeatureEmbedding, MaskedDice
 from ..ops import IMPLS, Events, set_impl
@@ -338,11 +339,13 @@ class CTRModel(nn.Module):
         return loss
 
 
-def build_model(model_cfg, meta: dict) -> CTRModel:
-    """Build a :class:`CTRModel` from a ``ModelConfig`` and a prepared dataset's ``meta``."""
+def build_model(model_cfg, meta: DatasetMeta | dict) -> CTRModel:
+    """Build a :class:`CTRModel` from a ``ModelConfig`` and a prepared dataset's :class:`~seqctr.data.DatasetMeta`
+    (or its dict form, as checkpoints and bundles carry it)."""
+    meta = DatasetMeta.from_dict(meta)
     check_model_config(model_cfg)
-    emb = FeatureEmbedding(meta["vocab_sizes"], meta["user_features"] + meta.get("context_features", []),
-                           meta["item_features"], model_cfg.embedding_dim, pretrained=meta.get("pretrained"))
+    emb = FeatureEmbedding(meta.vocab_sizes, meta.batch_user_features, meta.item_features, model_cfg.embedding_dim,
+                           pretrained=meta.pretrained)
     try:
         backbone = _REGISTRY[model_cfg.name](item_dim=emb.item_dim, feature_dim=emb.dim, **model_cfg.options)
     except (TypeError, ValueError) as e:

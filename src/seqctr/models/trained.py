@@ -6,6 +6,7 @@ from pathlib import Path
 from ..checkpoint import load_checkpoint
 from ..config import config_from_dict
 from ..data import prepare_config
+from ..data.dataset import DatasetMeta
 from ..errors import SeqctrError
 from .base import build_model
 
@@ -19,9 +20,10 @@ def load_trained(checkpoint: str | Path, source: str | None = None, device="cpu"
         raise SeqctrError(f"{checkpoint}: not a best checkpoint (use a run's best.pt)")
     cfg = config_from_dict(ck["config"])
     ds, folder, _ = prepare_config(cfg.data, source)
-    if ds.meta["vocab_sizes"] != ck["meta"]["vocab_sizes"]:
+    trained_on = DatasetMeta.from_dict(ck["meta"])
+    if ds.meta.vocab_sizes != trained_on.vocab_sizes:
         raise SeqctrError(f"checkpoint {checkpoint} was trained on a dataset with other vocabularies "
-                          f"({ck['meta']['name']}, sha {ck['meta'].get('source_sha256', '?')[:12]}) than {folder}")
+                          f"({trained_on.name}, sha {trained_on.source_sha256[:12]}) than {folder}")
     model = build_model(cfg.model, ck["meta"])
     model.load_state_dict(ck["model"])
     return model.to(device).eval(), cfg, ds, folder

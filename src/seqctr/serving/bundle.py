@@ -61,7 +61,7 @@ def _user_table(ds) -> np.ndarray:
     ``user_id`` feature, else (LongCTR data whose user columns are other features) the dataset's
     user row + 2. Row 1: an unknown user, out-of-vocabulary in every feature; row 0: padding."""
     F = ds.user_feats.shape[1]
-    if ds.meta["user_features"][:1] == ["user_id"]:
+    if ds.meta.user_features[:1] == ["user_id"]:
         ids = np.asarray(ds.user_feats[:, 0])
         table = np.ones((ds.vocab_sizes["user_id"], F), dtype=np.int32)
     else:
@@ -103,7 +103,7 @@ def write_bundle(model, cfg, ds, folder: Path, out: str | Path, meta: dict | Non
                 np.save(tmp / f"vocab_{name}.npy", ds.raw_vocab(folder, name).astype(str), allow_pickle=False)
                 vocab_names.append(name)
         info = {"format": FORMAT, "version": f"{MAJOR}.0", "seqctr": __version__, "torch": torch.__version__,
-                "fingerprint": fingerprint(model), "config": cfg.to_dict(), "meta": meta or ds.meta,
+                "fingerprint": fingerprint(model), "config": cfg.to_dict(), "meta": meta or ds.meta.to_dict(),
                 "vocabularies": vocab_names, **(extra or {}),
                 "files": {p.name: _sha256(p) for p in sorted(tmp.iterdir())}}
         (tmp / "bundle.json").write_text(json.dumps(info, indent=1, default=str))

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.dataset import DatasetMeta
 from ..data.encode import OOV, PAD, lookup
 from ..data.columns import BadTime, text_times
 from ..errors import InputError, TooLarge
@@ -129,13 +130,13 @@ class Scorer:
         self.max_len = int(max_len or bundle.max_len)
         # a request's own history: the window's events and the true length beyond it (LAIN reads it)
         self.max_history = int(max_history or HISTORY_WINDOWS * self.max_len)
-        meta = bundle.info["meta"]
-        self.n_context = len(meta.get("context_features", []))
-        self.item_vocab_size = meta["vocab_sizes"]["item_id"]
+        meta = DatasetMeta.from_dict(bundle.info["meta"])
+        self.n_context = len(meta.context_features)
+        self.item_vocab_size = meta.vocab_sizes["item_id"]
         self.items = torch.from_numpy(np.asarray(bundle.items, np.int64))
         self.users = torch.from_numpy(np.asarray(bundle.users, np.int64))
         self._locks = [threading.Lock() for _ in range(64)]
-        self.uses_time = bool(self.model.backbone.uses_time and meta.get("has_time"))
+        self.uses_time = bool(self.model.backbone.uses_time and meta.has_time)
 
     @property
     def fingerprint(self) -> str:

@@ -174,7 +174,7 @@ class Trainer:
 
     def _save_best(self, valid: dict) -> None:
         if self.dist.main:
-            save_torch({"model": self.model.state_dict(), "config": self.cfg.to_dict(), "meta": self.ds.meta,
+            save_torch({"model": self.model.state_dict(), "config": self.cfg.to_dict(), "meta": self.ds.meta.to_dict(),
                         "epoch": self.state["epoch"], "valid": valid}, self.out / "best.pt")
         self.dist.barrier()
 
@@ -290,7 +290,7 @@ class Trainer:
         best = self.out / "best.pt"
         if best.is_file():
             self.model.load_state_dict(load_checkpoint(best, map_location=self.device)["model"])
-        result = {"config": self.cfg.to_dict(), "dataset": {k: v for k, v in self.ds.meta.items()},
+        result = {"config": self.cfg.to_dict(), "dataset": self.ds.meta.to_dict(),
                   "best_epoch": self.state["best_epoch"], "history": self.state["history"],
                   "valid": self.evaluate("valid"), "test": self.evaluate("test"), "processes": self.dist.world,
                   "n_parameters": sum(p.numel() for p in self.model.parameters()), "provenance": provenance()}
