@@ -235,3 +235,22 @@ def test_help_shows_defaults_and_every_reporting_command_has_json(capsys):
     reporting.update({f"experiment {k}": v for k, v in exp.items()})
     missing = [n for n, p in reporting.items() if not any("--json" in a.option_strings for a in p._actions)]
     assert not missing, missing
+
+
+def test_every_suite_is_registered_once_for_the_parser_and_the_report(tmp_path):
+    """A suite in seqctr.experiments.suites is a sub-command of ``experiment`` and a page of ``seqctr report``."""
+    from seqctr.cli import build_parser
+    from seqctr.experiments.report import write_experiments_report
+    from seqctr.experiments.suites import SUITES, report_pages
+
+    parser = build_parser()
+    for name, suite in SUITES.items():
+        args = parser.parse_args(["experiment", name, *(["--dataset", "kuaivideo", "--source", "x"]
+                                                        if name == "paper" else [])])
+        assert args.kind == name and args.func.__name__ == "cmd_experiment"
+        assert (name, "results.md", suite.title) in report_pages()
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.md").write_text(f"# page of {name}\n")
+    report = write_experiments_report(tmp_path).read_text()
+    assert all(f"page of {name}" in report for name in SUITES)
+    assert {"backbones", "ab"} <= set(SUITES)

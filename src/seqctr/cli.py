@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .experiments.suites import comma_list
 from .errors import SeqctrError
 from .utils.io import dumps
 from .utils.malloc import keep_freed_memory
@@ -26,18 +27,6 @@ def _columns_arg(text: str | None) -> dict:
         role, col = part.split("=", 1)
         out[role.strip()] = col.strip().split("+") if role.strip() in ("user_features", "item_features", "names") else col.strip()
     return out
-
-
-def comma_list(kind=float):
-    """argparse type: ``1,50,100`` -> ``[1.0, 50.0, 100.0]`` (the one list style of every option)."""
-    def parse(text: str) -> list:
-        try:
-            return [kind(x) for x in text.split(",") if x.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, got {text!r}")
-
-    parse.__name__ = f"comma-separated {kind.__name__} list"
-    return parse
 
 
 _UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
@@ -302,48 +291,13 @@ def cmd_analyze_kv(args) -> int:
     return 0
 
 
-def _one_backbone(args) -> str:
-    """The backbone of a one-backbone suite: ``--backbone``, or ``--backbones`` naming exactly one."""
-    if args.backbone:
-        return args.backbone
-    if len(args.backbones) != 1:
-        raise SeqctrError(f"experiment {args.kind} runs one backbone: give --backbone NAME (got --backbones "
-                          f"{','.join(args.backbones)})")
-    return args.backbones[0]
-
-
 def cmd_experiment(args) -> int:
-    from .experiments import backbone_suite, kv_suite, lain_suite
-
     from .config import resolve_config_dir
+    from .experiments.suites import SUITES
 
     common = dict(out=Path(args.out), config_dir=resolve_config_dir(args.config_dir), sets=args.set, jobs=args.jobs,
                   threads=args.threads)
-    seeds = args.seeds
-    if args.kind == "paper":
-        from .experiments.paper import reproduce
-
-        common.pop("config_dir")
-        reproduce(args.dataset, args.source, seeds, backbones=args.backbones, lengths=args.lengths, **common)
-    elif args.kind == "compare":
-        lain_suite.compare(args.backbones, seeds, **common)
-    elif args.kind == "maxlen":
-        lain_suite.maxlen(args.backbones, args.lengths, seeds, with_lain=not args.no_lain, **common)
-    elif args.kind == "backbones":
-        backbone_suite.backbones(args.backbones, seeds, baseline=args.baseline, **common)
-    elif args.kind == "ab":
-        backbone_suite.ab(args.backbones, seeds, b_sets=args.b, **common)
-    elif args.kind == "ablation":
-        lain_suite.ablation(_one_backbone(args), seeds, rows=args.rows, **common)
-    elif args.kind == "kv":
-        unknown = set(args.variants) - set(kv_suite.VARIANTS)
-        if unknown:
-            raise SeqctrError(f"--variants: unknown {sorted(unknown)}; known: {list(kv_suite.VARIANTS)}")
-        kv_suite.kv(args.backbones, seeds, variants=args.variants,
-                    sweep_backbone=args.sweep_backbone, user_dims=args.user_dims,
-                    pool_sizes=args.pool_sizes, **common)
-    else:
-        lain_suite.sensitivity(_one_backbone(args), seeds, **common)
+    SUITES[args.kind].run(args, common)
     md = Path(args.out) / args.kind / "results.md"
     if args.json:
         print((md.parent / "results.json").read_text().strip())
@@ -509,36 +463,62 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+class _Commands:
+    """What every command group's parser shares: the sub-command table, the ``--debug`` parent, the
+    data options, the help formatter."""
 
-    fmt = _Help
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="show the traceback of an error instead of one line")
-    p = argparse.ArgumentParser(prog="seqctr", description=__doc__.split("\n\n")[0], formatter_class=fmt,
-                                epilog="`seqctr COMMAND --help` shows a command's options.")
-    p.add_argument("--version", action="version", version=f"seqctr {__version__}")
-    p.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    def __init__(self, sub, common, fmt):
+        from .metrics import DEFAULT_BUCKETS
 
-    def command(name, help, parents=()):
-        return sub.add_parser(name, help=help, description=help, parents=[common, *parents], formatter_class=fmt)
+        self.sub, self.common, self.fmt, self.data = sub, common, fmt, data_options()
+        self.source_help = ("ml100k | ml-latest-small (built in) | a GroupLens ml-100k folder | a LongCTR folder | "
+                            "an EB-NeRD folder | an interactions table (.parquet/.csv/.tsv)")
+        self.buckets = dict(type=comma_list(float), default=",".join(map(str, DEFAULT_BUCKETS)),
+                            help="length bucket edges")
 
-    data = data_options()
-    source_help = ("ml100k | ml-latest-small (built in) | a GroupLens ml-100k folder | a LongCTR folder | "
-                   "an EB-NeRD folder | an interactions table (.parquet/.csv/.tsv)")
-    from .metrics import DEFAULT_BUCKETS
+    def command(self, name, help, parents=()):
+        return self.sub.add_parser(name, help=help, description=help, parents=[self.common, *parents],
+                                   formatter_class=self.fmt)
 
-    buckets = dict(type=comma_list(float), default=",".join(map(str, DEFAULT_BUCKETS)), help="length bucket edges")
-    pr = command("prepare", "prepare (and cache) a dataset; print its split counts", [data])
-    pr.add_argument("source", help=source_help)
+
+def _data_commands(c: _Commands) -> None:
+    """prepare, analyze, export-data: datasets and their length buckets."""
+    pr = c.command("prepare", "prepare (and cache) a dataset; print its split counts", [c.data])
+    pr.add_argument("source", help=c.source_help)
     pr.add_argument("--json", action="store_true", help="print one JSON object")
-    pr.add_argument("--buckets", **buckets)
+    pr.add_argument("--buckets", **c.buckets)
     pr.add_argument("--force", action="store_true", help="rebuild even if cached")
     pr.set_defaults(func=cmd_prepare)
 
-    tr = command("train", "train a model from a YAML config")
+    an = c.command("analyze", "length-bucket analyses: data | kv")
+    an_sub = an.add_subparsers(dest="what", required=True)
+    ad = an_sub.add_parser("data", parents=[c.common, c.data], formatter_class=c.fmt,
+                           help="users / samples / label rate / diversity per length bucket")
+    ad.add_argument("source", nargs="?", default="ml100k", help=c.source_help)
+    ad.add_argument("--buckets", **c.buckets)
+    ad.add_argument("--out", default="runs/experiments/data", help="folder for data.json / data.md / data.png")
+    ad.add_argument("--json", action="store_true", help="print one JSON object")
+    ad.set_defaults(func=cmd_analyze_data)
+
+    ak = an_sub.add_parser("kv", parents=[c.common], formatter_class=c.fmt,
+                           help="SVD of a trained model's short-branch K/V: shared vs user-specific")
+    ak.add_argument("--checkpoint", required=True, help="a two-branch model's best.pt")
+    ak.add_argument("--users", type=int, default=500, help="users whose K/V enter the SVD")
+    ak.add_argument("--out", default="runs/experiments/kv", help="folder for kv.json / kv.md / kv.png")
+    ak.add_argument("--json", action="store_true", help="print kv.json instead of the markdown")
+    ak.set_defaults(func=cmd_analyze_kv)
+
+    xd = c.command("export-data", "write a prepared dataset in another library's layout", [c.data])
+    xd.add_argument("source", help=c.source_help)
+    xd.add_argument("--format", choices=["longctr"], default="longctr",
+                    help="longctr: FuxiCTR/LongCTR parquet (train/valid/test, user_info, item_info, feature_map.json)")
+    xd.add_argument("--out", required=True, help="folder to write (replaced atomically)")
+    xd.set_defaults(func=cmd_export_data)
+
+
+def _model_commands(c: _Commands) -> None:
+    """train, evaluate."""
+    tr = c.command("train", "train a model from a YAML config")
     tr.add_argument("--config", required=True, help="YAML run config: a file, or a packaged name such as din, "
                     "ml100k/twin, mlls/sim_1000 (`extends:` merges a base file)")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=3")
@@ -549,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "CPU, NCCL on GPUs); for several machines run torchrun -m seqctr train yourself")
     tr.set_defaults(func=cmd_train)
 
-    ev = command("evaluate", "evaluate a checkpoint overall and per length bucket")
+    ev = c.command("evaluate", "evaluate a checkpoint overall and per length bucket")
     ev.add_argument("--checkpoint", required=True, help="a run's best.pt or last.pt")
     ev.add_argument("--split", default="test", choices=["train", "valid", "test"], help="which split to score")
     ev.add_argument("--source", help="override the dataset source stored in the checkpoint's config")
@@ -557,24 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print one JSON object (empty buckets: null)")
     ev.set_defaults(func=cmd_evaluate)
 
-    an = command("analyze", "length-bucket analyses: data | kv")
-    an_sub = an.add_subparsers(dest="what", required=True)
-    ad = an_sub.add_parser("data", parents=[common, data], formatter_class=fmt,
-                           help="users / samples / label rate / diversity per length bucket")
-    ad.add_argument("source", nargs="?", default="ml100k", help=source_help)
-    ad.add_argument("--buckets", **buckets)
-    ad.add_argument("--out", default="runs/experiments/data", help="folder for data.json / data.md / data.png")
-    ad.add_argument("--json", action="store_true", help="print one JSON object")
-    ad.set_defaults(func=cmd_analyze_data)
 
-    ak = an_sub.add_parser("kv", parents=[common], formatter_class=fmt,
-                           help="SVD of a trained model's short-branch K/V: shared vs user-specific")
-    ak.add_argument("--checkpoint", required=True, help="a two-branch model's best.pt")
-    ak.add_argument("--users", type=int, default=500, help="users whose K/V enter the SVD")
-    ak.add_argument("--out", default="runs/experiments/kv", help="folder for kv.json / kv.md / kv.png")
-    ak.add_argument("--json", action="store_true", help="print kv.json instead of the markdown")
-    ak.set_defaults(func=cmd_analyze_kv)
-
+def _experiment_commands(c: _Commands) -> None:
+    """experiment SUITE: one sub-command per registered suite (seqctr.experiments.suites)."""
     runs = argparse.ArgumentParser(add_help=False)
     g = runs.add_argument_group("runs (every suite)")
     g.add_argument("--seeds", type=comma_list(int), default="2024,2025,2026", help="one run per seed and variant")
@@ -585,64 +550,32 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=1, help="torch threads per run")
     g.add_argument("--out", default="runs/experiments", help="results root (runs resume from here)")
     g.add_argument("--json", action="store_true", help="print results.json instead of the markdown table")
-    ex = command("experiment", "experiment suites: LAIN (compare | maxlen | ablation | sensitivity), CollectiveKV (kv), "
-                               "bare backbones against each other (backbones), A/B of a setting (ab)")
+    from .experiments.suites import SUITES
+
+    ex = c.command("experiment", f"experiment suites: {' | '.join(SUITES)} (`seqctr experiment SUITE --help`)")
     ex_sub = ex.add_subparsers(dest="kind", required=True, metavar="SUITE")
 
-    def suite(name, help, backbones_help, default_backbones, one=False):
-        sp = ex_sub.add_parser(name, help=help, description=help, parents=[common, runs], formatter_class=fmt)
-        if one:         # a suite of one backbone: --backbone (--backbones NAME still read, one name only)
-            sp.add_argument("--backbone", default=None, help=f"{backbones_help} (default: {default_backbones})")
-            sp.add_argument("--backbones", type=comma_list(str), default=[default_backbones], help=argparse.SUPPRESS)
+    for suite in SUITES.values():
+        sp = ex_sub.add_parser(suite.name, help=suite.help, description=suite.help, parents=[c.common, runs],
+                               formatter_class=c.fmt)
+        if suite.one:   # a suite of one backbone: --backbone (--backbones NAME still read, one name only)
+            sp.add_argument("--backbone", default=None, help=f"the backbone (default: {suite.backbones})")
+            sp.add_argument("--backbones", type=comma_list(str), default=[suite.backbones], help=argparse.SUPPRESS)
         else:
-            sp.add_argument("--backbones", type=comma_list(str), default=default_backbones, help=backbones_help)
+            sp.add_argument("--backbones", type=comma_list(str), default=suite.backbones, help="comma list")
+        suite.options(sp)
         sp.set_defaults(func=cmd_experiment)
-        return sp
 
-    suite("compare", "LAIN vs bare backbones per length bucket", "comma list", "din,dien,sim,sdim,twin")
-    ml = suite("maxlen", "max_len sweep, bare and +LAIN: per-bucket AUC and attention Gini", "comma list", "din,twin")
-    ml.add_argument("--lengths", type=comma_list(int), default="50,100,200,500", help="the max_len values")
-    ml.add_argument("--no-lain", action="store_true", help="bare backbones only")
-    ab = suite("ablation", "LAIN component ablation (paper Table 6)", "the backbone", "twin", one=True)
-    ab.add_argument("--rows", type=comma_list(str), default=None,
-                    help="which rows: bare, full, no_lcp, no_qk_condition, no_temperature, no_lma, no_short_branch "
-                         "(default: these), and the open choices l0_users, l0_samples, prompt_small (vs full)")
-    suite("sensitivity", "LAIN sensitivity grid: d_f x hidden x prompts (paper Fig. 4)", "the backbone", "twin",
-          one=True)
-    bb = suite("backbones", "bare backbones against a baseline backbone per length bucket (e.g. HSTU vs DIN)",
-               "comma list", "din,hstu")
-    bb.add_argument("--baseline", help="the backbone the others are compared with (default: the first)")
-    abp = suite("ab", "A/B of a setting per backbone: as configured vs with --b overrides (e.g. a speed lever's "
-                      "accuracy)", "comma list", "din,twin")
-    abp.add_argument("--b", action="append", default=[], metavar="KEY=VALUE",
-                     help="an override of the B side (repeatable), e.g. train.precision=bf16")
-    pp = suite("paper", "the LAIN paper's Tables 3-6 on your copy of its data (a LongCTR folder), its numbers "
-                        "beside ours", "comma list", "din,dien,sim,sdim,twin")
-    pp.add_argument("--dataset", required=True, choices=["microvideo", "kuaivideo", "ebnerd"],
-                    help="which of the paper's datasets SOURCE is (MicroVideo1.7M_x2, KuaiVideo_x2, EBNeRD_small_x1)")
-    pp.add_argument("--source", required=True, help="the dataset's LongCTR folder")
-    pp.add_argument("--lengths", type=comma_list(int), default="200,500,1000", help="max_len values of Table 5")
-    kv = suite("kv", "CollectiveKV variants vs the uncompressed model, cache bytes, d_u and pool sweeps",
-               "comma list", "sim,eta,sdim,twin,hstu")
-    kv.add_argument("--variants", type=comma_list(str), default="base,silu,ck,cv,ckv", help="which of base,silu,ck,cv,ckv")
-    kv.add_argument("--sweep-backbone", default="twin", help="backbone for the d_u and pool-size sweeps ('' = none)")
-    kv.add_argument("--user-dims", type=comma_list(int), default="1,2,4,8", help="d_u sweep")
-    kv.add_argument("--pool-sizes", type=comma_list(int), default="100,1000,10000", help="pool-size sweep")
 
-    xd = command("export-data", "write a prepared dataset in another library's layout", [data])
-    xd.add_argument("source", help=source_help)
-    xd.add_argument("--format", choices=["longctr"], default="longctr",
-                    help="longctr: FuxiCTR/LongCTR parquet (train/valid/test, user_info, item_info, feature_map.json)")
-    xd.add_argument("--out", required=True, help="folder to write (replaced atomically)")
-    xd.set_defaults(func=cmd_export_data)
-
-    xp = command("export", "write a trained run's model bundle: all a server needs (weights, config, vocabularies)")
+def _serving_commands(c: _Commands) -> None:
+    """export, predict, serve, histories: bundles and the scoring service."""
+    xp = c.command("export", "write a trained run's model bundle: all a server needs (weights, config, vocabularies)")
     xp.add_argument("--checkpoint", required=True, help="the run's best.pt")
     xp.add_argument("--out", required=True, help="bundle folder to write (replaced atomically)")
     xp.add_argument("--source", help="override the dataset source stored in the checkpoint's config")
     xp.set_defaults(func=cmd_export)
 
-    pd = command("predict", "score every event of an interactions table with a bundle (history = the "
+    pd = c.command("predict", "score every event of an interactions table with a bundle (history = the "
                             "user's earlier events in the table)")
     pd.add_argument("--model", required=True, help="bundle folder (seqctr export)")
     pd.add_argument("--input", required=True, help="interactions table (.parquet/.csv/.tsv)")
@@ -654,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--no-progress", action="store_true", help="no progress bar")
     pd.set_defaults(func=cmd_predict)
 
-    sv = command("serve", "HTTP scoring service of a bundle (FastAPI + uvicorn; needs the serve extra)", [data])
+    sv = c.command("serve", "HTTP scoring service of a bundle (FastAPI + uvicorn; needs the serve extra)", [c.data])
     sv.add_argument("--model", required=True, help="bundle folder (seqctr export)")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on")
     sv.add_argument("--port", type=int, default=8000, help="port to listen on")
@@ -675,31 +608,50 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--log-level", default="warning", help="uvicorn log level (every 5xx is logged at any level)")
     sv.set_defaults(func=cmd_serve)
 
-    hs = command("histories", "load every user's history from a data source into a persistent serving store "
-                 "(what `seqctr serve --histories` does before it starts)", [data])
-    hs.add_argument("source", help=source_help)
+    hs = c.command("histories", "load every user's history from a data source into a persistent serving store "
+                 "(what `seqctr serve --histories` does before it starts)", [c.data])
+    hs.add_argument("source", help=c.source_help)
     hs.add_argument("--store", default="memory", help="memory (with --history-file) | redis://host:port/db")
     hs.add_argument("--history-file", help="the SQLite history file that `seqctr serve --history-file` reads")
     hs.add_argument("--json", action="store_true", help="print one JSON object")
     hs.add_argument("--no-progress", action="store_true", help="no progress bar")
     hs.set_defaults(func=cmd_histories)
 
-    cf = command("configs", "list the packaged run configs (use them as --config NAME), or print the "
+
+def _other_commands(c: _Commands) -> None:
+    """configs, report, demo."""
+    cf = c.command("configs", "list the packaged run configs (use them as --config NAME), or print the "
                             "configuration reference")
     cf.add_argument("--reference", action="store_true", help="print every config key, backbone option and default "
                     "(markdown; docs/configuration.md is this)")
     cf.set_defaults(func=cmd_configs)
 
-    rp = command("report", "one markdown report from whatever experiment results exist")
+    rp = c.command("report", "one markdown report from whatever experiment results exist")
     rp.add_argument("--out", default="runs/experiments", help="results root to read and write report.md into")
     rp.set_defaults(func=cmd_report)
 
-    de = command("demo", "train and evaluate DIN on ml100k; print the table, write the report")
+    de = c.command("demo", "train and evaluate DIN on ml100k; print the table, write the report")
     de.add_argument("--out", default="runs/demo", help="run folder")
     de.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=3")
     de.add_argument("--resume", action="store_true", help="continue after the last finished epoch")
     de.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines only)")
     de.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``seqctr`` parser, built per command group."""
+    from . import __version__
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an error instead of one line")
+    p = argparse.ArgumentParser(prog="seqctr", description=__doc__.split("\n\n")[0], formatter_class=_Help,
+                                epilog="`seqctr COMMAND --help` shows a command's options.")
+    p.add_argument("--version", action="version", version=f"seqctr {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
+    c = _Commands(p.add_subparsers(dest="command", required=True, metavar="COMMAND"), common, _Help)
+    for group in (_data_commands, _model_commands, _experiment_commands, _serving_commands, _other_commands):
+        group(c)
     return p
 
 

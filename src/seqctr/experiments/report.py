@@ -79,20 +79,14 @@ def write_run_report(run_dir: str | Path, result: dict) -> Path:
     return path
 
 
-# every suite's page, in reading order: `seqctr report` includes whichever are present
-EXPERIMENTS = [("data", "data.md", "Length buckets of the data"), ("compare", "results.md", "LAIN vs bare backbones"),
-               ("maxlen", "results.md", "max_len sweep"), ("ablation", "results.md", "LAIN ablation"),
-               ("sensitivity", "results.md", "LAIN sensitivity"), ("paper", "results.md", "The LAIN paper's tables"),
-               ("backbones", "results.md", "Backbones against each other"), ("ab", "results.md", "A/B of a setting"),
-               ("kv", "results.md", "CollectiveKV vs uncompressed K/V"), ("kv", "kv.md", "K/V SVD diagnostic")]
-
-
 def write_experiments_report(root: Path) -> Path:
     """Assemble ``root/report.md`` from the experiment folders present (images linked relative)."""
     root = Path(root)
     lines = ["# seqctr length-analysis report", ""]
     found = []
-    for folder, name, title in EXPERIMENTS:
+    from .suites import report_pages
+
+    for folder, name, title in report_pages():
         p = root / folder / name
         if not p.is_file():
             continue
