@@ -90,6 +90,40 @@ def lookup(vocab: np.ndarray, raw: np.ndarray) -> np.ndarray:
     return np.where(vocab[pos] == s, pos + 2, OOV).astype(np.int32)
 
 
+@dataclass(frozen=True)
+class Vocabulary:
+    """How raw ids become rows of a feature's table, for data and serving alike. Row 0 is padding.
+
+    - encoded (``values``: the raw values of ids 2.. in id order, made by :func:`encode`): a known
+      value is its row, an unknown one the out-of-vocabulary row 1;
+    - ids as given (LongCTR, already encoded: ``values`` None): an integer ``r`` is row ``r + offset``
+      when that row exists and is not padding (nor, with ``offset >= 2``, below ``offset``); there is
+      no out-of-vocabulary row (row 1 is a real id), so anything else is the padding row, "no information".
+    """
+
+    values: np.ndarray | None = None
+    size: int = 0
+    offset: int = 0
+
+    @property
+    def unknown(self) -> int:
+        """The row of an unknown id: OOV when encoded, padding when ids are given."""
+        return OOV if self.values is not None else PAD
+
+    def ids(self, raw) -> np.ndarray:
+        """Rows ``[N]`` of raw ids (strings or integers)."""
+        raw = np.asarray(raw, dtype=object)
+        if self.values is not None:
+            return lookup(self.values, raw) if len(raw) else np.zeros(0, np.int32)
+        out = np.full(len(raw), PAD, np.int64)
+        lowest = max(1, self.offset)
+        for i, r in enumerate(raw):
+            r = str(r)
+            if r.lstrip("-").isdigit() and lowest <= int(r) + self.offset < self.size:
+                out[i] = int(r) + self.offset
+        return out
+
+
 @dataclass
 class Multi:
     """A multi-valued column: row ``r`` holds ``values[offsets[r]:offsets[r+1]]``."""

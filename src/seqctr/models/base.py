@@ -305,13 +305,18 @@ class CTRModel(nn.Module):
                          cond=self.lain(batch.seq_len) if self.lain is not None else None,
                          hist_time=batch.hist_time, target_time=batch.target_time, rows=rows)
 
+    def logits(self, user: torch.Tensor, target: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+        """The head: embedded user ``[B, Du]``, target ``[B, Di]`` and the backbone's vector ``[B, out]``
+        -> logits ``[B]`` (the one place training, evaluation and serving score from)."""
+        return self.head(torch.cat([user, target, vector], dim=-1)).squeeze(-1)
+
     def forward(self, batch, need_weights: bool = False) -> ModelOutput:
         emb = self.embedding
         x = self.inputs(batch, need_weights)
         target = x.target
         out = self.backbone(x)
         user = emb.user(batch.user)
-        logits = self.head(torch.cat([user, target, out.vector], dim=-1)).squeeze(-1)
+        logits = self.logits(user, target, out.vector)
         aux_logits = None
         if self.aux_head is not None and out.aux_vector is not None and self.training:
             aux_logits = self.aux_head(torch.cat([user, target, out.aux_vector], dim=-1)).squeeze(-1)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..data.dataset import DatasetMeta
-from ..data.encode import OOV, PAD, lookup
+from ..data.encode import Vocabulary
 from ..data.columns import BadTime, text_times
 from ..errors import InputError, TooLarge
 from .bundle import Bundle, load_bundle
@@ -135,6 +135,9 @@ class Scorer:
         self.item_vocab_size = meta.vocab_sizes["item_id"]
         self.items = torch.from_numpy(np.asarray(bundle.items, np.int64))
         self.users = torch.from_numpy(np.asarray(bundle.users, np.int64))
+        # ids as given (LongCTR): items are their own rows, users their row + 2 (rows 0, 1: padding, unknown)
+        self.item_vocab = Vocabulary(bundle.vocabs.get("item_id"), size=self.item_vocab_size)
+        self.user_vocab = Vocabulary(bundle.vocabs.get("user_id"), size=len(self.users), offset=2)
         self._locks = [threading.Lock() for _ in range(64)]
         self.uses_time = bool(self.model.backbone.uses_time and meta.has_time)
 
@@ -144,17 +147,8 @@ class Scorer:
 
     # -- raw ids -> model inputs ---------------------------------------------------------------
     def item_ids(self, raw: list[str]) -> np.ndarray:
-        """Item vocabulary ids of raw item ids (unknown -> OOV)."""
-        vocab = self.bundle.vocabs.get("item_id")
-        if vocab is not None:
-            return lookup(vocab, np.asarray(raw, dtype=object)) if raw else np.zeros(0, np.int32)
-        # data with ids used as given (LongCTR): there is no out-of-vocabulary id (1 is a real item),
-        # so an unknown item is the padding id, "no information"
-        out = np.full(len(raw), PAD, np.int64)
-        for i, r in enumerate(raw):
-            if r.lstrip("-").isdigit() and 0 < int(r) < self.item_vocab_size:
-                out[i] = int(r)
-        return out
+        """Item vocabulary ids of raw item ids (:class:`~seqctr.data.encode.Vocabulary` rules)."""
+        return self.item_vocab.ids(raw)
 
     def item_rows(self, raw: list[str]) -> torch.Tensor:
         """``[N, C]`` item feature ids of raw item ids."""
@@ -162,16 +156,9 @@ class Scorer:
 
     def user_row(self, user: str) -> torch.Tensor:
         """``[Fu]`` user (and context) feature ids of a raw user id; unknown -> all OOV."""
-        vocab = self.bundle.vocabs.get("user_id")
-        if vocab is not None:
-            uid = int(lookup(vocab, np.asarray([user], dtype=object))[0])
-            unknown = OOV
-        else:   # ids as given (LongCTR): the user row + 2; unknown -> the padding row (no OOV id there)
-            uid = int(user) + 2 if user.isdigit() and int(user) + 2 < len(self.users) else PAD
-            unknown = PAD
-        row = self.users[uid]
+        row = self.users[int(self.user_vocab.ids([user])[0])]
         if self.n_context:
-            row = torch.cat([row, torch.full((self.n_context,), unknown, dtype=row.dtype)])
+            row = torch.cat([row, torch.full((self.n_context,), self.user_vocab.unknown, dtype=row.dtype)])
         return row
 
     def _lock(self, user: str) -> threading.Lock:
