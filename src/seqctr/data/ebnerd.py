@@ -45,23 +45,9 @@ def resolve(folder: Path):
     return ResolvedSource(folder.name, files, lambda rule: read_ebnerd(folder, rule), "ebnerd-v1")
 
 
-def read_ebnerd(folder: Path, rule):
-    """Read an EB-NeRD folder into a :class:`SeqDataset` (rules in the module doc)."""
-    import pyarrow.parquet as pq
-
-    from .dataset import dataset_meta
-    from .encode import item_feature_table
-    from .dataset import SeqDataset
-
-    folder = Path(folder)
-    bpath, hpath = folder / "behaviors.parquet", folder / "history.parquet"
-    beh, hist = pq.read_table(bpath), pq.read_table(hpath)
-    for t, p, cols in ((beh, bpath, ("impression_id", "impression_time", "user_id")), (hist, hpath, ("user_id",))):
-        for c in cols:
-            if c not in t.column_names:
-                raise InputError(f"missing column (columns are {t.column_names})", path=p, column=c)
-
-    # histories: per user, articles sorted by (time, article)
+def _histories(hist, hpath: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Step 1, ``history.parquet``: ``(user per row [H], list offsets [H+1], articles [E], times [E])``;
+    articles and times of equal length per row, one row per user."""
     h_user = read_ids(hist.column("user_id"), hpath, "user_id")
     h_off, h_art = list_column(hist, "article_id_fixed", hpath)
     t_off, h_time = list_column(hist, "impression_time_fixed", hpath, "timestamps")
@@ -69,88 +55,112 @@ def read_ebnerd(folder: Path, rule):
         r = int(np.flatnonzero(np.diff(h_off) != np.diff(t_off))[0])
         raise InputError("article_id_fixed and impression_time_fixed differ in length", path=hpath,
                          column="impression_time_fixed", row=r + 1)
-    h_art = read_ids(h_art, hpath, "article_id_fixed")
-    h_time = read_times(h_time, hpath, "impression_time_fixed")
     if len(np.unique(h_user)) != len(h_user):
         s = np.sort(h_user)
         dup = s[1:][s[1:] == s[:-1]][0]
         raise InputError(f"user {dup.item()!r} has two history rows", path=hpath, column="user_id",
                          row=int(np.flatnonzero(h_user == dup)[1]) + 1)
+    return (h_user, h_off, read_ids(h_art, hpath, "article_id_fixed"),
+            read_times(h_time, hpath, "impression_time_fixed"))
 
-    # impressions
-    b_user = read_ids(beh.column("user_id"), bpath, "user_id")
-    b_time = read_times(beh.column("impression_time").combine_chunks(), bpath, "impression_time")
-    b_imp = read_ids(beh.column("impression_id"), bpath, "impression_id")
-    v_off, inview = list_column(beh, "article_ids_inview", bpath)
-    c_off, clicked = list_column(beh, "article_ids_clicked", bpath)
-    n_inview = np.diff(v_off)
+
+def _impressions(beh, bpath: Path) -> dict:
+    """Step 2, ``behaviors.parquet``: per impression its id, user, time and in-view / clicked lists
+    (``*_off`` offsets into the flat ``inview`` / ``clicked`` article ids); none without an article in view."""
+    imp = {"user": read_ids(beh.column("user_id"), bpath, "user_id"),
+           "time": read_times(beh.column("impression_time").combine_chunks(), bpath, "impression_time"),
+           "id": read_ids(beh.column("impression_id"), bpath, "impression_id")}
+    imp["inview_off"], inview = list_column(beh, "article_ids_inview", bpath)
+    imp["clicked_off"], clicked = list_column(beh, "article_ids_clicked", bpath)
+    n_inview = np.diff(imp["inview_off"])
     if (n_inview == 0).any():
         r = int(np.flatnonzero(n_inview == 0)[0])
-        raise InputError(f"impression {b_imp[r]} has no articles in view", path=bpath, column="article_ids_inview",
-                         row=r + 1)
-    inview = read_ids(inview, bpath, "article_ids_inview")
-    clicked = read_ids(clicked, bpath, "article_ids_clicked")
+        raise InputError(f"impression {imp['id'][r]} has no articles in view", path=bpath,
+                         column="article_ids_inview", row=r + 1)
+    imp["inview"] = read_ids(inview, bpath, "article_ids_inview")
+    imp["clicked"] = read_ids(clicked, bpath, "article_ids_clicked")
+    return imp
 
-    # users: history users then behaviour-only users; events per user row sorted by (time, article)
-    users = np.unique(np.concatenate([h_user, b_user]))
-    h_row = np.searchsorted(users, h_user)
-    ev_user = np.repeat(h_row, np.diff(h_off))
+
+def _split_by_time(ids: np.ndarray, times: np.ndarray, rule) -> np.ndarray:
+    """Step 4: per impression 0 / 1 / 2 (train / valid / test): the last ``test_frac`` of impressions by
+    (time, id) are test, the ``valid_frac`` before them valid."""
+    n = len(ids)
+    order = np.lexsort((ids, times))
+    n_test, n_valid = int(round(rule.test_frac * n)), int(round(rule.valid_frac * n))
+    split = np.zeros(n, dtype=np.int8)
+    split[order[n - n_test:]] = 2
+    split[order[n - n_test - n_valid:n - n_test]] = 1
+    return split
+
+
+def _articles(apath: Path) -> SideTable | None:
+    """Step 5, ``articles.parquet`` when present: ``category`` and the multi-valued ``subcategory``."""
+    import pyarrow.parquet as pq
+
+    if not apath.is_file():
+        return None
+    art = pq.read_table(apath)
+    if "article_id" not in art.column_names:
+        raise InputError(f"missing column (columns are {art.column_names})", path=apath, column="article_id")
+    a_id = read_ids(art.column("article_id"), apath, "article_id")
+    if len(np.unique(a_id)) != len(a_id):
+        raise InputError("duplicate article_id", path=apath, column="article_id")
+    side = SideTable(key=a_id, path=str(apath))
+    if "category" in art.column_names:
+        side.single["category"] = read_categorical(art.column("category"))
+    if "subcategory" in art.column_names:
+        so, sv = list_column(art, "subcategory", apath)
+        side.multi["subcategory"] = Multi(so, np.asarray(sv.to_numpy(zero_copy_only=False)))
+    return side
+
+
+def read_ebnerd(folder: Path, rule):
+    """Read an EB-NeRD folder into a :class:`SeqDataset` (rules in the module doc), in steps: histories,
+    impressions, events and samples per user, the time split, vocabularies and article features."""
+    import pyarrow.parquet as pq
+
+    from .dataset import SeqDataset, dataset_meta
+    from .encode import item_feature_table
+
+    folder = Path(folder)
+    bpath, hpath, apath = folder / "behaviors.parquet", folder / "history.parquet", folder / "articles.parquet"
+    beh, hist = pq.read_table(bpath), pq.read_table(hpath)
+    for t, p, cols in ((beh, bpath, ("impression_id", "impression_time", "user_id")), (hist, hpath, ("user_id",))):
+        for c in cols:
+            if c not in t.column_names:
+                raise InputError(f"missing column (columns are {t.column_names})", path=p, column=c)
+    h_user, h_off, h_art, h_time = _histories(hist, hpath)
+    imp = _impressions(beh, bpath)
+
+    # step 3: users (history users, then behaviour-only ones); events per user sorted by (time, article)
+    users = np.unique(np.concatenate([h_user, imp["user"]]))
+    ev_user = np.repeat(np.searchsorted(users, h_user), np.diff(h_off))
     order = np.lexsort((h_art, h_time, ev_user))
     ev_user, ev_art, ev_time = ev_user[order], h_art[order], h_time[order]
-    counts = np.bincount(ev_user, minlength=len(users))
-    offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
-
-    # samples: (impression, article in view)
-    imp_of = np.repeat(np.arange(len(b_imp)), n_inview)
-    s_user = np.searchsorted(users, b_user)[imp_of]
-    s_time = b_time[imp_of]
-    # label: (impression, article) pairs among the clicked ones
-    click_imp = np.repeat(np.arange(len(b_imp)), np.diff(c_off))
-    label = np.isin(*_pairs(imp_of, inview, click_imp, clicked)).astype(np.float32)
+    offsets = np.r_[0, np.cumsum(np.bincount(ev_user, minlength=len(users)))].astype(np.int64)
+    # samples: (impression, article in view); label: the pair is among the clicked ones
+    n_imp = len(imp["id"])
+    imp_of = np.repeat(np.arange(n_imp), np.diff(imp["inview_off"]))
+    s_user, s_time = np.searchsorted(users, imp["user"])[imp_of], imp["time"][imp_of]
+    click_imp = np.repeat(np.arange(n_imp), np.diff(imp["clicked_off"]))
+    label = np.isin(*_pairs(imp_of, imp["inview"], click_imp, imp["clicked"])).astype(np.float32)
     # seq_len = events of the user strictly before the impression time (one sorted int64 key)
     t0 = min(int(ev_time.min(initial=0)), int(s_time.min(initial=0)))
     key_ev = (ev_user.astype(np.int64) << 34) + (ev_time - t0)
     pos = (np.searchsorted(key_ev, (s_user.astype(np.int64) << 34) + (s_time - t0), side="left")
            - offsets[s_user]).astype(np.int64)
 
-    # split by time over impressions
-    n_imp = len(b_imp)
-    imp_order = np.lexsort((b_imp, b_time))
-    n_test = int(round(rule.test_frac * n_imp))
-    n_valid = int(round(rule.valid_frac * n_imp))
-    imp_split = np.zeros(n_imp, dtype=np.int8)
-    imp_split[imp_order[n_imp - n_test:]] = 2
-    imp_split[imp_order[n_imp - n_test - n_valid:n_imp - n_test]] = 1
-    s_split = imp_split[imp_of]
+    s_split = _split_by_time(imp["id"], imp["time"], rule)[imp_of]
     keep = pos >= rule.min_history
-
-    # vocabularies
+    # vocabularies: articles of any history or training impression; users with a training sample
     train = keep & (s_split == 0)
-    raw_items = np.concatenate([ev_art, inview])
-    known = np.r_[np.ones(len(ev_art), bool), train]
-    item_ids, item_vocab = encode(raw_items, known)
+    item_ids, item_vocab = encode(np.concatenate([ev_art, imp["inview"]]), np.r_[np.ones(len(ev_art), bool), train])
     seq_items, targets = item_ids[:len(ev_art)], item_ids[len(ev_art):]
-    has_train = np.bincount(s_user[train], minlength=len(users)) > 0
-    user_ids, user_vocab = encode(users, has_train)
-
-    side = None
-    apath = folder / "articles.parquet"
-    if apath.is_file():
-        art = pq.read_table(apath)
-        if "article_id" not in art.column_names:
-            raise InputError(f"missing column (columns are {art.column_names})", path=apath, column="article_id")
-        a_id = read_ids(art.column("article_id"), apath, "article_id")
-        if len(np.unique(a_id)) != len(a_id):
-            raise InputError("duplicate article_id", path=apath, column="article_id")
-        side = SideTable(key=a_id, path=str(apath))
-        if "category" in art.column_names:
-            side.single["category"] = read_categorical(art.column("category"))
-        if "subcategory" in art.column_names:
-            so, sv = list_column(art, "subcategory", apath)
-            side.multi["subcategory"] = Multi(so, np.asarray(sv.to_numpy(zero_copy_only=False)))
+    user_ids, user_vocab = encode(users, np.bincount(s_user[train], minlength=len(users)) > 0)
     vocab_size = len(item_vocab) + 2
     item_feats, item_names, ivocabs, isizes = item_feature_table(vocab_size, seq_items, {}, np.ones(0, bool),
-                                                                 side, item_vocab)
+                                                                 _articles(apath), item_vocab)
     sel = np.flatnonzero(keep)
     ds = SeqDataset(
         seq_items=seq_items.astype(np.int32), offsets=offsets, item_feats=item_feats,

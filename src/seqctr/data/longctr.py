@@ -23,6 +23,7 @@ ignored and listed in ``meta.ignored_columns``.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -115,31 +116,74 @@ def _bins(values: np.ndarray, fit: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(values), ids, OOV).astype(np.int32)
 
 
-def read_longctr(folder: Path):
-    """Read a LongCTR folder into a :class:`SeqDataset` (see the module doc for the rules)."""
-    from .dataset import dataset_meta
-    from .sources import sha256_files
-    from .dataset import SeqDataset
-
-    folder = Path(folder)
-    fpath = folder / "feature_map.json"
-    fmap = _feature_map(fpath)
-    specs = fmap["features"]
-
-    # user sequences
+def _user_sequences(folder: Path) -> tuple[np.ndarray, np.ndarray, Path]:
+    """Step 1: every user's item sequence from ``user_info.parquet``: ``(offsets [U+1], items [E], path)``."""
     upath = folder / "user_info.parquet"
     uinfo = _read(upath)
     if "full_item_seq" not in uinfo.column_names:
         raise InputError(f"missing column (columns are {uinfo.column_names})", path=upath, column="full_item_seq")
     offsets, seq = _list_column(uinfo, "full_item_seq", upath)
-    n_users = len(offsets) - 1
+    return offsets, seq, upath
 
-    # items
+
+@dataclass
+class _Items:
+    """What step 2 reads from ``item_info.parquet``."""
+
+    feats: np.ndarray                 # [I, C] item feature ids by item row
+    names: list                       # C column names (the id column first)
+    rows: int                         # I
+    vocab_sizes: dict
+    pretrained: dict                  # name -> [I, P] float32
+    ignored: list
+
+
+def _item_block(iinfo, name: str, spec: dict, ipath: Path, item_index: np.ndarray, n_item_rows: int):
+    """One ``item_info`` column as ``(kind, block [I, w] or matrix, vocabulary size)``; ``kind``: ``ids``,
+    ``vectors`` (pre-trained) or None (a column of no known type: ignored)."""
+    typ, vocab = spec.get("type"), spec.get("vocab_size")
+    n_items = len(item_index)
+    if typ == "categorical":
+        vals = _int_column(iinfo, name, ipath, vocab)
+        block = np.zeros((n_item_rows, 1), dtype=np.int32)
+        block[item_index, 0] = vals
+        return "ids", block, int(vocab or vals.max(initial=0) + 1)
+    if typ == "sequence":
+        offs, vals = _list_column(iinfo, name, ipath)
+        if vocab is not None and len(vals) and vals.max() >= vocab:
+            r = int(np.searchsorted(offs, int(vals.argmax()), side="right")) - 1
+            raise InputError(f"id {int(vals.max())} is outside the vocabulary [0, {vocab})", path=ipath,
+                             column=name, row=r + 1)
+        counts = np.diff(offs)
+        block = np.zeros((n_item_rows, max(int(counts.max(initial=0)), 1)), dtype=np.int32)
+        row_of = np.repeat(np.arange(n_items), counts)
+        block[item_index[row_of], np.arange(len(vals)) - offs[row_of]] = vals
+        return "ids", block, int(vocab or vals.max(initial=0) + 1)
+    if typ == "numeric":
+        vals = np.asarray(iinfo.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
+        block = np.zeros((n_item_rows, 1), dtype=np.int32)
+        block[item_index, 0] = _bins(vals, vals)
+        return "ids", block, N_BINS + 2
+    if typ == "embedding":
+        offs, vals = _list_column(iinfo, name, ipath, floats=True)
+        width = np.diff(offs)
+        if len(width) and (width != width[0]).any():
+            r = int(np.flatnonzero(width != width[0])[0])
+            raise InputError(f"pre-trained vectors differ in width ({width[r]} vs {width[0]})", path=ipath,
+                             column=name, row=r + 1)
+        mat = np.zeros((n_item_rows, int(width[0]) if len(width) else 0), dtype=np.float32)
+        mat[item_index] = vals.reshape(n_items, -1)
+        return "vectors", mat, None
+    return None, None, None
+
+
+def _item_table(folder: Path, specs: dict, seq: np.ndarray, offsets: np.ndarray, upath: Path) -> _Items:
+    """Step 2: the item feature table from ``item_info.parquet`` (rows by ``item_index``; row 0 is LongCTR's
+    padding and embeds to nothing), checking that every sequence item is a row of it."""
     ipath = folder / "item_info.parquet"
     iinfo = _read(ipath)
-    n_items = iinfo.num_rows
     item_index = (_int_column(iinfo, "item_index", ipath) if "item_index" in iinfo.column_names
-                  else np.arange(n_items))
+                  else np.arange(iinfo.num_rows))
     n_item_rows = int(item_index.max(initial=-1)) + 1
     if len(np.unique(item_index)) != len(item_index):
         s = np.sort(item_index)
@@ -148,68 +192,51 @@ def read_longctr(folder: Path):
         r = int(np.searchsorted(offsets, int(seq.argmax()), side="right")) - 1
         raise InputError(f"item {int(seq.max())} is not a row of item_info ({n_item_rows} rows)",
                          path=upath, column="full_item_seq", row=r + 1)
-    item_cols, item_names, vocab_sizes, pretrained, ignored = [], [], {}, {}, []
-    id_col = np.arange(n_item_rows, dtype=np.int32)
+    cols, names, vocab_sizes, pretrained, ignored = [], [], {}, {}, []
     id_name = "item_id"
     for name in iinfo.column_names:
+        spec = specs.get(name)
         if name == "item_index":
             continue
-        spec = specs.get(name)
         if spec is None or spec.get("type") == "meta":
             ignored.append(f"item_info.{name}")
             continue
-        typ = spec.get("type")
-        vocab = spec.get("vocab_size")
-        if typ == "categorical":
-            vals = _int_column(iinfo, name, ipath, vocab)
-            if name == "item_id" and np.array_equal(vals, item_index):
-                continue                                  # the id column itself (as our exporter writes it)
-            if name == "item_id":
-                id_name = "item_index"
-            block = np.zeros((n_item_rows, 1), dtype=np.int32)
-            block[item_index, 0] = vals
-            vocab_sizes[name] = int(vocab or vals.max(initial=0) + 1)
-        elif typ == "sequence":
-            offs, vals = _list_column(iinfo, name, ipath)
-            if vocab is not None and len(vals) and vals.max() >= vocab:
-                r = int(np.searchsorted(offs, int(vals.argmax()), side="right")) - 1
-                raise InputError(f"id {int(vals.max())} is outside the vocabulary [0, {vocab})", path=ipath,
-                                 column=name, row=r + 1)
-            counts = np.diff(offs)
-            width = max(int(counts.max(initial=0)), 1)
-            block = np.zeros((n_item_rows, width), dtype=np.int32)
-            row_of = np.repeat(np.arange(n_items), counts)
-            block[item_index[row_of], np.arange(len(vals)) - offs[row_of]] = vals
-            vocab_sizes[name] = int(vocab or vals.max(initial=0) + 1)
-        elif typ == "numeric":
-            vals = np.asarray(iinfo.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
-            block = np.zeros((n_item_rows, 1), dtype=np.int32)
-            block[item_index, 0] = _bins(vals, vals)
-            vocab_sizes[name] = N_BINS + 2
-        elif typ == "embedding":
-            offs, vals = _list_column(iinfo, name, ipath, floats=True)
-            width = np.diff(offs)
-            if len(width) and (width != width[0]).any():
-                r = int(np.flatnonzero(width != width[0])[0])
-                raise InputError(f"pre-trained vectors differ in width ({width[r]} vs {width[0]})", path=ipath,
-                                 column=name, row=r + 1)
-            mat = np.zeros((n_item_rows, int(width[0]) if len(width) else 0), dtype=np.float32)
-            mat[item_index] = vals.reshape(n_items, -1)
-            pretrained[name] = mat
-            continue
-        else:
+        kind, block, size = _item_block(iinfo, name, spec, ipath, item_index, n_item_rows)
+        if kind is None:
             ignored.append(f"item_info.{name}")
             continue
-        item_cols.append(block)
-        item_names.extend([name] * block.shape[1])
+        if kind == "vectors":
+            pretrained[name] = block
+            continue
+        if name == "item_id":
+            if np.array_equal(block[item_index, 0], item_index):
+                continue                                  # the id column itself (as our exporter writes it)
+            id_name = "item_index"
+        cols.append(block)
+        names.extend([name] * block.shape[1])
+        vocab_sizes[name] = size
     vocab_sizes[id_name] = n_item_rows
-    item_feats = np.concatenate([id_col[:, None]] + item_cols, axis=1)
-    item_feats[0] = 0                  # item index 0 is LongCTR's padding: it must embed to nothing
+    feats = np.concatenate([np.arange(n_item_rows, dtype=np.int32)[:, None]] + cols, axis=1)
+    feats[0] = 0                       # item index 0 is LongCTR's padding: it must embed to nothing
     for mat in pretrained.values():
         mat[0] = 0
-    item_names = [id_name] + item_names
+    return _Items(feats, [id_name] + names, n_item_rows, vocab_sizes, pretrained, ignored)
 
-    # samples
+
+def _label_name(fmap: dict, t, path: Path) -> str:
+    cands = fmap["labels"] or [c for c in ("label", "is_click", "click", "clk") if c in t.column_names][:1]
+    if not cands or cands[0] not in t.column_names:
+        raise InputError(f"no label column (feature map labels {fmap['labels']}, tried label/is_click)",
+                         path=path, column=cands[0] if cands else "label")
+    return cands[0]
+
+
+def _split_samples(folder: Path, fmap: dict, offsets: np.ndarray, n_item_rows: int, vocab_sizes: dict,
+                   ignored: list) -> list[tuple]:
+    """Step 3: the samples of ``train`` / ``valid`` / ``test.parquet``, each split as ``(user rows, target
+    items, seq_len, labels, {feature: column}, split number)``; categorical and numeric sample columns
+    are read (vocabulary sizes into ``vocab_sizes``), others listed in ``ignored``."""
+    specs, n_users = fmap["features"], len(offsets) - 1
     parts, labels_name = [], None
     for k, split in enumerate(SPLIT_FILES):
         path = folder / f"{split}.parquet"
@@ -217,12 +244,7 @@ def read_longctr(folder: Path):
         for m in META_COLUMNS:
             if m not in t.column_names:
                 raise InputError(f"missing meta column (columns are {t.column_names})", path=path, column=m)
-        if labels_name is None:
-            cands = fmap["labels"] or [c for c in ("label", "is_click", "click", "clk") if c in t.column_names][:1]
-            if not cands or cands[0] not in t.column_names:
-                raise InputError(f"no label column (feature map labels {fmap['labels']}, tried label/is_click)",
-                                 path=path, column=cands[0] if cands else "label")
-            labels_name = cands[0]
+        labels_name = labels_name or _label_name(fmap, t, path)
         u = _int_column(t, "user_index", path, n_users)
         it = _int_column(t, "item_index", path, n_item_rows)
         sl = _int_column(t, "seq_len", path)
@@ -251,12 +273,21 @@ def read_longctr(folder: Path):
             else:
                 feats[name] = np.asarray(t.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
         parts.append((u, it, sl, y, feats, k))
+    return parts
 
+
+def _user_and_context(parts: list[tuple], specs: dict, n_users: int, vocab_sizes: dict):
+    """Step 4: each sample column present in every split is a user feature when constant within each
+    user, else a per-sample context feature (numeric ones binned by the training rows' quantiles).
+    Returns ``(user columns, names, context columns, names)``; with no per-user column the user row
+    itself is the user id (ids 2.., 0 = padding)."""
     sample_user = np.concatenate([p[0] for p in parts])
-    n_per = [len(p[0]) for p in parts]
     names = [n for n in parts[0][4] if all(n in p[4] for p in parts)]
     user_cols, user_names, ctx_cols, ctx_names = [], [], [], []
-    train_rows = np.arange(n_per[0])
+    train_rows = np.arange(len(parts[0][0]))
+    order = np.argsort(sample_user, kind="stable")
+    su = sample_user[order]
+    same = su[1:] == su[:-1]
     for name in names:
         col = np.concatenate([p[4][name] for p in parts])
         if specs[name]["type"] == "numeric":
@@ -265,32 +296,48 @@ def read_longctr(folder: Path):
         col = col.astype(np.int64)
         if not vocab_sizes.get(name):
             vocab_sizes[name] = int(col.max(initial=0)) + 1
-        order = np.argsort(sample_user, kind="stable")
-        su, sc = sample_user[order], col[order]
-        same = su[1:] == su[:-1]
+        sc = col[order]
         if (sc[1:][same] == sc[:-1][same]).all():                  # constant within each user: a user feature
             per_user = np.zeros(n_users, dtype=np.int32)
             per_user[su] = sc
             user_cols.append(per_user), user_names.append(name)
         else:
             ctx_cols.append(col.astype(np.int32)), ctx_names.append(name)
-    if not user_names:   # no per-user column: the user row itself is the user id (ids 2.., 0 = padding)
+    if not user_names:
         user_cols, user_names = [np.arange(n_users, dtype=np.int32) + 2], ["user_id"]
         vocab_sizes["user_id"] = n_users + 2
+    return user_cols, user_names, ctx_cols, ctx_names
+
+
+def read_longctr(folder: Path):
+    """Read a LongCTR folder into a :class:`SeqDataset` (see the module doc for the rules), in four
+    steps: user sequences, the item table, the samples of each split, user vs context columns."""
+    from .dataset import SeqDataset, dataset_meta
+    from .sources import sha256_files
+
+    folder = Path(folder)
+    fmap = _feature_map(folder / "feature_map.json")
+    offsets, seq, upath = _user_sequences(folder)
+    n_users = len(offsets) - 1
+    items = _item_table(folder, fmap["features"], seq, offsets, upath)
+    vocab_sizes, ignored = items.vocab_sizes, items.ignored
+    parts = _split_samples(folder, fmap, offsets, items.rows, vocab_sizes, ignored)
+    user_cols, user_names, ctx_cols, ctx_names = _user_and_context(parts, fmap["features"], n_users, vocab_sizes)
+    n_per = [len(p[0]) for p in parts]
     ds = SeqDataset(
-        seq_items=seq.astype(np.int32), offsets=offsets, item_feats=item_feats,
+        seq_items=seq.astype(np.int32), offsets=offsets, item_feats=items.feats,
         user_feats=np.stack(user_cols, axis=1).astype(np.int32),
-        sample_user=sample_user.astype(np.int32),
+        sample_user=np.concatenate([p[0] for p in parts]).astype(np.int32),
         sample_pos=np.concatenate([p[2] for p in parts]).astype(np.int32),
         sample_target=np.concatenate([p[1] for p in parts]).astype(np.int32),
         label=np.concatenate([p[3] for p in parts]).astype(np.float32),
         split=np.repeat(np.arange(3, dtype=np.int8), n_per),
         context_feats=(np.stack(ctx_cols, axis=1) if ctx_cols else np.zeros((sum(n_per), 0), np.int32)),
-        pretrained=pretrained,
+        pretrained=items.pretrained,
         meta=dataset_meta(folder.name, "longctr-v1", f"longctr:{folder.name}", sha256_files(
-            [folder / f for f in REQUIRED]), {"given": "train/valid/test parquet"}, item_names, user_names,
+            [folder / f for f in REQUIRED]), {"given": "train/valid/test parquet"}, items.names, user_names,
             vocab_sizes, n_users, len(seq), context_features=ctx_names,
-            pretrained={n: list(m.shape) for n, m in pretrained.items()}, ignored_columns=ignored),
+            pretrained={n: list(m.shape) for n, m in items.pretrained.items()}, ignored_columns=ignored),
     )
     return ds.record_lengths()
 
