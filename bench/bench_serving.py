@@ -101,7 +101,7 @@ def main() -> int:
     import torch
 
     from seqctr.data import SeqBatch
-    from seqctr.serving.accounting import kv_cache_bytes
+    from seqctr.experiments.accounting import kv_cache_bytes
     from seqctr.utils.io import write_json, write_text
 
     g = torch.Generator().manual_seed(0)

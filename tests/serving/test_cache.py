@@ -244,7 +244,7 @@ def test_cache_accounting_on_the_paper_configuration():
     """d = 256, d_u = 1, m = 10,000 (int16 indices): the compressed cache is under 1% of full K/V."""
     from seqctr.models.hstu import HSTU
     from seqctr.models.sim import SIM
-    from seqctr.serving.accounting import kv_cache_bytes
+    from seqctr.experiments.accounting import kv_cache_bytes
 
     both = SIM(16, attention_dim=256, num_heads=8,
                collective_kv={"user_dim": 1, "pool_size": 10000, "branches": ["short", "long"]})

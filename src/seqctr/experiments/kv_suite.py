@@ -81,7 +81,7 @@ def cache_accounting(groups: dict[str, tuple[str, list]], sets: list[str] = ()) 
     from ..config import load_config
     from ..data import prepare_config
     from ..models import build_model
-    from ..serving.accounting import kv_cache_bytes
+    from .accounting import kv_cache_bytes
 
     out, data = {}, {}
     for g, (cfg_path, ov) in groups.items():

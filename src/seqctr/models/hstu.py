@@ -31,7 +31,7 @@ from .base import Backbone, BackboneOutput, SeqInputs, concat_events, prefixed, 
 class HSTUBlock(nn.Module):
     """One HSTU layer. ``x [B, N, D]``, ``valid [B, N]`` -> ``[B, N, D]`` (and weights ``[B, H, N, N]``)."""
 
-    branch = "layer"   # every history event is cached in every layer (see serving.accounting)
+    branch = "layer"   # every history event is cached in every layer (see experiments.accounting)
 
     def __init__(self, dim: int, num_heads: int, max_len: int, dropout: float, collective: dict | None = None,
                  shared_bias: bool = True, bias_init_std: float = 0.02, time_buckets: int = 0):
