@@ -305,6 +305,26 @@ class CTRModel(nn.Module):
                          cond=self.lain(batch.seq_len) if self.lain is not None else None,
                          hist_time=batch.hist_time, target_time=batch.target_time, rows=rows)
 
+    def history_inputs(self, hist_ids: torch.Tensor, seq_len: torch.Tensor, hist_time: torch.Tensor | None = None,
+                       condition: bool = True) -> SeqInputs:
+        """One user's history without a target (what serving caches): ``hist_ids [1, T, Fi]`` (oldest first),
+        ``seq_len [1]`` the true length, ``hist_time [1, T]`` or None; LAIN's condition unless ``condition``
+        is False (events appended to a cache)."""
+        return SeqInputs(target=None, hist=self.embedding.items(hist_ids), seq_len=seq_len, hist_ids=hist_ids,
+                         mask=torch.ones(hist_ids.shape[:2], dtype=torch.bool, device=hist_ids.device),
+                         cond=self.lain(seq_len) if self.lain is not None and condition else None,
+                         hist_time=hist_time)
+
+    def candidate_inputs(self, candidates: torch.Tensor, history_len: int,
+                         target_time: torch.Tensor | None = None) -> SeqInputs:
+        """``N`` candidates ``[N, Fi]`` of one cached user whose history has ``history_len`` events (the
+        backbone's ``score`` reads the history from its cache)."""
+        N = candidates.shape[0]
+        L = torch.full((N,), history_len, dtype=torch.long, device=candidates.device)
+        return SeqInputs(target=self.embedding.items(candidates), hist=None, mask=None, seq_len=L,
+                         target_ids=candidates, cond=self.lain(L) if self.lain is not None else None,
+                         target_time=None if target_time is None else target_time.expand(N))
+
     def logits(self, user: torch.Tensor, target: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
         """The head: embedded user ``[B, Du]``, target ``[B, Di]`` and the backbone's vector ``[B, out]``
         -> logits ``[B]`` (the one place training, evaluation and serving score from)."""

@@ -16,7 +16,7 @@ import hashlib
 
 import torch
 
-from ..models import Backbone, CTRModel, SeqInputs
+from ..models import Backbone, CTRModel
 from ..models.base import expand
 from .cache import KVCache
 
@@ -69,11 +69,8 @@ def prefill(model: CTRModel, user: torch.Tensor, hist: torch.Tensor, seq_len: in
     if max_len is not None:
         hist = hist[max(T - max_len, 0):]
         time = None if time is None else time[:, max(T - max_len, 0):]
-    L = torch.tensor([seq_len], device=hist.device)
-    x = SeqInputs(target=None, hist=emb.items(hist.unsqueeze(0)), seq_len=L, hist_ids=hist.unsqueeze(0),
-                  mask=torch.ones(1, hist.shape[0], dtype=torch.bool, device=hist.device),
-                  cond=model.lain(L) if model.lain is not None else None,
-                  hist_time=None if time is None else time.to(hist.device))
+    x = model.history_inputs(hist.unsqueeze(0), torch.tensor([seq_len], device=hist.device),
+                             None if time is None else time.to(hist.device))
     run = Backbone.prefill if mode == "recompute" else type(model.backbone).prefill
     state = dict(run(model.backbone, x))
     state["user"] = emb.user(user.unsqueeze(0))
@@ -106,10 +103,7 @@ def append(model: CTRModel, cache: KVCache, new_events: torch.Tensor, new_times=
     n_evict = 0 if max_len is None else max(all_ids.shape[0] - max_len, 0)
     lain_depends = model.lain is not None and model.backbone.cache_uses_condition
     if mode == "cache" and not lain_depends and new_events.shape[0] > 0:
-        n = new_events.shape[0]
-        new = SeqInputs(target=None, hist=emb.items(new_events.unsqueeze(0)), seq_len=torch.tensor([seq_len]),
-                        mask=torch.ones(1, n, dtype=torch.bool), hist_ids=new_events.unsqueeze(0),
-                        hist_time=new_time)
+        new = model.history_inputs(new_events.unsqueeze(0), torch.tensor([seq_len]), new_time, condition=False)
         evicted = emb.items(ids[:n_evict].unsqueeze(0)) if n_evict else None
         state = type(model.backbone).append(model.backbone, dict(cache.tensors), new, evicted, max_len)
         if state is not None:
@@ -136,16 +130,9 @@ def request_time(cache: KVCache, time=None) -> torch.Tensor | None:
 
 
 def _backbone_output(model: CTRModel, cache: KVCache, candidates: torch.Tensor, time=None):
-    emb = model.embedding
-    N = candidates.shape[0]
-    target = emb.items(candidates)
-    L = torch.full((N,), cache.history_len, dtype=torch.long, device=candidates.device)
-    t = request_time(cache, time)
-    x = SeqInputs(target=target, hist=None, mask=None, seq_len=L, target_ids=candidates,
-                  cond=model.lain(L) if model.lain is not None else None,
-                  target_time=None if t is None else t.expand(N))
+    x = model.candidate_inputs(candidates, cache.history_len, request_time(cache, time))
     run = Backbone.score if cache.meta.get("mode") == "recompute" else type(model.backbone).score
-    return target, run(model.backbone, cache.tensors, x)
+    return x.target, run(model.backbone, cache.tensors, x)
 
 
 @torch.no_grad()
