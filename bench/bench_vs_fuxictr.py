@@ -19,7 +19,11 @@ One command: ``.venv/bin/python bench/bench_vs_fuxictr.py`` (``--quick`` for a s
      the 2-thread table without replacing the 1-thread one;
      ``--precision fp32,bf16`` also times seqctr under ``train.precision=bf16`` in the same rounds;
    - accuracy: both train for ``--epochs`` epochs (patience 2, LR x0.1 on plateau, best-on-valid
-     weights); seqctr over ``--seeds`` seeds. Both prediction sets are scored by seqctr's metrics.
+     weights), each library over the same ``--seeds``; both prediction sets are scored by seqctr's
+     metrics, and the project's interval method (a bootstrap over users and seeds,
+     :func:`seqctr.metrics.stats.cluster_bootstrap`) gives each library's AUC interval and the
+     interval of seqctr - FuxiCTR (``--accuracy-models`` picks the backbones; DIEN's FuxiCTR epoch
+     takes half an hour).
 4. Writes ``bench/results/vs_fuxictr.{json,md}``, merged per model under a lock: two runs on
    different models, each pinned to its own core (``--models din,sim,... --cpu 0`` beside
    ``--models dien,... --cpu 1``), fill one table in half the time; each run's ratio is still measured
@@ -185,6 +189,7 @@ def main() -> int:
                                                          "main table; bf16 rows in their own table)")
     ap.add_argument("--compile", action="store_true", help="also time seqctr with train.compile (torch.compile)")
     ap.add_argument("--skip-accuracy", action="store_true")
+    ap.add_argument("--accuracy-models", default="", help="backbones of the accuracy phase (default: --models)")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--jobs", type=int, default=2, help="parallel single-thread accuracy jobs")
     ap.add_argument("--quick", action="store_true", help="1 repeat, 5 batches, 1 epoch, 1 seed")
@@ -205,6 +210,7 @@ def main() -> int:
 
     from seqctr.data import BatchLoader, prepare
     from seqctr.metrics import evaluate_predictions
+    from seqctr.metrics.stats import cluster_bootstrap
     ds, _, _ = prepare("ml100k")
     data = export_longctr(ds, WORK / "longctr_ml100k")
     fx_py = ensure_fuxictr_venv()
@@ -269,42 +275,55 @@ def main() -> int:
         from concurrent.futures import ThreadPoolExecutor
 
         seeds = [int(x) for x in args.seeds.split(",")]
+        acc_names = [n for n in (args.accuracy_models.split(",") if args.accuracy_models else names) if n in names]
         jobs = []
-        for name in names:
+        for name in acc_names:
             if BACKBONES[name] is not None:
-                jobs.append(("fuxictr", name, None))
+                jobs += [("fuxictr", name, sd) for sd in seeds]
             jobs += [("seqctr", name, sd) for sd in seeds]
-
-        def run_job(job):
-            lib, name, sd = job
-            if lib == "fuxictr":
-                out = WORK / f"fx_{name}_acc.json"
-                if not (out.exists() and out.with_suffix(".npy").exists()):
-                    subprocess.run(fx_cmd(name, 1) + ["--mode", "accuracy", "--epochs", str(args.epochs),
-                                                      "--out", str(out)], check=True, capture_output=True)
-                return job, {**json.loads(out.read_text()), "pred": np.load(out.with_suffix(".npy"))}
-            return job, run_json(me + ["--threads", "1", "--child", "accuracy", name, str(sd),
-                                       str(WORK / f"ours_{name}_{sd}")])
 
         test_loader = BatchLoader(ds, "test", max_len=200, batch_size=1024, shuffle=False, bucket=False)
         ti = test_loader.indices
         y, users, L = ds.label[ti], ds.sample_user[ti], ds.sample_pos[ti]
-        ours: dict[str, list] = {n: [] for n in names}
+        where = np.full(len(ds.label), -1, np.int64)
+        where[ti] = np.arange(len(ti))
+
+        def run_job(job):
+            lib, name, sd = job
+            if lib == "fuxictr":
+                out = WORK / f"fx_{name}_acc_seed{sd}.json"
+                if not (out.exists() and out.with_suffix(".npy").exists()):
+                    subprocess.run(fx_cmd(name, 1) + ["--mode", "accuracy", "--epochs", str(args.epochs),
+                                                      "--seed", str(sd), "--out", str(out)], check=True,
+                                   capture_output=True)
+                return job, {**json.loads(out.read_text()), "pred": np.load(out.with_suffix(".npy"))}
+            run = WORK / f"ours_{name}_{sd}"
+            res = run_json(me + ["--threads", "1", "--child", "accuracy", name, str(sd), str(run)])
+            saved = np.load(run / "predictions_test.npz")
+            pred = np.empty(len(ti))
+            pred[where[saved["index"]]] = saved["prob"]                 # in the test split's order, as FuxiCTR's
+            return job, {**res, "pred": pred}
+
+        preds: dict = {n: {"fuxictr": {}, "seqctr": {}} for n in acc_names}
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             for (lib, name, sd), res in pool.map(run_job, jobs):
+                preds[name][lib][sd] = res.pop("pred")
                 r = results["models"].setdefault(name, {})
-                if lib == "fuxictr":
-                    r["fuxictr_accuracy"] = {"test": evaluate_predictions(y, res["pred"], users, L),
-                                             "fit_seconds": res["fit_seconds"]}
-                else:
-                    ours[name].append({"seed": sd, **res})
-                    runs = sorted(ours[name], key=lambda o: o["seed"])
-                    r["seqctr_accuracy"] = {
-                        "seeds": [o["seed"] for o in runs], "runs": runs,
-                        **{f"{m}_mean": float(np.mean([o["test"]["overall"][m] for o in runs]))
-                           for m in ("auc", "gauc", "logloss")},
-                        "auc_std": float(np.std([o["test"]["overall"]["auc"] for o in runs]))}
-                print(f"done: {lib} {name} {sd or ''}", flush=True)
+                acc = r.setdefault(f"{lib}_accuracy", {"runs": []})
+                acc["runs"] = sorted([o for o in acc["runs"] if o["seed"] != sd]
+                                     + [{"seed": sd, "test": evaluate_predictions(y, preds[name][lib][sd], users, L),
+                                         "fit_seconds": res["fit_seconds"]}], key=lambda o: o["seed"])
+                acc["seeds"] = [o["seed"] for o in acc["runs"]]
+                acc.update({f"{m}_mean": float(np.mean([o["test"]["overall"][m] for o in acc["runs"]]))
+                            for m in ("auc", "gauc", "logloss")})
+                acc["auc_std"] = float(np.std([o["test"]["overall"]["auc"] for o in acc["runs"]]))
+                fx, us = preds[name]["fuxictr"], preds[name]["seqctr"]
+                if len(fx) == len(us) == len(seeds):                      # both libraries done: the intervals
+                    fxp, usp = [fx[k] for k in sorted(fx)], [us[k] for k in sorted(us)]
+                    r["fuxictr_accuracy"]["auc_ci"] = cluster_bootstrap(y, users, fxp)
+                    r["seqctr_accuracy"]["auc_ci"] = cluster_bootstrap(y, users, usp)
+                    r["accuracy_delta"] = cluster_bootstrap(y, users, fxp, usp)    # seqctr - FuxiCTR
+                print(f"done: {lib} {name} {sd}", flush=True)
                 save()
     save()
     print(render(results))
@@ -354,7 +373,8 @@ def render(results: dict) -> str:
              commands_line(results) + ". Same split, features and hyper-parameters; throughput = median "
              f"of {_repeats(results)} alternating runs of {timed} (batch 256, 3 warm-up batches untimed) + test "
              f"inference, 1 thread pinned to CPU {_cpus(results)}; accuracy after at most "
-             f"{s.get('epochs')} epochs (FuxiCTR: 1 seed; seqctr: mean over seeds {s.get('seeds')}), both scored by "
+             f"{s.get('epochs')} epochs (mean over each library's seeds where both have several, see the interval "
+             f"table below; FuxiCTR: 1 seed in rows without it), both scored by "
              f"seqctr's metrics; inference in batches of {s.get('eval_batch', 1024)} for both libraries. — = FuxiCTR "
              "2.3.10 has no such model.", "",
              "| model | FuxiCTR train/s | seqctr train/s | speed-up | FuxiCTR infer/s | seqctr infer/s | speed-up "
@@ -373,6 +393,19 @@ def render(results: dict) -> str:
             f"{_num(fx, 'peak_rss_mb')} / {_num(us, 'peak_rss_mb')} | {_num(fa, 'auc', '.4f')} | "
             f"{_num(sa, 'auc_mean', '.4f')} | {d} | {_num(fa, 'gauc', '.4f')} / {_num(sa, 'gauc_mean', '.4f')} | "
             f"{_num(fa, 'logloss', '.4f')} / {_num(sa, 'logloss_mean', '.4f')} |")
+    acc = [(n, r) for n, r in results["models"].items() if "accuracy_delta" in r]
+    if acc:
+        lines += ["", "Accuracy with the project's interval method (a bootstrap over test users and over each "
+                  "library's seeds, 1,000 draws; 95% intervals). \"level\": the interval of seqctr - FuxiCTR "
+                  "includes 0.", "",
+                  "| model | seeds (each) | AUC FuxiCTR | AUC seqctr | seqctr - FuxiCTR | p | reading |",
+                  "|---|---:|---:|---:|---:|---:|---|"]
+        for n, r in acc:
+            fc, sc, d = r["fuxictr_accuracy"]["auc_ci"], r["seqctr_accuracy"]["auc_ci"], r["accuracy_delta"]
+            reading = ("level" if d["lo"] <= 0 <= d["hi"] else "seqctr higher" if d["lo"] > 0 else "seqctr lower")
+            lines.append(f"| {n} | {d['seeds']} | {fc['value']:.4f} [{fc['lo']:.4f}, {fc['hi']:.4f}] | "
+                         f"{sc['value']:.4f} [{sc['lo']:.4f}, {sc['hi']:.4f}] | {d['delta']:+.4f} "
+                         f"[{d['lo']:+.4f}, {d['hi']:+.4f}] | {d['p']:.3f} | {reading} |")
     pads = [f"{n} {100 * r['throughput']['seqctr']['padding_fraction']:.1f}%" for n, r in results["models"].items()
             if "padding_fraction" in r.get("throughput", {}).get("seqctr", {})]
     if pads:

@@ -60,8 +60,9 @@ def test_no_circle_and_at_most_nine_levels():
     levels = {u: level(u) for u in edges}
     assert max(levels.values()) <= MAX_LEVELS, sorted(levels.items(), key=lambda kv: kv[1])
     # the leaves the model core stands on import nothing of the package's upper layers
+    ground = {"seqctr.errors", "seqctr.utils", "seqctr.metrics", "seqctr._version"}
     for leaf in ("seqctr.config", "seqctr.checkpoint", "seqctr.ops", "seqctr.errors", "seqctr.utils"):
-        assert levels[leaf] <= 2, (leaf, edges[leaf])
+        assert edges[leaf] <= ground, (leaf, edges[leaf] - ground)
     assert not edges["seqctr.serving"] & {"seqctr.training", "seqctr.experiments", "seqctr.cli"}
     assert not edges["seqctr.experiments"] & {"seqctr.serving", "seqctr.training", "seqctr.cli"}
 

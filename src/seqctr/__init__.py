@@ -1,5 +1,7 @@
 """seqctr: length-aware CTR prediction from user behaviour sequences."""
-__version__ = "0.2.0"
+from ._version import __version__
+
+__all__ = ["__version__", "load"]
 
 
 def load(path, store=None, device: str = "cpu"):
