@@ -4,7 +4,7 @@ update gate is scaled by target attention; the final AUGRU state is the user int
 Histories arrive right-aligned; they are left-aligned here, so every real state is computed
 from real events only and padding changes nothing (LongCTR packs its left-padded rows, which
 feeds the GRU padding instead of events). Both recurrences run through
-:mod:`seqctr.nn.recurrent` (``nn.GRU``'s parameters, a fused hand-written backward)."""
+:mod:`seqctr.ops.recurrence` (``nn.GRU``'s parameters, a fused hand-written backward; ``impl``)."""
 from __future__ import annotations
 
 import torch
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn import BilinearAttention
-from ..nn.recurrent import gated_recurrence, gru
+from ..ops.recurrence import gated_recurrence, gru
 from ..utils.compile import eager
 from .base import Backbone, BackboneOutput, SeqInputs, expand, register
 
@@ -38,13 +38,14 @@ class AUGRU(nn.Module):
 
     ``x [B, T, D]`` left-aligned, ``att [B, T]``, ``lengths [B]`` -> final state ``[B, H]``. Steps
     past a row's length get ``a_t = 0``, which leaves its state exactly as it was; the recurrence
-    is :func:`~seqctr.nn.recurrent.gated_recurrence` (hand-written backward)."""
+    is :func:`~seqctr.ops.recurrence.gated_recurrence` (hand-written backward)."""
 
     def __init__(self, input_dim: int, hidden_dim: int):
         super().__init__()
         self.x2h = nn.Linear(input_dim, 3 * hidden_dim)
         self.h2h = nn.Linear(hidden_dim, 3 * hidden_dim)
         self.hidden_dim = hidden_dim
+        self.impl = "fast"         # seqctr.ops implementation (ops.set_impl)
 
     @eager   # the step count T is data: traced, it would recompile per batch
     def forward(self, x: torch.Tensor, att: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -55,7 +56,7 @@ class AUGRU(nn.Module):
             return h0
         a = att[:, :T] * (torch.arange(T, device=x.device).unsqueeze(0) < lengths.unsqueeze(1))
         gx = self.x2h(x[:, :T])                                       # [B, T, 3H] in one matmul
-        return gated_recurrence(gx, h0, self.h2h.weight, self.h2h.bias, a, final=True)
+        return gated_recurrence(gx, h0, self.h2h.weight, self.h2h.bias, a, final=True, impl=self.impl)
 
 
 @register("dien")
@@ -73,6 +74,7 @@ class DIEN(Backbone):
         self.gru = nn.GRU(item_dim, H, batch_first=True)
         self.attention = BilinearAttention(item_dim, H)
         self.augru = AUGRU(H, H)
+        self.impl = "fast"         # the extractor's recurrence (seqctr.ops.recurrence; ops.set_impl)
         self.use_aux, self.aux_loss_weight = aux_loss, aux_loss_weight
         self.aux_proj = nn.Linear(H, item_dim, bias=False) if aux_loss else None
         self.out_dim = H
@@ -87,7 +89,7 @@ class DIEN(Backbone):
         B, T, _ = hist.shape
         if T == 0:
             return hist.new_zeros(B, 0, self.gru.hidden_size), L
-        return gru(hist, self.gru) * mask.unsqueeze(-1), L
+        return gru(hist, self.gru, impl=self.impl) * mask.unsqueeze(-1), L
 
     def auxiliary_loss(self, states: torch.Tensor, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Next-event prediction: ``h_t`` scores event ``t+1`` above another row's event ``t+1``."""
@@ -130,7 +132,7 @@ class DIEN(Backbone):
             rows = torch.cat([rows, cond.prompts.flatten(0, 1)])
             index = torch.cat([prompt_rows, index], 1)
             mask = torch.cat([mask.new_ones(B, P), mask], 1)
-        states = gru(rows, self.gru, index=index) * mask.unsqueeze(-1)
+        states = gru(rows, self.gru, index=index, impl=self.impl) * mask.unsqueeze(-1)
         return states, mask, mask.sum(1), lambda: rows[index] * mask.unsqueeze(-1)
 
     def forward(self, x: SeqInputs) -> BackboneOutput:
@@ -165,7 +167,7 @@ class DIEN(Backbone):
             return None
         states, mask = state["states"], state["state_mask"]
         L = int(mask.sum())
-        more = gru(new.hist, self.gru, states[:, L - 1] if L else None)
+        more = gru(new.hist, self.gru, states[:, L - 1] if L else None, impl=self.impl)
         return {**state, "states": torch.cat([states[:, :L], more], 1),
                 "state_mask": torch.ones(1, L + more.shape[1], dtype=torch.bool, device=mask.device)}
 

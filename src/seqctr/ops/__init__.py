@@ -3,9 +3,11 @@
 - :mod:`.attention`: target-attention scores and pooling over dense or distinct events
   (:class:`Events`), cached-K/V forms, masked softmax, and :func:`set_impl` (the explicit switch);
 - :mod:`.select`: top-k selection and SimHash;
+- :mod:`.recurrence`: DIEN's GRU / AUGRU recurrence (hand-written backward, or the plain autograd loop);
 - :mod:`.kernels`: the custom autograd products the fast forms are built from.
 
-Imports only PyTorch and NumPy: every layer of :mod:`seqctr.nn` is built on these ops.
+Imports only PyTorch, NumPy and ``seqctr.utils``: every layer of :mod:`seqctr.nn` and every backbone is
+built on these ops.
 """
 from .attention import (FORMS, IMPLS, Events, check_impl, event_pool, event_scores, fast_form, gather_positions,
                         head_pool, head_rows, head_scores, masked_softmax, resolve, selection_as_mask, set_impl,

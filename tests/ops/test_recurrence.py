@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from seqctr.nn.recurrent import _forward, gated_recurrence, gru
+from seqctr.ops.recurrence import _forward, gated_recurrence, gru
 
 
 def test_gru_equals_torch_gru_values_and_gradients():
@@ -93,7 +93,7 @@ def test_gru_over_rows_equals_gru_over_the_sequence():
 def test_tanh_form_and_final_state_only():
     """The CPU ``tanh`` form is within 2e-7 of float64 tanh, in place or under autograd; ``final``
     returns exactly the last state, with or without autograd."""
-    from seqctr.nn.recurrent import _tanh
+    from seqctr.ops.recurrence import _tanh
 
     x = torch.linspace(-30, 30, 200_001)
     want = torch.tanh(x.double())
@@ -105,3 +105,22 @@ def test_tanh_form_and_final_state_only():
     w_h.requires_grad_()
     last = gated_recurrence(gx, h0, w_h, b_h, att, final=True)
     assert last.requires_grad and torch.equal(last.detach(), full[:, -1])
+
+
+def test_dien_in_the_reference_recurrence_equals_the_fast_one(synth_ds):
+    """``set_impl(model, "reference")`` reaches DIEN's extractor and AUGRU: the plain autograd loop
+    gives the loss and every gradient of the hand-written backward (float64)."""
+    from seqctr.data import gather_batch
+    from seqctr.ops import set_impl
+    from tests.models.test_models import make_model
+
+    batch = gather_batch(synth_ds, synth_ds.indices("train")[:48], max_len=30)
+    grads = {}
+    for impl in ("fast", "reference"):
+        torch.manual_seed(0)
+        model = set_impl(make_model(synth_ds, "dien").double().train(), impl)
+        model.loss(model(batch), batch.label.double()).backward()
+        grads[impl] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert grads["fast"].keys() == grads["reference"].keys() and len(grads["fast"]) > 5
+    for n in grads["fast"]:
+        torch.testing.assert_close(grads["fast"][n], grads["reference"][n], atol=1e-10, rtol=1e-8)

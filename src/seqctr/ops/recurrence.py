@@ -1,4 +1,5 @@
-"""GRU and AUGRU recurrences with a hand-written backward (DIEN's two recurrences).
+"""GRU and AUGRU recurrences (DIEN's two) as an op: a hand-written backward (``fast``) beside the plain
+autograd step loop (``reference``).
 
 Both are one gated recurrence over precomputed input gates ``gx = x W_x + b_x  [B, T, 3H]``
 (one GEMM outside, under autograd) and the hidden gates ``g_t = h_{t-1} W_h^T + b_h  [B, 3H]``
@@ -130,11 +131,12 @@ class _Recurrence(torch.autograd.Function):
 @eager   # a Python loop over a data-dependent step count: traced, it would recompile per length
 def gated_recurrence(gx: torch.Tensor, h0: torch.Tensor, w_h: torch.Tensor, b_h: torch.Tensor,
                      att: torch.Tensor | None = None, index: torch.Tensor | None = None,
-                     final: bool = False) -> torch.Tensor:
+                     final: bool = False, impl: str = "fast") -> torch.Tensor:
     """States ``[B, T, H]`` of the GRU (``att`` None) or the AUGRU (``att [B, T]``, 0 = keep the
     state) over input gates ``gx [B, T, 3H]`` (or rows ``gx [U, 3H]`` read through ``index [B, T]``)
     from ``h0 [B, H]``; see the module docstring. ``final``: only the last state ``[B, H]`` (without
-    autograd the others are then never stacked).
+    autograd the others are then never stacked). ``impl``: ``reference`` runs the plain step loop under
+    autograd (the oracle); any other setting the hand-written backward (``fast``).
 
     Under autocast the whole recurrence runs in the autocast dtype (inputs cast once, not per step),
     as ``torch.nn.GRU`` does: ``train.precision: bf16``'s speed and measured accuracy are for that."""
@@ -143,8 +145,10 @@ def gated_recurrence(gx: torch.Tensor, h0: torch.Tensor, w_h: torch.Tensor, b_h:
         dt = torch.get_autocast_dtype(dev)
         with torch.autocast(dev, enabled=False):
             return gated_recurrence(gx.to(dt), h0.to(dt), w_h.to(dt), b_h.to(dt),
-                                    att.to(dt) if att is not None else None, index, final)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (gx, h0, w_h, b_h, att)):
+                                    att.to(dt) if att is not None else None, index, final, impl)
+    if impl == "reference":
+        out = _forward(gx, h0, w_h, b_h, att, save=False, index=index)[0]
+    elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (gx, h0, w_h, b_h, att)):
         out = _Recurrence.apply(gx, h0, w_h, b_h, att, index)
     else:
         out = _forward(gx, h0, w_h, b_h, att, save=False, index=index, final=final)[0]
@@ -152,7 +156,7 @@ def gated_recurrence(gx: torch.Tensor, h0: torch.Tensor, w_h: torch.Tensor, b_h:
 
 
 def gru(x: torch.Tensor, module: torch.nn.GRU, h0: torch.Tensor | None = None,
-        index: torch.Tensor | None = None) -> torch.Tensor:
+        index: torch.Tensor | None = None, impl: str = "fast") -> torch.Tensor:
     """``torch.nn.GRU`` (one layer, batch_first, with biases) through :func:`gated_recurrence`:
     ``x [B, T, D]`` -> states ``[B, T, H]``, the module's own parameters (checkpoints unchanged).
     With ``index [B, T]``, ``x [U, D]`` are rows and step ``t`` of row ``b`` reads ``x[index[b, t]]``:
@@ -165,4 +169,4 @@ def gru(x: torch.Tensor, module: torch.nn.GRU, h0: torch.Tensor | None = None,
         B = index.shape[0]
         gx = torch.addmm(module.bias_ih_l0, x, module.weight_ih_l0.t())                   # [U, 3H]
     h0 = x.new_zeros(B, module.hidden_size) if h0 is None else h0
-    return gated_recurrence(gx, h0, module.weight_hh_l0, module.bias_hh_l0, index=index)
+    return gated_recurrence(gx, h0, module.weight_hh_l0, module.bias_hh_l0, index=index, impl=impl)
