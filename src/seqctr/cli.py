@@ -406,6 +406,7 @@ def cmd_serve(args) -> int:
            "SEQCTR_SERVE_MAX_CANDIDATES": str(args.max_candidates), "SEQCTR_SERVE_MAX_EVENTS": str(args.max_events),
            "SEQCTR_SERVE_MAX_BODY": str(args.max_body), "SEQCTR_SERVE_THREADS": str(args.threads),
            "SEQCTR_SERVE_MAX_HISTORY": str(args.max_history), "SEQCTR_SERVE_LOG_LEVEL": args.log_level,
+           "SEQCTR_SERVE_CACHE_CODEC": args.cache_codec,
            "SEQCTR_SERVE_HISTORIES": ""}
     if args.histories:
         if args.store == "memory" and not args.history_file:   # the one worker loads its own memory
@@ -596,6 +597,9 @@ def _serving_commands(c: _Commands) -> None:
     sv.add_argument("--cache-bytes", type=byte_size, default=256 << 20, help="memory store: the in-process cache budget of the whole service in bytes (resident bytes "
                     "the caches hold), split evenly across the workers")
     sv.add_argument("--history-file", help="memory store: persist histories to this SQLite file")
+    sv.add_argument("--cache-codec", default="fp32", choices=["fp32", "bf16", "int8"],
+                    help="the form caches take in the store (seqctr.serving.codecs): fp32 as computed, bf16, or int8 "
+                         "with a scale per row; scores are those of the decoded cache")
     sv.add_argument("--max-candidates", type=int, default=1000, help="cap on candidates per request")
     sv.add_argument("--max-events", type=int, default=1000, help="cap on events per append")
     sv.add_argument("--max-body", type=int, default=1 << 20, help="cap on request body bytes")

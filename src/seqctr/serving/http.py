@@ -357,7 +357,8 @@ def app_from_env():
     store = open_store(os.environ.get("SEQCTR_SERVE_STORE", "memory"), bundle.fingerprint,
                        int(os.environ.get("SEQCTR_SERVE_CACHE_BYTES", 256 << 20)),
                        os.environ.get("SEQCTR_SERVE_HISTORY_FILE") or None)
-    scorer = Scorer(bundle, store, max_history=int(os.environ.get("SEQCTR_SERVE_MAX_HISTORY", 0)) or None)
+    scorer = Scorer(bundle, store, max_history=int(os.environ.get("SEQCTR_SERVE_MAX_HISTORY", 0)) or None,
+                    codec=os.environ.get("SEQCTR_SERVE_CACHE_CODEC", "fp32"))
     # resident memory held to this worker's base + its cache budget + a slack (seqctr.utils.malloc)
     start_trimmer(resident_bytes() + getattr(store, "cache_bytes", 0) + trim_slack())
     histories = os.environ.get("SEQCTR_SERVE_HISTORIES")

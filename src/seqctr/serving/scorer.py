@@ -22,6 +22,7 @@ from ..data.encode import Vocabulary
 from ..data.columns import BadTime, text_times
 from ..errors import InputError, TooLarge
 from .bundle import Bundle, load_bundle
+from .codecs import Codec
 from .runtime import append, fingerprint, prefill, request_time, score
 from .stores import MemoryStore, cache_gen
 
@@ -124,8 +125,10 @@ class Scorer:
     latest event's). An event without a time takes the one before it.
     """
 
-    def __init__(self, bundle: Bundle, store=None, max_len: int | None = None, max_history: int | None = None):
+    def __init__(self, bundle: Bundle, store=None, max_len: int | None = None, max_history: int | None = None,
+                 codec: str = "fp32"):
         self.bundle, self.model = bundle, bundle.model
+        self.codec = Codec(codec)         # the form caches take in the store (seqctr.serving.codecs)
         self.store = store if store is not None else MemoryStore()
         self.max_len = int(max_len or bundle.max_len)
         # a request's own history: the window's events and the true length beyond it (LAIN reads it)
@@ -206,15 +209,23 @@ class Scorer:
             cache, hit = self._cache(user)
         return score(self.model, cache, cands, time).numpy(), hit
 
+    def _get_cache(self, user: str):
+        stored = self.store.get_cache(user)
+        return None if stored is None else self.codec.decode(stored)
+
+    def _put_cache(self, user: str, cache):
+        """Store ``cache`` in the scorer's codec; returns what a later read gives (the decoded cache)."""
+        stored = self.codec.encode(cache)
+        self.store.put_cache(user, stored)
+        return self.codec.decode(stored)
+
     def _cache(self, user: str):
         """The user's valid cache (built and stored when missing or stale). Caller holds the lock."""
-        cache = self.store.get_cache(user)
+        cache = self._get_cache(user)
         if self._valid(cache, self.store.state(user)):
             return cache, True
         hist, times, gen = self.store.snapshot(user)
-        cache = self._stamp(self._build(user, hist, times), gen)
-        self.store.put_cache(user, cache)
-        return cache, False
+        return self._put_cache(user, self._stamp(self._build(user, hist, times), gen)), False
 
     def prefill(self, user, history, timestamps=None):
         """Replace the user's stored history by ``history`` and cache it."""
@@ -225,7 +236,7 @@ class Scorer:
         with self._lock(user):
             self.store.replace(user, items, timestamps)
             cache = self._stamp(cache, self.store.state(user)[1])
-            self.store.put_cache(user, cache)
+            self._put_cache(user, cache)
         return cache
 
     def append(self, user, events, timestamps=None):
@@ -238,7 +249,7 @@ class Scorer:
         items = raw_ids(events, "events")
         timestamps = event_times(timestamps, len(items))   # refused before anything is stored
         with self._lock(user):
-            cache = self.store.get_cache(user)
+            cache = self._get_cache(user)
             state = self.store.state(user)
             if self._valid(cache, state):
                 new_times = None
@@ -251,10 +262,10 @@ class Scorer:
                 cache = self._build(user, before + items, before_ts + list(timestamps or [None] * len(items)))
             n = self.store.extend(user, items, timestamps)
             if n == state[0] + len(items):             # else another process appended too
-                self.store.put_cache(user, self._stamp(cache, state[1]))
+                self._put_cache(user, self._stamp(cache, state[1]))
         return n
 
 
-def load(path: str | Path, store=None, device: str = "cpu") -> Scorer:
-    """``seqctr.load(BUNDLE)``: a :class:`Scorer` of an exported bundle."""
-    return Scorer(load_bundle(path, device=device), store)
+def load(path: str | Path, store=None, device: str = "cpu", codec: str = "fp32") -> Scorer:
+    """``seqctr.load(BUNDLE)``: a :class:`Scorer` of an exported bundle (caches stored in ``codec``)."""
+    return Scorer(load_bundle(path, device=device), store, codec=codec)

@@ -1,0 +1,97 @@
+"""Bytes per user and decode / scoring time of every cache codec, per model and history length.
+
+``python bench/bench_codecs.py [--models twin,sim,hstu] [--lengths 50,200,1000] [--cpu 0]``
+
+The benchmark models of ``bench/serving_models.py`` (random weights, the CollectiveKV paper's widths;
+bytes and times do not depend on training), full K/V and CollectiveKV caches, each cache in every codec
+of :mod:`seqctr.serving.codecs`: the bytes a store keeps for one user (``KVCache.nbytes`` of the encoded
+cache, and the length of its byte form), users per GB of cache, the decode time and the time to score
+200 candidates from the decoded cache (medians of ``--repeats`` calls, one thread), and the largest
+change of a probability against the fp32 cache. Accuracy on real data (AUC per codec) is the
+frontier experiment's. Writes ``docs/results/cache_codecs.{json,md}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import serving_models as sm
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="twin,sim,hstu")
+    ap.add_argument("--lengths", default="50,200,1000")
+    ap.add_argument("--candidates", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--cpu", default="")
+    ap.add_argument("--out", default=str(ROOT / "docs/results/cache_codecs"))
+    args = ap.parse_args()
+    ds, items = sm.setup(args.cpu)
+    import torch
+
+    from seqctr.serving.codecs import CODECS, Codec
+    from seqctr.serving.runtime import prefill, score
+
+    g = torch.Generator().manual_seed(0)
+    user = torch.from_numpy(ds.user_feats[0]).long()
+    cands = items[torch.randint(2, len(items), (args.candidates,), generator=g)]
+    rows = []
+    for name in args.models.split(","):
+        for variant in ("full", "ckv"):
+            model = sm.build(name, ds.meta, collective=variant == "ckv")
+            for T in map(int, args.lengths.split(",")):
+                hist = items[torch.randint(2, len(items), (T,), generator=g)]
+                cache = prefill(model, user, hist, max_len=T)
+                with torch.no_grad():
+                    ref = score(model, cache, cands)
+                base = None
+                for codec in CODECS:
+                    stored = Codec(codec).encode(cache)
+                    blob = stored.to_bytes()
+                    dec = Codec.decode(stored)
+                    with torch.no_grad():
+                        t_dec = sm.timed(lambda: Codec.decode(stored), args.repeats)
+                        t_score = sm.timed(lambda: score(model, dec, cands), args.repeats)
+                        dev = float((score(model, dec, cands) - ref).abs().max())
+                    nbytes = stored.nbytes()
+                    base = base or nbytes
+                    rows.append({"model": name, "cache": variant, "events": T, "codec": codec, "bytes": nbytes,
+                                 "blob_bytes": len(blob), "x_fp32_full": None, "users_per_gb": 1e9 / nbytes,
+                                 "decode_ms": 1e3 * statistics.median(t_dec),
+                                 "score_ms": 1e3 * statistics.median(t_score), "max_prob_change": dev})
+                    print(f"{name:5s} {variant:4s} T={T:5d} {codec:5s} {nbytes:>10,} B  decode "
+                          f"{rows[-1]['decode_ms']:.3f} ms  score {rows[-1]['score_ms']:.2f} ms  |dp| {dev:.2e}",
+                          flush=True)
+    full = {(r["model"], r["events"]): r["bytes"] for r in rows if r["cache"] == "full" and r["codec"] == "fp32"}
+    for r in rows:
+        r["x_fp32_full"] = r["bytes"] / full[(r["model"], r["events"])]
+    out = Path(args.out)
+    cmd = "python bench/bench_codecs.py " + " ".join(sys.argv[1:])
+    out.with_suffix(".json").write_text(json.dumps({"command": cmd, "rows": rows}, indent=1))
+    lines = ["# Cache codecs: bytes per user, decode and scoring time", "",
+             f"`{cmd}` (generated; do not edit). Benchmark models of `bench/serving_models.py` (random weights, "
+             "attention 256 / 8 heads; HSTU 128, 2 layers), one user, "
+             f"{args.candidates} candidates, medians of {args.repeats} calls on one thread. `bytes`: what a store "
+             "keeps for the user (`KVCache.nbytes` of the encoded cache); `x fp32 full`: against the full fp32 "
+             "cache at the same length; `|dp|`: the largest change of a probability against the fp32 cache of the "
+             "same model (random weights: a bound on the rounding, not an accuracy; AUC per codec comes from the "
+             "frontier experiment).", "",
+             "| model | cache | events | codec | bytes | x fp32 full | users / GB | decode ms | score ms | |dp| |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['cache']} | {r['events']:,} | {r['codec']} | {r['bytes']:,} | "
+                     f"{100 * r['x_fp32_full']:.2f}% | {r['users_per_gb']:,.0f} | {r['decode_ms']:.3f} | "
+                     f"{r['score_ms']:.2f} | {r['max_prob_change']:.1e} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
