@@ -153,6 +153,27 @@ def _kv(args, common):
                 user_dims=args.user_dims, pool_sizes=args.pool_sizes, **common)
 
 
+# ----------------------------------------------------------------------------------- cache codecs
+def _compression_options(p):
+    p.add_argument("--codecs", type=comma_list(str), default="fp32,bf16,int8",
+                   help="cache codecs through the serving path (the first is the baseline)")
+    p.add_argument("--collective", default=None, metavar="JSON",
+                   help='CollectiveKV options of the ckv variant (default {"user_dim": 1, "pool_size": 10000, '
+                        '"branches": ["short", "long"]})')
+
+
+def _compression(args, common):
+    import json
+
+    from .compression import compression
+
+    try:
+        collective = json.loads(args.collective) if args.collective else None
+    except ValueError as e:
+        raise SeqctrError(f"--collective: not JSON ({e})") from None
+    compression(args.backbones, args.seeds, codecs=args.codecs, collective=collective, **common)
+
+
 # in reading order (the report's order)
 register(Suite("compare", "LAIN vs bare backbones per length bucket", "LAIN vs bare backbones",
                "din,dien,sim,sdim,twin", _compare))
@@ -171,6 +192,9 @@ register(Suite("ab", "A/B of a setting per backbone: as configured vs with --b o
 register(Suite("kv", "CollectiveKV variants vs the uncompressed model, cache bytes, d_u and pool sweeps",
                "CollectiveKV vs uncompressed K/V", "sim,eta,sdim,twin,hstu", _kv, _kv_options,
                pages=(("results.md", "CollectiveKV vs uncompressed K/V"), ("kv.md", "K/V SVD diagnostic"))))
+register(Suite("compression", "bytes per user against AUC: every cache codec on the full and the CollectiveKV cache, "
+               "the test split scored through the serving path", "Per-user state frontier (cache codecs)", "twin",
+               _compression, _compression_options))
 
 
 def report_pages() -> list[tuple[str, str, str]]:

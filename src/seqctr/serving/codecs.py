@@ -40,22 +40,23 @@ def _narrowest(t: torch.Tensor) -> torch.dtype:
 
 
 def int8_blocks(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``t`` (any shape) as int8 ``[n + pad]`` and one float16 scale per :data:`BLOCK` values ``[blocks]``.
+    """``t`` (any shape, ``n`` values) as int8 ``[n]`` and one float16 scale per :data:`BLOCK` values (the last
+    block may be shorter) ``[ceil(n / BLOCK)]``.
     The scale as stored is rounded up (``|x| / scale <= 127``) and decoding multiplies by exactly it."""
     flat = t.reshape(-1).float()
-    flat = torch.cat([flat, flat.new_zeros(-flat.numel() % BLOCK)]).view(-1, BLOCK)
+    n = flat.numel()
+    flat = torch.cat([flat, flat.new_zeros(-n % BLOCK)]).view(-1, BLOCK)
     scale = (flat.abs().amax(-1, keepdim=True) / 127.0 * (1 + 2 ** -10)).to(torch.float16)
     s = scale.float()
     q = torch.where(s > 0, flat / s.clamp_min(1e-30), torch.zeros_like(flat))
-    return q.round_().clamp_(-127, 127).to(torch.int8).reshape(-1), scale.reshape(-1)
+    return q.round_().clamp_(-127, 127).to(torch.int8).reshape(-1)[:n].clone(), scale.reshape(-1)
 
 
 def from_int8_blocks(q: torch.Tensor, scale: torch.Tensor, shape: list[int]) -> torch.Tensor:
     """The float32 tensor of ``shape`` that :func:`int8_blocks` encoded."""
-    n = 1
-    for d in shape:
-        n *= d
-    return (q.view(-1, BLOCK).float() * scale.float().unsqueeze(-1)).reshape(-1)[:n].reshape(shape)
+    n = q.numel()
+    padded = torch.cat([q.float(), q.new_zeros(-n % BLOCK, dtype=torch.float32)]).view(-1, BLOCK)
+    return (padded * scale.float().unsqueeze(-1)).reshape(-1)[:n].reshape(shape)
 
 
 class Codec:
