@@ -60,11 +60,11 @@ def test_no_circle_and_at_most_nine_levels():
     levels = {u: level(u) for u in edges}
     assert max(levels.values()) <= MAX_LEVELS, sorted(levels.items(), key=lambda kv: kv[1])
     # the leaves the model core stands on import nothing of the package's upper layers
-    ground = {"seqctr.errors", "seqctr.utils", "seqctr.metrics", "seqctr._version"}
+    ground = {"seqctr.errors", "seqctr.utils", "seqctr.metrics"}
     for leaf in ("seqctr.config", "seqctr.checkpoint", "seqctr.ops", "seqctr.errors", "seqctr.utils"):
         assert edges[leaf] <= ground, (leaf, edges[leaf] - ground)
     assert not edges["seqctr.serving"] & {"seqctr.training", "seqctr.experiments", "seqctr.cli"}
-    assert not edges["seqctr.experiments"] & {"seqctr.serving", "seqctr.training", "seqctr.cli"}
+    assert not edges["seqctr.experiments"] & {"seqctr.training", "seqctr.cli"}     # (the compression suite reads serving)
 
 
 def test_the_graph_sees_lazy_imports():

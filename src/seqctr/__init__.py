@@ -1,5 +1,5 @@
 """seqctr: length-aware CTR prediction from user behaviour sequences."""
-from ._version import __version__
+from .utils.version import __version__
 
 __all__ = ["__version__", "load"]
 

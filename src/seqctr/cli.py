@@ -644,7 +644,7 @@ def _other_commands(c: _Commands) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``seqctr`` parser, built per command group."""
-    from ._version import __version__
+    from .utils.version import __version__
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

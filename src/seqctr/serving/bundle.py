@@ -88,7 +88,7 @@ def write_bundle(model, cfg, ds, folder: Path, out: str | Path, meta: dict | Non
                  extra: dict | None = None) -> Path:
     """Write the bundle of ``model`` (built by ``cfg`` on the prepared dataset ``ds`` cached in
     ``folder``, which holds its raw vocabularies) into ``out``, atomically."""
-    from .._version import __version__
+    from ..utils.version import __version__
     from .runtime import fingerprint
 
     out = Path(out)

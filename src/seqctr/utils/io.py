@@ -124,7 +124,7 @@ def provenance() -> dict:
     import platform
     import subprocess
 
-    from .._version import __version__
+    from .version import __version__
 
     out = {"seqctr": __version__, "python": platform.python_version()}
     try:
