@@ -309,7 +309,9 @@ def main() -> int:
             for (lib, name, sd), res in pool.map(run_job, jobs):
                 preds[name][lib][sd] = res.pop("pred")
                 r = results["models"].setdefault(name, {})
-                acc = r.setdefault(f"{lib}_accuracy", {"runs": []})
+                acc = r.get(f"{lib}_accuracy")
+                if not acc or "runs" not in acc:               # (a single-seed entry of an earlier run)
+                    acc = r[f"{lib}_accuracy"] = {"runs": []}
                 acc["runs"] = sorted([o for o in acc["runs"] if o["seed"] != sd]
                                      + [{"seed": sd, "test": evaluate_predictions(y, preds[name][lib][sd], users, L),
                                          "fit_seconds": res["fit_seconds"]}], key=lambda o: o["seed"])
