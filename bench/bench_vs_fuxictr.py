@@ -385,7 +385,9 @@ def render(results: dict) -> str:
     for name, r in results["models"].items():
         tp = r.get("throughput", {})
         fx, us = tp.get("fuxictr", {}), tp.get("seqctr", {})
-        fa = r.get("fuxictr_accuracy", {}).get("test", {}).get("overall", {})
+        fxa = r.get("fuxictr_accuracy", {})
+        fa = (fxa.get("test", {}).get("overall", {}) if "auc_mean" not in fxa else   # one run, or the mean of seeds
+              {m: fxa[f"{m}_mean"] for m in ("auc", "gauc", "logloss")})
         sa = r.get("seqctr_accuracy", {})
         d = f"{sa['auc_mean'] - fa['auc']:+.4f}" if "auc_mean" in sa and "auc" in fa else "—"
         lines.append(
