@@ -50,7 +50,6 @@ def main() -> int:
                 cache = prefill(model, user, hist, max_len=T)
                 with torch.no_grad():
                     ref = score(model, cache, cands)
-                base = None
                 for codec in CODECS:
                     stored = Codec(codec).encode(cache)
                     blob = stored.to_bytes()
@@ -60,7 +59,6 @@ def main() -> int:
                         t_score = sm.timed(lambda: score(model, dec, cands), args.repeats)
                         dev = float((score(model, dec, cands) - ref).abs().max())
                     nbytes = stored.nbytes()
-                    base = base or nbytes
                     rows.append({"model": name, "cache": variant, "events": T, "codec": codec, "bytes": nbytes,
                                  "blob_bytes": len(blob), "x_fp32_full": None, "users_per_gb": 1e9 / nbytes,
                                  "decode_ms": 1e3 * statistics.median(t_dec),

@@ -34,6 +34,7 @@ def serving_path_predictions(model, ds, max_len: int, codecs: list[str], log=pri
 
     idx = ds.indices("test")
     items = torch.from_numpy(np.array(ds.item_feats, dtype=np.int64))
+    coders = {c: Codec(c) for c in codecs}
     out = {c: np.empty(len(idx)) for c in codecs}
     nbytes = {c: 0 for c in codecs}
     for n, i in enumerate(idx):
@@ -48,8 +49,8 @@ def serving_path_predictions(model, ds, max_len: int, codecs: list[str], log=pri
         cache = prefill(model, user, hist, seq_len=pos, max_len=max_len, hist_time=times)
         target = items[int(ds.sample_target[i])].unsqueeze(0)
         t = int(ds.sample_ts[i]) if times is not None else None
-        for c in codecs:
-            stored = Codec(c).encode(cache)
+        for c, coder in coders.items():
+            stored = coder.encode(cache)
             nbytes[c] += stored.nbytes()
             out[c][n] = float(score(model, Codec.decode(stored), target, t)[0])
         if log and (n + 1) % 2000 == 0:

@@ -148,13 +148,9 @@ class TwoBranchBackbone(Backbone):
                                           select=(idx, sel_mask), need_weights=False).out
 
     def history_forms(self, grad: bool) -> frozenset[str]:
-        """The distinct rows (every branch reads its events from them: one lookup of ``U`` rows, and
-        the gradient reaches the tables through them), plus ``hist`` where :meth:`reads_dense` says."""
-        return frozenset({"distinct", "dense"} if self.reads_dense() else {"distinct"})
-
-    def reads_dense(self) -> bool:
-        """True: the long branch also reads ``SeqInputs.hist`` (a backbone overrides it)."""
-        return False
+        """The distinct rows: every branch reads its events from them (one lookup of ``U`` rows, and
+        the gradient reaches the tables through them); ``hist`` only when they cannot be made."""
+        return frozenset({"distinct"})
 
     def forward(self, x: SeqInputs) -> BackboneOutput:
         short, long = self.short_branch(x), self.long_branch(x)

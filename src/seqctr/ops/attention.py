@@ -87,10 +87,6 @@ class Events:
         """``(B, T)`` or ``(B, H, k)``."""
         return tuple(self.index.shape) if self.is_distinct else tuple(self.x.shape[:-1])
 
-    @property
-    def width(self) -> int:
-        return (self.rows if self.is_distinct else self.x).shape[-1]
-
     def dense(self) -> torch.Tensor:
         """The events as one tensor ``[*positions, D]`` (distinct rows gathered: an ``index_select``)."""
         if not self.is_distinct:

@@ -83,9 +83,9 @@ class Codec:
                 else:
                     out[key], out[key + SCALE] = int8_blocks(t.detach())
                     shapes[key] = list(t.shape)
-            elif t.dtype in (torch.int16, torch.int32, torch.int64) and _narrowest(t) != t.dtype:
+            elif t.dtype in (torch.int16, torch.int32, torch.int64) and (narrow := _narrowest(t)) != t.dtype:
                 dtypes[key] = str(t.dtype).removeprefix("torch.")
-                out[key] = t.to(_narrowest(t))
+                out[key] = t.to(narrow)
             else:
                 out[key] = t
         meta = {**cache.meta, "codec": self.name, "dtypes": dtypes}

@@ -135,11 +135,10 @@ class Scorer:
         self.max_history = int(max_history or HISTORY_WINDOWS * self.max_len)
         meta = DatasetMeta.from_dict(bundle.info["meta"])
         self.n_context = len(meta.context_features)
-        self.item_vocab_size = meta.vocab_sizes["item_id"]
         self.items = torch.from_numpy(np.asarray(bundle.items, np.int64))
         self.users = torch.from_numpy(np.asarray(bundle.users, np.int64))
         # ids as given (LongCTR): items are their own rows, users their row + 2 (rows 0, 1: padding, unknown)
-        self.item_vocab = Vocabulary(bundle.vocabs.get("item_id"), size=self.item_vocab_size)
+        self.item_vocab = Vocabulary(bundle.vocabs.get("item_id"), size=meta.vocab_sizes["item_id"])
         self.user_vocab = Vocabulary(bundle.vocabs.get("user_id"), size=len(self.users), offset=2)
         self._locks = [threading.Lock() for _ in range(64)]
         self.uses_time = bool(self.model.backbone.uses_time and meta.has_time)
