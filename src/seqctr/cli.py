@@ -149,11 +149,21 @@ def _train(cfg, out: Path, resume: bool, progress) -> dict:
     try:
         if not d.main:
             d.barrier()
-        ds, folder, cached = prepare_config(cfg.data)
+        init = None
+        if cfg.train.init:                  # warm start: the data in the trained model's grown id space
+            from .training.warm_start import warm_data
+
+            ds, folder, init = warm_data(cfg)
+            cfg.data.source, cached = str(folder), True
+        else:
+            ds, folder, cached = prepare_config(cfg.data)
         if d.main:
             d.barrier()
         say(f"data: {ds.meta.name} {'(cached)' if cached else '(prepared)'} {folder}")
-        trainer = Trainer(cfg, ds, out, progress=progress)
+        trainer = Trainer(cfg, ds, out, progress=progress, init=init)
+        if trainer.grown:
+            say("warm start from " + cfg.train.init + ": " + ", ".join(
+                f"{k.split('.')[-2]} {a:,} -> {b:,} rows" for k, (a, b) in trainer.grown.items()))
         say(f"model: {cfg.model.name}, {sum(p.numel() for p in trainer.model.parameters()):,} parameters, "
             f"device {trainer.device}" + (f" x {d.world} processes" if d.active else "") +
             f"; padded slots per epoch {100 * trainer.train_loader.padding_fraction(1):.1f}%")

@@ -27,6 +27,12 @@ class SplitRule:
     valid_frac: float = 0.1      # share of each user's samples for validation (at least one)
     test_frac: float = 0.1       # share of each user's samples for test (the latest; at least one)
     min_history: int = 1         # events before a user's first sample (1 drops the empty-history event)
+    # a split by time instead (one global cut, for time slices: ``seqctr experiment streaming``), in the
+    # source's time units: train = samples in [train_from, train_until) (its latest valid_frac by time ->
+    # valid), test = [train_until, test_until); other samples are kept as history only (split 3)
+    train_from: int | None = None
+    train_until: int | None = None
+    test_until: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "SplitRule":
@@ -35,7 +41,22 @@ class SplitRule:
         rule = cls(**d)
         if not (0 <= rule.valid_frac < 1 and 0 <= rule.test_frac < 1) or rule.min_history < 0:
             raise ConfigError(f"data.split: fractions must be in [0, 1) and min_history >= 0, got {d}")
+        if rule.train_until is None and (rule.train_from is not None or rule.test_until is not None):
+            raise ConfigError(f"data.split: train_from / test_until need train_until (a split by time), got {d}")
+        times = [t for t in (rule.train_from, rule.train_until, rule.test_until) if t is not None]
+        if any(not isinstance(t, int) or isinstance(t, bool) for t in times) or times != sorted(times) \
+                or len(set(times)) != len(times):
+            raise ConfigError(f"data.split: train_from < train_until < test_until must be integer times, got {d}")
         return rule
+
+    @property
+    def by_time(self) -> bool:
+        return self.train_until is not None
+
+    def key(self) -> dict:
+        """The rule as it enters a prepared dataset's cache key (unset time bounds left out, so
+        the per-user rule keeps its key)."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
 BRANCHES = ("short", "long")
@@ -139,6 +160,9 @@ class TrainConfig:
     tensorboard: bool = False        # also log to <run>/tensorboard (needs the tensorboard extra)
     precision: str = "fp32"          # fp32 | bf16 (bfloat16 autocast of matrix products: faster, less accurate; see docs/results/precision_bf16_ml100k.md)
     compile: bool = False            # torch.compile (inductor) the training and evaluation forward: faster steps after tens of seconds of compilation; equal to eager within float rounding; not under DDP
+    init: str = ""                   # warm start: a run's best.pt or a model bundle; its weights start this run, its vocabularies are extended by the data's new ids (every old id keeps its row)
+    init_rows: str = "oov"           # a new id's first embedding row: oov (a copy of the trained out-of-vocabulary row: scores as the old model scored the unknown id) | fresh (the model's random init)
+    init_l0: str = "keep"            # LAIN's L0 on a warm start: keep (the trained model's) | data (from this data, by model.lain.l0)
 
 
 @dataclass
@@ -225,6 +249,8 @@ def validate(cfg: RunConfig) -> None:
     _check(t.max_steps >= 0, "train.max_steps", "an integer >= 0 (0 = no limit)", t.max_steps)
     _check(t.max_grad_norm > 0, "train.max_grad_norm", "a number > 0", t.max_grad_norm)
     check_device(t.device, "train.device")
+    _check(t.init_rows in ("oov", "fresh"), "train.init_rows", "oov or fresh", t.init_rows)
+    _check(t.init_l0 in ("keep", "data"), "train.init_l0", "keep or data", t.init_l0)
     b = e.buckets
     _check(len(b) >= 1 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in b)
            and all(x < y for x, y in zip(b, b[1:])), "eval.buckets", "increasing numbers, e.g. [1, 50, 100, 200]", b)

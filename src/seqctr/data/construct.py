@@ -23,6 +23,7 @@ from ..errors import InputError, SeqctrError, check_keys
 from ..utils.io import seqctr_home
 from . import ebnerd, longctr
 from .dataset import LAYOUT_VERSION, SeqDataset, dataset_meta
+from .split import time_split
 from .encode import encode, item_feature_table, user_feature_table
 from .columns import feature_names
 from .sources import (ML100K_MEMBERS, Interactions, ResolvedSource, fetch_ml100k, read_grouplens_ml100k,
@@ -144,8 +145,13 @@ def build_dataset(inter: Interactions, split: SplitRule, name: str, protocol: st
     n_train = n_samp - n_test - n_valid
     head = np.minimum(counts, mh)
     is_sample = _runs(counts, head, n_samp)                                   # [E] events that are samples
-    train_visible = _runs(counts, head + n_train, counts - head - n_train, values=(True, False))
-    sp = _runs(counts, n_train, n_valid, n_test, values=(0, 1, 2), dtype=np.int8)   # [N] split per sample
+    if split.by_time:
+        sp, fit_until = time_split(seq_ts[is_sample], split)
+        train_visible = seq_ts < fit_until
+        n_train = np.bincount(np.repeat(np.arange(n_users), n_samp), weights=sp == 0, minlength=n_users)
+    else:
+        train_visible = _runs(counts, head + n_train, counts - head - n_train, values=(True, False))
+        sp = _runs(counts, n_train, n_valid, n_test, values=(0, 1, 2), dtype=np.int8)   # [N] split per sample
     sample_offsets = np.r_[0, np.cumsum(n_samp)]
     n_samples = int(sample_offsets[-1])
     idx_t = np.int32 if n_samples < 2**31 - mh else np.int64
@@ -286,20 +292,29 @@ def cache_key(name: str, protocol: str, checksum: str, rules: dict) -> str:
     return f"{name}-{protocol}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
+def is_prepared(source) -> bool:
+    """Whether ``source`` is a folder :func:`prepare` wrote (``meta.json`` + arrays): used as it is."""
+    p = Path(str(source)).expanduser()
+    return p.is_dir() and (p / "meta.json").is_file() and (p / "seq_items.npy").is_file()
+
+
 def prepare(source: str = "ml100k", *, columns: dict | None = None, label: dict | None = None,
             split: dict | None = None, items: dict | None = None, users: dict | None = None,
             home: Path | None = None, force: bool = False) -> tuple[SeqDataset, Path, bool]:
     """Prepare (or load from cache) a dataset. Returns ``(dataset, cache folder, was_cached)``.
 
-    ``source``: ``ml100k`` | ``ml-latest-small`` (built in), a GroupLens ml-100k folder, a LongCTR
+    ``source``: ``ml100k`` | ``ml-latest-small`` (built in), a prepared dataset folder (used as it
+    is: its rules were applied when it was written), a GroupLens ml-100k folder, a LongCTR
     folder, an EB-NeRD folder, or an interactions table (``columns`` / ``label`` describe it;
     ``items`` / ``users`` add side tables: ``{path, key, features, multi}``). The cache key covers
     the protocol, the layout version, the source files' checksum and the rules, so the second run
     with the same inputs does no preprocessing."""
+    if is_prepared(source):               # a prepared dataset folder (e.g. a warm start's, in another id space)
+        return SeqDataset.load(Path(source).expanduser()), Path(source).expanduser(), True
     home = Path(home or seqctr_home())
     rule = SplitRule.from_dict(split)
     src = resolve_source(source, columns, label, home, items=items, users=users)
-    rules = {"split": rule.__dict__, "label": label or {}, "columns": columns or {}, "items": items or {},
+    rules = {"split": rule.key(), "label": label or {}, "columns": columns or {}, "items": items or {},
              "users": users or {}}
     key = cache_key(src.name, src.protocol, src.checksum, rules)
     folder = home / "prepared" / key

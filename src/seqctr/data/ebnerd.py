@@ -27,6 +27,7 @@ from ..errors import InputError
 from .encode import Multi, SideTable, encode
 from .columns import list_column, read_categorical, read_ids, read_times
 from .sources import ResolvedSource, sha256_files
+from .split import time_split
 
 FILES = ("behaviors.parquet", "history.parquet")
 
@@ -151,7 +152,10 @@ def read_ebnerd(folder: Path, rule):
     pos = (np.searchsorted(key_ev, (s_user.astype(np.int64) << 34) + (s_time - t0), side="left")
            - offsets[s_user]).astype(np.int64)
 
-    s_split = _split_by_time(imp["id"], imp["time"], rule)[imp_of]
+    if rule.by_time:                       # one global cut (time slices): by impression time
+        s_split = time_split(imp["time"], rule)[0][imp_of]
+    else:
+        s_split = _split_by_time(imp["id"], imp["time"], rule)[imp_of]
     keep = pos >= rule.min_history
     # vocabularies: articles of any history or training impression; users with a training sample
     train = keep & (s_split == 0)

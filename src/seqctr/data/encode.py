@@ -9,6 +9,7 @@ block, ``M`` = the most values any row has.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 import numpy as np
 
 from ..errors import InputError
@@ -81,13 +82,25 @@ def encode(raw: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return id_of[inv], vocab
 
 
-def lookup(vocab: np.ndarray, raw: np.ndarray) -> np.ndarray:
-    """Ids of ``raw`` values in a vocabulary made by :func:`encode` (unknown -> OOV)."""
+def sort_order(vocab: np.ndarray) -> np.ndarray | None:
+    """``None`` when a vocabulary is sorted (as :func:`encode` makes it), else the order that sorts it
+    (a grown vocabulary: new values after the old ones, :mod:`seqctr.data.remap`)."""
+    vocab = np.asarray(vocab)
+    if len(vocab) < 2 or bool((vocab[1:] > vocab[:-1]).all()):
+        return None
+    return np.argsort(vocab, kind="stable")
+
+
+def lookup(vocab: np.ndarray, raw: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+    """Ids of ``raw`` values in a vocabulary (unknown -> OOV): sorted as :func:`encode` makes it, or
+    in any order when ``order`` (:func:`sort_order`) is given."""
     s = as_str(raw)
     if len(vocab) == 0:
         return np.full(len(s), OOV, dtype=np.int32)
-    pos = np.minimum(np.searchsorted(vocab, s), len(vocab) - 1)
-    return np.where(vocab[pos] == s, pos + 2, OOV).astype(np.int32)
+    sv = vocab if order is None else vocab[order]
+    pos = np.minimum(np.searchsorted(sv, s), len(vocab) - 1)
+    row = pos if order is None else order[pos]
+    return np.where(sv[pos] == s, row + 2, OOV).astype(np.int32)
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,10 @@ class Vocabulary:
     size: int = 0
     offset: int = 0
 
+    @cached_property
+    def _order(self) -> np.ndarray | None:
+        return None if self.values is None else sort_order(self.values)
+
     @property
     def unknown(self) -> int:
         """The row of an unknown id: OOV when encoded, padding when ids are given."""
@@ -114,7 +131,7 @@ class Vocabulary:
         """Rows ``[N]`` of raw ids (strings or integers)."""
         raw = np.asarray(raw, dtype=object)
         if self.values is not None:
-            return lookup(self.values, raw) if len(raw) else np.zeros(0, np.int32)
+            return lookup(self.values, raw, self._order) if len(raw) else np.zeros(0, np.int32)
         out = np.full(len(raw), PAD, np.int64)
         lowest = max(1, self.offset)
         for i, r in enumerate(raw):

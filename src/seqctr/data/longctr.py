@@ -49,8 +49,13 @@ def resolve(folder: Path):
     for f in REQUIRED:
         if not (folder / f).is_file():
             raise InputError(f"LongCTR folder is missing {f} (needs {', '.join(REQUIRED)})", path=folder / f)
-    return ResolvedSource(folder.name, [folder / f for f in REQUIRED], lambda rule: read_longctr(folder),
-                          "longctr-v1")
+    def build(rule):
+        if rule.by_time:
+            raise InputError("a LongCTR folder has its splits as given and no event times: a split by time "
+                             "(data.split.train_until) does not apply", path=folder)
+        return read_longctr(folder)
+
+    return ResolvedSource(folder.name, [folder / f for f in REQUIRED], build, "longctr-v1")
 
 
 def _read(path: Path):

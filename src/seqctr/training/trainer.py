@@ -119,7 +119,10 @@ class Trainer:
     """Fit a model on a prepared dataset by a :class:`RunConfig`, writing into ``out_dir``. Under
     torchrun every process builds one (same arguments); see :mod:`seqctr.training.distributed`."""
 
-    def __init__(self, cfg: RunConfig, ds: SeqDataset, out_dir: str | Path, progress: bool | None = None):
+    def __init__(self, cfg: RunConfig, ds: SeqDataset, out_dir: str | Path, progress: bool | None = None,
+                 init: dict | None = None):
+        """``init``: trained weights to start from (a warm start: ``ds`` is already in their id space,
+        grown; :mod:`seqctr.training.warm_start`)."""
         self.cfg, self.ds, self.out = cfg, ds, Path(out_dir)
         keep_freed_memory()          # reuse freed tensors instead of page-faulting new ones each step
         self.dist, self.device = init_distributed(cfg.train.device)
@@ -131,6 +134,15 @@ class Trainer:
         set_seed(cfg.train.seed)
         self.model = build_model(cfg.model, ds.meta)
         self.model.embedding.load_pretrained(ds.pretrained)
+        self.grown = {}
+        if init is not None:
+            from .warm_start import grow_state
+
+            l0 = self.model.lain.L0.clone() if getattr(self.model, "lain", None) is not None else None
+            self.grown = grow_state(self.model, init, cfg.train.init_rows)
+            if l0 is not None and cfg.train.init_l0 == "data":
+                with torch.no_grad():
+                    self.model.lain.L0.copy_(l0)
         self.model = self.model.to(self.device)
         self.forward = self.model
         if self.dist.active:   # same initial weights everywhere (same seed; DDP also broadcasts rank 0's)

@@ -1,0 +1,136 @@
+"""One dataset's ids in another model's id space: vocabularies that grow, and data a model never saw.
+
+A model's id space is, per feature, the raw value of every row (``vocab_<feature>.npy``: the raw
+value of id ``i + 2`` at index ``i``) plus the item feature table by item id. A dataset prepared
+from newer data has its own vocabularies; :func:`remap` rewrites its ids into a model's space:
+
+- ``grow=False`` (scoring a frozen model on newer data): an id the model never saw becomes the
+  out-of-vocabulary id 1, as it would when served;
+- ``grow=True`` (warm start): every old id keeps its row, new raw values get new rows after the old
+  ones, in the new dataset's vocabulary order, so the vocabulary files are no longer sorted (lookups
+  handle any order: :func:`seqctr.data.encode.lookup`).
+
+Item feature rows: an old item keeps the model's row (its embedding input is unchanged, so a known
+id scores as before any new training); a new item takes the newer dataset's row, its feature values
+mapped the same way. Features without vocabulary files (ids as given, LongCTR) keep their ids; only
+tables may grow. Pre-trained item vectors are not remapped (an error names the feature).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SeqctrError
+from .dataset import DatasetMeta, SeqDataset
+from .encode import OOV, as_str
+
+
+@dataclass
+class IdSpace:
+    """What ids mean to a model: ``vocabs`` (feature -> raw values of ids 2.. in id order; a feature
+    with ids as given has none), ``sizes`` (feature -> table rows), ``item_feats [I, C]`` and the
+    names of its columns."""
+
+    vocabs: dict
+    sizes: dict
+    item_feats: np.ndarray
+    item_features: list
+
+    @classmethod
+    def of_dataset(cls, ds: SeqDataset, folder: str | Path) -> "IdSpace":
+        folder = Path(folder)
+        vocabs = {n: np.load(folder / f"vocab_{n}.npy", allow_pickle=False) for n in ds.vocab_sizes
+                  if (folder / f"vocab_{n}.npy").is_file()}
+        return cls(vocabs, dict(ds.vocab_sizes), np.asarray(ds.item_feats), list(ds.meta.item_features))
+
+    @classmethod
+    def of_bundle(cls, folder: str | Path) -> "IdSpace":
+        """The id space of a model bundle (``seqctr export``), read from its files, no model built."""
+        import json
+
+        folder = Path(folder)
+        info = json.loads((folder / "bundle.json").read_text())
+        meta = DatasetMeta.from_dict(info["meta"])
+        vocabs = {n: np.load(folder / f"vocab_{n}.npy", allow_pickle=False) for n in info["vocabularies"]}
+        return cls(vocabs, dict(meta.vocab_sizes), np.load(folder / "items.npy", allow_pickle=False),
+                   list(meta.item_features))
+
+
+def _feature_map(new_vals: np.ndarray | None, new_size: int, old_vals: np.ndarray | None, old_size: int,
+                 grow: bool, feature: str):
+    """``(map [new_size] int64: new id -> model id, model vocabulary or None, model size)``."""
+    if (new_vals is None) != (old_vals is None):
+        raise SeqctrError(f"feature {feature!r}: one side has a vocabulary of raw values, the other ids as given; "
+                          "the two cannot be matched")
+    if new_vals is None:                  # ids as given: the same ids; a smaller table maps the rest to padding
+        ids = np.arange(new_size, dtype=np.int64)
+        size = max(new_size, old_size) if grow else old_size
+        return np.where(ids < size, ids, 0), None, size
+    old_s, new_s = as_str(old_vals), as_str(new_vals)
+    order = np.argsort(old_s, kind="stable")
+    found = np.zeros(len(new_s), bool)
+    at = np.zeros(len(new_s), np.int64)
+    if len(old_s):
+        pos = np.minimum(np.searchsorted(old_s[order], new_s), len(old_s) - 1)
+        found = old_s[order][pos] == new_s
+        at = order[pos] + 2
+    vocab = old_s
+    if grow:
+        fresh = np.flatnonzero(~found)
+        at[fresh] = len(old_s) + 2 + np.arange(len(fresh))
+        vocab = np.concatenate([old_s, new_s[fresh]])
+    else:
+        at[~found] = OOV
+    m = np.empty(new_size, np.int64)
+    m[:2] = (0, OOV)
+    m[2:2 + len(new_s)] = at
+    return m, vocab, len(vocab) + 2
+
+
+def _columns(names: list, maps: dict, block: np.ndarray) -> np.ndarray:
+    out = np.asarray(block).astype(np.int64, copy=True)
+    for j, n in enumerate(names):
+        out[:, j] = maps[n][out[:, j]]
+    return out.astype(np.int32)
+
+
+def remap(ds: SeqDataset, folder: str | Path, space: IdSpace, grow: bool) -> tuple[SeqDataset, IdSpace]:
+    """``ds`` (prepared in ``folder``) with its ids in ``space``'s (grown when ``grow``): the new
+    dataset (its ``vocab_arrays`` the model's vocabularies, ``meta.vocab_sizes`` its tables' rows)
+    and the resulting id space. Samples, histories and splits are unchanged."""
+    meta = ds.meta
+    if meta.pretrained:
+        raise SeqctrError(f"pre-trained item vectors ({', '.join(meta.pretrained)}) cannot be carried into another "
+                          "model's id space yet: warm start and cross-dataset scoring need data without them")
+    if list(meta.item_features) != list(space.item_features):
+        raise SeqctrError(f"item feature columns differ: the model's {space.item_features}, the data's "
+                          f"{list(meta.item_features)}")
+    missing = sorted(set(meta.vocab_sizes) ^ set(space.sizes))
+    if missing:
+        raise SeqctrError(f"features {missing} are in one of the model and the data only")
+    new = IdSpace.of_dataset(ds, folder)
+    maps, vocabs, sizes = {}, {}, {}
+    for n in meta.vocab_sizes:
+        maps[n], v, sizes[n] = _feature_map(new.vocabs.get(n), meta.vocab_sizes[n], space.vocabs.get(n),
+                                            space.sizes[n], grow, n)
+        if v is not None:
+            vocabs[n] = v
+    item = maps["item_id"]
+    table = np.zeros((sizes["item_id"], space.item_feats.shape[1]), np.int32)
+    table[:len(space.item_feats)] = space.item_feats
+    src = np.arange(2, len(new.item_feats))
+    fresh = src[item[src] >= len(space.item_feats)]          # items the model has no row for: the data's row
+    if len(fresh):
+        table[item[fresh]] = _columns(list(meta.item_features), maps, np.asarray(ds.item_feats)[fresh])
+    user_names = list(meta.user_features)
+    out = replace(
+        ds, seq_items=item[np.asarray(ds.seq_items)].astype(np.int32),
+        sample_target=item[np.asarray(ds.sample_target)].astype(np.int32),
+        item_feats=table, user_feats=_columns(user_names, maps, ds.user_feats),
+        context_feats=_columns(list(meta.context_features), maps, ds.context_feats),
+        meta=replace(meta, vocab_sizes={n: int(s) for n, s in sizes.items()},
+                     extra={**meta.extra, "id_space": {"grown": bool(grow), "from_rows": dict(space.sizes)}}),
+        vocab_arrays=vocabs)
+    return out, IdSpace(vocabs, sizes, table, list(meta.item_features))
