@@ -174,6 +174,19 @@ def _compression(args, common):
     compression(args.backbones, args.seeds, codecs=args.codecs, collective=collective, **common)
 
 
+# ----------------------------------------------------------------------------------- staleness
+def _streaming_options(p):
+    p.add_argument("--slices", type=int, default=4, help="time slices of equal sample counts (default 4)")
+    p.add_argument("--cuts", type=comma_list(int), default=None,
+                   help="the slices' boundaries as times in the data's units instead (e.g. day starts)")
+
+
+def _streaming(args, common):
+    from .streaming import streaming
+
+    streaming(one_backbone(args), args.seeds, slices=args.slices, cuts=args.cuts, **common)
+
+
 # in reading order (the report's order)
 register(Suite("compare", "LAIN vs bare backbones per length bucket", "LAIN vs bare backbones",
                "din,dien,sim,sdim,twin", _compare))
@@ -195,6 +208,9 @@ register(Suite("kv", "CollectiveKV variants vs the uncompressed model, cache byt
 register(Suite("compression", "bytes per user against AUC: every cache codec on the full and the CollectiveKV cache, "
                "the test split scored through the serving path", "Per-user state frontier (cache codecs)", "twin",
                _compression, _compression_options))
+register(Suite("streaming", "staleness over time slices: a model frozen after the first slice, warm-started on each "
+               "slice (vocabularies grown), retrained from scratch on all slices so far", "Staleness over time slices",
+               "din", _streaming, _streaming_options, one=True))
 
 
 def report_pages() -> list[tuple[str, str, str]]:
