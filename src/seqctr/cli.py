@@ -9,6 +9,7 @@ Bad input ends with one line ``seqctr: error: ...`` naming the file, column and 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -416,8 +417,8 @@ def cmd_serve(args) -> int:
            "SEQCTR_SERVE_MAX_CANDIDATES": str(args.max_candidates), "SEQCTR_SERVE_MAX_EVENTS": str(args.max_events),
            "SEQCTR_SERVE_MAX_BODY": str(args.max_body), "SEQCTR_SERVE_THREADS": str(args.threads),
            "SEQCTR_SERVE_MAX_HISTORY": str(args.max_history), "SEQCTR_SERVE_LOG_LEVEL": args.log_level,
-           "SEQCTR_SERVE_CACHE_CODEC": args.cache_codec,
-           "SEQCTR_SERVE_HISTORIES": ""}
+           "SEQCTR_SERVE_CACHE_CODEC": args.cache_codec, "SEQCTR_SERVE_ADMIN_TOKEN": args.admin_token,
+           "SEQCTR_SERVE_CONTROL": "", "SEQCTR_SERVE_HISTORIES": ""}
     if args.histories:
         if args.store == "memory" and not args.history_file:   # the one worker loads its own memory
             env["SEQCTR_SERVE_HISTORIES"] = json.dumps(_histories_kw(args))
@@ -429,7 +430,13 @@ def cmd_serve(args) -> int:
                 _say_loaded(load_histories(store, **_histories_kw(args)), args.history_file or args.store)
             finally:
                 store.close()
-    metrics_dir = None
+    metrics_dir = control_dir = None
+    if args.admin_token:        # the control file every worker follows (seqctr.serving.live)
+        from .serving.live import write_control
+
+        control_dir = tempfile.mkdtemp(prefix="seqctr-control-")
+        env["SEQCTR_SERVE_CONTROL"] = str(Path(control_dir) / "control.json")
+        write_control(Path(env["SEQCTR_SERVE_CONTROL"]), str(args.model), 0)
     if args.workers > 1:        # one /metrics view over every worker (prometheus-client multiprocess mode)
         metrics_dir = tempfile.mkdtemp(prefix="seqctr-metrics-")
         env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
@@ -440,8 +447,9 @@ def cmd_serve(args) -> int:
         uvicorn.run("seqctr.serving.http:app_from_env", factory=True, host=args.host, port=args.port,
                     workers=args.workers, log_level=args.log_level)
     finally:
-        if metrics_dir:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+        for d in (metrics_dir, control_dir):
+            if d:
+                shutil.rmtree(d, ignore_errors=True)
     return 0
 
 
@@ -620,6 +628,9 @@ def _serving_commands(c: _Commands) -> None:
                     help="load every user's history from this data source first (read as `prepare` reads it, "
                     "with the same data options); shared stores are loaded once, before the workers start")
     sv.add_argument("--log-level", default="warning", help="uvicorn log level (every 5xx is logged at any level)")
+    sv.add_argument("--admin-token", default=os.environ.get("SEQCTR_SERVE_ADMIN_TOKEN", ""),
+                    help="enable POST /v1/admin/reload (a live model swap, every worker) for requests with "
+                         "'Authorization: Bearer TOKEN' (default: $SEQCTR_SERVE_ADMIN_TOKEN; empty: no admin route)")
     sv.set_defaults(func=cmd_serve)
 
     hs = c.command("histories", "load every user's history from a data source into a persistent serving store "

@@ -234,18 +234,37 @@ def _serve_docs_offline(app: FastAPI) -> None:
                                    swagger_favicon_url="/docs-static/favicon-32x32.png")
 
 
-def create_app(scorer, max_candidates: int = 1000, max_events: int = 1000, max_body: int = 1 << 20) -> FastAPI:
-    """The service around a :class:`~seqctr.serving.scorer.Scorer` (its store holds the state)."""
+def reload_scorer(model: str, old):
+    """The scorer of the bundle ``model`` with ``old``'s settings and histories (a live reload)."""
+    from .bundle import load_bundle
+
+    return old.with_bundle(load_bundle(model))
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: Union[StrictStr, None] = None     # a bundle folder (default: the served one, read again)
+
+
+def create_app(scorer, max_candidates: int = 1000, max_events: int = 1000, max_body: int = 1 << 20,
+               live=None, admin_token: str = "") -> FastAPI:
+    """The service around a :class:`~seqctr.serving.scorer.Scorer` (its store holds the state).
+    ``live`` (:class:`~seqctr.serving.live.Live`): the swappable scorer, made here when not given;
+    ``admin_token``: enables ``POST /v1/admin/reload`` for requests that carry it as a bearer token
+    (no token: the route does not exist)."""
+    import hmac
+
+    from .live import Live
+
     offline_docs = _offline_docs()
     app = FastAPI(title="seqctr scoring service", version=scorer.bundle.info.get("seqctr", ""),
                   description="Click probabilities for a user's candidates from a seqctr model bundle.",
                   docs_url=None if offline_docs else "/docs")
     if offline_docs:
         _serve_docs_offline(app)
-    store = scorer.store
-    metrics = Metrics(app, getattr(store, "kind", "?"))
-    in_process = getattr(store, "kind", "") == "memory"
-    fp = scorer.fingerprint
+    live = live or Live(scorer, str(scorer.bundle.path), reload_scorer)
+    metrics = Metrics(app, getattr(scorer.store, "kind", "?"))
+    in_process = getattr(scorer.store, "kind", "") == "memory"
     app.add_middleware(Edge, max_body=max_body, observe=metrics.observe)
 
     def refuse(request: Request, status: int, reason: str, message: str, field: str | None = None, headers=None):
@@ -288,40 +307,53 @@ def create_app(scorer, max_candidates: int = 1000, max_events: int = 1000, max_b
     async def bad_input(request: Request, exc: SeqctrError):
         return refuse(request, 400, "bad_input", str(exc), getattr(exc, "field", None))
 
-    def cache_figures() -> None:
+    def cache_figures(s) -> None:
         if in_process:              # cheap in process; a shared store is asked at /metrics only
-            metrics.set_cache(store.stats())
+            metrics.set_cache(s.store.stats())
 
+    # every handler reads live.scorer once: a request finishes on the model it started with
     @app.post("/v1/score")
     def score(req: ScoreRequest, request: Request) -> dict[str, Any]:
+        s = live.scorer
         if len(req.candidates) > max_candidates:
             return refuse(request, 413, "too_large", f"candidates: {len(req.candidates)} over the cap of "
                           f"{max_candidates}", "candidates")
         history, times = (None, None) if req.history is None else _items(req.history)
-        probs, cached = scorer.score_ex(req.user, req.candidates, history, times, req.timestamp)
+        probs, cached = s.score_ex(req.user, req.candidates, history, times, req.timestamp)
         if history is None:
             (metrics.hits if cached else metrics.misses).inc()
-            cache_figures()
-        return {"scores": [float(p) for p in probs], "model": fp, "cached": cached}
+            cache_figures(s)
+        return {"scores": [float(p) for p in probs], "model": s.fingerprint, "cached": cached}
 
     @app.post("/v1/users/{user}/events")
     def events(user: str, req: EventsRequest, request: Request) -> dict[str, Any]:
+        s = live.scorer
         if len(req.events) > max_events:
             return refuse(request, 413, "too_large", f"events: {len(req.events)} over the cap of {max_events}",
                           "events")
         items, ts = _items(req.events)
-        n = scorer.append(user, items, ts)
-        cache_figures()
-        return {"user": user, "history_len": n, "model": fp}
+        n = s.append(user, items, ts)
+        cache_figures(s)
+        return {"user": user, "history_len": n, "model": s.fingerprint}
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
-        return {"status": "ok", "model": fp, "store": getattr(store, "kind", "?")}
+        s = live.scorer
+        return {"status": "ok", "model": s.fingerprint, "store": getattr(s.store, "kind", "?"),
+                "generation": live.generation}
 
     @app.get("/metrics")
     def metrics_page() -> Response:
-        metrics.set_cache(store.stats())
+        metrics.set_cache(live.scorer.store.stats())
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    if admin_token:
+        @app.post("/v1/admin/reload")
+        def reload(request: Request, req: Union[ReloadRequest, None] = None) -> Any:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {admin_token}".encode()):
+                return refuse(request, 401, "unauthorized", "admin: a bearer token is required", "authorization")
+            return live.reload(req.model if req is not None else None)
 
     return app
 
@@ -359,6 +391,15 @@ def app_from_env():
                        os.environ.get("SEQCTR_SERVE_HISTORY_FILE") or None)
     scorer = Scorer(bundle, store, max_history=int(os.environ.get("SEQCTR_SERVE_MAX_HISTORY", 0)) or None,
                     codec=os.environ.get("SEQCTR_SERVE_CACHE_CODEC", "fp32"))
+    from .live import Live, read_control
+
+    control = os.environ.get("SEQCTR_SERVE_CONTROL") or None
+    model = os.environ["SEQCTR_SERVE_MODEL"]
+    if control and read_control(control)["generation"] > 0:   # a worker (re)started after a reload
+        model = read_control(control)["model"]
+        scorer = reload_scorer(model, scorer)
+    live = Live(scorer, model, reload_scorer, control)
+    live.watch()
     # resident memory held to this worker's base + its cache budget + a slack (seqctr.utils.malloc)
     start_trimmer(resident_bytes() + getattr(store, "cache_bytes", 0) + trim_slack())
     histories = os.environ.get("SEQCTR_SERVE_HISTORIES")
@@ -370,7 +411,8 @@ def app_from_env():
         load_histories(store, **json.loads(histories))
     return create_app(scorer, int(os.environ.get("SEQCTR_SERVE_MAX_CANDIDATES", 1000)),
                       int(os.environ.get("SEQCTR_SERVE_MAX_EVENTS", 1000)),
-                      int(os.environ.get("SEQCTR_SERVE_MAX_BODY", 1 << 20)))
+                      int(os.environ.get("SEQCTR_SERVE_MAX_BODY", 1 << 20)), live=live,
+                      admin_token=os.environ.get("SEQCTR_SERVE_ADMIN_TOKEN", ""))
 
 
 __all__ = ["create_app", "app_from_env", "Edge", "Metrics", "error_response"]

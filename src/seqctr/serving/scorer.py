@@ -128,6 +128,7 @@ class Scorer:
     def __init__(self, bundle: Bundle, store=None, max_len: int | None = None, max_history: int | None = None,
                  codec: str = "fp32"):
         self.bundle, self.model = bundle, bundle.model
+        self._settings = {"max_len": max_len, "max_history": max_history, "codec": codec}
         self.codec = Codec(codec)         # the form caches take in the store (seqctr.serving.codecs)
         self.store = store if store is not None else MemoryStore()
         self.max_len = int(max_len or bundle.max_len)
@@ -146,6 +147,11 @@ class Scorer:
     @property
     def fingerprint(self) -> str:
         return fingerprint(self.model)
+
+    def with_bundle(self, bundle: Bundle) -> "Scorer":
+        """A scorer of another bundle with this one's settings and histories (a live reload,
+        :mod:`seqctr.serving.live`): the store's view for the new weights' caches."""
+        return Scorer(bundle, self.store.for_model(bundle.fingerprint), **self._settings)
 
     # -- raw ids -> model inputs ---------------------------------------------------------------
     def item_ids(self, raw: list[str]) -> np.ndarray:

@@ -116,6 +116,11 @@ class _CacheLRU:
         with self._lock:
             return {"cache_bytes": self._bytes, "cached_users": len(self._caches)}
 
+    def clear(self) -> None:
+        with self._lock:
+            self._caches.clear()
+            self._bytes = 0
+
 
 def _times_of(items: list, timestamps: list | None) -> list:
     return list(timestamps) if timestamps is not None else [None] * len(items)
@@ -233,6 +238,12 @@ class MemoryStore:
 
     def put_cache(self, user: str, cache: KVCache) -> None:
         self._lru.put(user, cache)
+
+    def for_model(self, fingerprint: str) -> "MemoryStore":
+        """The store a newly loaded model uses (a live reload): the same histories; the caches of
+        the old weights dropped (they would never be read: a cache is served only to its weights)."""
+        self._lru.clear()
+        return self
 
     def stats(self) -> dict:
         out = self._lru.stats()
@@ -421,6 +432,11 @@ class RedisStore:
             return KVCache.from_bytes(raw, source=f"redis key {self._c(user)!r}")
         except ValueError:
             return None          # damaged: rebuilt by the caller
+
+    def for_model(self, fingerprint: str) -> "RedisStore":
+        """The store a newly loaded model uses (a live reload): the same histories and connection,
+        caches under the new fingerprint's keys (the old ones expire by their TTL, if any)."""
+        return RedisStore(namespace=self.ns, fingerprint=fingerprint, client=self.client, ttl_s=self.ttl_s)
 
     def put_cache(self, user: str, cache: KVCache) -> None:
         px = "" if self.ttl_s is None else str(int(self.ttl_s * 1000))
