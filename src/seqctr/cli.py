@@ -231,6 +231,13 @@ def cmd_evaluate(args) -> int:
     loader = BatchLoader(ds, args.split, max_len=cfg.data.max_len, batch_size=cfg.data.eval_batch_size,
                          shuffle=False)
     pred = predict(model, loader, device, precision=cfg.train.precision)
+    if args.predictions:
+        import numpy as np
+
+        from .utils.io import atomic_path
+
+        with atomic_path(Path(args.predictions)) as tmp, open(tmp, "wb") as f:
+            np.savez(f, index=pred["index"], prob=pred["prob"])
     m = evaluate_predictions(pred["label"], pred["prob"], pred["user"], pred["seq_len"], cfg.eval.buckets)
     if args.json:
         print(dumps(m))
@@ -551,7 +558,9 @@ def _model_commands(c: _Commands) -> None:
     ev = c.command("evaluate", "evaluate a checkpoint overall and per length bucket")
     ev.add_argument("--checkpoint", required=True, help="a run's best.pt or last.pt")
     ev.add_argument("--split", default="test", choices=["train", "valid", "test"], help="which split to score")
-    ev.add_argument("--source", help="override the dataset source stored in the checkpoint's config")
+    ev.add_argument("--source", help="other data (e.g. a newer time slice), read in the model's id space: ids it "
+                    "never saw are out of vocabulary")
+    ev.add_argument("--predictions", metavar="FILE.npz", help="also write the split's predictions (index, prob)")
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     ev.add_argument("--json", action="store_true", help="print one JSON object (empty buckets: null)")
     ev.set_defaults(func=cmd_evaluate)

@@ -120,7 +120,7 @@ def streaming(backbone: str, seeds: list[int], out: Path, config_dir: Path, slic
         md += ["", format_summary(pages[f"t{t}"], f"Test slice {t + 1} (trained up to slice {t})")]
     _plot_curve(curve, out / "staleness.png", backbone)
     if (out / "staleness.png").exists():
-        md += ["", f"![staleness](staleness.png)"]
+        md += ["", "![staleness](staleness.png)"]
     write_json(out / "edges.json", {"edges": edges})
     return finish(out.parent, "streaming", page, "\n".join(md))
 
@@ -136,25 +136,25 @@ def _link(out: Path, src: str, dst: str) -> None:
 
 def _frozen(out: Path, t: int, seed: int, scratch_metrics: dict) -> None:
     """Score slice ``t + 1``'s test samples with the slice-0 model (``t{t}/frozen/seed{s}``): the data
-    of the scratch run at ``t`` read in the slice-0 model's id space (new ids out of vocabulary)."""
+    of the scratch run at ``t`` read in the slice-0 model's id space (new ids out of vocabulary), by
+    ``seqctr evaluate --source --predictions`` in its own process, like every run of a suite."""
+    import subprocess
+    import sys
+
     from ..config import config_from_dict
-    from ..data import BatchLoader, prepare_config
-    from ..models import load_trained
-    from ..training import predict
-    from ..utils.io import atomic_path
+    from ..data import prepare_config
 
     d = out / f"t{t}" / "frozen" / f"seed{seed}"
     if (d / "predictions_test.npz").is_file():
         return
-    cfg_t = config_from_dict(scratch_metrics["config"])
-    _, folder, _ = prepare_config(cfg_t.data)
-    model, cfg, ds, _ = load_trained(run_dir(out, RunSpec(f"scratch/t0/seed{seed}", "")) / "best.pt", source=str(folder))
-    loader = BatchLoader(ds, "test", max_len=cfg.data.max_len, batch_size=cfg.data.eval_batch_size, shuffle=False)
-    pred = predict(model, loader, "cpu")
+    _, folder, _ = prepare_config(config_from_dict(scratch_metrics["config"]).data)
     d.mkdir(parents=True, exist_ok=True)
-    with atomic_path(d / "predictions_test.npz") as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, index=pred["index"], prob=pred["prob"])
+    best = run_dir(out, RunSpec(f"scratch/t0/seed{seed}", "")) / "best.pt"
+    cmd = [sys.executable, "-m", "seqctr", "evaluate", "--checkpoint", str(best), "--source", str(folder),
+           "--device", "cpu", "--json", "--predictions", str(d / "predictions_test.npz")]
+    with open(d / "evaluate.log", "w") as logf:
+        if subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT).returncode != 0:
+            raise SeqctrError(f"scoring slice {t + 1} with the frozen model failed: see {d / 'evaluate.log'}")
 
 
 def _plot_curve(curve: dict, path: Path, backbone: str) -> None:
