@@ -80,7 +80,7 @@ def _data_rules(args, cfg_data=None) -> dict:
         label["column"] = args.label_column
     if getattr(args, "threshold", None) is not None:
         label["threshold"] = args.threshold
-    for key in ("valid_frac", "test_frac", "min_history"):
+    for key in ("valid_frac", "test_frac", "min_history", "train_from", "train_until", "test_until"):
         if getattr(args, key, None) is not None:
             split[key] = getattr(args, key)
     multi = _multi_arg(getattr(args, "multi_valued", None))
@@ -106,6 +106,10 @@ def data_options() -> argparse.ArgumentParser:
     g.add_argument("--valid-frac", type=float, help="share of each user's samples for validation (default 0.1)")
     g.add_argument("--test-frac", type=float, help="share of each user's samples for test (default 0.1)")
     g.add_argument("--min-history", type=int, help="events before a user's first sample (default 1)")
+    g.add_argument("--train-until", type=int, metavar="TIME", help="split by time instead: train on samples before "
+                   "TIME (source units; its latest --valid-frac validate), test from TIME")
+    g.add_argument("--train-from", type=int, metavar="TIME", help="with --train-until: train on samples from TIME on")
+    g.add_argument("--test-until", type=int, metavar="TIME", help="with --train-until: test on samples before TIME")
     g.add_argument("--items", metavar="TABLE", help="item side table (parquet/CSV), one row per item")
     g.add_argument("--item-key", metavar="COL", help="its item id column (default: the item column's name)")
     g.add_argument("--item-features", metavar="A,B", help="its feature columns (default: all other columns)")

@@ -50,3 +50,19 @@ def test_prepared_by_time(synth_csv, tmp_path):
     assert set(np.load(folder / "vocab_item_id.npy").tolist()) == seen
     known = ds.seq_items[ds.seq_ts < fit_until]
     assert (known >= 2).all(), "an event training sees is out of vocabulary"
+
+
+def test_prepare_command_splits_by_time(synth_csv, seqctr_home, capsys):
+    import json
+
+    from seqctr.cli import main
+
+    args = ["prepare", str(synth_csv), "--columns", "category=category", "--label-column", "label", "--json"]
+    assert main(args) == 0
+    whole = json.loads(capsys.readouterr().out)
+    assert main(args + ["--train-until", "1500000", "--test-until", "1800000"]) == 0
+    by_time = json.loads(capsys.readouterr().out)
+    assert by_time["cache"] != whole["cache"]
+    assert by_time["test"]["rows"] < whole["test"]["rows"] + whole["train"]["rows"]
+    assert main(args + ["--test-until", "1800000"]) == 2          # test_until without train_until: refused
+    assert "train_until" in capsys.readouterr().err
