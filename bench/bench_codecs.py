@@ -13,6 +13,7 @@ frontier experiment's. Writes ``docs/results/cache_codecs.{json,md}``.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import statistics
 import sys
@@ -71,7 +72,8 @@ def main() -> int:
         r["x_fp32_full"] = r["bytes"] / full[(r["model"], r["events"])]
     out = Path(args.out)
     cmd = "python bench/bench_codecs.py " + " ".join(sys.argv[1:])
-    out.with_suffix(".json").write_text(json.dumps({"command": cmd, "rows": rows}, indent=1))
+    load = os.getloadavg()[0]
+    out.with_suffix(".json").write_text(json.dumps({"command": cmd, "rows": rows, "load_average_1m": load}, indent=1))
     lines = ["# Cache codecs: bytes per user, decode and scoring time", "",
              f"`{cmd}` (generated; do not edit). Benchmark models of `bench/serving_models.py` (random weights, "
              "attention 256 / 8 heads; HSTU 128, 2 layers), one user, "
@@ -79,7 +81,8 @@ def main() -> int:
              "keeps for the user (`KVCache.nbytes` of the encoded cache); `x fp32 full`: against the full fp32 "
              "cache at the same length; `|dp|`: the largest change of a probability against the fp32 cache of the "
              "same model (random weights: a bound on the rounding, not an accuracy; AUC per codec comes from the "
-             "frontier experiment).", "",
+             f"frontier experiment). Load average (1 min) at the end: {load:.1f} on 2 cores (times are comparable "
+             "only between runs at a similar load; bytes are exact).", "",
              "| model | cache | events | codec | bytes | x fp32 full | users / GB | decode ms | score ms | |dp| |",
              "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:

@@ -102,15 +102,18 @@ def test_empty_history_and_no_candidates(synth_ds, name):
     assert none.shape == (0,) and none.dtype == torch.float32
 
 
-@pytest.mark.parametrize("attention_dim,key", [(64, "gsu_e"), (8, "gsu_k")])
-def test_sim_caches_the_narrower_form_of_its_gsu_keys(synth_ds, attention_dim, key):
-    """Soft search keeps the events (width 16 here) when the attention is at least as wide, else
-    their projections W_b e; both score as the forward pass, before and after an append."""
+@pytest.mark.parametrize("attention_dim", [64, 8])
+def test_sim_caches_its_gsu_keys_as_ids(synth_ds, attention_dim):
+    """Soft search keeps each event's item feature ids, not its D floats, and embeds them again at
+    scoring: the same scores as the forward pass, before and after an append."""
     model = make(synth_ds, "sim", attention_dim=attention_dim)
     user, hist, cands = random_user(synth_ds, 20, seed=6)
     cache = prefill(model, user[0], hist[:15], max_len=MAX_LEN)
-    assert set(cache.tensors) & {"gsu_e", "gsu_k"} == {key}
-    assert cache.tensors[key].shape[-1] == min(16, attention_dim)
+    ids = cache.tensors["gsu_ids"]
+    T = min(15, MAX_LEN)                                  # the window's events
+    assert not ids.dtype.is_floating_point and ids.shape == (1, T, hist.shape[-1])
+    assert torch.equal(ids[0], hist[15 - T:15])
+    assert not {"gsu_e", "gsu_k"} & set(cache.tensors)
     torch.testing.assert_close(score(model, cache, cands), full_forward(model, user, hist[:15], 15, cands),
                                atol=1e-5, rtol=1e-5)
     grown = append(model, cache, hist[15:])

@@ -120,7 +120,9 @@ class SeqInputs:
     not made; ``mask [B, T]`` bool; ``seq_len [B]`` (true length before truncation); ``need_weights``:
     fill attention weights; ``target_ids [B, Fi]`` / ``hist_ids [B, T, Fi]``: the raw feature ids
     (e.g. for search by category); ``hist_time [B, T]`` / ``target_time [B]`` int64 event and
-    candidate times, or None when the data has none (only time-aware backbones read them)."""
+    candidate times, or None when the data has none (only time-aware backbones read them);
+    ``embed``: item feature ids ``[..., Fi]`` -> embedded items ``[..., D]``, given to ``score`` so a
+    cache may keep ids instead of vectors (SIM's GSU keys)."""
 
     target: torch.Tensor
     hist: torch.Tensor | None
@@ -133,6 +135,7 @@ class SeqInputs:
     hist_time: torch.Tensor | None = None
     target_time: torch.Tensor | None = None
     rows: tuple[torch.Tensor, torch.Tensor] | None = None
+    embed: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def events(self) -> Events:
         """The history as :class:`~seqctr.ops.Events`: the distinct rows when made, else ``hist``."""
@@ -323,7 +326,8 @@ class CTRModel(nn.Module):
         L = torch.full((N,), history_len, dtype=torch.long, device=candidates.device)
         return SeqInputs(target=self.embedding.items(candidates), hist=None, mask=None, seq_len=L,
                          target_ids=candidates, cond=self.lain(L) if self.lain is not None else None,
-                         target_time=None if target_time is None else target_time.expand(N))
+                         target_time=None if target_time is None else target_time.expand(N),
+                         embed=self.embedding.items)
 
     def logits(self, user: torch.Tensor, target: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
         """The head: embedded user ``[B, Du]``, target ``[B, Di]`` and the backbone's vector ``[B, out]``

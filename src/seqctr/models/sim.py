@@ -89,15 +89,13 @@ class SIM(TwoBranchBackbone):
         return out
 
     def prefill_long(self, x: SeqInputs) -> dict:
-        """Long-branch K/V plus the soft GSU's keys in the narrower of two exact forms: the events
-        themselves (``gsu_e [1, T, D]``, scored as ``(W_b^T W_a t) . e``) when ``D <= A``, else
-        their projections (``gsu_k [1, T, A]``); hard search keeps the category ids."""
+        """Long-branch K/V plus the soft GSU's keys as the events' item feature ids (``gsu_ids
+        [1, T, Fi]``): embedded again at scoring (``SeqInputs.embed``) and scored as ``(W_b^T W_a t) . e``
+        — the same values as caching the ``D`` floats of each event, for a few integers. Hard search
+        keeps the category ids."""
         state = prefixed(self.long_attention.cache_kv(x.hist), "long_")
         if self.gsu == "soft":
-            if x.hist.shape[-1] <= self.attention_dim:
-                state["gsu_e"] = x.hist
-            else:
-                state["gsu_k"] = self.W_b(x.hist)
+            state["gsu_ids"] = x.hist_ids
         else:
             state["hist_cat"] = x.hist_ids[..., self.category_feature]
         return state
@@ -105,10 +103,7 @@ class SIM(TwoBranchBackbone):
     def score_long(self, state: dict, x: SeqInputs, mask: torch.Tensor) -> torch.Tensor:
         N = x.target.shape[0]
         if self.gsu == "soft":
-            if "gsu_e" in state:
-                s = self.gsu_query(x.target) @ state["gsu_e"][0].T                   # [N, T]
-            else:
-                s = self.W_a(x.target) @ state["gsu_k"][0].T
+            s = self.gsu_query(x.target) @ x.embed(state["gsu_ids"][0]).T             # [N, T]
             idx, sel = topk_select(s, mask, self.topk)
         else:
             match = (expand(state["hist_cat"], N) == x.target_ids[:, self.category_feature].unsqueeze(1)) & mask
