@@ -421,6 +421,8 @@ def cmd_serve(args) -> int:
         raise SeqctrError("--workers > 1 with the memory store needs --history-file (shared histories) "
                           "or --store redis://...: otherwise each worker sees other histories")
     b = load_bundle(args.model)                         # fail here, with one line, not in each worker
+    if not 0 <= args.window <= b.max_len:
+        raise SeqctrError(f"--window {args.window}: expected 1..{b.max_len} (the model's max_len), or 0")
     if args.history_file:
         open_history_file(args.history_file, busy_timeout_s=1.0).close()   # unusable or locked: one line now
     env = {"SEQCTR_SERVE_MODEL": str(args.model), "SEQCTR_SERVE_STORE": args.store,
@@ -429,6 +431,7 @@ def cmd_serve(args) -> int:
            "SEQCTR_SERVE_MAX_BODY": str(args.max_body), "SEQCTR_SERVE_THREADS": str(args.threads),
            "SEQCTR_SERVE_MAX_HISTORY": str(args.max_history), "SEQCTR_SERVE_LOG_LEVEL": args.log_level,
            "SEQCTR_SERVE_CACHE_CODEC": args.cache_codec, "SEQCTR_SERVE_ADMIN_TOKEN": args.admin_token,
+           "SEQCTR_SERVE_WINDOW": str(args.window),
            "SEQCTR_SERVE_CONTROL": "", "SEQCTR_SERVE_HISTORIES": ""}
     if args.histories:
         if args.store == "memory" and not args.history_file:   # the one worker loads its own memory
@@ -631,6 +634,9 @@ def _serving_commands(c: _Commands) -> None:
     sv.add_argument("--cache-codec", default="fp32", choices=["fp32", "bf16", "int8"],
                     help="the form caches take in the store (seqctr.serving.codecs): fp32 as computed, bf16, or int8 "
                          "with a scale per row; scores are those of the decoded cache")
+    sv.add_argument("--window", type=int, default=0, metavar="K",
+                    help="caches hold the most recent K events only (recent-window truncation: fewer bytes per "
+                         "user; the true history length still conditions the model); 0 = the model's max_len")
     sv.add_argument("--max-candidates", type=int, default=1000, help="cap on candidates per request")
     sv.add_argument("--max-events", type=int, default=1000, help="cap on events per append")
     sv.add_argument("--max-body", type=int, default=1 << 20, help="cap on request body bytes")

@@ -94,3 +94,34 @@ def test_the_service_serves_the_codec_offline_scores(trained, tmp_path):
                 got = httpx.post(f"{srv.url}/v1/score", json={"user": u, "candidates": cands}, timeout=30).json()
                 want = scorer.score(u, cands)
                 assert got["scores"] == pytest.approx(want.tolist(), abs=1e-6), (u, got)
+
+
+def test_a_recent_window_scores_as_its_offline_path_and_is_served(trained, tmp_path):
+    """``--window K`` (recent-window truncation): the cache holds the last K events, the true length still
+    conditions; equal to the compression suite's offline path, different from the whole window, never
+    served to a scorer of another window, and the same through a real server."""
+    from seqctr.serving.runtime import prefill
+    from seqctr.serving.scorer import Scorer, load
+    from seqctr.serving.stores import MemoryStore
+
+    rows, bundle, _ = trained
+    user, items, cands = rows["user"][0], list(rows["item"][:12]), list(rows["item"][12:18])
+    store = MemoryStore()
+    whole = load(bundle, store=store)
+    short = Scorer(whole.bundle, store, max_len=4, codec="int8")
+    assert short.max_history == whole.max_history                 # the request cap is the model's, not the window's
+    offline = prefill(short.model, short.user_row(user), short.item_rows(items)[-4:], seq_len=12, max_len=4)
+    want = score(short.model, Codec.decode(Codec("int8").encode(offline)), short.item_rows(cands)).numpy()
+    whole.prefill(user, items)
+    got, hit = short.score_ex(user, cands)
+    assert not hit, "a cache of another window was served"
+    assert (got == want).all() and short.store.get_cache(user).tensors["ids"].shape[1] == 4
+    assert abs(got - whole.score(user, cands, history=items)).max() > 0, "the window changed nothing: untested"
+    with Serve(bundle, "--window", "4", "--cache-codec", "int8", "--history-file", tmp_path / "h.db").start() as srv:
+        r = httpx.post(f"{srv.url}/v1/users/{user}/events", json={"events": items}, timeout=30)
+        assert r.status_code == 200, r.text
+        served = httpx.post(f"{srv.url}/v1/score", json={"user": user, "candidates": cands}, timeout=30).json()
+        assert served["scores"] == pytest.approx(want.tolist(), abs=1e-6)
+    from seqctr.cli import main
+
+    assert main(["serve", "--model", str(bundle), "--window", "100000"]) == 2   # over the model's max_len

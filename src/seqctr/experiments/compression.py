@@ -24,9 +24,22 @@ from .summary import finish, format_summary, mark_significance, predictions, spe
 DEFAULT_COLLECTIVE = {"user_dim": 1, "pool_size": 10000, "branches": ["short", "long"]}
 
 
+def parse_codec(spec: str, max_len: int) -> tuple[str, int]:
+    """``"int8"`` -> ``("int8", max_len)``; ``"int8@50"`` -> ``("int8", 50)``: a codec on a cache of the
+    most recent 50 events only (recent-window truncation; ``seqctr serve --window 50``)."""
+    from ..errors import SeqctrError
+    from ..serving.codecs import CODECS
+
+    name, _, window = spec.partition("@")
+    if name not in CODECS or (window and (not window.isdigit() or int(window) < 1)):
+        raise SeqctrError(f"--codecs: {spec!r} is not CODEC or CODEC@EVENTS (codecs: {list(CODECS)})")
+    return name, min(int(window), max_len) if window else max_len
+
+
 def serving_path_predictions(model, ds, max_len: int, codecs: list[str], log=print) -> tuple[dict, dict]:
     """Test predictions ``{codec: probs [n_test]}`` (in ``ds.indices("test")`` order) and mean stored bytes
-    per cache ``{codec: bytes}``, each sample scored from its own prefilled, encoded and decoded cache."""
+    per cache ``{codec: bytes}``, each sample scored from its own prefilled, encoded and decoded cache;
+    a codec ``name@k`` reads a cache of the last ``k`` events (the true length still conditions)."""
     import torch
 
     from ..serving.codecs import Codec
@@ -34,25 +47,30 @@ def serving_path_predictions(model, ds, max_len: int, codecs: list[str], log=pri
 
     idx = ds.indices("test")
     items = torch.from_numpy(np.array(ds.item_feats, dtype=np.int64))
-    coders = {c: Codec(c) for c in codecs}
+    spec = {c: parse_codec(c, max_len) for c in codecs}
+    coders = {c: Codec(name) for c, (name, _) in spec.items()}
+    windows = sorted({w for _, w in spec.values()})
     out = {c: np.empty(len(idx)) for c in codecs}
     nbytes = {c: 0 for c in codecs}
     for n, i in enumerate(idx):
         u, pos = int(ds.sample_user[i]), int(ds.sample_pos[i])
         start = int(ds.offsets[u])
-        lo = start + max(pos - max_len, 0)
-        hist = items[torch.from_numpy(np.asarray(ds.seq_items[lo:start + pos], np.int64))]
         user = torch.from_numpy(np.concatenate([ds.user_feats[u], ds.context_feats[i]]).astype(np.int64))
-        times = None
-        if model.backbone.uses_time and ds.has_time:
-            times = torch.from_numpy(np.asarray(ds.seq_ts[lo:start + pos], np.int64))
-        cache = prefill(model, user, hist, seq_len=pos, max_len=max_len, hist_time=times)
         target = items[int(ds.sample_target[i])].unsqueeze(0)
-        t = int(ds.sample_ts[i]) if times is not None else None
-        for c, coder in coders.items():
-            stored = coder.encode(cache)
-            nbytes[c] += stored.nbytes()
-            out[c][n] = float(score(model, Codec.decode(stored), target, t)[0])
+        for w in windows:
+            lo = start + max(pos - w, 0)
+            hist = items[torch.from_numpy(np.asarray(ds.seq_items[lo:start + pos], np.int64))]
+            times = None
+            if model.backbone.uses_time and ds.has_time:
+                times = torch.from_numpy(np.asarray(ds.seq_ts[lo:start + pos], np.int64))
+            cache = prefill(model, user, hist, seq_len=pos, max_len=w, hist_time=times)
+            t = int(ds.sample_ts[i]) if times is not None else None
+            for c, coder in coders.items():
+                if spec[c][1] != w:
+                    continue
+                stored = coder.encode(cache)
+                nbytes[c] += stored.nbytes()
+                out[c][n] = float(score(model, Codec.decode(stored), target, t)[0])
         if log and (n + 1) % 2000 == 0:
             log(f"  serving path: {n + 1:,} of {len(idx):,} test samples")
     return out, {c: v / max(len(idx), 1) for c, v in nbytes.items()}
@@ -65,13 +83,8 @@ def compression(names: list[str], seeds: list[int], out: Path, config_dir: Path,
     import torch
 
     from ..models import load_trained
-    from ..serving.codecs import CODECS
-
-    bad = set(codecs) - set(CODECS)
-    if bad:
-        from ..errors import SeqctrError
-
-        raise SeqctrError(f"--codecs: unknown {sorted(bad)}; known: {list(CODECS)}")
+    for c in codecs:
+        parse_codec(c, 1)                 # every spec checked before any training
     collective = collective or DEFAULT_COLLECTIVE
     out = Path(out) / "compression"
     ckv = f"model.options.collective_kv={json.dumps(collective)}"

@@ -156,7 +156,8 @@ def _kv(args, common):
 # ----------------------------------------------------------------------------------- cache codecs
 def _compression_options(p):
     p.add_argument("--codecs", type=comma_list(str), default="fp32,bf16,int8",
-                   help="cache codecs through the serving path (the first is the baseline)")
+                   help="cache codecs through the serving path (the first is the baseline); CODEC@K: that codec "
+                        "on a cache of the most recent K events (recent-window truncation, seqctr serve --window K)")
     p.add_argument("--collective", default=None, metavar="JSON",
                    help='CollectiveKV options of the ckv variant (default {"user_dim": 1, "pool_size": 10000, '
                         '"branches": ["short", "long"]})')

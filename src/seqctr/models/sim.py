@@ -89,21 +89,19 @@ class SIM(TwoBranchBackbone):
         return out
 
     def prefill_long(self, x: SeqInputs) -> dict:
-        """Long-branch K/V plus the soft GSU's keys as the events' item feature ids (``gsu_ids
-        [1, T, Fi]``): embedded again at scoring (``SeqInputs.embed``) and scored as ``(W_b^T W_a t) . e``
-        — the same values as caching the ``D`` floats of each event, for a few integers. Hard search
-        keeps the category ids."""
+        """Long-branch K/V (hard search: plus the category ids). The soft GSU's keys are the window's
+        events themselves, and the cache already keeps their item feature ids (``ids [1, T, Fi]``,
+        :func:`seqctr.serving.runtime.prefill`): scoring embeds them again (``SeqInputs.embed``) — the
+        same values as caching ``D`` floats per event, for no extra byte."""
         state = prefixed(self.long_attention.cache_kv(x.hist), "long_")
-        if self.gsu == "soft":
-            state["gsu_ids"] = x.hist_ids
-        else:
+        if self.gsu == "hard":
             state["hist_cat"] = x.hist_ids[..., self.category_feature]
         return state
 
     def score_long(self, state: dict, x: SeqInputs, mask: torch.Tensor) -> torch.Tensor:
         N = x.target.shape[0]
         if self.gsu == "soft":
-            s = self.gsu_query(x.target) @ x.embed(state["gsu_ids"][0]).T             # [N, T]
+            s = self.gsu_query(x.target) @ x.embed(state["ids"][0].long()).T          # [N, T]
             idx, sel = topk_select(s, mask, self.topk)
         else:
             match = (expand(state["hist_cat"], N) == x.target_ids[:, self.category_feature].unsqueeze(1)) & mask

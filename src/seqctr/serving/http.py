@@ -390,7 +390,8 @@ def app_from_env():
                        int(os.environ.get("SEQCTR_SERVE_CACHE_BYTES", 256 << 20)),
                        os.environ.get("SEQCTR_SERVE_HISTORY_FILE") or None)
     scorer = Scorer(bundle, store, max_history=int(os.environ.get("SEQCTR_SERVE_MAX_HISTORY", 0)) or None,
-                    codec=os.environ.get("SEQCTR_SERVE_CACHE_CODEC", "fp32"))
+                    codec=os.environ.get("SEQCTR_SERVE_CACHE_CODEC", "fp32"),
+                    max_len=int(os.environ.get("SEQCTR_SERVE_WINDOW", 0)) or None)
     from .live import Live, read_control
 
     control = os.environ.get("SEQCTR_SERVE_CONTROL") or None

@@ -74,7 +74,7 @@ def prefill(model: CTRModel, user: torch.Tensor, hist: torch.Tensor, seq_len: in
     run = Backbone.prefill if mode == "recompute" else type(model.backbone).prefill
     state = dict(run(model.backbone, x))
     state["user"] = emb.user(user.unsqueeze(0))
-    state["ids"] = hist.to(torch.int32).unsqueeze(0)     # item ids of the window (for append)
+    state["ids"] = hist.to(torch.int32).unsqueeze(0)     # item ids of the window: for append, and SIM's GSU keys
     state["user_ids"] = user.to(torch.int32)
     if time is not None:
         state["time"] = time.to(hist.device)

@@ -133,7 +133,7 @@ class Scorer:
         self.store = store if store is not None else MemoryStore()
         self.max_len = int(max_len or bundle.max_len)
         # a request's own history: the window's events and the true length beyond it (LAIN reads it)
-        self.max_history = int(max_history or HISTORY_WINDOWS * self.max_len)
+        self.max_history = int(max_history or HISTORY_WINDOWS * bundle.max_len)
         meta = DatasetMeta.from_dict(bundle.info["meta"])
         self.n_context = len(meta.context_features)
         self.items = torch.from_numpy(np.asarray(bundle.items, np.int64))
@@ -182,6 +182,7 @@ class Scorer:
         """A stored cache may be served: these weights made it, from exactly the stored history
         (its length and generation, :meth:`~seqctr.serving.stores.MemoryStore.state`)."""
         return (cache is not None and cache.model_version == self.fingerprint
+                and cache.meta.get("max_len") == self.max_len                  # the same window (--window)
                 and (cache.history_len, cache_gen(cache)) == tuple(state))
 
     @staticmethod
