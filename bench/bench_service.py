@@ -38,7 +38,8 @@ OUT = ROOT / "bench" / "results"
 MODELS = ("din", "sim", "twin", "hstu")
 LENGTHS = (50, 200, 1000)
 DEFAULTS = {"models": ",".join(MODELS), "lengths": "50,200,1000", "stores": "memory,redis", "variants": "full,ckv,none",
-            "concurrency": 8, "tag": "service", "workers": 1, "users": 16, "target_requests": 10000}
+            "concurrency": 8, "tag": "service", "workers": 1, "users": 16, "target_requests": 10000,
+            "codecs": "fp32"}
 
 
 def make_bundles(work: Path, models) -> dict:
@@ -62,11 +63,12 @@ def make_bundles(work: Path, models) -> dict:
     return out
 
 
-def start_server(bundle: Path, port: int, store: str, cache_bytes: int, workers: int, threads: int, work: Path):
+def start_server(bundle: Path, port: int, store: str, cache_bytes: int, workers: int, threads: int, work: Path,
+                 codec: str = "fp32"):
     env = {**os.environ, **serving_models.TUNED_MALLOC}
     cmd = [sys.executable, "-m", "seqctr", "serve", "--model", str(bundle), "--port", str(port), "--store", store,
            "--cache-bytes", str(cache_bytes), "--workers", str(workers), "--threads", str(threads),
-           "--max-events", "1000"]
+           "--max-events", "1000", "--cache-codec", codec]
     if store == "memory" and workers > 1:   # workers share histories through the SQLite file
         db = work / f"hist-{port}.sqlite"
         cmd += ["--history-file", str(db)]
@@ -119,7 +121,7 @@ async def load(url: str, users: list[str], items: list[str], candidates: int, co
             "max_ms": 1000 * lat[-1]}
 
 
-def memory_cell(client, proc, base: int, store: str, name: str, variant: str, n_users: int) -> dict:
+def memory_cell(client, proc, base: int, store: str, name: str, variant: str, n_users: int, codec: str = "fp32") -> dict:
     """Resident memory of the server's processes per cached user after ``n_users`` users' histories
     were appended (each append builds the user's cache), beside the bytes the cache is charged."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -128,9 +130,10 @@ def memory_cell(client, proc, base: int, store: str, name: str, variant: str, n_
     figures = {s.name: s.value for fam in text_string_to_metric_families(client.get("/metrics").text)
                for s in fam.samples if s.name in ("seqctr_cache_bytes", "seqctr_cached_users")}
     cached = int(figures.get("seqctr_cached_users", 0))
-    return {"store": store, "model": name, "variant": variant, "users": n_users, "cached_users": cached,
+    charged = figures.get("seqctr_cache_bytes", 0) / max(cached, 1)
+    return {"store": store, "model": name, "variant": variant, "codec": codec, "users": n_users, "cached_users": cached,
             "rss_grown_mb": grown / 1e6, "rss_per_user_kb": grown / max(n_users, 1) / 1e3,
-            "charged_per_user_kb": figures.get("seqctr_cache_bytes", 0) / max(cached, 1) / 1e3}
+            "charged_per_user_kb": charged / 1e3, "users_per_gb": 1e9 / charged if charged else None}
 
 
 def cache_bytes_per_user(bundle: Path, items: list[str], lengths) -> dict:
@@ -157,6 +160,9 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1, help="server worker processes")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per server worker (0 = default)")
     ap.add_argument("--tag", default="service", help="results file name: bench/results/<tag>.{json,md}")
+    ap.add_argument("--codecs", default="fp32", help="cache codecs (seqctr serve --cache-codec), each its own server")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only the memory cells (users per GB of cache per codec), no load cells")
     ap.add_argument("--quick", action="store_true", help="smoke run: few requests, one model")
     args = ap.parse_args()
     if args.quick:
@@ -180,10 +186,10 @@ def main() -> int:
     for store_kind in args.stores.split(","):
         ctx = local_redis() if store_kind == "redis" else contextlib.nullcontext("memory")
         with ctx as store:
-            for name in models:
-                for variant in args.variants.split(","):
+            for name, variant, codec in [(n, v, c) for n in models for v in args.variants.split(",")
+                                         for c in args.codecs.split(",")]:
                     key = (name, "ckv" if variant == "ckv" else "full")
-                    if key not in bundles:
+                    if key not in bundles or (variant == "none" and codec != "fp32"):
                         continue
                     if store_kind == "redis":
                         import redis
@@ -191,7 +197,7 @@ def main() -> int:
                         redis.Redis.from_url(store).flushdb()
                     port = free_port()
                     proc = start_server(bundles[key], port, store, 0 if variant == "none" else 1 << 30, args.workers,
-                                        args.threads, work)
+                                        args.threads, work, codec)
                     url = f"http://127.0.0.1:{port}"
                     try:
                         import httpx
@@ -208,17 +214,18 @@ def main() -> int:
                                                json={"events": [rng.choice(vocab) for _ in range(L)]})
                                     assert r.status_code == 200, r.text
                             results.setdefault("memory", []).append(
-                                memory_cell(c, proc, base, store_kind, name, variant, sum(map(len, users.values()))))
-                        for L in lengths:
+                                memory_cell(c, proc, base, store_kind, name, variant, sum(map(len, users.values())),
+                                            codec))
+                        for L in ([] if args.memory_only else lengths):
                             target = name in ("sim", "twin") and L == 1000 and variant != "none"
                             n, t = ((args.target_requests, args.target_seconds) if target
                                     else (args.requests, args.max_seconds))
                             asyncio.run(load(url, users[L], vocab, args.candidates, 2, 2 * len(users[L]), 60, 7))
                             res = asyncio.run(load(url, users[L], vocab, args.candidates, args.concurrency, n, t, L))
-                            cell = {"store": store_kind, "model": name, "variant": variant, "events": L,
+                            cell = {"store": store_kind, "model": name, "variant": variant, "codec": codec, "events": L,
                                     "target": target, **res}
                             results["cells"].append(cell)
-                            print(f"{store_kind:6s} {name:5s} {variant:4s} L={L:5d}: {res['rps']:7.1f} req/s  "
+                            print(f"{store_kind:6s} {name:5s} {variant:4s} {codec:4s} L={L:5d}: {res['rps']:7.1f} req/s  "
                                   f"p50 {res['p50_ms']:7.1f} ms  p99 {res['p99_ms']:7.1f} ms  "
                                   f"errors {res['errors']}/{res['requests']}", flush=True)
                             write_json(OUT / f"{args.tag}.json", results)
@@ -234,7 +241,8 @@ def render(results: dict) -> str:
     cfg = results["config"]
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in cfg.items()
                      if k in ("models", "lengths", "stores", "variants", "concurrency", "tag", "workers", "users",
-                              "target_requests") and v != DEFAULTS.get(k))
+                              "target_requests", "codecs") and v != DEFAULTS.get(k))
+    flags += " --memory-only" * bool(cfg.get("memory_only"))
     lines = ["# The HTTP scoring service under load (loopback, `seqctr serve`)", "",
              f"Command: `.venv/bin/python bench/bench_service.py {flags}`".replace(" `", "`") + f" ({cfg['concurrency']} concurrent clients, "
              f"{cfg['candidates']} candidates per request, {cfg['users']} users per history length, "
@@ -242,22 +250,26 @@ def render(results: dict) -> str:
              f"(SIM / TWIN, 1,000 events, a cache) {cfg['target_requests']:,} requests, others {cfg['requests']} or "
              f"{cfg['max_seconds']:.0f} s). Client-side latency; `none` = no cache (every request prefills the stored "
              "history).", "",
-             "| store | model | cache | events | requests | errors | req/s | p50 ms | p99 ms |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| store | model | cache | codec | events | requests | errors | req/s | p50 ms | p99 ms |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for c in results["cells"]:
         mark = " **target**" if c["target"] else ""
-        lines.append(f"| {c['store']} | {c['model']} | {c['variant']}{mark} | {c['events']:,} | {c['requests']:,} | "
+        lines.append(f"| {c['store']} | {c['model']} | {c['variant']}{mark} | {c.get('codec', 'fp32')} | {c['events']:,} | "
+                     f"{c['requests']:,} | "
                      f"{c['errors']} | {c['rps']:.1f} | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} |")
     if results.get("memory"):
         lines += ["", "Memory per user: the server's resident memory (all its processes) grown while the users' "
                   "histories were appended (each append builds the cache), per user, beside the bytes the cache "
                   "is charged per cached user (`seqctr_cache_bytes` / `seqctr_cached_users`; a shared store's "
                   "caches live in Redis, not in the server):", "",
-                  "| store | model | cache | users | cached | RSS grown MB | RSS KB / user | charged KB / user |",
-                  "|---|---|---|---:|---:|---:|---:|---:|"]
+                  "| store | model | cache | codec | users | cached | RSS grown MB | RSS KB / user | charged KB / user "
+                  "| users / GB of cache |",
+                  "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
         for m in results["memory"]:
-            lines.append(f"| {m['store']} | {m['model']} | {m['variant']} | {m['users']:,} | {m['cached_users']:,} | "
-                         f"{m['rss_grown_mb']:.1f} | {m['rss_per_user_kb']:.1f} | {m['charged_per_user_kb']:.1f} |")
+            per_gb = f"{m['users_per_gb']:,.0f}" if m.get("users_per_gb") else "—"
+            lines.append(f"| {m['store']} | {m['model']} | {m['variant']} | {m.get('codec', 'fp32')} | {m['users']:,} | "
+                         f"{m['cached_users']:,} | {m['rss_grown_mb']:.1f} | {m['rss_per_user_kb']:.1f} | "
+                         f"{m['charged_per_user_kb']:.1f} | {per_gb} |")
     lines += ["", "Cache bytes per user (`KVCache.nbytes`), and CollectiveKV's share of the full cache:", "",
               "| model | events | full | CollectiveKV | share |", "|---|---:|---:|---:|---:|"]
     cb = results["cache_bytes"]
