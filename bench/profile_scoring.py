@@ -1,0 +1,154 @@
+"""Where one cached scoring request spends its time, against the FLOP bound of this core.
+
+One command: ``.venv/bin/python bench/profile_scoring.py [--models din,sim,twin,hstu] [--lengths 50,200,1000]``
+
+For each benchmark model of ``bench/serving_models.py`` (random weights at the serving widths; full and
+CollectiveKV caches), one user with 50 / 200 / 1,000 cached events and 200 candidates, on one thread:
+
+- the request's time (median of ``--repeats`` calls of ``seqctr.serving.runtime.score``) and its FLOPs
+  (``torch.utils.flop_counter``: matrix products and attention, the work the arithmetic needs);
+- this core's GEMM ceiling (GFLOP/s of a 512 x 512 x 512 float32 product, one thread), and so the
+  request's bound ``FLOPs / ceiling`` and its distance ``time / bound`` — one number per cell;
+- time per op class from ``torch.profiler`` (GEMM, embedding / gather, top-k, softmax, elementwise, other)
+  and the GEMMs' own GFLOP/s.
+
+Results: ``docs/results/profile_scoring.{json,md}`` (the page records the machine's load: times are
+comparable between runs at a similar load only).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import serving_models as sm
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = {"gemm": ("mm", "bmm", "addmm", "matmul", "linear", "baddbmm", "einsum", "_efficient_attention",
+                    "scaled_dot_product"),
+           "gather": ("embedding", "index_select", "gather", "index", "take", "scatter"),
+           "topk": ("topk", "sort", "kthvalue"),
+           "softmax": ("softmax", "log_softmax"),
+           "elementwise": ("add", "mul", "sub", "div", "sigmoid", "relu", "silu", "exp", "where", "masked_fill",
+                           "clamp", "neg", "rsqrt", "pow", "tanh", "gelu", "eq", "ne", "lt", "gt", "copy_", "fill_",
+                           "sum", "mean", "amax", "max", "cat", "stack", "to", "_to_copy", "clone", "contiguous")}
+
+
+def op_class(name: str) -> str:
+    base = name.removeprefix("aten::")
+    for cls, names in CLASSES.items():
+        if base in names:
+            return cls
+    return "other"
+
+
+def gemm_ceiling(repeats: int = 20) -> float:
+    """GFLOP/s of a 512^3 float32 matrix product on this thread (median of ``repeats``)."""
+    import torch
+
+    a, b = torch.randn(512, 512), torch.randn(512, 512)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * 512 ** 3 / statistics.median(times) / 1e9
+
+
+def profile_cell(model, cache, cands, repeats: int) -> dict:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from seqctr.serving.runtime import score
+
+    with torch.no_grad():
+        times = sm.timed(lambda: score(model, cache, cands), repeats)
+        with FlopCounterMode(display=False) as fc:
+            score(model, cache, cands)
+        flops = fc.get_total_flops()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(5):
+                score(model, cache, cands)
+    per = {}
+    gemm_flops = 0
+    for ev in prof.key_averages():
+        if not ev.key.startswith("aten::"):
+            continue
+        cls = op_class(ev.key)
+        per[cls] = per.get(cls, 0.0) + ev.self_cpu_time_total / 5 / 1e3          # ms per request
+    for mod_flops in fc.get_flop_counts().get("Global", {}).items():
+        gemm_flops += mod_flops[1]
+    return {"ms": statistics.median(times) * 1e3, "min_ms": times[0] * 1e3, "gflop": flops / 1e9,
+            "ms_by_class": {k: round(v, 3) for k, v in sorted(per.items(), key=lambda kv: -kv[1])},
+            "gemm_gflops_achieved": (gemm_flops / 1e9) / (per.get("gemm", 0) / 1e3) if per.get("gemm") else None}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="din,sim,twin,hstu")
+    ap.add_argument("--lengths", default="50,200,1000")
+    ap.add_argument("--candidates", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--cpu", default="")
+    ap.add_argument("--out", default=str(ROOT / "docs/results/profile_scoring"))
+    args = ap.parse_args()
+    ds, items = sm.setup(args.cpu)
+    import torch
+
+    from seqctr.serving.runtime import prefill
+
+    ceiling = gemm_ceiling()
+    g = torch.Generator().manual_seed(0)
+    user = torch.from_numpy(ds.user_feats[0]).long()
+    cands = items[torch.randint(2, len(items), (args.candidates,), generator=g)]
+    rows = []
+    for name in args.models.split(","):
+        for variant in ("full", "ckv"):
+            if variant == "ckv" and name not in sm.COLLECTIVE:
+                continue
+            model = sm.build(name, ds.meta, collective=variant == "ckv")
+            for T in map(int, args.lengths.split(",")):
+                hist = items[torch.randint(2, len(items), (T,), generator=g)]
+                cache = prefill(model, user, hist, max_len=T)
+                cell = profile_cell(model, cache, cands, args.repeats)
+                bound_ms = cell["gflop"] / ceiling * 1e3
+                rows.append({"model": name, "cache": variant, "events": T, **cell, "bound_ms": bound_ms,
+                             "x_bound": cell["ms"] / bound_ms if bound_ms else None})
+                print(f"{name:5s} {variant:4s} T={T:5d}: {cell['ms']:7.2f} ms  {cell['gflop']:.3f} GFLOP  "
+                      f"bound {bound_ms:.2f} ms  x{rows[-1]['x_bound']:.1f}  {cell['ms_by_class']}", flush=True)
+    load = os.getloadavg()[0]
+    cmd = "python bench/profile_scoring.py " + " ".join(sys.argv[1:])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"command": cmd, "gemm_ceiling_gflops": ceiling,
+                                                    "load_average_1m": load, "rows": rows}, indent=1))
+    classes = ["gemm", "gather", "topk", "softmax", "elementwise", "other"]
+    lines = ["# Cached scoring: time per request against the FLOP bound", "",
+             f"`{cmd}` (generated; do not edit). One user, {args.candidates} candidates, one thread, benchmark models "
+             f"of `bench/serving_models.py` (random weights). This core's GEMM ceiling: **{ceiling:.1f} GFLOP/s** "
+             f"(512^3 float32). `bound`: the request's FLOPs at that ceiling; `x bound`: median time / bound. Op "
+             f"classes: self time per request from `torch.profiler`. Load average (1 min) at the end: {load:.1f} on "
+             "2 cores (times are comparable only between runs at a similar load).", "",
+             "| model | cache | events | ms (median) | GFLOP | bound ms | x bound | GEMM GFLOP/s | "
+             + " | ".join(f"{c} ms" for c in classes) + " |",
+             "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(classes)]
+    for r in rows:
+        g_ach = f"{r['gemm_gflops_achieved']:.1f}" if r["gemm_gflops_achieved"] else "—"
+        lines.append(f"| {r['model']} | {r['cache']} | {r['events']:,} | {r['ms']:.2f} | {r['gflop']:.3f} | "
+                     f"{r['bound_ms']:.2f} | {r['x_bound']:.1f} | {g_ach} | "
+                     + " | ".join(f"{r['ms_by_class'].get(c, 0):.2f}" for c in classes) + " |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sm.with_tuned_malloc(__file__)
+    sys.exit(main())
