@@ -56,6 +56,22 @@ def test_warm_start_keeps_rows_and_scores(logs, tmp_path):
         if k not in tr.grown:
             assert torch.equal(state[k], v), k
 
+    # from the run's bundle: the same grown data and weights
+    from seqctr.serving.bundle import export_bundle
+
+    export_bundle(tmp_path / "old" / "best.pt", tmp_path / "bundle")
+    ds_b, _, init_b = warm_data(_cfg(new_csv, **{"train.init": str(tmp_path / "bundle")}))
+    assert ds_b.vocab_sizes == ds1.vocab_sizes and np.array_equal(ds_b.seq_items, ds1.seq_items)
+    assert all(torch.equal(init_b[k], v) for k, v in init.items())
+
+    # LAIN's L0: kept from the trained model, or taken from the new data
+    assert torch.equal(tr.model.lain.L0, old_state["lain.L0"])
+    cfg_l0 = _cfg(new_csv, **{"train.init": str(tmp_path / "old" / "best.pt"), "train.init_l0": "data"})
+    fresh = Trainer(cfg_l0, ds1, tmp_path / "l0", progress=False, init=init).model.lain.L0
+    from seqctr.models import build_model
+
+    assert torch.equal(fresh, build_model(cfg_l0.model, ds1.meta).lain.L0) and not torch.equal(fresh, old_state["lain.L0"])
+
     # before any new training: the grown model scores the newer data as the old model does with the
     # new ids out of vocabulary (the new items' features are new too: every row the same vector)
     old_model, cfg_old, ds_old_space, _ = load_trained(tmp_path / "old" / "best.pt", source=str(folder1))
