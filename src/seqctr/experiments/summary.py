@@ -147,8 +147,8 @@ def format_summary(res: dict, title: str) -> str:
     base = res["baseline"]
     one_seed = len(res["seeds"]) < 2
     lines = [f"## {title}", "", f"Seeds {res['seeds']}; test split, "
-             f"{res.get('method', {}).get('users', '?')} users. Cells: test AUC [95% interval]; Δ rows: "
-             f"the difference to `{base}`." + (" One seed per variant: the intervals cover the users only, not "
+             f"{res.get('method', {}).get('users', '?')} users. Cells: test AUC [95% interval]"
+             + (f"; Δ rows: the difference to `{base}`." if base else ".") + (" One seed per variant: the intervals cover the users only, not "
                                                 "run-to-run variation." if one_seed else ""), "",
              "| variant | " + " | ".join(parts) + " | GAUC | logloss |",
              "|---|" + "---:|" * (len(parts) + 2)]
