@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-import sys
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -27,12 +26,10 @@ from pathlib import Path
 from ..errors import SeqctrError
 from .cache import KVCache
 
-# Resident bytes a cached entry costs beyond its tensors' storage: per tensor (the Python tensor,
-# its TensorImpl and StorageImpl, allocator headers) and per entry (KVCache, its dicts, the LRU
-# slot and the key). Held to a server's resident memory by
+# Resident bytes an in-process cache entry costs beyond its byte form: the bytes object's header, the
+# user key, the LRU slot. Held to a server's resident memory by
 # tests/serving/test_service_ops.py::test_resident_memory_stays_within_the_cache_budget.
-TENSOR_OVERHEAD = 1024
-ENTRY_OVERHEAD = 2048
+ENTRY_OVERHEAD = 512
 
 
 class StoreUnavailable(SeqctrError):
@@ -47,32 +44,15 @@ class HistoryFileError(SeqctrError):
     """A history file that cannot be used (not a SQLite database, unreadable, locked)."""
 
 
-def resident_bytes(cache: KVCache) -> int:
-    """Bytes ``cache`` keeps resident: each distinct storage once, whole (a view of a larger tensor
-    keeps all of it), plus the fixed overheads (:data:`TENSOR_OVERHEAD`, :data:`ENTRY_OVERHEAD`)."""
-    storages = {}
-    for t in cache.tensors.values():
-        s = t.untyped_storage()
-        storages[s.data_ptr() or id(t)] = s.nbytes()
-    return sum(storages.values()) + TENSOR_OVERHEAD * len(cache.tensors) + ENTRY_OVERHEAD + sys.getsizeof(cache.meta)
-
-
-def compact(cache: KVCache) -> KVCache:
-    """``cache`` with every tensor that views a larger storage copied to its own (so evicting the
-    entry frees what it was charged for, and a view does not pin its parent)."""
-    out = {}
-    for name, t in cache.tensors.items():
-        whole = t.untyped_storage().nbytes()
-        out[name] = t.clone() if whole > t.numel() * t.element_size() else t
-    return KVCache(out, cache.history_len, cache.model_version, cache.meta)
-
-
 def cache_gen(cache: KVCache | None) -> int | None:
     return None if cache is None else cache.meta.get("history_gen", 0)
 
 
 class _CacheLRU:
-    """Caches in process, least recently used evicted first, bounded by :func:`resident_bytes`."""
+    """Caches in process as their byte form (:meth:`KVCache.to_bytes`: one buffer per user, charged its
+    length plus :data:`ENTRY_OVERHEAD` — a small cache, e.g. CollectiveKV's, is not dominated by the
+    fixed cost of a dozen tensor objects), least recently used evicted first; a read makes the tensors
+    again (views of one copy of the buffer)."""
 
     def __init__(self, cache_bytes: int):
         self.cache_bytes = int(cache_bytes)
@@ -86,18 +66,18 @@ class _CacheLRU:
             if hit is None:
                 return None
             self._caches.move_to_end(user)
-            return hit[0]
+        return KVCache.from_bytes(hit[0], source=f"in-process cache of user {user!r}")
 
     def put(self, user: str, cache: KVCache) -> None:
         if self.cache_bytes <= 0:
             return
-        cache = compact(cache)
-        n = resident_bytes(cache)
+        data = cache.to_bytes()
+        n = len(data) + ENTRY_OVERHEAD
         with self._lock:
             self._drop(user)
             if n > self.cache_bytes:
                 return
-            self._caches[user] = (cache, n)
+            self._caches[user] = (data, n)
             self._bytes += n
             while self._bytes > self.cache_bytes:
                 _, (_, m) = self._caches.popitem(last=False)
@@ -127,7 +107,7 @@ def _times_of(items: list, timestamps: list | None) -> list:
 
 
 class MemoryStore:
-    """Caches in an LRU bounded by ``cache_bytes`` (resident bytes, :func:`resident_bytes`).
+    """Caches in an LRU bounded by ``cache_bytes`` (their byte form plus a small per-entry overhead).
     Histories in this process, or — with ``history_file`` — in SQLite, read per request, so any
     number of worker processes sharing the file see one history per user."""
 
