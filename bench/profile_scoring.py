@@ -78,9 +78,7 @@ def profile_cell(model, cache, cands, repeats: int) -> dict:
                 score(model, cache, cands)
     per = {}
     gemm_flops = 0
-    for ev in prof.key_averages():
-        if not ev.key.startswith("aten::"):
-            continue
+    for ev in prof.key_averages():          # every event's self time (non-aten ones, e.g. detach, are "other")
         cls = op_class(ev.key)
         per[cls] = per.get(cls, 0.0) + ev.self_cpu_time_total / 5 / 1e3          # ms per request
     for mod_flops in fc.get_flop_counts().get("Global", {}).items():
