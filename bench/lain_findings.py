@@ -197,14 +197,23 @@ def render(pages: dict) -> str:
             if full and overall:
                 below = [k for k, v in overall.items() if v["delta"] < full["delta"]]
                 worst = min(overall, key=lambda k: overall[k]["delta"])
-                sig = [k for k, v in overall.items() if v.get("significant")]
+                rows = {"full": full, **overall}
+                sig = [k for k, v in rows.items() if v.get("significant")]
+                excl = [k for k, v in rows.items() if v["lo"] > 0 or v["hi"] < 0]
+                if sig:
+                    tail = f"significant vs bare after the page's correction: {', '.join(sig)}."
+                elif excl:
+                    tail = (f"the intervals of {', '.join(excl)} against the bare model exclude 0 on their own, but "
+                            f"none is significant over the page's {page.get('multiplicity', {}).get('cells', '?')} "
+                            "cells (Benjamini-Hochberg): no variant is told apart from the bare model, so the "
+                            "ordering of the point estimates is no evidence for or against the paper's.")
+                else:
+                    tail = ("every variant's interval against the bare model includes 0 (the full plug-in's too): "
+                            "no variant is told apart from the bare model, so the ordering of the point estimates "
+                            "is no evidence for or against the paper's.")
                 md += [f"Our data: overall, {len(below)} of {len(overall)} removals score below the full plug-in "
                        f"({', '.join(below) or 'none'}), the lowest is {worst} "
-                       f"({num(overall[worst]['delta'], '+.4f')} vs bare, full {num(full['delta'], '+.4f')}); "
-                       + (f"significant vs bare: {', '.join(sig)}." if sig else
-                          "every variant's interval against the bare model includes 0 (the full plug-in's too): at "
-                          "this size (3 seeds) no variant is told apart from the bare model, so the ordering of the "
-                          "point estimates is no evidence for or against the paper's."), ""]
+                       f"({num(overall[worst]['delta'], '+.4f')} vs bare, full {num(full['delta'], '+.4f')}); " + tail, ""]
     return "\n".join(md) + "\n"
 
 
