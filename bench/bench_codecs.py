@@ -12,7 +12,6 @@ frontier experiment's. Writes ``docs/results/cache_codecs.{json,md}``.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import json
 import statistics
@@ -25,48 +24,31 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="twin,sim,hstu")
-    ap.add_argument("--lengths", default="50,200,1000")
-    ap.add_argument("--candidates", type=int, default=200)
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--cpu", default="")
-    ap.add_argument("--out", default=str(ROOT / "docs/results/cache_codecs"))
-    args = ap.parse_args()
-    ds, items = sm.setup(args.cpu)
+    args = sm.cache_bench_args(__doc__.splitlines()[0], "twin,sim,hstu", "docs/results/cache_codecs")
     import torch
 
     from seqctr.serving.codecs import CODECS, Codec
-    from seqctr.serving.runtime import prefill, score
+    from seqctr.serving.runtime import score
 
-    g = torch.Generator().manual_seed(0)
-    user = torch.from_numpy(ds.user_feats[0]).long()
-    cands = items[torch.randint(2, len(items), (args.candidates,), generator=g)]
     rows = []
-    for name in args.models.split(","):
-        for variant in ("full", "ckv"):
-            model = sm.build(name, ds.meta, collective=variant == "ckv")
-            for T in map(int, args.lengths.split(",")):
-                hist = items[torch.randint(2, len(items), (T,), generator=g)]
-                cache = prefill(model, user, hist, max_len=T)
-                with torch.no_grad():
-                    ref = score(model, cache, cands)
-                for codec in CODECS:
-                    stored = Codec(codec).encode(cache)
-                    blob = stored.to_bytes()
-                    dec = Codec.decode(stored)
-                    with torch.no_grad():
-                        t_dec = sm.timed(lambda: Codec.decode(stored), args.repeats)
-                        t_score = sm.timed(lambda: score(model, dec, cands), args.repeats)
-                        dev = float((score(model, dec, cands) - ref).abs().max())
-                    nbytes = stored.nbytes()
-                    rows.append({"model": name, "cache": variant, "events": T, "codec": codec, "bytes": nbytes,
-                                 "blob_bytes": len(blob), "x_fp32_full": None, "users_per_gb": 1e9 / nbytes,
-                                 "decode_ms": 1e3 * statistics.median(t_dec),
-                                 "score_ms": 1e3 * statistics.median(t_score), "max_prob_change": dev})
-                    print(f"{name:5s} {variant:4s} T={T:5d} {codec:5s} {nbytes:>10,} B  decode "
-                          f"{rows[-1]['decode_ms']:.3f} ms  score {rows[-1]['score_ms']:.2f} ms  |dp| {dev:.2e}",
-                          flush=True)
+    for name, variant, T, model, cache, cands in sm.benchmark_caches(args):
+        with torch.no_grad():
+            ref = score(model, cache, cands)
+        for codec in CODECS:
+            stored = Codec(codec).encode(cache)
+            blob = stored.to_bytes()
+            dec = Codec.decode(stored)
+            with torch.no_grad():
+                t_dec = sm.timed(lambda: Codec.decode(stored), args.repeats)
+                t_score = sm.timed(lambda: score(model, dec, cands), args.repeats)
+                dev = float((score(model, dec, cands) - ref).abs().max())
+            nbytes = stored.nbytes()
+            rows.append({"model": name, "cache": variant, "events": T, "codec": codec, "bytes": nbytes,
+                         "blob_bytes": len(blob), "x_fp32_full": None, "users_per_gb": 1e9 / nbytes,
+                         "decode_ms": 1e3 * statistics.median(t_dec),
+                         "score_ms": 1e3 * statistics.median(t_score), "max_prob_change": dev})
+            print(f"{name:5s} {variant:4s} T={T:5d} {codec:5s} {nbytes:>10,} B  decode "
+                  f"{rows[-1]['decode_ms']:.3f} ms  score {rows[-1]['score_ms']:.2f} ms  |dp| {dev:.2e}", flush=True)
     full = {(r["model"], r["events"]): r["bytes"] for r in rows if r["cache"] == "full" and r["codec"] == "fp32"}
     for r in rows:
         r["x_fp32_full"] = r["bytes"] / full[(r["model"], r["events"])]

@@ -30,6 +30,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import serving_models
+
 ROOT = Path(__file__).resolve().parents[1]
 GEMM = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm", "aten::_addmm_activation"}
 GATHER = {"aten::index_select", "aten::index", "aten::gather", "aten::embedding", "aten::index_add_",
@@ -51,20 +53,6 @@ def op_class(name: str) -> str:
     if name in SHAPE or not name.startswith("aten::"):
         return "other"
     return "elementwise"
-
-
-def gemm_ceiling(n: int = 1536, reps: int = 5) -> float:
-    """GFLOP/s of a large square fp32 ``torch.mm`` on this thread (median of ``reps``)."""
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        ts.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / sorted(ts)[reps // 2] / 1e9
 
 
 class ModuleTimer:
@@ -156,7 +144,7 @@ def profile_model(name: str, threads: int, train_batches: int, profile_batches: 
     cfg = load_config(ROOT / f"configs/ml100k/{name}.yaml")
     ds, _, _ = prepare("ml100k")
     model = build_model(cfg.model, ds.meta)
-    res: dict = {"gemm_ceiling_gflops_per_s": gemm_ceiling()}
+    res: dict = {"gemm_ceiling_gflops_per_s": serving_models.gemm_ceiling()}
 
     # inference: whole test split, batches of 256, as bench_vs_fuxictr (gathering the batch included)
     te = BatchLoader(ds, "test", max_len=200, batch_size=256, shuffle=False)

@@ -7,7 +7,7 @@ CollectiveKV caches), one user with 50 / 200 / 1,000 cached events and 200 candi
 
 - the request's time (median of ``--repeats`` calls of ``seqctr.serving.runtime.score``) and its FLOPs
   (``torch.utils.flop_counter``: matrix products and attention, the work the arithmetic needs);
-- this core's GEMM ceiling (GFLOP/s of a 512 x 512 x 512 float32 product, one thread), and so the
+- this core's GEMM ceiling (GFLOP/s of a 1536^3 float32 product, one thread), and so the
   request's bound ``FLOPs / ceiling`` and its distance ``time / bound`` — one number per cell;
 - time per op class from ``torch.profiler`` (GEMM, embedding / gather, top-k, softmax, elementwise, other)
   and the GEMMs' own GFLOP/s.
@@ -17,12 +17,10 @@ comparable between runs at a similar load only).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import serving_models as sm
@@ -44,21 +42,6 @@ def op_class(name: str) -> str:
         if base in names:
             return cls
     return "other"
-
-
-def gemm_ceiling(repeats: int = 20) -> float:
-    """GFLOP/s of a 512^3 float32 matrix product on this thread (median of ``repeats``)."""
-    import torch
-
-    a, b = torch.randn(512, 512), torch.randn(512, 512)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    return 2 * 512 ** 3 / statistics.median(times) / 1e9
 
 
 def profile_cell(model, cache, cands, repeats: int) -> dict:
@@ -89,38 +72,16 @@ def profile_cell(model, cache, cands, repeats: int) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="din,sim,twin,hstu")
-    ap.add_argument("--lengths", default="50,200,1000")
-    ap.add_argument("--candidates", type=int, default=200)
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--cpu", default="")
-    ap.add_argument("--out", default=str(ROOT / "docs/results/profile_scoring"))
-    args = ap.parse_args()
-    ds, items = sm.setup(args.cpu)
-    import torch
-
-    from seqctr.serving.runtime import prefill
-
-    ceiling = gemm_ceiling()
-    g = torch.Generator().manual_seed(0)
-    user = torch.from_numpy(ds.user_feats[0]).long()
-    cands = items[torch.randint(2, len(items), (args.candidates,), generator=g)]
+    args = sm.cache_bench_args(__doc__.splitlines()[0], "din,sim,twin,hstu", "docs/results/profile_scoring")
+    ceiling = sm.gemm_ceiling()
     rows = []
-    for name in args.models.split(","):
-        for variant in ("full", "ckv"):
-            if variant == "ckv" and name not in sm.COLLECTIVE:
-                continue
-            model = sm.build(name, ds.meta, collective=variant == "ckv")
-            for T in map(int, args.lengths.split(",")):
-                hist = items[torch.randint(2, len(items), (T,), generator=g)]
-                cache = prefill(model, user, hist, max_len=T)
-                cell = profile_cell(model, cache, cands, args.repeats)
-                bound_ms = cell["gflop"] / ceiling * 1e3
-                rows.append({"model": name, "cache": variant, "events": T, **cell, "bound_ms": bound_ms,
-                             "x_bound": cell["ms"] / bound_ms if bound_ms else None})
-                print(f"{name:5s} {variant:4s} T={T:5d}: {cell['ms']:7.2f} ms  {cell['gflop']:.3f} GFLOP  "
-                      f"bound {bound_ms:.2f} ms  x{rows[-1]['x_bound']:.1f}  {cell['ms_by_class']}", flush=True)
+    for name, variant, T, model, cache, cands in sm.benchmark_caches(args):
+        cell = profile_cell(model, cache, cands, args.repeats)
+        bound_ms = cell["gflop"] / ceiling * 1e3
+        rows.append({"model": name, "cache": variant, "events": T, **cell, "bound_ms": bound_ms,
+                     "x_bound": cell["ms"] / bound_ms if bound_ms else None})
+        print(f"{name:5s} {variant:4s} T={T:5d}: {cell['ms']:7.2f} ms  {cell['gflop']:.3f} GFLOP  "
+              f"bound {bound_ms:.2f} ms  x{rows[-1]['x_bound']:.1f}  {cell['ms_by_class']}", flush=True)
     load = os.getloadavg()[0]
     cmd = "python bench/profile_scoring.py " + " ".join(sys.argv[1:])
     out = Path(args.out)
@@ -131,7 +92,7 @@ def main() -> int:
     lines = ["# Cached scoring: time per request against the FLOP bound", "",
              f"`{cmd}` (generated; do not edit). One user, {args.candidates} candidates, one thread, benchmark models "
              f"of `bench/serving_models.py` (random weights). This core's GEMM ceiling: **{ceiling:.1f} GFLOP/s** "
-             f"(512^3 float32). `bound`: the request's FLOPs at that ceiling; `x bound`: median time / bound. Op "
+             f"(1536^3 float32). `bound`: the request's FLOPs at that ceiling; `x bound`: median time / bound. Op "
              f"classes: self time per request from `torch.profiler`. Load average (1 min) at the end: {load:.1f} on "
              "2 cores (times are comparable only between runs at a similar load).", "",
              "| model | cache | events | ms (median) | GFLOP | bound ms | x bound | GEMM GFLOP/s | "

@@ -74,3 +74,53 @@ def build(name: str, meta: dict, collective: bool = False):
     torch.manual_seed(0)
     return build_model(load_config(ROOT / f"configs/ml100k/{name}.yaml", overrides(name, collective)).model,
                        meta).eval()
+
+
+def gemm_ceiling(n: int = 1536, reps: int = 5) -> float:
+    """GFLOP/s of a large square fp32 ``torch.mm`` on this thread (median of ``reps``): the core's ceiling."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        ts.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / sorted(ts)[reps // 2] / 1e9
+
+
+def cache_bench_args(description: str, models: str, out: str):
+    """The options every per-cache benchmark takes (models, lengths, candidates, repeats, cpu, out), parsed."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--models", default=models)
+    ap.add_argument("--lengths", default="50,200,1000")
+    ap.add_argument("--candidates", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--cpu", default="")
+    ap.add_argument("--out", default=str(ROOT / out))
+    return ap.parse_args()
+
+
+def benchmark_caches(args):
+    """For each benchmark model x cache (full, CollectiveKV where it exists) x history length of ``args``
+    (:func:`cache_bench_args`): ``(name, variant, events, model, cache, candidates)`` — one user's
+    prefilled cache of random events and ``args.candidates`` random candidates (seeded: the same in every run)."""
+    ds, items = setup(args.cpu)
+    import torch
+
+    from seqctr.serving.runtime import prefill
+
+    g = torch.Generator().manual_seed(0)
+    user = torch.from_numpy(ds.user_feats[0]).long()
+    cands = items[torch.randint(2, len(items), (args.candidates,), generator=g)]
+    for name in args.models.split(","):
+        for variant in ("full", "ckv"):
+            if variant == "ckv" and name not in COLLECTIVE:
+                continue
+            model = build(name, ds.meta, collective=variant == "ckv")
+            for T in map(int, args.lengths.split(",")):
+                hist = items[torch.randint(2, len(items), (T,), generator=g)]
+                yield name, variant, T, model, prefill(model, user, hist, max_len=T), cands
