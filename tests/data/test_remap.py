@@ -64,5 +64,36 @@ def test_remap_refuses_other_features(tmp_path):
     a, fa, b, fb = _two(tmp_path)
     space = IdSpace.of_dataset(a, fa)
     space.item_features = ["item_id"]
-    with pytest.raises(SeqctrError, match="item feature columns differ"):
+    with pytest.raises(SeqctrError, match="item features differ"):
         remap(b, fb, space, True)
+
+
+@pytest.mark.parametrize("grow", [True, False])
+def test_a_multi_valued_feature_of_another_width(tmp_path, grow):
+    """Newer items with more genres than any old one: growing takes the wider layout (old rows padded,
+    values kept), a frozen model keeps its own width (extra values dropped)."""
+    rows = synthetic_interactions(n_users=20, n_items=30, string_ids=True, seed=4)
+    cut = np.quantile(rows["timestamp"], 0.6)
+    for i, t in enumerate(rows["timestamp"]):
+        if t >= cut and i % 4 == 0:
+            rows["item"][i] = "new-" + rows["item"][i]
+    old = {k: [v for v, t in zip(col, rows["timestamp"]) if t < cut] for k, col in rows.items()}
+    items = sorted(set(rows["item"]))
+    genres = ["a|b|c|d" if i.startswith("new-") else "a|b" for i in items]
+    write_csv(tmp_path / "items.csv", {"item": items, "genres": genres})
+    side = {"path": str(tmp_path / "items.csv"), "key": "item", "features": ["genres"], "multi": {"genres": "|"}}
+    a, fa, _ = prepare(str(write_csv(tmp_path / "old.csv", old)), columns=COLS, label=LABEL, items=side,
+                       home=tmp_path / "h")
+    b, fb, _ = prepare(str(write_csv(tmp_path / "new.csv", rows)), columns=COLS, label=LABEL, items=side,
+                       home=tmp_path / "h")
+    assert a.meta.item_features.count("genres") == 2 and b.meta.item_features.count("genres") == 4
+    out, space = remap(b, fb, IdSpace.of_dataset(a, fa), grow)
+    width = 4 if grow else 2
+    assert out.meta.item_features.count("genres") == width == space.item_features.count("genres")
+    g = [j for j, n in enumerate(out.meta.item_features) if n == "genres"]
+    old_g = [j for j, n in enumerate(a.meta.item_features) if n == "genres"]
+    n_old = len(a.item_feats)
+    assert np.array_equal(out.item_feats[:n_old, g[:2]], np.asarray(a.item_feats)[:, old_g])   # old rows kept
+    assert (out.item_feats[:n_old, g[2:]] == 0).all()                                            # padded
+    if grow:
+        assert (out.item_feats[n_old:, g] > 0).all(), "a new item lost a genre"
