@@ -122,8 +122,8 @@ def render(pages: dict) -> str:
           "[lain_evidence/](lain_evidence/)). Method, on every page: the test split; each variant's and each "
           "difference's 95% interval by a bootstrap over **users and seeds** (a replicate draws the test users with "
           "all their samples, and each variant's seeds); `*` marks a difference significant at a false discovery "
-          "rate of 5% over all Δ AUC cells of its page (Benjamini-Hochberg). 3 epochs per run; seeds as each table "
-          "says. The paper's groups: < 100, 100-200, >= 200 events of history.", ""]
+          "rate of 5% over all Δ AUC cells of its page (Benjamini-Hochberg). At most 3 epochs per run (DIEN: 1, its "
+          "epoch is the slowest); seeds as each table says. The paper's groups: < 100, 100-200, >= 200 events of history.", ""]
     runs = compares(pages)
     md += ["## Does LAIN help users with fewer than 100 events?", "",
            "Δ test AUC of +LAIN vs the bare backbone on test samples with fewer than 100 events of history.", "",
