@@ -82,6 +82,8 @@ class Serve:
             self.proc.wait(timeout=10)
 
     def __enter__(self) -> "Serve":
+        if self.proc is not None and self.proc.poll() is None:   # started already (Serve(...).start() in a with):
+            return self                                           # a second server would leak
         return self.start()
 
     def __exit__(self, *exc) -> None:

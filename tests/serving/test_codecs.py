@@ -84,7 +84,7 @@ def test_the_service_serves_the_codec_offline_scores(trained, tmp_path):
     scorer = load(bundle, codec="int8")
     users = sorted(set(rows["user"]))[:3]
     cands = list(rows["item"][:5])
-    with Serve(bundle, "--cache-codec", "int8", "--history-file", tmp_path / "h.db").start() as srv:
+    with Serve(bundle, "--cache-codec", "int8", "--history-file", tmp_path / "h.db") as srv:
         for u in users:
             items = [i for v, i in zip(rows["user"], rows["item"]) if v == u][:8]
             r = httpx.post(f"{srv.url}/v1/users/{u}/events", json={"events": [{"item": i} for i in items]}, timeout=30)
@@ -117,7 +117,7 @@ def test_a_recent_window_scores_as_its_offline_path_and_is_served(trained, tmp_p
     assert not hit, "a cache of another window was served"
     assert (got == want).all() and short.store.get_cache(user).tensors["ids"].shape[1] == 4
     assert abs(got - whole.score(user, cands, history=items)).max() > 0, "the window changed nothing: untested"
-    with Serve(bundle, "--window", "4", "--cache-codec", "int8", "--history-file", tmp_path / "h.db").start() as srv:
+    with Serve(bundle, "--window", "4", "--cache-codec", "int8", "--history-file", tmp_path / "h.db") as srv:
         r = httpx.post(f"{srv.url}/v1/users/{user}/events", json={"events": items}, timeout=30)
         assert r.status_code == 200, r.text
         served = httpx.post(f"{srv.url}/v1/score", json={"user": user, "candidates": cands}, timeout=30).json()
