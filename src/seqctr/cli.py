@@ -236,12 +236,9 @@ def cmd_evaluate(args) -> int:
                          shuffle=False)
     pred = predict(model, loader, device, precision=cfg.train.precision)
     if args.predictions:
-        import numpy as np
+        from .utils.io import write_predictions
 
-        from .utils.io import atomic_path
-
-        with atomic_path(Path(args.predictions)) as tmp, open(tmp, "wb") as f:
-            np.savez(f, index=pred["index"], prob=pred["prob"])
+        write_predictions(args.predictions, pred["index"], pred["prob"])
     m = evaluate_predictions(pred["label"], pred["prob"], pred["user"], pred["seq_len"], cfg.eval.buckets)
     if args.json:
         print(dumps(m))

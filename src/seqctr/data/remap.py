@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import SeqctrError
 from .dataset import DatasetMeta, SeqDataset
-from .encode import OOV, as_str
+from .encode import OOV, as_str, lookup, sort_order
 
 
 @dataclass
@@ -73,20 +73,13 @@ def _feature_map(new_vals: np.ndarray | None, new_size: int, old_vals: np.ndarra
         size = max(new_size, old_size) if grow else old_size
         return np.where(ids < size, ids, 0), None, size
     old_s, new_s = as_str(old_vals), as_str(new_vals)
-    order = np.argsort(old_s, kind="stable")
-    found = np.zeros(len(new_s), bool)
-    at = np.zeros(len(new_s), np.int64)
-    if len(old_s):
-        pos = np.minimum(np.searchsorted(old_s[order], new_s), len(old_s) - 1)
-        found = old_s[order][pos] == new_s
-        at = order[pos] + 2
+    at = lookup(old_s, new_s, sort_order(old_s)).astype(np.int64)        # the model's id, or OOV
+    found = at != OOV
     vocab = old_s
     if grow:
         fresh = np.flatnonzero(~found)
         at[fresh] = len(old_s) + 2 + np.arange(len(fresh))
         vocab = np.concatenate([old_s, new_s[fresh]])
-    else:
-        at[~found] = OOV
     m = np.empty(new_size, np.int64)
     m[:2] = (0, OOV)
     m[2:2 + len(new_s)] = at
@@ -145,17 +138,17 @@ def remap(ds: SeqDataset, folder: str | Path, space: IdSpace, grow: bool) -> tup
     missing = sorted(set(meta.vocab_sizes) ^ set(space.sizes))
     if missing:
         raise SeqctrError(f"features {missing} are in one of the model and the data only")
-    new = IdSpace.of_dataset(ds, folder)
+    new = IdSpace.of_dataset(ds, folder).vocabs
     maps, vocabs, sizes = {}, {}, {}
     for n in meta.vocab_sizes:
-        maps[n], v, sizes[n] = _feature_map(new.vocabs.get(n), meta.vocab_sizes[n], space.vocabs.get(n),
+        maps[n], v, sizes[n] = _feature_map(new.get(n), meta.vocab_sizes[n], space.vocabs.get(n),
                                             space.sizes[n], grow, n)
         if v is not None:
             vocabs[n] = v
     item = maps["item_id"]
     table = np.zeros((sizes["item_id"], len(item_names)), np.int32)
     table[:len(space.item_feats)] = _fit(space.item_feats, list(space.item_features), iw)
-    src = np.arange(2, len(new.item_feats))
+    src = np.arange(2, len(ds.item_feats))
     fresh = src[item[src] >= len(space.item_feats)]          # items the model has no row for: the data's row
     if len(fresh):
         table[item[fresh]] = _columns(item_names, maps, _fit(np.asarray(ds.item_feats)[fresh],

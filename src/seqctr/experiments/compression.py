@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..utils.io import write_predictions
 from .runner import RunSpec, run_dir, run_specs
 from .summary import finish, format_summary, mark_significance, predictions, specs, split_labels, summarise
 
@@ -108,7 +109,7 @@ def compression(names: list[str], seeds: list[int], out: Path, config_dir: Path,
                     probs, nbytes = serving_path_predictions(model, ds, cfg.data.max_len, list(codecs), log)
                     for c, f in folders.items():
                         f.mkdir(parents=True, exist_ok=True)
-                        np.savez(f / "predictions_test.npz", index=ds.indices("test"), prob=probs[c])
+                        write_predictions(f / "predictions_test.npz", ds.indices("test"), probs[c])
                         (f / "metrics.json").write_text(json.dumps(metrics[f"{n}/{variant}/seed{s}"]))
                     byte_file.write_text(json.dumps(nbytes))
                 nb = json.loads(byte_file.read_text())

@@ -56,14 +56,13 @@ def streaming(backbone: str, seeds: list[int], out: Path, config_dir: Path, slic
 
     out = Path(out) / "streaming"
     cfg_path = str(Path(config_dir) / f"{backbone}.yaml")
+    whole, _, _ = prepare_config(load_config(cfg_path, list(sets)).data)
+    if whole.sample_ts is None:
+        raise SeqctrError(f"{whole.meta.name}: no event times, so no time slices")
     if cuts:
-        whole, _, _ = prepare_config(load_config(cfg_path, list(sets)).data)
         lo, hi = int(whole.sample_ts.min()), int(whole.sample_ts.max()) + 1
         edges = [lo] + sorted(int(c) for c in cuts if lo < c < hi) + [hi]
     else:
-        whole, _, _ = prepare_config(load_config(cfg_path, list(sets)).data)
-        if whole.sample_ts is None:
-            raise SeqctrError(f"{whole.meta.name}: no event times, so no time slices")
         edges = slice_edges(whole.sample_ts, slices)
     n = len(edges) - 1
     if n < 2:
@@ -97,10 +96,10 @@ def streaming(backbone: str, seeds: list[int], out: Path, config_dir: Path, slic
                         {f"scratch/t{t}/seed{s}": metrics[f"scratch/t{t}/seed{s}"] for s in seeds})
         pages[f"t{t}"] = res
         for k in STRATEGIES:
-            g = res["groups"].get(f"t{t}/{'scratch' if t == 0 else k}")
-            curve[k].append(g["metrics"]["overall"]["auc"] if g else None)
-            secs = ([sum(h["seconds"] for h in metrics[f"{'scratch' if t == 0 or k == 'frozen' else k}/t{t}/seed{s}"]
-                         ["history"]) for s in seeds] if (k != "frozen" or t == 0) else [0.0 for _ in seeds])
+            run = "scratch" if t == 0 else k          # at slice 0 the three are one model
+            curve[k].append(res["groups"][f"t{t}/{run}"]["metrics"]["overall"]["auc"])
+            secs = [0.0] if run == "frozen" else [sum(h["seconds"] for h in metrics[f"{run}/t{t}/seed{s}"]["history"])
+                                                  for s in seeds]
             train_time[k].append(float(np.median(secs)))
     page = {"backbone": backbone, "edges": edges, "seeds": seeds, "slices": pages,
             "curve": curve, "train_seconds_median": train_time}
@@ -113,7 +112,7 @@ def streaming(backbone: str, seeds: list[int], out: Path, config_dir: Path, slic
           "| test slice | " + " | ".join(STRATEGIES) + " | training s (median over seeds): " + " / ".join(STRATEGIES) + " |",
           "|---|" + "---:|" * (len(STRATEGIES) + 1)]
     for t in range(n - 1):
-        cells = [f"{c['mean']:.4f} [{c['lo']:.4f}, {c['hi']:.4f}]" if c else "—" for c in (curve[k][t] for k in STRATEGIES)]
+        cells = [f"{c['mean']:.4f} [{c['lo']:.4f}, {c['hi']:.4f}]" for c in (curve[k][t] for k in STRATEGIES)]
         md.append(f"| {t + 1} | " + " | ".join(cells) + " | "
                   + " / ".join(f"{train_time[k][t]:.0f}" for k in STRATEGIES) + " |")
     for t in range(n - 1):
@@ -165,9 +164,7 @@ def _plot_curve(curve: dict, path: Path, backbone: str) -> None:
         return
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for k in STRATEGIES:
-        pts = [(t + 1, c) for t, c in enumerate(curve[k]) if c]
-        if not pts:
-            continue
+        pts = list(enumerate(curve[k], start=1))
         x = [p[0] for p in pts]
         mid = [p[1]["mean"] for p in pts]
         ax.errorbar(x, mid, yerr=[[m - p[1]["lo"] for m, p in zip(mid, pts)], [p[1]["hi"] - m for m, p in zip(mid, pts)]],

@@ -385,21 +385,20 @@ def app_from_env():
         import torch
 
         torch.set_num_threads(threads)
-    bundle = load_bundle(os.environ["SEQCTR_SERVE_MODEL"])
+    from .live import Live, read_control
+
+    control = os.environ.get("SEQCTR_SERVE_CONTROL") or None
+    ctl = read_control(control) if control else {"generation": 0}
+    # the served bundle; a worker (re)started after a reload loads the one the control file names
+    model = ctl["model"] if ctl["generation"] > 0 else os.environ["SEQCTR_SERVE_MODEL"]
+    bundle = load_bundle(model)
     store = open_store(os.environ.get("SEQCTR_SERVE_STORE", "memory"), bundle.fingerprint,
                        int(os.environ.get("SEQCTR_SERVE_CACHE_BYTES", 256 << 20)),
                        os.environ.get("SEQCTR_SERVE_HISTORY_FILE") or None)
     scorer = Scorer(bundle, store, max_history=int(os.environ.get("SEQCTR_SERVE_MAX_HISTORY", 0)) or None,
                     codec=os.environ.get("SEQCTR_SERVE_CACHE_CODEC", "fp32"),
                     max_len=int(os.environ.get("SEQCTR_SERVE_WINDOW", 0)) or None)
-    from .live import Live, read_control
-
-    control = os.environ.get("SEQCTR_SERVE_CONTROL") or None
-    model = os.environ["SEQCTR_SERVE_MODEL"]
-    if control and read_control(control)["generation"] > 0:   # a worker (re)started after a reload
-        model = read_control(control)["model"]
-        scorer = reload_scorer(model, scorer)
-    live = Live(scorer, model, reload_scorer, control)
+    live = Live(scorer, model, reload_scorer, control, ctl["generation"])
     live.watch()
     # resident memory held to this worker's base + its cache budget + a slack (seqctr.utils.malloc)
     start_trimmer(resident_bytes() + getattr(store, "cache_bytes", 0) + trim_slack())

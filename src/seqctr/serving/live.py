@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -40,14 +41,14 @@ def write_control(path: Path, model: str, generation: int = 0) -> None:
 
 
 class Live:
-    """The scorer this worker serves now. ``make(model_path, old_scorer) -> Scorer`` builds a new one."""
+    """The scorer this worker serves now. ``make(model_path, old_scorer) -> Scorer`` builds a new one;
+    ``generation``: the control file's generation ``scorer`` was loaded at (0 without one)."""
 
-    def __init__(self, scorer, model: str, make: Callable, control: str | Path | None = None):
+    def __init__(self, scorer, model: str, make: Callable, control: str | Path | None = None, generation: int = 0):
         self.scorer, self.model, self._make = scorer, str(model), make
         self.control = Path(control) if control else None
-        self.generation = read_control(self.control)["generation"] if self.control else 0
+        self.generation = generation
         self._lock = threading.Lock()
-        self._stop = threading.Event()
 
     def _swap(self, model: str, generation: int):
         new = self._make(model, self.scorer)          # everything that can fail happens before the swap
@@ -94,14 +95,12 @@ class Live:
             return None
 
         def loop():
-            while not self._stop.wait(interval_s):
+            while True:
+                time.sleep(interval_s)
                 with contextlib.suppress(Exception):
                     self.follow()
 
         t = threading.Thread(target=loop, name="seqctr-reload-watch", daemon=True)
         t.start()
         return t
-
-    def close(self) -> None:
-        self._stop.set()
 

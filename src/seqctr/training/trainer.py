@@ -22,7 +22,7 @@ from ..metrics import evaluate_predictions
 from ..models import CTRModel, build_model
 from ..nn import dropout
 from ..checkpoint import load_checkpoint, save_torch
-from ..utils.io import atomic_path, provenance, write_json
+from ..utils.io import provenance, write_json, write_predictions
 from ..utils.compile import compiled
 from ..utils.malloc import keep_freed_memory
 from ..utils.progress import Progress
@@ -338,9 +338,7 @@ class Trainer:
             m = evaluate_predictions(pred["label"], pred["prob"], pred["user"], pred["seq_len"], self.cfg.eval.buckets)
             m["infer_samples_per_s"] = len(pred["prob"]) / max(dt, 1e-9)
             if split == "test" and self.cfg.eval.save_predictions:
-                with atomic_path(self.out / "predictions_test.npz") as tmp:
-                    with open(tmp, "wb") as f:
-                        np.savez(f, index=pred["index"], prob=pred["prob"])
+                write_predictions(self.out / "predictions_test.npz", pred["index"], pred["prob"])
         return d.broadcast(m)
 
 

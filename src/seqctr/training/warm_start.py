@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_checkpoint
-from ..config import RunConfig, config_from_dict
+from ..config import RunConfig
 from ..data import SeqDataset, prepare_config
 from ..data.remap import IdSpace, remap
 from ..errors import SeqctrError
+from ..models import load_trained
 from ..utils.io import seqctr_home
 
 
@@ -31,15 +31,8 @@ def trained_space(path: str | Path) -> tuple[IdSpace, dict]:
     if path.is_dir() and (path / "bundle.json").is_file():
         state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
         return IdSpace.of_bundle(path), state
-    ck = load_checkpoint(path)
-    if "meta" not in ck:
-        raise SeqctrError(f"{path}: not a best checkpoint (start from a run's best.pt or a bundle)")
-    cfg = config_from_dict(ck["config"])
-    ds, folder, _ = prepare_config(cfg.data)
-    if ds.vocab_sizes != ck["meta"]["vocab_sizes"]:
-        raise SeqctrError(f"{path}: the dataset it names ({cfg.data.source}) no longer has the vocabularies it "
-                          "was trained with; start from its bundle instead")
-    return IdSpace.of_dataset(ds, folder), ck["model"]
+    model, _, ds, folder = load_trained(path)       # its checks: a best checkpoint, its data's vocabularies
+    return IdSpace.of_dataset(ds, folder), model.state_dict()
 
 
 def _space_key(space: IdSpace) -> str:

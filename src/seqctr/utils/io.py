@@ -100,6 +100,15 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(dumps(obj, indent=2) + "\n")
 
 
+def write_predictions(path: str | os.PathLike, index, prob) -> None:
+    """A split's saved predictions (``index``: the samples, ``prob``: their probabilities) as ``.npz``,
+    atomically: what ``seqctr report`` and the suites' summaries read back."""
+    import numpy as np
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, index=index, prob=prob)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
