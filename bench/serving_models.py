@@ -90,8 +90,9 @@ def gemm_ceiling(n: int = 1536, reps: int = 5) -> float:
     return 2 * n ** 3 / sorted(ts)[reps // 2] / 1e9
 
 
-def cache_bench_args(description: str, models: str, out: str):
-    """The options every per-cache benchmark takes (models, lengths, candidates, repeats, cpu, out), parsed."""
+def cache_bench_args(description: str, models: str, out: str, codecs: str = ""):
+    """The options every per-cache benchmark takes (models, lengths, candidates, repeats, cpu, out; ``--codecs``
+    when ``codecs`` gives its default), parsed."""
     import argparse
 
     ap = argparse.ArgumentParser(description=description)
@@ -101,6 +102,8 @@ def cache_bench_args(description: str, models: str, out: str):
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--cpu", default="")
     ap.add_argument("--out", default=str(ROOT / out))
+    if codecs:
+        ap.add_argument("--codecs", default=codecs, help="cache codecs (seqctr.serving.codecs), comma-separated")
     return ap.parse_args()
 
 

@@ -417,6 +417,12 @@ def cmd_serve(args) -> int:
     if args.workers > 1 and args.store == "memory" and not args.history_file:
         raise SeqctrError("--workers > 1 with the memory store needs --history-file (shared histories) "
                           "or --store redis://...: otherwise each worker sees other histories")
+    from .serving.codecs import check_codec
+
+    try:
+        check_codec(args.cache_codec)
+    except ValueError as e:
+        raise SeqctrError(f"--cache-codec: {e}") from None
     b = load_bundle(args.model)                         # fail here, with one line, not in each worker
     if not 0 <= args.window <= b.max_len:
         raise SeqctrError(f"--window {args.window}: expected 1..{b.max_len} (the model's max_len), or 0")
@@ -628,9 +634,10 @@ def _serving_commands(c: _Commands) -> None:
     sv.add_argument("--cache-bytes", type=byte_size, default=256 << 20, help="memory store: the in-process cache budget of the whole service in bytes (resident bytes "
                     "the caches hold), split evenly across the workers")
     sv.add_argument("--history-file", help="memory store: persist histories to this SQLite file")
-    sv.add_argument("--cache-codec", default="fp32", choices=["fp32", "bf16", "int8"],
-                    help="the form caches take in the store (seqctr.serving.codecs): fp32 as computed, bf16, or int8 "
-                         "with a scale per row; scores are those of the decoded cache")
+    sv.add_argument("--cache-codec", default="fp32",
+                    help="the form caches take in the store (seqctr.serving.codecs): fp32 as computed, bf16, int8 "
+                         "(a scale per block of values), or rankR (e.g. rank16: each K/V tensor's rank-R factors in "
+                         "int8); integers and masks bit-packed; scores are those of the decoded cache")
     sv.add_argument("--window", type=int, default=0, metavar="K",
                     help="caches hold the most recent K events only (recent-window truncation: fewer bytes per "
                          "user; the true history length still conditions the model); 0 = the model's max_len")

@@ -29,11 +29,15 @@ def parse_codec(spec: str, max_len: int) -> tuple[str, int]:
     """``"int8"`` -> ``("int8", max_len)``; ``"int8@50"`` -> ``("int8", 50)``: a codec on a cache of the
     most recent 50 events only (recent-window truncation; ``seqctr serve --window 50``)."""
     from ..errors import SeqctrError
-    from ..serving.codecs import CODECS
+    from ..serving.codecs import check_codec
 
     name, _, window = spec.partition("@")
-    if name not in CODECS or (window and (not window.isdigit() or int(window) < 1)):
-        raise SeqctrError(f"--codecs: {spec!r} is not CODEC or CODEC@EVENTS (codecs: {list(CODECS)})")
+    try:
+        check_codec(name)
+    except ValueError as e:
+        raise SeqctrError(f"--codecs: {spec!r}: {e}") from None
+    if window and (not window.isdigit() or int(window) < 1):
+        raise SeqctrError(f"--codecs: {spec!r} is not CODEC or CODEC@EVENTS (EVENTS >= 1)")
     return name, min(int(window), max_len) if window else max_len
 
 
