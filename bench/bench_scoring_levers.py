@@ -1,0 +1,123 @@
+"""Cached scoring before and after a change (one lever), paired, per model, cache and history length.
+
+``python bench/bench_scoring_levers.py --before /path/to/old/checkout [--models twin,sim] [--lengths 200,1000]``
+
+Each round runs one fresh process per variant (``before``: ``PYTHONPATH=<tree>/src``; ``after``: this
+checkout), alternating, each pinned to ``--cpu`` on one thread with the serving benchmarks' malloc settings:
+the benchmark models of ``bench/serving_models.py`` (random weights, serving widths), one user's cache
+per length, 200 candidates, the median of ``--calls`` calls of ``seqctr.serving.runtime.score``. The
+table gives, per cell, the median over ``--rounds`` rounds of each variant and their ratio measured in the
+same run, and the largest difference between the two versions' probabilities (a lever must not change
+the scores beyond float rounding). Writes ``bench/results/scoring_levers.{json,md}``; run it with nothing
+else on the machine (the page records the load average).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def child(args) -> int:
+    import serving_models as sm
+    import torch
+
+    from seqctr.serving.runtime import score
+
+    out = {}
+    for name, variant, T, model, cache, cands in sm.benchmark_caches(args):
+        if variant not in args.caches.split(","):
+            continue
+        with torch.no_grad():
+            times = sm.timed(lambda: score(model, cache, cands), args.repeats)
+            probs = score(model, cache, cands).numpy()
+        key = f"{name}/{variant}/{T}"
+        out[key] = statistics.median(times) * 1e3
+        np.save(Path(args.out) / f"{key.replace('/', '_')}.npy", probs)
+    (Path(args.out) / "times.json").write_text(json.dumps(out))
+    return 0
+
+
+def main() -> int:
+    if "--child" in sys.argv:
+        sys.path.insert(0, str(ROOT / "bench"))
+        import serving_models as sm
+
+        sm.with_tuned_malloc(str(Path(__file__).resolve()))          # (re-executes itself once, --child kept)
+        sys.argv.remove("--child")
+        i = sys.argv.index("--caches")
+        caches = sys.argv[i + 1]
+        del sys.argv[i:i + 2]
+        args = sm.cache_bench_args("child", "twin,sim", "")
+        args.caches = caches
+        return child(args)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--before", type=Path, required=True, help="source tree of the earlier commit")
+    ap.add_argument("--models", default="twin,sim")
+    ap.add_argument("--lengths", default="200,1000")
+    ap.add_argument("--caches", default="full,ckv")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--calls", type=int, default=15, help="score calls per process (their median is its time)")
+    ap.add_argument("--cpu", default="1")
+    ap.add_argument("--lever", default="", help="what the change is, for the page")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scoring_levers")
+    args = ap.parse_args()
+    runs: dict = {"before": [], "after": []}
+    probs: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            for variant in ("before", "after"):
+                d = Path(tmp) / f"{variant}{r}"
+                d.mkdir()
+                env = dict(os.environ)
+                if variant == "before":
+                    env["PYTHONPATH"] = str(args.before / "src")
+                else:
+                    env.pop("PYTHONPATH", None)
+                subprocess.run([sys.executable, str(ROOT / "bench" / "bench_scoring_levers.py"), "--child",
+                                "--models", args.models, "--lengths", args.lengths, "--caches", args.caches,
+                                "--repeats", str(args.calls), "--cpu", args.cpu, "--out", str(d)],
+                               env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                runs[variant].append(json.loads((d / "times.json").read_text()))
+                if r == 0:
+                    probs[variant] = {k: np.load(d / f"{k.replace('/', '_')}.npy") for k in runs[variant][-1]}
+            print(f"round {r + 1}/{args.rounds}: " + ", ".join(
+                f"{k} {runs['before'][-1][k]:.2f} -> {runs['after'][-1][k]:.2f} ms" for k in runs["after"][-1]),
+                flush=True)
+    cells = {}
+    for k in runs["after"][0]:
+        b = statistics.median(x[k] for x in runs["before"])
+        a = statistics.median(x[k] for x in runs["after"])
+        cells[k] = {"before_ms": b, "after_ms": a, "speedup": b / a,
+                    "max_prob_diff": float(np.abs(probs["before"][k] - probs["after"][k]).max())}
+    cmd = "python bench/bench_scoring_levers.py " + " ".join(sys.argv[1:])
+    load = os.getloadavg()[0]
+    res = {"command": cmd, "lever": args.lever, "rounds": args.rounds, "calls": args.calls, "cpu": args.cpu,
+           "load_average_1m": load, "cells": cells, "runs": runs}
+    args.out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    lines = ["# One scoring lever, paired: before vs after", "",
+             f"`{cmd}` (generated; do not edit). Lever: {args.lever or '(see the command)'}. Benchmark models of "
+             "`bench/serving_models.py` (random weights, serving widths), one user, 200 candidates; each cell the "
+             f"median over {args.rounds} alternating rounds (a fresh process per variant and round, pinned to CPU "
+             f"{args.cpu}, one thread) of the median of {args.calls} calls. Load average (1 min) at the end: "
+             f"{load:.1f} on 2 cores. `max |dp|`: the largest difference between the two versions' probabilities.",
+             "", "| model / cache / events | before ms | after ms | speed-up | max |dp| |", "|---|---:|---:|---:|---:|"]
+    for k, c in cells.items():
+        lines.append(f"| {k} | {c['before_ms']:.2f} | {c['after_ms']:.2f} | {c['speedup']:.2f}x | "
+                     f"{c['max_prob_diff']:.1e} |")
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
