@@ -103,8 +103,10 @@ def mechanism_reading(b: str, summ: dict) -> str:
         out.append(f"the bare model's AUC on users with < 100 events {direction} by {cell(d)} ({told}; {agree}).")
     g_lo, g_hi = _gini(summ, f"{b}/bare/len{lo}"), _gini(summ, f"{b}/bare/len{hi}")
     if g_lo is not None and g_hi is not None:
-        out.append(f"Bare attention Gini {g_lo:.3f} -> {g_hi:.3f}: it {'rises, with' if g_hi > g_lo else 'falls, against'} "
-                   "the paper.")
+        branches = len(summ["polarization"].get(f"{b}/bare/len{hi}", {}))
+        of = f" (the mean of its {branches} branches)" if branches > 1 else ""
+        out.append(f"Bare attention Gini{of} {g_lo:.3f} -> {g_hi:.3f}: it "
+                   f"{'rises, with' if g_hi > g_lo else 'falls, against'} the paper.")
     pairs = [(L, _gini(summ, f"{b}/bare/len{L}"), _gini(summ, f"{b}/lain/len{L}")) for L in lens]
     pairs = [(L, x, y) for L, x, y in pairs if x is not None and y is not None]
     if pairs:
