@@ -44,3 +44,16 @@ def test_provenance_names_versions_and_commit():
     p = provenance()
     assert p["seqctr"] == __version__ and p["torch"] == torch.__version__
     assert "git_commit" not in p or len(p["git_commit"].split("-")[0]) == 40
+
+
+@pytest.mark.parametrize("replace", [True, False])
+def test_a_folder_another_writer_finished_meanwhile(tmp_path, replace):
+    """Two processes writing the same folder at once (two seeds warm-starting from one model, two runs
+    preparing the same data): neither fails; ``replace=False`` keeps the first folder, ``True`` the last."""
+    dest = tmp_path / "prepared" / "key"
+    with atomic_dir(dest, replace=replace) as tmp:
+        (tmp / "meta.json").write_text("mine")
+        with atomic_dir(dest) as other:                    # the other writer lands first
+            (other / "meta.json").write_text("theirs")
+    assert (dest / "meta.json").read_text() == ("mine" if replace else "theirs")
+    assert [p.name for p in dest.parent.iterdir()] == ["key"]          # no temporary folder left

@@ -321,7 +321,7 @@ def prepare(source: str = "ml100k", *, columns: dict | None = None, label: dict 
     if folder.is_dir() and (folder / "meta.json").is_file() and not force:
         return SeqDataset.load(folder), folder, True
     ds = src.build(rule)
-    ds.save(folder)
+    ds.save(folder, replace=force)        # two processes preparing the same key at once: both succeed
     ds.vocab_arrays = {}
     return ds, folder, False
 

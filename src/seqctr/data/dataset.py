@@ -185,9 +185,10 @@ class SeqDataset:
         return self
 
     # --- storage ------------------------------------------------------------------------------
-    def save(self, folder: Path) -> None:
-        """Write all arrays and ``meta.json`` into ``folder`` atomically (all or nothing)."""
-        with atomic_dir(folder) as tmp:
+    def save(self, folder: Path, replace: bool = True) -> None:
+        """Write all arrays and ``meta.json`` into ``folder`` atomically (all or nothing); ``replace=False``
+        keeps a folder another process wrote meanwhile (a cache folder named by its content)."""
+        with atomic_dir(folder, replace=replace) as tmp:
             for name in ARRAYS + OPTIONAL_ARRAYS:
                 if getattr(self, name) is not None:
                     np.save(tmp / f"{name}.npy", getattr(self, name), allow_pickle=False)

@@ -52,7 +52,7 @@ def warm_data(cfg: RunConfig, home: Path | None = None) -> tuple[SeqDataset, Pat
     out = Path(home or seqctr_home()) / "prepared" / f"{Path(folder).name}-init-{_space_key(space)}"
     if not (out / "meta.json").is_file():
         grown, _ = remap(ds, folder, space, grow=True)
-        grown.save(out)
+        grown.save(out, replace=False)          # runs warm-starting at once (seeds in parallel) share it
     return SeqDataset.load(out), out, state
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -37,18 +38,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; it replaces ``path`` only if the block succeeds.
-    The folder and what was written into it keep the umask's modes (not ``mkdtemp``'s 0700)."""
+    The folder and what was written into it keep the umask's modes (not ``mkdtemp``'s 0700).
+    ``replace=False`` (a folder named by its content, e.g. a prepared dataset's cache key): when another
+    process has written ``path`` meanwhile, its folder is kept and this one dropped, so two processes
+    preparing the same data at once both succeed. With ``replace=True`` the last writer's folder stands."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        for attempt in range(3):
+            if path.exists():
+                if not replace:
+                    return
+                shutil.rmtree(path, ignore_errors=True)
+            try:
+                os.replace(tmp, path)
+                return
+            except OSError as e:     # another writer's folder landed between the check and the rename
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or attempt == 2:
+                    raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
