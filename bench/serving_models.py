@@ -57,14 +57,24 @@ WIDE = {"sim": ["model.options.attention_dim=256", "model.options.num_heads=8"],
 COLLECTIVE = {name: ['model.options.collective_kv={"user_dim": 1, "pool_size": 10000, "branches": ["short", "long"]}']
               for name in ("sim", "twin", "eta")}
 COLLECTIVE["hstu"] = ['model.options.collective_kv={"user_dim": 1, "pool_size": 10000}']
+# HSTU's CollectiveKV with the candidate token projected instead of routed (models/hstu.py, collective_target)
+PROJECTED = {"hstu": ["model.options.collective_target=projected"]}
 
 
-def overrides(name: str, collective: bool = False) -> list[str]:
-    """``--set`` overrides of ``configs/ml100k/{name}.yaml`` for the benchmark model."""
-    return WIDE.get(name, []) + (COLLECTIVE[name] if collective else [])
+def variants(name: str) -> list[str]:
+    """The caches benchmarked for ``name``: full, CollectiveKV where it exists, and ``ckv-proj`` (HSTU)."""
+    return ["full"] + (["ckv"] if name in COLLECTIVE else []) + (["ckv-proj"] if name in PROJECTED else [])
 
 
-def build(name: str, meta: dict, collective: bool = False):
+def overrides(name: str, collective: bool | str = False) -> list[str]:
+    """``--set`` overrides of ``configs/ml100k/{name}.yaml`` for the benchmark model; ``collective``: a
+    :func:`variants` name, or True for ``ckv``."""
+    variant = {True: "ckv", False: "full"}.get(collective, collective)
+    return (WIDE.get(name, []) + (COLLECTIVE[name] if variant in ("ckv", "ckv-proj") else [])
+            + (PROJECTED[name] if variant == "ckv-proj" else []))
+
+
+def build(name: str, meta: dict, collective: bool | str = False):
     """The benchmark model in eval mode, seeded so every variant starts from the same weights."""
     import torch
 
@@ -108,7 +118,7 @@ def cache_bench_args(description: str, models: str, out: str, codecs: str = ""):
 
 
 def benchmark_caches(args):
-    """For each benchmark model x cache (full, CollectiveKV where it exists) x history length of ``args``
+    """For each benchmark model x cache (:func:`variants`) x history length of ``args``
     (:func:`cache_bench_args`): ``(name, variant, events, model, cache, candidates)`` — one user's
     prefilled cache of random events and ``args.candidates`` random candidates (seeded: the same in every run)."""
     ds, items = setup(args.cpu)
@@ -120,10 +130,8 @@ def benchmark_caches(args):
     user = torch.from_numpy(ds.user_feats[0]).long()
     cands = items[torch.randint(2, len(items), (args.candidates,), generator=g)]
     for name in args.models.split(","):
-        for variant in ("full", "ckv"):
-            if variant == "ckv" and name not in COLLECTIVE:
-                continue
-            model = build(name, ds.meta, collective=variant == "ckv")
+        for variant in variants(name):
+            model = build(name, ds.meta, collective=variant)
             for T in map(int, args.lengths.split(",")):
                 hist = items[torch.randint(2, len(items), (T,), generator=g)]
                 yield name, variant, T, model, prefill(model, user, hist, max_len=T), cands

@@ -93,9 +93,10 @@ def forward_with_times(model, user, hist, times, seq_len, cands, now):
 
 
 @pytest.mark.parametrize("T", [0, 1, 5, 12, 30])
-@pytest.mark.parametrize("collective", [False, True])
+@pytest.mark.parametrize("collective", [None, "routed", "projected"])
 def test_cached_scoring_with_times_equals_the_forward_pass(synth_ds, T, collective):
-    model = make(synth_ds, "hstu", **({"collective_kv": {"user_dim": 1, "pool_size": 50}} if collective else {}))
+    opts = {"collective_kv": {"user_dim": 1, "pool_size": 50}, "collective_target": collective} if collective else {}
+    model = make(synth_ds, "hstu", **opts)
     user, hist, cands = random_user(synth_ds, T, seed=T + 3)
     times = _times(T, T)
     now = (int(times[-1]) if T else 0) + 7_200
@@ -159,3 +160,27 @@ def test_time_options_are_checked():
         HSTU(item_dim=8, time_buckets=0)
     assert not HSTU(item_dim=8, time_bias=False).uses_time
     assert all(b.ts_w is None for b in HSTU(item_dim=8, time_bias=False).blocks)
+
+
+def test_projected_target_routes_only_the_history(synth_ds):
+    """With ``collective_target="projected"`` the candidate's k, v come from ``f_target`` (a change to
+    the pool or the router moves history tokens only), and scoring never calls the router on the
+    candidates; the routed default does."""
+    user, hist, cands = random_user(synth_ds, 6, seed=2)
+    times = _times(6, 6)
+    calls = {}
+    for target in ("routed", "projected"):
+        model = make(synth_ds, "hstu", collective_kv={"user_dim": 1, "pool_size": 50, "memo_rows": 0},
+                     collective_target=target)
+        assert all((blk.f_target is not None) == (target == "projected") for blk in model.backbone.blocks)
+        cache = prefill(model, user[0], hist, seq_len=6, max_len=MAX_LEN, hist_time=times)
+        rows = []
+        hooks = [blk.ckv.router_k.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
+                 for blk in model.backbone.blocks]
+        score(model, cache, cands, time=int(times[-1]))
+        for h in hooks:
+            h.remove()
+        calls[target] = sum(rows)
+    assert calls["projected"] == 0 and calls["routed"] >= len(cands)
+    with pytest.raises(ValueError, match="collective_target"):
+        HSTUBlock(8, 2, 16, 0.0, collective={"user_dim": 1, "pool_size": 5}, collective_target="pooled")

@@ -17,7 +17,15 @@ timestamps, or a request without them) the time part is left out, in training an
 own CollectiveKV, as the authors' ``HSTUBlock_GMUS_v2``: ``f1`` then projects to ``u, q`` only and
 ``k, v = [pool entry, SiLU(W x)]`` are routed from the normalised input (biased Linears there);
 the layers' auxiliary losses are summed into the training loss. A serving cache then holds each
-layer's d_u-wide user parts and pool indices instead of full keys and values."""
+layer's d_u-wide user parts and pool indices instead of full keys and values.
+
+``collective_target``: how the candidate's own token gets its ``k, v`` under CollectiveKV. ``"routed"``
+(default, the authors' code: every token goes through the pool) routes it like a history event, which at
+serving time means one ``[candidates, pool]`` router GEMM per layer and request (a deeper layer's target
+token depends on the user's history, so it cannot be memoised). ``"projected"``: the target token, which
+no cache ever stores, takes the plain HSTU projection ``SiLU(W x)`` for its ``k, v`` (``2 D^2`` more
+parameters per layer) and only the history events are routed — the cached scoring then costs what the
+full cache's does plus the pool gather (docs/results/profile_scoring.md)."""
 from __future__ import annotations
 
 import torch
@@ -34,17 +42,22 @@ class HSTUBlock(nn.Module):
     branch = "layer"   # every history event is cached in every layer (see experiments.accounting)
 
     def __init__(self, dim: int, num_heads: int, max_len: int, dropout: float, collective: dict | None = None,
-                 shared_bias: bool = True, bias_init_std: float = 0.02, time_buckets: int = 0):
+                 shared_bias: bool = True, bias_init_std: float = 0.02, time_buckets: int = 0,
+                 collective_target: str = "routed"):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
         self.h, self.hd, self.max_len = num_heads, dim // num_heads, max_len
         self.norm_in = nn.LayerNorm(dim)
-        self.ckv = None
+        self.ckv = self.f_target = None
+        if collective_target not in ("routed", "projected"):
+            raise ValueError(f"collective_target must be 'routed' or 'projected', got {collective_target!r}")
         if collective:
             from ..nn.collective_kv import CollectiveKV
 
             self.ckv = CollectiveKV(dim, dim, dim, **{"bias": True, **collective})
+            if collective_target == "projected":      # the target token's k, v (see the module docstring)
+                self.f_target = nn.Linear(dim, 2 * dim)
         self.f1 = nn.Linear(dim, (2 if self.ckv is not None else 4) * dim)
         self.norm_av = nn.LayerNorm(dim)
         self.f2 = nn.Linear(dim, dim)
@@ -93,20 +106,29 @@ class HSTUBlock(nn.Module):
         B, N, _ = t.shape
         return t.view(B, N, self.h, self.hd).transpose(1, 2)
 
-    def project(self, x: torch.Tensor, valid: torch.Tensor | None = None):
+    def project(self, x: torch.Tensor, valid: torch.Tensor | None = None, target_last: bool = False):
         """Gate ``u``, ``q``, ``k``, ``v`` ``[B, N, D]`` (one ``f1``, or ``f1`` for ``u, q`` and
-        CollectiveKV for ``k, v``) and the CollectiveKV auxiliary loss (None unless training with it)."""
+        CollectiveKV for ``k, v``) and the CollectiveKV auxiliary loss (None unless training with it).
+        ``target_last``: the last token of each row is the candidate (with ``f_target``, projected
+        instead of routed)."""
         n = self.norm_in(x)
         if self.ckv is None:
             u, q, k, v = F.silu(self.f1(n)).chunk(4, -1)
             return u, q, k, v, None
         u, q = F.silu(self.f1(n)).chunk(2, -1)
-        k, v, aux = self.ckv(n, n, valid)
-        return u, q, k, v, aux
+        if self.f_target is None or not target_last:
+            k, v, aux = self.ckv(n, n, valid)
+            return u, q, k, v, aux
+        k_t, v_t = F.silu(self.f_target(n[:, -1:])).chunk(2, -1)                 # [B, 1, D] each
+        if n.shape[1] == 1:
+            return u, q, k_t, v_t, None
+        h = n[:, :-1]
+        k, v, aux = self.ckv(h, h, None if valid is None else valid[:, :-1])
+        return u, q, torch.cat([k, k_t], 1), torch.cat([v, v_t], 1), aux
 
-    def qkvu(self, x: torch.Tensor, valid: torch.Tensor | None = None):
+    def qkvu(self, x: torch.Tensor, valid: torch.Tensor | None = None, target_last: bool = False):
         """Per-head ``q, k, v [B, H, N, hd]``, gate ``u [B, N, D]`` and the auxiliary loss."""
-        u, q, k, v, aux = self.project(x, valid)
+        u, q, k, v, aux = self.project(x, valid, target_last)
         return self.split(q), self.split(k), self.split(v), u, aux
 
     def project_cached(self, x: torch.Tensor):
@@ -141,7 +163,7 @@ class HSTUBlock(nn.Module):
         ``x_t [N, D] -> [N, D]``, exactly the last row of :meth:`forward` on ``[history; target]``.
         The history K/V are broadcast, never copied per candidate."""
         N, D = x_t.shape
-        q, k, v, u, _ = self.qkvu(x_t.unsqueeze(1))                               # [N, H, 1, hd]
+        q, k, v, u, _ = self.qkvu(x_t.unsqueeze(1), target_last=True)             # [N, H, 1, hd]
         T = k_hist.shape[2]
         qh = q[:, :, 0].transpose(0, 1)                                           # [H, N, hd]
         timed = t_time is not None and h_time is not None
@@ -187,7 +209,7 @@ class HSTUBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor, need_weights: bool = False, last_only: bool = False,
                 index: tuple[torch.Tensor, bool] | None = None):
-        """All positions, or with ``last_only`` just the last one (``[B, 1, D]``; what a
+        """``x``: history tokens then the target token (last). All positions, or with ``last_only`` just the last one (``[B, 1, D]``; what a
         target-aware final layer needs: its keys and values still come from every position);
         ``index``: :meth:`rel_index` over all ``N x N`` positions (computed once for all layers; None:
         positions only, no time part).
@@ -199,7 +221,7 @@ class HSTUBlock(nn.Module):
             u, q = F.silu(F.linear(n[:, -1:], self.f1.weight[:2 * D], self.f1.bias[:2 * D])).chunk(2, -1)
             q, k, v, aux = self.split(q), self.split(k), self.split(v), None
         else:
-            q, k, v, u, aux = self.qkvu(x, valid)
+            q, k, v, u, aux = self.qkvu(x, valid, target_last=True)
         y, a = self.mix(x, q, k, v, u, valid, need_weights, last_only, index)
         return y, a, aux
 
@@ -227,7 +249,9 @@ class HSTU(Backbone):
     layer; None = off), ``shared_bias`` (True: one relative-position bias for all heads, as the
     reference; False: one per head, seqctr <= 0.1), ``bias_init_std`` (0.02, the reference's
     N(0, 0.02); 0 = zeros), ``time_bias`` (True: the reference's time-bucket bias, from the data's
-    event timestamps), ``time_buckets`` (128, the reference's)."""
+    event timestamps), ``time_buckets`` (128, the reference's), ``collective_target`` ("routed", the
+    authors'; "projected": the never-cached target token's k, v by a plain projection, see the module
+    docstring)."""
 
     lain_unsupported = ("HSTU has no softmax to temper and its relative-position bias would move prompt tokens "
                      "with the padding; LAIN is not attached to it")
@@ -235,14 +259,14 @@ class HSTU(Backbone):
     def __init__(self, item_dim: int, feature_dim: int = 64, num_layers: int = 2, num_heads: int = 2,
                  max_len: int = 256, dropout: float = 0.0, collective_kv: dict | None = None,
                  shared_bias: bool = True, bias_init_std: float = 0.02, time_bias: bool = True,
-                 time_buckets: int = 128):
+                 time_buckets: int = 128, collective_target: str = "routed"):
         super().__init__()
         if time_bias and time_buckets < 1:
             raise ValueError(f"time_buckets must be >= 1 with time_bias, got {time_buckets}")
         self.uses_time = bool(time_bias)
         self.blocks = nn.ModuleList(
             HSTUBlock(item_dim, num_heads, max_len, dropout, self.layer_collective(collective_kv, i),
-                      shared_bias, bias_init_std, time_buckets if time_bias else 0)
+                      shared_bias, bias_init_std, time_buckets if time_bias else 0, collective_target)
             for i in range(num_layers))
         self.norm_out = nn.LayerNorm(item_dim)
         self.out_dim = item_dim
