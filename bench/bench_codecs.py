@@ -69,7 +69,11 @@ def main() -> int:
              "same model (random weights: a bound on the rounding, not an accuracy; AUC per codec comes from the "
              f"frontier experiment). Load average (1 min) at the end: {load:.1f} on 2 cores (times are comparable "
              "only between runs at a similar load; bytes are exact).", "",
-             "A `rankR` row is shown only where the codec factors a tensor (elsewhere it is the int8 row).", "",
+             "A `rankR` row is shown only where the codec factors a tensor (elsewhere it is the int8 row). HSTU's "
+             "other caches (`models/hstu.py`): `ckv-proj`, CollectiveKV with the candidate token projected instead "
+             "of routed (`collective_target: projected`: no router GEMM per request, other weights); `ckv-lean` / "
+             "`full-lean`, the first layer left out of the cache and rebuilt from the cached ids per request "
+             "(`cache_first_layer: false`: the same weights).", "",
              "| model | cache | events | codec | bytes | blob | x fp32 full | users / GB | encode ms | decode ms | score ms | |dp| |",
              "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:

@@ -10,7 +10,10 @@ CollectiveKV caches), one user with 50 / 200 / 1,000 cached events and 200 candi
 - this core's GEMM ceiling (GFLOP/s of a 1536^3 float32 product, one thread), and so the
   request's bound ``FLOPs / ceiling`` and its distance ``time / bound`` — one number per cell;
 - time per op class from ``torch.profiler`` (GEMM, embedding / gather, top-k, softmax, elementwise, other)
-  and the GEMMs' own GFLOP/s.
+  and the GEMMs' own GFLOP/s;
+- every other cache of a model against its full cache, paired: ``--rounds`` rounds call each cache once,
+  in rotating order, and the ratio is the median of the per-round ratios (a change of the machine's load
+  moves both sides of a round alike, unlike two medians taken one after the other).
 
 Results: ``docs/results/profile_scoring.{json,md}`` (the page records the machine's load: times are
 comparable between runs at a similar load only).
@@ -71,23 +74,59 @@ def profile_cell(model, cache, cands, repeats: int) -> dict:
             "gemm_gflops_achieved": (gemm_flops / 1e9) / (per.get("gemm", 0) / 1e3) if per.get("gemm") else None}
 
 
+def paired(cells: dict, rounds: int) -> list[dict]:
+    """``cells[(model, events)][variant] = (model, cache, candidates)`` -> per non-full variant: the median
+    per-round ratio of its request time to the full cache's, rounds in rotating order."""
+    import time
+
+    import torch
+
+    from seqctr.serving.runtime import score
+
+    out = []
+    for (name, T), variants in cells.items():
+        if "full" not in variants or len(variants) < 2:
+            continue
+        order = list(variants)
+        times = {v: [] for v in order}
+        with torch.no_grad():
+            for v in order:
+                score(*variants[v])                       # warm-up
+            for r in range(rounds):
+                for v in order[r % len(order):] + order[:r % len(order)]:
+                    t0 = time.perf_counter()
+                    score(*variants[v])
+                    times[v].append(time.perf_counter() - t0)
+        for v in order[1:]:
+            ratios = sorted(a / b for a, b in zip(times[v], times["full"]))
+            out.append({"model": name, "events": T, "cache": v, "rounds": rounds,
+                        "ms": statistics.median(times[v]) * 1e3, "full_ms": statistics.median(times["full"]) * 1e3,
+                        "ratio": statistics.median(ratios), "ratio_q1": ratios[len(ratios) // 4],
+                        "ratio_q3": ratios[(3 * len(ratios)) // 4]})
+    return out
+
+
 def main() -> int:
-    args = sm.cache_bench_args(__doc__.splitlines()[0], "din,sim,twin,hstu", "docs/results/profile_scoring")
+    args = sm.cache_bench_args(__doc__.splitlines()[0], "din,sim,twin,hstu", "docs/results/profile_scoring",
+                               extra=[("--rounds", int, 31, "rounds of the paired comparison against the full cache")])
     ceiling = sm.gemm_ceiling()
-    rows = []
+    rows, cells = [], {}
     for name, variant, T, model, cache, cands in sm.benchmark_caches(args):
+        cells.setdefault((name, T), {})[variant] = (model, cache, cands)
         cell = profile_cell(model, cache, cands, args.repeats)
         bound_ms = cell["gflop"] / ceiling * 1e3
         rows.append({"model": name, "cache": variant, "events": T, **cell, "bound_ms": bound_ms,
                      "x_bound": cell["ms"] / bound_ms if bound_ms else None})
         print(f"{name:5s} {variant:4s} T={T:5d}: {cell['ms']:7.2f} ms  {cell['gflop']:.3f} GFLOP  "
               f"bound {bound_ms:.2f} ms  x{rows[-1]['x_bound']:.1f}  {cell['ms_by_class']}", flush=True)
+    pairs = paired(cells, args.rounds)
     load = os.getloadavg()[0]
     cmd = "python bench/profile_scoring.py " + " ".join(sys.argv[1:])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"command": cmd, "gemm_ceiling_gflops": ceiling,
-                                                    "load_average_1m": load, "rows": rows}, indent=1))
+                                                    "load_average_1m": load, "rows": rows, "paired": pairs},
+                                                   indent=1))
     classes = ["gemm", "gather", "topk", "softmax", "elementwise", "other"]
     lines = ["# Cached scoring: time per request against the FLOP bound", "",
              f"`{cmd}` (generated; do not edit). One user, {args.candidates} candidates, one thread, benchmark models "
@@ -103,6 +142,12 @@ def main() -> int:
         lines.append(f"| {r['model']} | {r['cache']} | {r['events']:,} | {r['ms']:.2f} | {r['gflop']:.3f} | "
                      f"{r['bound_ms']:.2f} | {r['x_bound']:.1f} | {g_ach} | "
                      + " | ".join(f"{r['ms_by_class'].get(c, 0):.2f}" for c in classes) + " |")
+    lines += ["", f"**Against the full cache, paired** ({args.rounds} rounds, each calling every cache of the model "
+                  "once in rotating order; `x full`: median of the per-round ratios, [first, third quartile]). "
+                  "HSTU's other caches are `bench/serving_models.py`'s `EXTRA` (see docs/results/cache_codecs.md).", "",
+              "| model | events | cache | ms | full ms | x full [q1, q3] |", "|---|---:|---|---:|---:|---:|"]
+    lines += [f"| {p['model']} | {p['events']:,} | {p['cache']} | {p['ms']:.2f} | {p['full_ms']:.2f} | "
+              f"{p['ratio']:.2f} [{p['ratio_q1']:.2f}, {p['ratio_q3']:.2f}] |" for p in pairs]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -57,21 +57,24 @@ WIDE = {"sim": ["model.options.attention_dim=256", "model.options.num_heads=8"],
 COLLECTIVE = {name: ['model.options.collective_kv={"user_dim": 1, "pool_size": 10000, "branches": ["short", "long"]}']
               for name in ("sim", "twin", "eta")}
 COLLECTIVE["hstu"] = ['model.options.collective_kv={"user_dim": 1, "pool_size": 10000}']
-# HSTU's CollectiveKV with the candidate token projected instead of routed (models/hstu.py, collective_target)
-PROJECTED = {"hstu": ["model.options.collective_target=projected"]}
+# HSTU's other cache forms (models/hstu.py): CollectiveKV with the candidate token projected instead of
+# routed (collective_target), and caches without the first layer, rebuilt from the ids (cache_first_layer)
+EXTRA = {"hstu": {"ckv-proj": COLLECTIVE["hstu"] + ["model.options.collective_target=projected"],
+                  "ckv-lean": COLLECTIVE["hstu"] + ["model.options.cache_first_layer=false"],
+                  "full-lean": ["model.options.cache_first_layer=false"]}}
 
 
 def variants(name: str) -> list[str]:
-    """The caches benchmarked for ``name``: full, CollectiveKV where it exists, and ``ckv-proj`` (HSTU)."""
-    return ["full"] + (["ckv"] if name in COLLECTIVE else []) + (["ckv-proj"] if name in PROJECTED else [])
+    """The caches benchmarked for ``name``: full, CollectiveKV where it exists, and :data:`EXTRA`'s."""
+    return ["full"] + (["ckv"] if name in COLLECTIVE else []) + list(EXTRA.get(name, {}))
 
 
 def overrides(name: str, collective: bool | str = False) -> list[str]:
     """``--set`` overrides of ``configs/ml100k/{name}.yaml`` for the benchmark model; ``collective``: a
     :func:`variants` name, or True for ``ckv``."""
     variant = {True: "ckv", False: "full"}.get(collective, collective)
-    return (WIDE.get(name, []) + (COLLECTIVE[name] if variant in ("ckv", "ckv-proj") else [])
-            + (PROJECTED[name] if variant == "ckv-proj" else []))
+    base = {"full": [], "ckv": COLLECTIVE.get(name)}
+    return WIDE.get(name, []) + (base[variant] if variant in base else EXTRA[name][variant])
 
 
 def build(name: str, meta: dict, collective: bool | str = False):
@@ -100,7 +103,7 @@ def gemm_ceiling(n: int = 1536, reps: int = 5) -> float:
     return 2 * n ** 3 / sorted(ts)[reps // 2] / 1e9
 
 
-def cache_bench_args(description: str, models: str, out: str, codecs: str = ""):
+def cache_bench_args(description: str, models: str, out: str, codecs: str = "", extra=()):
     """The options every per-cache benchmark takes (models, lengths, candidates, repeats, cpu, out; ``--codecs``
     when ``codecs`` gives its default), parsed."""
     import argparse
@@ -114,6 +117,8 @@ def cache_bench_args(description: str, models: str, out: str, codecs: str = ""):
     ap.add_argument("--out", default=str(ROOT / out))
     if codecs:
         ap.add_argument("--codecs", default=codecs, help="cache codecs (seqctr.serving.codecs), comma-separated")
+    for flag, kind, default, help_text in extra:          # a script's own options: (flag, type, default, help)
+        ap.add_argument(flag, type=kind, default=default, help=help_text)
     return ap.parse_args()
 
 

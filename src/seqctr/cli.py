@@ -426,6 +426,9 @@ def cmd_serve(args) -> int:
     b = load_bundle(args.model)                         # fail here, with one line, not in each worker
     if not 0 <= args.window <= b.max_len:
         raise SeqctrError(f"--window {args.window}: expected 1..{b.max_len} (the model's max_len), or 0")
+    if args.rebuild_first_layer and not hasattr(b.model.backbone, "set_cache_first_layer"):
+        raise SeqctrError(f"--rebuild-first-layer: the {b.model.backbone.registry_name} backbone has no first "
+                          "layer to rebuild (HSTU only)")
     if args.history_file:
         open_history_file(args.history_file, busy_timeout_s=1.0).close()   # unusable or locked: one line now
     env = {"SEQCTR_SERVE_MODEL": str(args.model), "SEQCTR_SERVE_STORE": args.store,
@@ -434,7 +437,7 @@ def cmd_serve(args) -> int:
            "SEQCTR_SERVE_MAX_BODY": str(args.max_body), "SEQCTR_SERVE_THREADS": str(args.threads),
            "SEQCTR_SERVE_MAX_HISTORY": str(args.max_history), "SEQCTR_SERVE_LOG_LEVEL": args.log_level,
            "SEQCTR_SERVE_CACHE_CODEC": args.cache_codec, "SEQCTR_SERVE_ADMIN_TOKEN": args.admin_token,
-           "SEQCTR_SERVE_WINDOW": str(args.window),
+           "SEQCTR_SERVE_WINDOW": str(args.window), "SEQCTR_SERVE_REBUILD_FIRST_LAYER": str(int(args.rebuild_first_layer)),
            "SEQCTR_SERVE_CONTROL": "", "SEQCTR_SERVE_HISTORIES": ""}
     if args.histories:
         if args.store == "memory" and not args.history_file:   # the one worker loads its own memory
@@ -638,6 +641,10 @@ def _serving_commands(c: _Commands) -> None:
                     help="the form caches take in the store (seqctr.serving.codecs): fp32 as computed, bf16, int8 "
                          "(a scale per block of values), or rankR (e.g. rank16: each K/V tensor's rank-R factors in "
                          "int8); integers and masks bit-packed; scores are those of the decoded cache")
+    sv.add_argument("--rebuild-first-layer", action="store_true",
+                    help="HSTU: leave the first layer's K/V out of the caches and rebuild them from the cached item "
+                         "ids at each request (a function of the item alone): about half the bytes of a two-layer "
+                         "cache, the same scores")
     sv.add_argument("--window", type=int, default=0, metavar="K",
                     help="caches hold the most recent K events only (recent-window truncation: fewer bytes per "
                          "user; the true history length still conditions the model); 0 = the model's max_len")

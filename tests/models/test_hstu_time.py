@@ -184,3 +184,35 @@ def test_projected_target_routes_only_the_history(synth_ds):
     assert calls["projected"] == 0 and calls["routed"] >= len(cands)
     with pytest.raises(ValueError, match="collective_target"):
         HSTUBlock(8, 2, 16, 0.0, collective={"user_dim": 1, "pool_size": 5}, collective_target="pooled")
+
+
+@pytest.mark.parametrize("collective", [False, True])
+def test_uncached_first_layer_scores_and_appends_as_the_forward_pass(synth_ds, monkeypatch, collective):
+    """``cache_first_layer=False``: no ``l0_`` tensor in the cache, the first layer's K/V rebuilt from the
+    cached ids; scoring equals the forward pass and the cached model's, appends stay in place and equal a
+    fresh prefill, and the accounting counts the layer as not cached."""
+    import seqctr.serving.runtime as runtime
+    from seqctr.experiments.accounting import kv_cache_bytes
+
+    opts = {"collective_kv": {"user_dim": 1, "pool_size": 50}} if collective else {}
+    kept, lean = make(synth_ds, "hstu", **opts), make(synth_ds, "hstu", cache_first_layer=False, **opts)
+    lean.load_state_dict(kept.state_dict())          # the option adds no weight: the same model, cached differently
+    T, n = 6, 4
+    user, hist, cands = random_user(synth_ds, T + n, seed=11)
+    times = _times(T + n, 8)
+    now = int(times[-1]) + 60
+    full = prefill(lean, user[0], hist, max_len=MAX_LEN, hist_time=times)
+    assert not any(k.startswith("l0_") for k in full.tensors) and any(k.startswith("l1_") for k in full.tensors)
+    want = forward_with_times(lean, user, hist, times, T + n, cands, now)
+    torch.testing.assert_close(score(lean, full, cands, time=now), want, atol=1e-5, rtol=1e-5)
+    ref = prefill(kept, user[0], hist, max_len=MAX_LEN, hist_time=times)
+    torch.testing.assert_close(score(kept, ref, cands, time=now), want, atol=1e-5, rtol=1e-5)
+    assert full.nbytes() < ref.nbytes()
+    cache = prefill(lean, user[0], hist[:T], max_len=MAX_LEN, hist_time=times[:T])
+    with monkeypatch.context() as m:
+        m.setattr(runtime, "prefill", lambda *a, **k: (_ for _ in ()).throw(AssertionError("re-prefilled")))
+        grown = append(lean, cache, hist[T:], new_times=times[T:])
+    torch.testing.assert_close(score(lean, grown, cands, time=now), want, atol=1e-5, rtol=1e-5)
+    acc_kept, acc_lean = kv_cache_bytes(kept.backbone, 100), kv_cache_bytes(lean.backbone, 100)
+    assert acc_lean["full_bytes"] == acc_kept["full_bytes"]
+    assert acc_lean["cached_bytes"] * 2 == acc_kept["cached_bytes"]        # two equal layers, one left out

@@ -43,6 +43,28 @@ def test_inference_uses_argmax_without_gate_and_codes_reproduce_kv():
     torch.testing.assert_close(v2, v)
 
 
+@pytest.mark.parametrize("user_first", [False, True])
+def test_decode_without_gradients_equals_the_gather_and_join_and_follows_pool_updates(user_first):
+    """``from_codes`` under ``no_grad`` (one gather from the padded pool, the user part written in place)
+    equals ``join(pool[idx], user)`` exactly, for either order and a wider user part, and a changed pool
+    (an optimiser step, ``load_state_dict``) is read, not the padded copy of the old one."""
+    torch.manual_seed(2)
+    m = CollectiveKV(6, 6, dim=8, user_dim=2, pool_size=40, user_first=user_first).eval()
+    codes = m.codes(torch.randn(2, 7, 6), torch.randn(2, 7, 6))
+
+    def reference():
+        return [m._join(getattr(m, f"pool_{n}")[codes[f"idx_{n}"].long()], codes[f"u_{n}"]) for n in ("k", "v")]
+
+    for _ in range(2):
+        with torch.no_grad():
+            got = m.from_codes(codes)
+            assert all(torch.equal(a, b) for a, b in zip(got, reference()))
+            m.pool_k.mul_(-2.0)                      # in place, as an optimiser step
+    with torch.no_grad():
+        m.load_state_dict({**m.state_dict(), "pool_v": torch.randn(40, 6)})
+        assert all(torch.equal(a, b) for a, b in zip(m.from_codes(codes), reference()))
+
+
 def test_sharing_switches_and_index_dtype():
     m = CollectiveKV(6, 6, dim=8, user_dim=1, pool_size=10, share_k=True, share_v=False).eval()
     codes = m.codes(torch.randn(1, 2, 6), torch.randn(1, 2, 6))

@@ -15,8 +15,8 @@ from seqctr.serving.scorer import Scorer, fill_times, load
 from seqctr.serving.stores import MemoryStore
 
 
-def scorer_of(bundle, state, store=None) -> Scorer:
-    s = load(bundle, store)
+def scorer_of(bundle, state, store=None, **kw) -> Scorer:
+    s = load(bundle, store, **kw)
     s.model.load_state_dict(state)
     return s
 
@@ -123,3 +123,50 @@ def test_times_round_trip_through_redis(hstu_bundle):
         now = times[6]
         want = forward(s, "u9", items[:6], times[:5] + [times[4]], items[:3], now)
         np.testing.assert_allclose(other.score("u9", items[:3], time=now), want, atol=1e-5, rtol=1e-5)
+
+
+def test_rebuild_first_layer_stores_no_first_layer_and_scores_the_same(hstu_bundle, trained):
+    """``rebuild_first_layer`` (``seqctr serve --rebuild-first-layer``): the stored caches lose HSTU's first
+    layer (fewer bytes), scores and in-place appends stay equal to the forward pass, a cache made in the
+    other form is still read, and a backbone without the option is refused."""
+    rows, bundle, state = hstu_bundle
+    plain, lean = scorer_of(bundle, state), scorer_of(bundle, state, rebuild_first_layer=True)
+    items, times = user_log(rows, "u3")
+    cands = sorted(set(rows["item"]))[:6]
+    now = times[-1] + 3_600
+    plain.prefill("u3", items, times)
+    lean.prefill("u3", items[:-3], times[:-3])
+    lean.append("u3", items[-3:], times[-3:])
+    kept, rebuilt = plain.store.get_cache("u3"), lean.store.get_cache("u3")
+    assert any(k.startswith("l0_") for k in kept.tensors) and not any(k.startswith("l0_") for k in rebuilt.tensors)
+    assert rebuilt.nbytes() < kept.nbytes()
+    want = forward(lean, "u3", items, times, cands, now)
+    np.testing.assert_allclose(lean.score("u3", cands, time=now), want, atol=1e-5, rtol=1e-5)
+    # the lean model reads a cache that kept its first layer (e.g. in a store from before the switch)
+    lean.store.put_cache("u3", kept)
+    np.testing.assert_allclose(lean.score("u3", cands, time=now), want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="HSTU only"):
+        Scorer(load(trained[1]).bundle, rebuild_first_layer=True)
+
+
+def test_the_service_serves_with_the_first_layer_rebuilt(hstu_bundle, trained, tmp_path):
+    """A real server with ``--rebuild-first-layer`` scores as the forward pass; the flag is refused (one
+    line, exit 2) for a backbone without it."""
+    import httpx
+
+    from seqctr.cli import main
+    from tests.serving.servers import Serve
+
+    rows, bundle, state = hstu_bundle
+    folder = tmp_path / "bundle"
+    shutil.copytree(bundle, folder)
+    items, times = user_log(rows, "u3")
+    cands = sorted(set(rows["item"]))[:6]
+    with Serve(folder, "--rebuild-first-layer") as srv:
+        r = httpx.post(f"{srv.url}/v1/users/u3/events", timeout=30,
+                       json={"events": [{"item": i, "timestamp": t} for i, t in zip(items, times)]})
+        assert r.status_code == 200, r.text
+        got = httpx.post(f"{srv.url}/v1/score", json={"user": "u3", "candidates": cands}, timeout=30).json()
+    want = forward(load(folder), "u3", items, times, cands, times[-1])
+    assert got["scores"] == pytest.approx(want.tolist(), abs=1e-5)
+    assert main(["serve", "--model", str(trained[1]), "--rebuild-first-layer"]) == 2

@@ -32,6 +32,9 @@ def kv_cache_bytes(backbone: nn.Module, events: int, float_bytes: int = 4) -> di
             pool += m.ckv.pool_bytes()
             ckv_full += 2 * per_tensor
             ckv_cached += layer
+        if not getattr(m, "cached", True):                           # rebuilt per request (HSTU's first layer)
+            ckv_cached -= layer if m.ckv is not None else 0
+            layer = layer_no_idx = 0
         full += 2 * per_tensor
         cached += layer
         cached_no_idx += layer_no_idx

@@ -316,7 +316,7 @@ class CTRModel(nn.Module):
         return SeqInputs(target=None, hist=self.embedding.items(hist_ids), seq_len=seq_len, hist_ids=hist_ids,
                          mask=torch.ones(hist_ids.shape[:2], dtype=torch.bool, device=hist_ids.device),
                          cond=self.lain(seq_len) if self.lain is not None and condition else None,
-                         hist_time=hist_time)
+                         hist_time=hist_time, embed=self.embedding.items)
 
     def candidate_inputs(self, candidates: torch.Tensor, history_len: int,
                          target_time: torch.Tensor | None = None) -> SeqInputs:

@@ -25,7 +25,13 @@ serving time means one ``[candidates, pool]`` router GEMM per layer and request 
 token depends on the user's history, so it cannot be memoised). ``"projected"``: the target token, which
 no cache ever stores, takes the plain HSTU projection ``SiLU(W x)`` for its ``k, v`` (``2 D^2`` more
 parameters per layer) and only the history events are routed — the cached scoring then costs what the
-full cache's does plus the pool gather (docs/results/profile_scoring.md)."""
+full cache's does plus the pool gather (docs/results/profile_scoring.md).
+
+``cache_first_layer`` (serving only; the weights do not depend on it): the first layer's tokens are the
+items' embeddings, so its keys and values (full, or CollectiveKV codes) are a function of the item alone.
+``False`` leaves them out of the cache and rebuilds them at each request from the item ids the cache
+keeps anyway (memoised routing under CollectiveKV): about half of a two-layer cache, for one pass of
+the first layer's K/V projection over the history per request."""
 from __future__ import annotations
 
 import torch
@@ -40,6 +46,7 @@ class HSTUBlock(nn.Module):
     """One HSTU layer. ``x [B, N, D]``, ``valid [B, N]`` -> ``[B, N, D]`` (and weights ``[B, H, N, N]``)."""
 
     branch = "layer"   # every history event is cached in every layer (see experiments.accounting)
+    cached = True      # False: this layer's K/V are rebuilt per request, not cached (HSTU.cache_first_layer)
 
     def __init__(self, dim: int, num_heads: int, max_len: int, dropout: float, collective: dict | None = None,
                  shared_bias: bool = True, bias_init_std: float = 0.02, time_buckets: int = 0,
@@ -151,6 +158,19 @@ class HSTUBlock(nn.Module):
         n = self.norm_in(x)
         return self.ckv.codes(n, n)
 
+    def kv_plain(self, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``k, v [B, N, D]`` of normalised tokens ``n`` without CollectiveKV: ``f1``'s k, v rows only."""
+        D = n.shape[-1]
+        return F.silu(F.linear(n, self.f1.weight[2 * D:], self.f1.bias[2 * D:])).chunk(2, -1)
+
+    def kv_of(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head ``k, v [B, H, T, hd]`` of tokens ``x [B, T, D]`` as a cache would hold them (what
+        :meth:`kv_from_cache` returns after :meth:`cache_kv`), computed directly."""
+        if self.ckv is not None:
+            return self.kv_from_cache(self.cache_kv(x))
+        k, v = self.kv_plain(self.norm_in(x))
+        return self.split(k), self.split(v)
+
     def kv_from_cache(self, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-head ``k, v [B, H, T, hd]`` from :meth:`cache_kv`'s tensors."""
         k, v = (state["k"], state["v"]) if self.ckv is None else self.ckv.from_codes(state)
@@ -217,7 +237,7 @@ class HSTUBlock(nn.Module):
         if last_only and self.ckv is None:   # only the target's u, q; every token's k, v
             n = self.norm_in(x)
             D = x.shape[-1]
-            k, v = F.silu(F.linear(n, self.f1.weight[2 * D:], self.f1.bias[2 * D:])).chunk(2, -1)
+            k, v = self.kv_plain(n)
             u, q = F.silu(F.linear(n[:, -1:], self.f1.weight[:2 * D], self.f1.bias[:2 * D])).chunk(2, -1)
             q, k, v, aux = self.split(q), self.split(k), self.split(v), None
         else:
@@ -251,7 +271,8 @@ class HSTU(Backbone):
     N(0, 0.02); 0 = zeros), ``time_bias`` (True: the reference's time-bucket bias, from the data's
     event timestamps), ``time_buckets`` (128, the reference's), ``collective_target`` ("routed", the
     authors'; "projected": the never-cached target token's k, v by a plain projection, see the module
-    docstring)."""
+    docstring), ``cache_first_layer`` (True; False: the first layer's K/V rebuilt from the cached item
+    ids per request instead of cached, see the module docstring)."""
 
     lain_unsupported = ("HSTU has no softmax to temper and its relative-position bias would move prompt tokens "
                      "with the padding; LAIN is not attached to it")
@@ -259,7 +280,7 @@ class HSTU(Backbone):
     def __init__(self, item_dim: int, feature_dim: int = 64, num_layers: int = 2, num_heads: int = 2,
                  max_len: int = 256, dropout: float = 0.0, collective_kv: dict | None = None,
                  shared_bias: bool = True, bias_init_std: float = 0.02, time_bias: bool = True,
-                 time_buckets: int = 128, collective_target: str = "routed"):
+                 time_buckets: int = 128, collective_target: str = "routed", cache_first_layer: bool = True):
         super().__init__()
         if time_bias and time_buckets < 1:
             raise ValueError(f"time_buckets must be >= 1 with time_bias, got {time_buckets}")
@@ -268,6 +289,7 @@ class HSTU(Backbone):
             HSTUBlock(item_dim, num_heads, max_len, dropout, self.layer_collective(collective_kv, i),
                       shared_bias, bias_init_std, time_buckets if time_bias else 0, collective_target)
             for i in range(num_layers))
+        self.set_cache_first_layer(cache_first_layer)
         self.norm_out = nn.LayerNorm(item_dim)
         self.out_dim = item_dim
 
@@ -280,8 +302,24 @@ class HSTU(Backbone):
             return collective
         return {**collective, "memo_rows": 0}
 
-    def _layer(self, state: dict, i: int):
-        return self.blocks[i].kv_from_cache(unprefixed(state, f"l{i}_"))
+    def set_cache_first_layer(self, cached: bool) -> None:
+        """Cache the first layer's K/V (True) or rebuild them per request from the cached ids (False;
+        serving only, the weights are the same). Caches of either form are read by either setting."""
+        self.cache_first_layer = bool(cached)
+        self.blocks[0].cached = self.cache_first_layer      # read by experiments.accounting
+
+    def _layer(self, state: dict, i: int, embed=None):
+        """Layer ``i``'s per-head ``k, v`` for the cached events: read from the cache, or, where the cache
+        has no first layer (made with ``cache_first_layer=False``), rebuilt from the cached ids with ``embed``."""
+        part = unprefixed(state, f"l{i}_")
+        if i == 0 and not part:
+            return self.blocks[0].kv_of(embed(state["ids"].long()))
+        return self.blocks[i].kv_from_cache(part)
+
+    def _keep(self, state: dict, i: int, part: dict) -> None:
+        """Store layer ``i``'s cache entries ``part`` in ``state`` (unless the first layer is rebuilt per request)."""
+        if i > 0 or self.cache_first_layer:
+            state.update(prefixed(part, f"l{i}_"))
 
     def _times(self, x: SeqInputs, with_target: bool) -> torch.Tensor | None:
         """Token times ``[B, T (+1)]`` (history, then the candidate), or None without time bias or times."""
@@ -304,16 +342,16 @@ class HSTU(Backbone):
         index = self._index(seq, time)
         for i, blk in enumerate(self.blocks[:-1]):
             u, q, cached, k, v = blk.project_cached(seq)
-            state.update(prefixed(cached, f"l{i}_"))
+            self._keep(state, i, cached)
             seq, _ = blk.mix(seq, blk.split(q), blk.split(k), blk.split(v), u, x.mask, index=index)  # next input
-        state.update(prefixed(self.blocks[-1].cache_kv(seq), f"l{len(self.blocks) - 1}_"))
+        self._keep(state, len(self.blocks) - 1, self.blocks[-1].cache_kv(seq))
         return state
 
     def append(self, state: dict, new: SeqInputs, evicted, max_len):
         """Exact while nothing is evicted (causal: new tokens read the cached keys and values of
         every layer); once the window slides, earlier tokens' states would change, so None."""
-        if evicted is not None:
-            return None
+        if evicted is not None or any(k.startswith("l0_") for k in state) != self.cache_first_layer:
+            return None          # (or made with the other cache_first_layer: prefill again in this one's form)
         out, h = dict(state), new.hist
         n = h.shape[1]
         t_old, t_new = state.get("time"), self._times(new, False)
@@ -321,11 +359,12 @@ class HSTU(Backbone):
             return None          # times on one side only: prefill again from the stored events
         for i, blk in enumerate(self.blocks):
             if i < len(self.blocks) - 1:
-                h, part = blk.extend(h, *self._layer(state, i), state["mask"], t_old, t_new)
+                h, part = blk.extend(h, *self._layer(state, i, new.embed), state["mask"], t_old, t_new)
             else:
                 part = blk.cache_kv(h)
-            new_part = prefixed(part, f"l{i}_")
-            out.update(concat_events(state, new_part, None, new_part))
+            if i > 0 or self.cache_first_layer:
+                new_part = prefixed(part, f"l{i}_")
+                out.update(concat_events(state, new_part, None, new_part))
         out["mask"] = torch.cat([state["mask"], state["mask"].new_ones(1, n)], 1)
         if t_old is not None:
             out["time"] = torch.cat([t_old, t_new.to(t_old.dtype)], 1)
@@ -335,7 +374,7 @@ class HSTU(Backbone):
         h, h_time = x.target, state.get("time")
         t_time = x.target_time if h_time is not None else None
         for i, blk in enumerate(self.blocks):
-            h = blk.target_step(h, *self._layer(state, i), state["mask"], t_time, h_time)
+            h = blk.target_step(h, *self._layer(state, i, x.embed), state["mask"], t_time, h_time)
         return BackboneOutput(vector=self.norm_out(h))
 
     def encode(self, x: SeqInputs, need_weights: bool = False):

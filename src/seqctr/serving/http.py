@@ -397,7 +397,8 @@ def app_from_env():
                        os.environ.get("SEQCTR_SERVE_HISTORY_FILE") or None)
     scorer = Scorer(bundle, store, max_history=int(os.environ.get("SEQCTR_SERVE_MAX_HISTORY", 0)) or None,
                     codec=os.environ.get("SEQCTR_SERVE_CACHE_CODEC", "fp32"),
-                    max_len=int(os.environ.get("SEQCTR_SERVE_WINDOW", 0)) or None)
+                    max_len=int(os.environ.get("SEQCTR_SERVE_WINDOW", 0)) or None,
+                    rebuild_first_layer=os.environ.get("SEQCTR_SERVE_REBUILD_FIRST_LAYER") == "1")
     live = Live(scorer, model, reload_scorer, control, ctl["generation"])
     live.watch()
     # resident memory held to this worker's base + its cache budget + a slack (seqctr.utils.malloc)

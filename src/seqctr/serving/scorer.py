@@ -126,9 +126,16 @@ class Scorer:
     """
 
     def __init__(self, bundle: Bundle, store=None, max_len: int | None = None, max_history: int | None = None,
-                 codec: str = "fp32"):
+                 codec: str = "fp32", rebuild_first_layer: bool = False):
         self.bundle, self.model = bundle, bundle.model
-        self._settings = {"max_len": max_len, "max_history": max_history, "codec": codec}
+        self._settings = {"max_len": max_len, "max_history": max_history, "codec": codec,
+                          "rebuild_first_layer": rebuild_first_layer}
+        if rebuild_first_layer:           # HSTU: first layer rebuilt from the cached ids per request, not stored
+            set_first = getattr(self.model.backbone, "set_cache_first_layer", None)
+            if set_first is None:
+                raise ValueError(f"rebuild_first_layer: the {self.model.backbone.registry_name} backbone has no "
+                                 "first layer to rebuild (HSTU only)")
+            set_first(False)
         self.codec = Codec(codec)         # the form caches take in the store (seqctr.serving.codecs)
         self.store = store if store is not None else MemoryStore()
         self.max_len = int(max_len or bundle.max_len)
@@ -272,6 +279,8 @@ class Scorer:
         return n
 
 
-def load(path: str | Path, store=None, device: str = "cpu", codec: str = "fp32") -> Scorer:
-    """``seqctr.load(BUNDLE)``: a :class:`Scorer` of an exported bundle (caches stored in ``codec``)."""
-    return Scorer(load_bundle(path, device=device), store, codec=codec)
+def load(path: str | Path, store=None, device: str = "cpu", codec: str = "fp32",
+         rebuild_first_layer: bool = False) -> Scorer:
+    """``seqctr.load(BUNDLE)``: a :class:`Scorer` of an exported bundle (caches stored in ``codec``; HSTU's
+    first layer left out of them with ``rebuild_first_layer``)."""
+    return Scorer(load_bundle(path, device=device), store, codec=codec, rebuild_first_layer=rebuild_first_layer)
