@@ -340,10 +340,15 @@ def cmd_export_data(args) -> int:
 def cmd_export(args) -> int:
     from .serving.bundle import export_bundle, load_bundle
 
-    out = export_bundle(args.checkpoint, args.out, args.source)
+    try:
+        out = export_bundle(args.checkpoint, args.out, args.source, args.cache_codec, args.rebuild_first_layer)
+    except ValueError as e:
+        raise SeqctrError(f"--cache-codec / --rebuild-first-layer: {e}") from None
     b = load_bundle(out)
+    form = b.serving
     print(f"bundle: {out} (model {b.info['config']['model']['name']}, fingerprint {b.fingerprint}, "
-          f"{len(b.items):,} items, {len(b.users):,} users)")
+          f"{len(b.items):,} items, {len(b.users):,} users; caches served in {form['cache_codec']}"
+          f"{', first layer rebuilt per request' if form['rebuild_first_layer'] else ''})")
     return 0
 
 
@@ -417,18 +422,16 @@ def cmd_serve(args) -> int:
     if args.workers > 1 and args.store == "memory" and not args.history_file:
         raise SeqctrError("--workers > 1 with the memory store needs --history-file (shared histories) "
                           "or --store redis://...: otherwise each worker sees other histories")
-    from .serving.codecs import check_codec
+    from .serving.bundle import check_serving
 
-    try:
-        check_codec(args.cache_codec)
-    except ValueError as e:
-        raise SeqctrError(f"--cache-codec: {e}") from None
     b = load_bundle(args.model)                         # fail here, with one line, not in each worker
     if not 0 <= args.window <= b.max_len:
         raise SeqctrError(f"--window {args.window}: expected 1..{b.max_len} (the model's max_len), or 0")
-    if args.rebuild_first_layer and not hasattr(b.model.backbone, "set_cache_first_layer"):
-        raise SeqctrError(f"--rebuild-first-layer: the {b.model.backbone.registry_name} backbone has no first "
-                          "layer to rebuild (HSTU only)")
+    try:                                                # the cache form: the flags, else the bundle's
+        check_serving(b.model, args.cache_codec or b.serving["cache_codec"],
+                      args.rebuild_first_layer or b.serving["rebuild_first_layer"])
+    except ValueError as e:
+        raise SeqctrError(f"--cache-codec / --rebuild-first-layer: {e}") from None
     if args.history_file:
         open_history_file(args.history_file, busy_timeout_s=1.0).close()   # unusable or locked: one line now
     env = {"SEQCTR_SERVE_MODEL": str(args.model), "SEQCTR_SERVE_STORE": args.store,
@@ -436,7 +439,7 @@ def cmd_serve(args) -> int:
            "SEQCTR_SERVE_MAX_CANDIDATES": str(args.max_candidates), "SEQCTR_SERVE_MAX_EVENTS": str(args.max_events),
            "SEQCTR_SERVE_MAX_BODY": str(args.max_body), "SEQCTR_SERVE_THREADS": str(args.threads),
            "SEQCTR_SERVE_MAX_HISTORY": str(args.max_history), "SEQCTR_SERVE_LOG_LEVEL": args.log_level,
-           "SEQCTR_SERVE_CACHE_CODEC": args.cache_codec, "SEQCTR_SERVE_ADMIN_TOKEN": args.admin_token,
+           "SEQCTR_SERVE_CACHE_CODEC": args.cache_codec or "", "SEQCTR_SERVE_ADMIN_TOKEN": args.admin_token,
            "SEQCTR_SERVE_WINDOW": str(args.window), "SEQCTR_SERVE_REBUILD_FIRST_LAYER": str(int(args.rebuild_first_layer)),
            "SEQCTR_SERVE_CONTROL": "", "SEQCTR_SERVE_HISTORIES": ""}
     if args.histories:
@@ -614,6 +617,11 @@ def _serving_commands(c: _Commands) -> None:
     xp.add_argument("--checkpoint", required=True, help="the run's best.pt")
     xp.add_argument("--out", required=True, help="bundle folder to write (replaced atomically)")
     xp.add_argument("--source", help="override the dataset source stored in the checkpoint's config")
+    xp.add_argument("--cache-codec", default="fp32",
+                    help="the cache codec the bundle is served with by default (seqctr serve --cache-codec)")
+    xp.add_argument("--rebuild-first-layer", action="store_true",
+                    help="HSTU: serve with the first layer rebuilt per request by default (seqctr serve "
+                         "--rebuild-first-layer)")
     xp.set_defaults(func=cmd_export)
 
     pd = c.command("predict", "score every event of an interactions table with a bundle (history = the "
@@ -637,14 +645,15 @@ def _serving_commands(c: _Commands) -> None:
     sv.add_argument("--cache-bytes", type=byte_size, default=256 << 20, help="memory store: the in-process cache budget of the whole service in bytes (resident bytes "
                     "the caches hold), split evenly across the workers")
     sv.add_argument("--history-file", help="memory store: persist histories to this SQLite file")
-    sv.add_argument("--cache-codec", default="fp32",
+    sv.add_argument("--cache-codec", default=None,
                     help="the form caches take in the store (seqctr.serving.codecs): fp32 as computed, bf16, int8 "
                          "(a scale per block of values), or rankR (e.g. rank16: each K/V tensor's rank-R factors in "
-                         "int8); integers and masks bit-packed; scores are those of the decoded cache")
+                         "int8); integers and masks bit-packed; scores are those of the decoded cache (default: the "
+                         "bundle's, seqctr export --cache-codec; fp32)")
     sv.add_argument("--rebuild-first-layer", action="store_true",
                     help="HSTU: leave the first layer's K/V out of the caches and rebuild them from the cached item "
                          "ids at each request (a function of the item alone): about half the bytes of a two-layer "
-                         "cache, the same scores")
+                         "cache, the same scores (on by default when the bundle records it)")
     sv.add_argument("--window", type=int, default=0, metavar="K",
                     help="caches hold the most recent K events only (recent-window truncation: fewer bytes per "
                          "user; the true history length still conditions the model); 0 = the model's max_len")

@@ -180,3 +180,35 @@ def test_a_recent_window_scores_as_its_offline_path_and_is_served(trained, tmp_p
     from seqctr.cli import main
 
     assert main(["serve", "--model", str(bundle), "--window", "100000"]) == 2   # over the model's max_len
+
+
+def test_the_bundle_records_its_cache_form_and_serving_uses_it(trained, tmp_path):
+    """``seqctr export --cache-codec int8`` records the form in bundle.json; ``seqctr.load`` and ``seqctr serve``
+    use it unless told otherwise (the stored cache is int8, scores equal to an explicit int8 scorer's); a form
+    the model does not allow is refused at export (nothing written) and at serve."""
+    from seqctr.cli import main
+    from seqctr.serving.bundle import load_bundle
+    from seqctr.serving.scorer import load
+
+    rows, bundle, root = trained
+    ck = str(root / "run" / "best.pt")
+    out = tmp_path / "b8"
+    assert main(["export", "--checkpoint", ck, "--out", str(out), "--cache-codec", "int8"]) == 0
+    assert load_bundle(out).serving == {"cache_codec": "int8", "rebuild_first_layer": False}
+    assert load_bundle(bundle).serving == {"cache_codec": "fp32", "rebuild_first_layer": False}
+    user, items, cands = rows["user"][0], list(rows["item"][:10]), list(rows["item"][10:15])
+    recorded, explicit, plain = load(out), load(bundle, codec="int8"), load(out, codec="fp32")
+    assert (recorded.codec.name, plain.codec.name) == ("int8", "fp32")
+    for s in (recorded, explicit):
+        s.prefill(user, items)
+    assert recorded.store.get_cache(user).meta.get("codec") == "int8"
+    assert (recorded.score(user, cands) == explicit.score(user, cands)).all()
+    with Serve(out, "--history-file", tmp_path / "h.db") as srv:
+        r = httpx.post(f"{srv.url}/v1/users/{user}/events", json={"events": items}, timeout=30)
+        assert r.status_code == 200, r.text
+        served = httpx.post(f"{srv.url}/v1/score", json={"user": user, "candidates": cands}, timeout=30).json()
+    assert served["scores"] == pytest.approx(explicit.score(user, cands).tolist(), abs=1e-6)
+    for bad in (["--cache-codec", "int3"], ["--rebuild-first-layer"]):        # unknown; not an HSTU
+        assert main(["export", "--checkpoint", ck, "--out", str(tmp_path / "bad"), *bad]) == 2
+        assert not (tmp_path / "bad").exists()
+    assert main(["serve", "--model", str(out), "--rebuild-first-layer"]) == 2

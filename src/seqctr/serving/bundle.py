@@ -10,6 +10,10 @@
   feature that has raw values (LongCTR data has none: its ids are used as given);
 - ``items.npy [I, C]``: the item feature table by item id (row 1 = out-of-vocabulary);
 - ``users.npy [V, Fu]``: the user feature table by user vocabulary id (row 1 = unknown user).
+
+``bundle.json``'s ``serving`` records the cache form the bundle is meant to be served with (``cache_codec``,
+``rebuild_first_layer``; ``seqctr export --cache-codec ... --rebuild-first-layer``): the defaults of
+``seqctr serve`` and ``seqctr.load``, which either may override.
 """
 from __future__ import annotations
 
@@ -26,6 +30,19 @@ from ..utils.io import atomic_dir
 
 FORMAT = "seqctr-bundle"
 MAJOR = 1
+DEFAULT_SERVING = {"cache_codec": "fp32", "rebuild_first_layer": False}
+
+
+def check_serving(model, cache_codec: str, rebuild_first_layer: bool) -> dict:
+    """The cache form ``{"cache_codec", "rebuild_first_layer"}`` if ``model`` allows it, else a ``ValueError``
+    naming what it does not allow (an unknown codec; a first layer to rebuild on a backbone without one)."""
+    from .codecs import check_codec
+
+    check_codec(cache_codec)
+    if rebuild_first_layer and not hasattr(model.backbone, "set_cache_first_layer"):
+        raise ValueError(f"rebuild_first_layer: the {model.backbone.registry_name} backbone has no first layer "
+                         "to rebuild (HSTU only)")
+    return {"cache_codec": cache_codec, "rebuild_first_layer": bool(rebuild_first_layer)}
 
 
 @dataclass
@@ -46,6 +63,12 @@ class Bundle:
     @property
     def max_len(self) -> int:
         return int(self.info["config"]["data"]["max_len"])
+
+    @property
+    def serving(self) -> dict:
+        """The recorded cache form: ``{"cache_codec": str, "rebuild_first_layer": bool}`` (fp32 / False
+        for a bundle that records none)."""
+        return {**DEFAULT_SERVING, **self.info.get("serving", {})}
 
 
 def _sha256(path: Path) -> str:
@@ -73,15 +96,18 @@ def _user_table(ds) -> np.ndarray:
     return table
 
 
-def export_bundle(checkpoint: str | Path, out: str | Path, source: str | None = None) -> Path:
-    """Write the bundle of a trained run (its ``best.pt``) into ``out`` (atomically)."""
+def export_bundle(checkpoint: str | Path, out: str | Path, source: str | None = None,
+                  cache_codec: str = "fp32", rebuild_first_layer: bool = False) -> Path:
+    """Write the bundle of a trained run (its ``best.pt``) into ``out`` (atomically), recording the cache
+    form it is served with (:func:`check_serving`; a form the model does not allow is a ``ValueError``)."""
     from ..checkpoint import load_checkpoint
     from ..models import load_trained
 
     model, cfg, ds, folder = load_trained(checkpoint, source)
+    serving = check_serving(model, cache_codec, rebuild_first_layer)
     ck = load_checkpoint(checkpoint)
     return write_bundle(model, cfg, ds, folder, out, ck["meta"], {"checkpoint": str(checkpoint),
-                                                                  "epoch": ck.get("epoch")})
+                                                                  "epoch": ck.get("epoch"), "serving": serving})
 
 
 def write_bundle(model, cfg, ds, folder: Path, out: str | Path, meta: dict | None = None,

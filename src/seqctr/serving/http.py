@@ -396,9 +396,9 @@ def app_from_env():
                        int(os.environ.get("SEQCTR_SERVE_CACHE_BYTES", 256 << 20)),
                        os.environ.get("SEQCTR_SERVE_HISTORY_FILE") or None)
     scorer = Scorer(bundle, store, max_history=int(os.environ.get("SEQCTR_SERVE_MAX_HISTORY", 0)) or None,
-                    codec=os.environ.get("SEQCTR_SERVE_CACHE_CODEC", "fp32"),
+                    codec=os.environ.get("SEQCTR_SERVE_CACHE_CODEC") or None,      # None: the bundle's
                     max_len=int(os.environ.get("SEQCTR_SERVE_WINDOW", 0)) or None,
-                    rebuild_first_layer=os.environ.get("SEQCTR_SERVE_REBUILD_FIRST_LAYER") == "1")
+                    rebuild_first_layer=os.environ.get("SEQCTR_SERVE_REBUILD_FIRST_LAYER") == "1" or None)
     live = Live(scorer, model, reload_scorer, control, ctl["generation"])
     live.watch()
     # resident memory held to this worker's base + its cache budget + a slack (seqctr.utils.malloc)

@@ -21,7 +21,7 @@ from ..data.dataset import DatasetMeta
 from ..data.encode import Vocabulary
 from ..data.columns import BadTime, text_times
 from ..errors import InputError, TooLarge
-from .bundle import Bundle, load_bundle
+from .bundle import Bundle, check_serving, load_bundle
 from .codecs import Codec
 from .runtime import append, fingerprint, prefill, request_time, score
 from .stores import MemoryStore, cache_gen
@@ -126,16 +126,17 @@ class Scorer:
     """
 
     def __init__(self, bundle: Bundle, store=None, max_len: int | None = None, max_history: int | None = None,
-                 codec: str = "fp32", rebuild_first_layer: bool = False):
+                 codec: str | None = None, rebuild_first_layer: bool | None = None):
         self.bundle, self.model = bundle, bundle.model
         self._settings = {"max_len": max_len, "max_history": max_history, "codec": codec,
                           "rebuild_first_layer": rebuild_first_layer}
-        if rebuild_first_layer:           # HSTU: first layer rebuilt from the cached ids per request, not stored
-            set_first = getattr(self.model.backbone, "set_cache_first_layer", None)
-            if set_first is None:
-                raise ValueError(f"rebuild_first_layer: the {self.model.backbone.registry_name} backbone has no "
-                                 "first layer to rebuild (HSTU only)")
-            set_first(False)
+        # the cache form: as given, else as the bundle records it (seqctr export --cache-codec ...)
+        form = check_serving(self.model, bundle.serving["cache_codec"] if codec is None else codec,
+                             bundle.serving["rebuild_first_layer"] if rebuild_first_layer is None
+                             else rebuild_first_layer)
+        codec = form["cache_codec"]
+        if form["rebuild_first_layer"]:   # HSTU: first layer rebuilt from the cached ids per request, not stored
+            self.model.backbone.set_cache_first_layer(False)
         self.codec = Codec(codec)         # the form caches take in the store (seqctr.serving.codecs)
         self.store = store if store is not None else MemoryStore()
         self.max_len = int(max_len or bundle.max_len)
@@ -279,8 +280,8 @@ class Scorer:
         return n
 
 
-def load(path: str | Path, store=None, device: str = "cpu", codec: str = "fp32",
-         rebuild_first_layer: bool = False) -> Scorer:
+def load(path: str | Path, store=None, device: str = "cpu", codec: str | None = None,
+         rebuild_first_layer: bool | None = None) -> Scorer:
     """``seqctr.load(BUNDLE)``: a :class:`Scorer` of an exported bundle (caches stored in ``codec``; HSTU's
-    first layer left out of them with ``rebuild_first_layer``)."""
+    first layer left out of them with ``rebuild_first_layer``; None: as the bundle records)."""
     return Scorer(load_bundle(path, device=device), store, codec=codec, rebuild_first_layer=rebuild_first_layer)
