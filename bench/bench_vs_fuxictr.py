@@ -79,8 +79,9 @@ def export_longctr(ds, out: Path) -> Path:
 
 
 def ours_throughput(name: str, batches: int, threads: int, precision: str = "fp32", eval_batch: int = 256,
-                    compile: bool = False) -> dict:
-    """seqctr's training step and inference, measured like the FuxiCTR runner (child process).
+                    compile: bool = False, infer_seconds: float = 0.0) -> dict:
+    """seqctr's training step and inference, measured like the FuxiCTR runner (child process); inference over
+    whole test-split passes repeated for at least ``infer_seconds``.
     ``compile``: as ``train.compile`` (torch.compile); its compilation falls in the untimed warm-up
     (3 training batches; 2 inference batches, scored again in the timed pass), reported as
     ``warmup_seconds`` / ``infer_warmup_seconds``, and ``train_samples_per_s_with_warmup`` counts it."""
@@ -122,9 +123,12 @@ def ours_throughput(name: str, batches: int, threads: int, precision: str = "fp3
             for b in te.batches()[:2]:
                 fwd(te.batch(b))
         w1 = time.perf_counter()
-        for b in te:
-            fwd(b)
-    infer = len(te.indices) / (time.perf_counter() - w1)
+        passes = 0
+        while not passes or time.perf_counter() - w1 < infer_seconds:   # whole test passes for >= infer_seconds
+            for b in te:
+                fwd(b)
+            passes += 1
+    infer = passes * len(te.indices) / (time.perf_counter() - w1)
     out = {"train_samples_per_s": train_sps, "infer_samples_per_s": infer, "padding_fraction": tr.padding_fraction(1),
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if compile:
@@ -185,6 +189,9 @@ def main() -> int:
     ap.add_argument("--cpu", default="0", help="taskset CPU list for the timed runs ('' = no pinning)")
     ap.add_argument("--eval-batch", type=int, default=256, help="samples per inference batch, both libraries "
                                                                "(the throughput phase)")
+    ap.add_argument("--infer-seconds", type=float, default=10.0,
+                    help="inference is timed over whole test-split passes repeated for at least this long, both "
+                         "libraries (one pass is 1-4 s: too short to be stable)")
     ap.add_argument("--precision", default="fp32", help="seqctr precisions to time, e.g. fp32,bf16 (first: the "
                                                          "main table; bf16 rows in their own table)")
     ap.add_argument("--compile", action="store_true", help="also time seqctr with train.compile (torch.compile)")
@@ -200,7 +207,7 @@ def main() -> int:
         kind, name = args.child[0], args.child[1]
         if kind == "throughput":
             print(json.dumps(ours_throughput(name, args.batches, int(args.threads), args.precision, args.eval_batch,
-                                             args.compile)))
+                                             args.compile, args.infer_seconds)))
         else:
             print(json.dumps(ours_accuracy(name, args.epochs, int(args.child[2]), 1, Path(args.child[3]))))
         return 0
@@ -215,12 +222,12 @@ def main() -> int:
     data = export_longctr(ds, WORK / "longctr_ml100k")
     fx_py = ensure_fuxictr_venv()
     me = [sys.executable, __file__, "--batches", str(args.batches), "--epochs", str(args.epochs),
-          "--eval-batch", str(args.eval_batch)]
+          "--eval-batch", str(args.eval_batch), "--infer-seconds", str(args.infer_seconds)]
     results_path = Path(args.out + ".json")
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results.setdefault("models", {})
     results["settings"] = {"repeats": args.repeats, "batches": args.batches, "epochs": args.epochs,
-                           "eval_batch": args.eval_batch,
+                           "eval_batch": args.eval_batch, "infer_seconds": args.infer_seconds,
                            "seeds": args.seeds, "threads": args.threads, "jobs": args.jobs, "cpu": args.cpu,
                            "command": "python bench/bench_vs_fuxictr.py " + " ".join(sys.argv[1:])}
     names = args.models.split(",")
@@ -249,6 +256,7 @@ def main() -> int:
                     if "fuxictr" in runs:
                         runs["fuxictr"].append(run_json(cpus + fx_cmd(name, threads) + [
                             "--mode", "throughput", "--batches", str(args.batches), "--eval-batch", str(args.eval_batch),
+                            "--infer-seconds", str(args.infer_seconds),
                             "--out", str(WORK / f"fx_{name}_tp.json")]))
                     for v, f in {"": ["--precision", first], **flags}.items():
                         runs["seqctr" + (v and "_" + v)].append(run_json(
@@ -377,7 +385,9 @@ def render(results: dict) -> str:
              f"inference, 1 thread pinned to CPU {_cpus(results)}; accuracy after at most "
              f"{s.get('epochs')} epochs (mean over each library's seeds where both have several, see the interval "
              f"table below; FuxiCTR: 1 seed in rows without it), both scored by "
-             f"seqctr's metrics; inference in batches of {s.get('eval_batch', 1024)} for both libraries. — = FuxiCTR "
+             f"seqctr's metrics; inference in batches of {s.get('eval_batch', 1024)} for both libraries"
+             + (f", timed over whole test passes repeated for at least {s['infer_seconds']:g} s" if s.get("infer_seconds")
+                else "") + ". — = FuxiCTR "
              "2.3.10 has no such model.", "",
              "| model | FuxiCTR train/s | seqctr train/s | speed-up | FuxiCTR infer/s | seqctr infer/s | speed-up "
              "| RSS MB fx / ours | AUC fx | AUC ours | ΔAUC | GAUC fx / ours | logloss fx / ours |",
