@@ -382,10 +382,12 @@ def render(results: dict) -> str:
     lines = ["# seqctr vs FuxiCTR 2.3.10 (LongCTR) on ml100k", "",
              commands_line(results) + ". Same split, features and hyper-parameters; throughput = median "
              f"of {_repeats(results)} alternating runs of {timed} (batch 256, 3 warm-up batches untimed) + test "
-             f"inference, 1 thread pinned to CPU {_cpus(results)}; accuracy after at most "
-             f"{s.get('epochs')} epochs (mean over each library's seeds where both have several, see the interval "
-             f"table below; FuxiCTR: 1 seed in rows without it), both scored by "
-             f"seqctr's metrics; inference in batches of {s.get('eval_batch', 1024)} for both libraries"
+             f"inference, 1 thread pinned to CPU {_cpus(results)}; "
+             + (f"accuracy after at most {s.get('epochs')} epochs (mean over each library's seeds where both have "
+                "several, see the interval table below; FuxiCTR: 1 seed in rows without it), both scored by "
+                "seqctr's metrics; " if any("seqctr_accuracy" in m for m in results.get("models", {}).values())
+                else "no accuracy in this file (speed only); ")
+             + f"inference in batches of {s.get('eval_batch', 1024)} for both libraries"
              + (f", timed over whole test passes repeated for at least {s['infer_seconds']:g} s" if s.get("infer_seconds")
                 else "") + ". — = FuxiCTR "
              "2.3.10 has no such model.", "",

@@ -2,9 +2,9 @@
 
 One command: ``.venv/bin/python bench/readme_glance.py`` rewrites the block between
 ``<!-- glance -->`` and ``<!-- /glance -->`` in README.md; ``tests/test_readme.py`` fails when the
-README and the files disagree. Sources: ``bench/results/vs_fuxictr.json`` (speed: one thread, whole
-epochs; accuracy: each library's seeds, the difference's interval by the bootstrap over users and
-seeds where FuxiCTR has several) and ``docs/results/hstu_vs_din_ml100k.json``.
+README and the files disagree. Sources: ``bench/results/vs_fuxictr_speed.json`` (speed: every backbone in one
+run at one commit, one thread, other jobs paused), ``bench/results/vs_fuxictr.json`` (accuracy: each library's
+seeds, the difference's interval by the bootstrap over users and seeds) and ``docs/results/hstu_vs_din_ml100k.json``.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ START, END = "<!-- glance -->", "<!-- /glance -->"
 
 def render(root: Path = ROOT) -> str:
     models = json.loads((root / "bench/results/vs_fuxictr.json").read_text())["models"]
+    speed = json.loads((root / "bench/results/vs_fuxictr_speed.json").read_text())["models"]
     hstu = json.loads((root / "docs/results/hstu_vs_din_ml100k.json").read_text())
     lines = ["| backbone | test AUC seqctr (mean of seeds) | FuxiCTR | seqctr - FuxiCTR [95%, users x seeds] | "
              "GAUC seqctr / FuxiCTR | train speed vs FuxiCTR | inference speed vs FuxiCTR |",
@@ -33,7 +34,7 @@ def render(root: Path = ROOT) -> str:
             theirs, fx_gauc = f"{fx['test']['overall']['auc']:.4f} (one run)", fx["test"]["overall"]["gauc"]
         d = m.get("accuracy_delta")
         delta = f"{d['delta']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]" if d else "— (one FuxiCTR run)"
-        t = m["throughput"]
+        t = speed[name]["throughput"]
         train = t["seqctr"]["train_samples_per_s"] / t["fuxictr"]["train_samples_per_s"]
         infer = t["seqctr"]["infer_samples_per_s"] / t["fuxictr"]["infer_samples_per_s"]
         lines.append(f"| {name.upper()} | {ours['auc_mean']:.4f} ({len(ours['seeds'])} seeds) | {theirs} | {delta} | "
