@@ -67,7 +67,7 @@ def serving_path_predictions(model, ds, max_len: int, codecs: list[str], log=pri
             hist = items[torch.from_numpy(np.asarray(ds.seq_items[lo:start + pos], np.int64))]
             times = None
             if model.backbone.uses_time and ds.has_time:
-                times = torch.from_numpy(np.asarray(ds.seq_ts[lo:start + pos], np.int64))
+                times = torch.tensor(ds.seq_ts[lo:start + pos], dtype=torch.long)    # a copy: the data is read-only
             cache = prefill(model, user, hist, seq_len=pos, max_len=w, hist_time=times)
             t = int(ds.sample_ts[i]) if times is not None else None
             for c, coder in coders.items():
