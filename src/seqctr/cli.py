@@ -422,14 +422,11 @@ def cmd_serve(args) -> int:
     if args.workers > 1 and args.store == "memory" and not args.history_file:
         raise SeqctrError("--workers > 1 with the memory store needs --history-file (shared histories) "
                           "or --store redis://...: otherwise each worker sees other histories")
-    from .serving.bundle import check_serving
-
     b = load_bundle(args.model)                         # fail here, with one line, not in each worker
     if not 0 <= args.window <= b.max_len:
         raise SeqctrError(f"--window {args.window}: expected 1..{b.max_len} (the model's max_len), or 0")
     try:                                                # the cache form: the flags, else the bundle's
-        check_serving(b.model, args.cache_codec or b.serving["cache_codec"],
-                      args.rebuild_first_layer or b.serving["rebuild_first_layer"])
+        b.serving_form(args.cache_codec, args.rebuild_first_layer or None)   # a flag left off: the bundle's
     except ValueError as e:
         raise SeqctrError(f"--cache-codec / --rebuild-first-layer: {e}") from None
     if args.history_file:

@@ -23,18 +23,16 @@ def kv_cache_bytes(backbone: nn.Module, events: int, float_bytes: int = 4) -> di
             continue
         n = events if m.branch != "short" else min(events, backbone.short_seq_len - 1)
         per_tensor = n * m.kv_width() * float_bytes                 # one of K, V in full
-        layer, layer_no_idx = 2 * per_tensor, 2 * per_tensor
+        stored = getattr(m, "cached", True)                         # False: rebuilt per request (HSTU's first layer)
+        layer, layer_no_idx = 2 * per_tensor * stored, 2 * per_tensor * stored
         if m.ckv is not None:
             shared = sum(m.ckv.share.values())                      # K and/or V replaced by codes
             user = n * m.ckv.user_dim * float_bytes
-            layer = (2 - shared) * per_tensor + shared * (user + n * m.ckv.idx_dtype.itemsize)
-            layer_no_idx = (2 - shared) * per_tensor + shared * user
+            layer = ((2 - shared) * per_tensor + shared * (user + n * m.ckv.idx_dtype.itemsize)) * stored
+            layer_no_idx = ((2 - shared) * per_tensor + shared * user) * stored
             pool += m.ckv.pool_bytes()
             ckv_full += 2 * per_tensor
             ckv_cached += layer
-        if not getattr(m, "cached", True):                           # rebuilt per request (HSTU's first layer)
-            ckv_cached -= layer if m.ckv is not None else 0
-            layer = layer_no_idx = 0
         full += 2 * per_tensor
         cached += layer
         cached_no_idx += layer_no_idx

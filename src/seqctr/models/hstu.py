@@ -305,8 +305,11 @@ class HSTU(Backbone):
     def set_cache_first_layer(self, cached: bool) -> None:
         """Cache the first layer's K/V (True) or rebuild them per request from the cached ids (False;
         serving only, the weights are the same). Caches of either form are read by either setting."""
-        self.cache_first_layer = bool(cached)
-        self.blocks[0].cached = self.cache_first_layer      # read by experiments.accounting
+        self.blocks[0].cached = bool(cached)         # what prefill / append store; read by experiments.accounting
+
+    @property
+    def cache_first_layer(self) -> bool:
+        return self.blocks[0].cached
 
     def _layer(self, state: dict, i: int, embed=None):
         """Layer ``i``'s per-head ``k, v`` for the cached events: read from the cache, or, where the cache
@@ -317,8 +320,8 @@ class HSTU(Backbone):
         return self.blocks[i].kv_from_cache(part)
 
     def _keep(self, state: dict, i: int, part: dict) -> None:
-        """Store layer ``i``'s cache entries ``part`` in ``state`` (unless the first layer is rebuilt per request)."""
-        if i > 0 or self.cache_first_layer:
+        """Store layer ``i``'s cache entries ``part`` in ``state`` (unless that layer is rebuilt per request)."""
+        if self.blocks[i].cached:
             state.update(prefixed(part, f"l{i}_"))
 
     def _times(self, x: SeqInputs, with_target: bool) -> torch.Tensor | None:
@@ -362,7 +365,7 @@ class HSTU(Backbone):
                 h, part = blk.extend(h, *self._layer(state, i, new.embed), state["mask"], t_old, t_new)
             else:
                 part = blk.cache_kv(h)
-            if i > 0 or self.cache_first_layer:
+            if blk.cached:
                 new_part = prefixed(part, f"l{i}_")
                 out.update(concat_events(state, new_part, None, new_part))
         out["mask"] = torch.cat([state["mask"], state["mask"].new_ones(1, n)], 1)

@@ -144,6 +144,7 @@ class CollectiveKV(nn.Module):
                 setattr(self, f"full_{name}", nn.Linear(in_dim, dim, bias=False))
         self.idx_dtype = index_dtype(pool_size)
         self.memos = {name: RoutingMemo(memo_rows) for name in ("k", "v") if self.share[name] and memo_rows > 0}
+        self._padded: dict[str, tuple] = {}       # serving decode: name -> (pool version token, padded pool)
 
     def _join(self, collective: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
         return torch.cat([user, collective] if self.user_first else [collective, user], -1)
@@ -240,7 +241,7 @@ class CollectiveKV(nn.Module):
         changes (its ``_version``): one gather then yields a whole ``K`` / ``V`` row (serving's decode)."""
         pool = getattr(self, f"pool_{name}")
         token = (pool.data_ptr(), pool._version, pool.device, pool.dtype)
-        held = self.__dict__.setdefault("_padded", {}).get(name)
+        held = self._padded.get(name)
         if held is None or held[0] != token:
             zeros = pool.new_zeros(pool.shape[0], self.user_dim)
             held = (token, self._join(pool.detach(), zeros).contiguous())

@@ -70,6 +70,13 @@ class Bundle:
         for a bundle that records none)."""
         return {**DEFAULT_SERVING, **self.info.get("serving", {})}
 
+    def serving_form(self, cache_codec: str | None = None, rebuild_first_layer: bool | None = None) -> dict:
+        """The cache form to serve with: each setting as given, else as recorded (:attr:`serving`), checked
+        against the model (:func:`check_serving`)."""
+        rec = self.serving
+        return check_serving(self.model, rec["cache_codec"] if cache_codec is None else cache_codec,
+                             rec["rebuild_first_layer"] if rebuild_first_layer is None else rebuild_first_layer)
+
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()

@@ -21,7 +21,7 @@ from ..data.dataset import DatasetMeta
 from ..data.encode import Vocabulary
 from ..data.columns import BadTime, text_times
 from ..errors import InputError, TooLarge
-from .bundle import Bundle, check_serving, load_bundle
+from .bundle import Bundle, load_bundle
 from .codecs import Codec
 from .runtime import append, fingerprint, prefill, request_time, score
 from .stores import MemoryStore, cache_gen
@@ -131,9 +131,7 @@ class Scorer:
         self._settings = {"max_len": max_len, "max_history": max_history, "codec": codec,
                           "rebuild_first_layer": rebuild_first_layer}
         # the cache form: as given, else as the bundle records it (seqctr export --cache-codec ...)
-        form = check_serving(self.model, bundle.serving["cache_codec"] if codec is None else codec,
-                             bundle.serving["rebuild_first_layer"] if rebuild_first_layer is None
-                             else rebuild_first_layer)
+        form = bundle.serving_form(codec, rebuild_first_layer)
         codec = form["cache_codec"]
         if form["rebuild_first_layer"]:   # HSTU: first layer rebuilt from the cached ids per request, not stored
             self.model.backbone.set_cache_first_layer(False)
