@@ -1,11 +1,12 @@
-"""GSU selection: both implementations of the top-k positions against a stable-sort reference."""
+"""GSU selection: every implementation of the top-k positions (NumPy, torch, the dense traceable form)
+against a stable-sort reference."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from seqctr.ops.select import _positions_numpy, _positions_torch, topk_select
+from seqctr.ops.select import _positions_dense, _positions_numpy, _positions_torch, topk_select
 
 
 def reference(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -16,7 +17,7 @@ def reference(x: torch.Tensor, k: int) -> torch.Tensor:
     return (T - 1 - order).sort(-1).values
 
 
-@pytest.mark.parametrize("impl", ["numpy", "torch", "torch-bf16"])
+@pytest.mark.parametrize("impl", ["numpy", "torch", "torch-bf16", "dense"])
 def test_topk_positions_equal_the_stable_sort_reference(impl):
     """Every k, integer-valued scores full of ties, -inf padding, rows of distinct values."""
     g = torch.Generator().manual_seed(0)
@@ -28,6 +29,8 @@ def test_topk_positions_equal_the_stable_sort_reference(impl):
     for k in range(1, 18):
         if impl == "numpy":
             got = torch.from_numpy(_positions_numpy(x.numpy(), k))
+        elif impl == "dense":
+            got = _positions_dense(x, k)
         else:
             got = _positions_torch(x.bfloat16() if impl == "torch-bf16" else x, k)
         assert got.shape == (12, k)
@@ -53,6 +56,7 @@ def test_numpy_positions_on_a_long_row_with_duplicated_items():
     x = rng.standard_normal(300).astype(np.float32)[rng.integers(0, 300, (64, 1000))]
     got = torch.from_numpy(_positions_numpy(x, 50))
     assert torch.equal(got, reference(torch.from_numpy(x), 50))
+    assert torch.equal(_positions_dense(torch.from_numpy(x), 50), got)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -323,7 +323,8 @@ class CTRModel(nn.Module):
         """``N`` candidates ``[N, Fi]`` of one cached user whose history has ``history_len`` events (the
         backbone's ``score`` reads the history from its cache)."""
         N = candidates.shape[0]
-        L = torch.full((N,), history_len, dtype=torch.long, device=candidates.device)
+        # (history_len: an int, or a tensor in a captured graph, seqctr.serving.export)
+        L = torch.as_tensor(history_len, dtype=torch.long, device=candidates.device).reshape(-1).expand(N)
         return SeqInputs(target=self.embedding.items(candidates), hist=None, mask=None, seq_len=L,
                          target_ids=candidates, cond=self.lain(L) if self.lain is not None else None,
                          target_time=None if target_time is None else target_time.expand(N),

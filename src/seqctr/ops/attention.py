@@ -240,6 +240,8 @@ def selection_as_mask(select: tuple, k: torch.Tensor, impl: str) -> tuple[torch.
     GEMMs cost less than per-candidate copies of the picks, bench/bench_serving.py); the two are equal."""
     idx, sel = select
     B, _, T, _ = k.shape
+    if torch.compiler.is_exporting():    # a captured graph takes one form for every history length
+        return None, select
     if impl == "fast" and shared(k) is not None and 4 * idx.shape[-1] >= T:
         return torch.zeros(B, T, dtype=torch.bool, device=k.device).scatter(1, idx, sel), None
     return None, select

@@ -49,6 +49,29 @@ def _positions_torch(x: torch.Tensor, k: int) -> torch.Tensor:
     return pos.view(-1, k)
 
 
+def _positions_dense(x: torch.Tensor, k: int) -> torch.Tensor:
+    """:func:`_positions_numpy` with no data-dependent shape (no ``nonzero``, no NumPy): the form
+    ``torch.export`` can capture (:mod:`seqctr.serving.export`). ``x [R, T]`` float32 or narrower ->
+    ``[R, k]``; the same positions, ties included (NaN scores are not checked here).
+
+    One top-k over distinct integer keys: each score's float32 bits mapped to an integer of the same
+    order (negative floats have their magnitude bits flipped; -0 is read as +0), times ``T``, plus the
+    position, so equal scores rank by position (the most recent first) and the k largest keys are the
+    exact choice; then the k positions in ascending order."""
+    if x.dtype == torch.float64:
+        raise TypeError("topk_select: the traceable form takes float32 or narrower scores")
+    R, T = x.shape
+    bits = torch.where(x == 0, 0.0, x.float()).view(torch.int32)
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)
+    key = ordered * T + torch.arange(T, device=x.device)
+    return torch.topk(key, k, dim=-1, sorted=False).indices.sort(-1).values
+
+
+def exporting() -> bool:
+    """True while :func:`torch.export.export` traces (then the ops take their traceable forms)."""
+    return torch.compiler.is_exporting()
+
+
 def _all_true(mask: torch.Tensor) -> bool:
     """``mask.all()`` read over the distinct elements only (a broadcast mask is not scanned per copy)."""
     return bool(mask[tuple(slice(0, 1) if st == 0 else slice(None) for st in mask.stride())].all())
@@ -65,19 +88,23 @@ def topk_select(scores: torch.Tensor, mask: torch.Tensor, k: int):
 
     A selection of the k-th score plus an exact tie rule, not a full sort: O(T) per row instead
     of O(T log T) (the selection is most of TWIN's scoring time). CPU float32/64 scores take the
-    NumPy path (:func:`_positions_numpy`), anything else torch's."""
+    NumPy path (:func:`_positions_numpy`), anything else torch's; under ``torch.export`` the dense
+    form without data-dependent shapes (:func:`_positions_dense`; same positions, tested)."""
     T = scores.shape[-1]
     k = min(k, T)
     mask = mask.expand_as(scores)
     if k == 0:                                                      # an empty history (T = 0)
         idx = torch.zeros(*scores.shape[:-1], 0, dtype=torch.long, device=scores.device)
         return idx, mask[..., :0]
-    key = scores if _all_true(mask) else torch.where(mask, scores, float("-inf"))
+    traced = exporting()
+    key = scores if not traced and _all_true(mask) else torch.where(mask, scores, float("-inf"))
     # rows in memory order (e.g. [H, B, T] scores seen as [B, H, T]): no copy of the scores
     lead = sorted(range(key.dim() - 1), key=lambda d: -key.stride(d))
     inner = key.detach().permute(*lead, -1)
     rows = inner.reshape(-1, T)
-    if rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64):
+    if traced:
+        pos = _positions_dense(rows, k)
+    elif rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64):
         pos = torch.from_numpy(_positions_numpy(rows.numpy(), k))
     else:
         pos = _positions_torch(rows, k)

@@ -5,7 +5,7 @@
   request's time for a time-aware model — HSTU's time bias; default the latest event's)
 - ``POST /v1/users/{user}/events`` ``{"events": [{"item": ..., "timestamp": ...}, ...]}`` ->
   ``{"user": ..., "history_len": n, "model": ...}`` (appends; the cache is updated incrementally)
-- ``GET /healthz``, ``GET /metrics`` (Prometheus text; one view over every worker process when
+- ``GET /healthz`` (``compiled``: scoring through the bundle's compiled graph), ``GET /metrics`` (Prometheus text; one view over every worker process when
   ``PROMETHEUS_MULTIPROC_DIR`` is set, as ``seqctr serve`` does), OpenAPI docs at ``/docs``.
 
 Every answer carries an ``X-Request-ID`` header (the client's, when it sent a sane one). Every
@@ -340,7 +340,7 @@ def create_app(scorer, max_candidates: int = 1000, max_events: int = 1000, max_b
     def healthz() -> dict[str, Any]:
         s = live.scorer
         return {"status": "ok", "model": s.fingerprint, "store": getattr(s.store, "kind", "?"),
-                "generation": live.generation}
+                "generation": live.generation, "compiled": s.compiled is not None}
 
     @app.get("/metrics")
     def metrics_page() -> Response:
@@ -398,7 +398,8 @@ def app_from_env():
     scorer = Scorer(bundle, store, max_history=int(os.environ.get("SEQCTR_SERVE_MAX_HISTORY", 0)) or None,
                     codec=os.environ.get("SEQCTR_SERVE_CACHE_CODEC") or None,      # None: the bundle's
                     max_len=int(os.environ.get("SEQCTR_SERVE_WINDOW", 0)) or None,
-                    rebuild_first_layer=os.environ.get("SEQCTR_SERVE_REBUILD_FIRST_LAYER") == "1" or None)
+                    rebuild_first_layer=os.environ.get("SEQCTR_SERVE_REBUILD_FIRST_LAYER") == "1" or None,
+                    compiled={"always": True, "never": False}.get(os.environ.get("SEQCTR_SERVE_COMPILED", "auto")))
     live = Live(scorer, model, reload_scorer, control, ctl["generation"])
     live.watch()
     # resident memory held to this worker's base + its cache budget + a slack (seqctr.utils.malloc)

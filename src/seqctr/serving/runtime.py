@@ -113,7 +113,7 @@ def append(model: CTRModel, cache: KVCache, new_events: torch.Tensor, new_times=
     return prefill(model, cache.tensors["user_ids"].long(), all_ids, seq_len, max_len, mode, all_time)
 
 
-def _check_request(model: CTRModel, cache: KVCache, candidates: torch.Tensor) -> None:
+def check_request(model: CTRModel, cache: KVCache, candidates: torch.Tensor) -> None:
     check_version(model, cache)
     model.embedding.check_ids(candidates, "item", "score(candidates)", rows="candidates")
 
@@ -139,7 +139,7 @@ def _backbone_output(model: CTRModel, cache: KVCache, candidates: torch.Tensor, 
 def backbone_output(model: CTRModel, cache: KVCache, candidates: torch.Tensor, time=None):
     """``(embedded candidates [N, D], the backbone's output)`` for the cached user: the pooled
     interest vectors ``[N, out_dim]`` the head then scores (tests compare them with the forward pass's)."""
-    _check_request(model, cache, candidates)
+    check_request(model, cache, candidates)
     return _backbone_output(model, cache, candidates, time)
 
 
@@ -147,9 +147,14 @@ def backbone_output(model: CTRModel, cache: KVCache, candidates: torch.Tensor, t
 def score(model: CTRModel, cache: KVCache, candidates: torch.Tensor, time=None) -> torch.Tensor:
     """Click probabilities ``[N]`` of ``candidates [N, Fi]`` for the cached user (at ``time``, for
     a cache that keeps event times: see :func:`request_time`)."""
-    _check_request(model, cache, candidates)
+    check_request(model, cache, candidates)
     if candidates.shape[0] == 0:                   # nothing to score (the layers need a batch)
         return torch.zeros(0, device=candidates.device)
+    return probabilities(model, cache, candidates, time)
+
+
+def probabilities(model: CTRModel, cache: KVCache, candidates: torch.Tensor, time=None) -> torch.Tensor:
+    """:func:`score`'s computation without its checks: what :mod:`seqctr.serving.export` captures."""
     target, out = _backbone_output(model, cache, candidates, time)
     user = expand(cache.tensors["user"], target.shape[0])
     return torch.sigmoid(model.logits(user, target, out.vector))

@@ -23,7 +23,7 @@ from ..data.columns import BadTime, text_times
 from ..errors import InputError, TooLarge
 from .bundle import Bundle, load_bundle
 from .codecs import Codec
-from .runtime import append, fingerprint, prefill, request_time, score
+from .runtime import append, check_request, fingerprint, prefill, request_time, score
 from .stores import MemoryStore, cache_gen
 
 
@@ -126,10 +126,10 @@ class Scorer:
     """
 
     def __init__(self, bundle: Bundle, store=None, max_len: int | None = None, max_history: int | None = None,
-                 codec: str | None = None, rebuild_first_layer: bool | None = None):
+                 codec: str | None = None, rebuild_first_layer: bool | None = None, compiled: bool | None = None):
         self.bundle, self.model = bundle, bundle.model
         self._settings = {"max_len": max_len, "max_history": max_history, "codec": codec,
-                          "rebuild_first_layer": rebuild_first_layer}
+                          "rebuild_first_layer": rebuild_first_layer, "compiled": compiled}
         # the cache form: as given, else as the bundle records it (seqctr export --cache-codec ...)
         form = bundle.serving_form(codec, rebuild_first_layer)
         codec = form["cache_codec"]
@@ -149,6 +149,18 @@ class Scorer:
         self.user_vocab = Vocabulary(bundle.vocabs.get("user_id"), size=len(self.users), offset=2)
         self._locks = [threading.Lock() for _ in range(64)]
         self.uses_time = bool(self.model.backbone.uses_time and meta.has_time)
+        # the bundle's compiled scoring (seqctr export --compile) when it was made for this form, these
+        # weights and this torch: compiled=None where it measured faster than eager, True always, False never;
+        # self.compiled None: eager (seqctr.serving.export)
+        self.compiled = None
+        when = {None: "auto", True: "always", False: "never"}[compiled]
+        if when != "never" and bundle.serving.get("compiled") and self.max_len == bundle.max_len:
+            from .export import CompiledScoring
+
+            self.compiled = CompiledScoring.of(bundle, form, when)
+        if compiled and self.compiled is None:
+            raise InputError("compiled: this bundle has no compiled scoring for this cache form, weights and "
+                             "torch (seqctr export --compile)", field="compiled")
 
     @property
     def fingerprint(self) -> str:
@@ -216,10 +228,19 @@ class Scorer:
             items = raw_ids(history, "history")
             times = event_times(history_times, len(items))
             cache = self._build(user, items, times)
-            return score(self.model, cache, cands, time).numpy(), False
+            return self._score(cache, cands, time), False
         with self._lock(user):
             cache, hit = self._cache(user)
-        return score(self.model, cache, cands, time).numpy(), hit
+        return self._score(cache, cands, time), hit
+
+    def _score(self, cache, cands: torch.Tensor, time) -> np.ndarray:
+        """Probabilities ``[N]``: through the compiled graph when it takes this request, else eagerly."""
+        if self.compiled is not None:
+            check_request(self.model, cache, cands)
+            out = self.compiled(cache, cands, time)
+            if out is not None:
+                return out.numpy()
+        return score(self.model, cache, cands, time).numpy()
 
     def _get_cache(self, user: str):
         stored = self.store.get_cache(user)
@@ -279,7 +300,10 @@ class Scorer:
 
 
 def load(path: str | Path, store=None, device: str = "cpu", codec: str | None = None,
-         rebuild_first_layer: bool | None = None) -> Scorer:
+         rebuild_first_layer: bool | None = None, compiled: bool | None = None) -> Scorer:
     """``seqctr.load(BUNDLE)``: a :class:`Scorer` of an exported bundle (caches stored in ``codec``; HSTU's
-    first layer left out of them with ``rebuild_first_layer``; None: as the bundle records)."""
-    return Scorer(load_bundle(path, device=device), store, codec=codec, rebuild_first_layer=rebuild_first_layer)
+    first layer left out of them with ``rebuild_first_layer``; None: as the bundle records; ``compiled``:
+    score through the bundle's compiled graph — None: where it has one for this form that measured faster than
+    eager when compiled, True: whenever it has one for this form, False: never)."""
+    return Scorer(load_bundle(path, device=device), store, codec=codec, rebuild_first_layer=rebuild_first_layer,
+                  compiled=compiled)
