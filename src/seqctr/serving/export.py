@@ -120,6 +120,13 @@ def capture(scorer, max_candidates: int = 1000) -> tuple[torch.export.ExportedPr
     return program, spec
 
 
+def compiler() -> str | None:
+    """The C++ compiler AOTInductor would call (``$CXX``, else ``g++``), or None when there is none on PATH."""
+    import os
+
+    return shutil.which(os.environ.get("CXX") or "g++")
+
+
 def compile_bundle(path: str | Path, max_candidates: int = 1000) -> dict:
     """Capture the bundle's cached scoring in its recorded serving form, compile it with AOTInductor and
     write it into the bundle (``scoring.pt2``, ``serving.compiled`` in ``bundle.json``): the bundle is
@@ -128,6 +135,8 @@ def compile_bundle(path: str | Path, max_candidates: int = 1000) -> dict:
     from .scorer import Scorer
 
     path = Path(path)
+    if not compiler():
+        raise SeqctrError("export --compile: AOTInductor needs a C++ compiler (g++, or the one $CXX names) on PATH")
     scorer = Scorer(load_bundle(path), compiled=False)
     program, spec = capture(scorer, max_candidates)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.compile.") as work:
@@ -216,4 +225,5 @@ class CompiledScoring:
             return self.runner(*args)
 
 
-__all__ = ["FILE", "ScoringGraph", "CompiledScoring", "capture", "compile_bundle", "min_window", "signature"]
+__all__ = ["FILE", "ScoringGraph", "CompiledScoring", "capture", "compile_bundle", "compiler", "measure",
+           "min_window", "signature"]
