@@ -161,3 +161,20 @@ def test_the_service_scores_through_the_compiled_graph(compiled, tmp_path):
             assert httpx.get(f"{srv.url}/healthz", timeout=30).json()["compiled"] is used
             got = httpx.post(f"{srv.url}/v1/score", json=body, timeout=30).json()
             assert got["scores"] == pytest.approx(want.tolist(), abs=1e-5)
+
+
+def test_concurrent_requests_through_the_compiled_graph(compiled):
+    """The service calls the scorer from a thread pool: 8 threads scoring different users at once through one
+    compiled graph get each user's eager scores."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows, bundle, out = compiled
+    eager, fast = seqctr.load(bundle), seqctr.load(out, compiled=True)
+    items = _items(rows)
+    jobs = [(f"u{k}", items[k:k + 9 + k % 5], items[:24]) for k in range(16)]
+    want = [eager.score(u, c, history=h, history_times=list(range(len(h)))) for u, h, c in jobs]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda j: fast.score(j[0], j[2], history=j[1], history_times=list(range(len(j[1])))),
+                            jobs * 4))
+    for k, g in enumerate(got):
+        np.testing.assert_allclose(g, want[k % len(jobs)], rtol=0, atol=1e-5)
