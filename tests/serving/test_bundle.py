@@ -20,15 +20,17 @@ from seqctr.serving.runtime import fingerprint
 from tests.helpers import synthetic_interactions, write_csv
 
 
-def train_run(root, name="twin", string_ids=True, options=None):
-    """A tiny trained run (1 epoch) on a synthetic table with string ids, exported as a bundle."""
+def train_run(root, name="twin", string_ids=True, options=None, lain=False):
+    """A tiny trained run (1 epoch) on a synthetic table with string ids, exported as a bundle (``lain``:
+    with a small LAIN plug-in)."""
     rows = synthetic_interactions(n_users=20, seed=11, string_ids=string_ids)
     src = write_csv(root / "inter.csv", rows)
     opts = options if options is not None else (
         {"topk": 4, "short_seq_len": 4, "attention_dim": 8} if name in ("twin", "sim", "eta") else {})
     cfg = {"data": {"source": str(src), "max_len": 16, "batch_size": 64, "label": {"column": "label"},
                     "columns": {"category": "category", "user_features": ["age"]}},
-           "model": {"name": name, "embedding_dim": 8, "mlp_hidden": [16], "options": opts},
+           "model": {"name": name, "embedding_dim": 8, "mlp_hidden": [16], "options": opts,
+                     **({"lain": {"enabled": True, "fourier_dim": 8, "hidden": 16, "cond_dim": 8}} if lain else {})},
            "train": {"epochs": 1, "threads": 1}}
     (root / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["train", "--config", str(root / "c.yaml"), "--out", str(root / "run"), "--no-progress"]) == 0

@@ -55,6 +55,31 @@ def test_the_exported_program_equals_eager_scoring(tmp_path_factory, name):
             torch.testing.assert_close(got, score(scorer.model, cache, cands), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["din", "twin"])
+def test_a_lain_model_reads_the_history_length_from_the_graph_input(tmp_path_factory, name):
+    """LAIN conditions on the true history length, which can exceed the window: the captured graph takes it as
+    an input (not the example's value baked in) — one cache scored as 16, 23 and 300 events gives eager's
+    three different answers."""
+    root = tmp_path_factory.mktemp(f"export_lain_{name}")
+    scorer = seqctr.load(train_in_own_home(root, name=name, options=OPTIONS.get(name, {}), lain=True)[1])
+    assert scorer.model.lain is not None
+    program, spec = capture(scorer, max_candidates=50)
+    run = program.module()
+    g = torch.Generator().manual_seed(3)
+    hist = scorer.items[torch.randint(2, len(scorer.items), (16,), generator=g)]
+    cands = scorer.items[torch.randint(2, len(scorer.items), (9,), generator=g)]
+    outs = []
+    for seq_len in (16, 23, 300):
+        cache = prefill(scorer.model, scorer.user_row("u1"), hist, seq_len=seq_len, max_len=scorer.max_len)
+        tensors = {n: t.contiguous() for n, t in cache.tensors.items()}
+        with torch.no_grad():
+            got = run(cands, torch.tensor([seq_len]), tuple(tensors[n] for n in spec["inputs"]))
+        want = score(scorer.model, cache, cands)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+        outs.append(want)
+    assert not torch.allclose(outs[0], outs[2], atol=1e-6)         # the length does move the scores
+
+
 def test_dien_is_refused_with_its_reason(tmp_path_factory):
     scorer = seqctr.load(_bundle(tmp_path_factory, "dien"))
     with pytest.raises(SeqctrError, match="dien backbone's cached scoring cannot be captured"):
