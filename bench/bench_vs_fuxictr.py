@@ -159,6 +159,7 @@ def merge_results(path: Path, results: dict, names: list[str], command: str, ren
     from seqctr.utils.io import write_json, write_text
 
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         disk = json.loads(path.read_text()) if path.exists() else {}
