@@ -80,6 +80,38 @@ def test_a_lain_model_reads_the_history_length_from_the_graph_input(tmp_path_fac
     assert not torch.allclose(outs[0], outs[2], atol=1e-6)         # the length does move the scores
 
 
+CKV = {"twin": {**OPTIONS["twin"], "collective_kv": {"user_dim": 1, "pool_size": 32, "branches": ["short", "long"]}},
+       "hstu": {**OPTIONS["hstu"], "collective_kv": {"user_dim": 1, "pool_size": 32}}}
+
+
+@pytest.mark.parametrize("name,codec,lean", [("twin", "int8", False), ("hstu", "fp32", True), ("hstu", "int8", False)])
+def test_collective_kv_caches_are_captured_in_their_served_form(tmp_path_factory, name, codec, lean):
+    """CollectiveKV caches (codes + user parts), decoded from the codec the bundle serves with, HSTU's first
+    layer left out and rebuilt from the ids: the graph routes every row itself (no memo, no data-dependent
+    de-duplication) and equals eager scoring of the decoded cache."""
+    root = tmp_path_factory.mktemp(f"export_ckv_{name}")
+    scorer = seqctr.load(train_in_own_home(root, name=name, options=CKV[name])[1], codec=codec,
+                         rebuild_first_layer=lean)
+    program, spec = capture(scorer, max_candidates=50)
+    assert any("_idx_" in n for n in spec["inputs"]) and spec["form"] == {"cache_codec": codec,
+                                                                          "rebuild_first_layer": lean}
+    run = program.module()
+    g = torch.Generator().manual_seed(5)
+    for T in (spec["min_window"], 11, scorer.max_len):
+        hist = scorer.items[torch.randint(2, len(scorer.items), (T,), generator=g)]
+        times = list(range(T)) if scorer.uses_time else None
+        cache = prefill(scorer.model, scorer.user_row("u1"), hist, max_len=scorer.max_len, hist_time=times)
+        cache = scorer.codec.decode(scorer.codec.encode(cache))
+        cands = scorer.items[torch.randint(2, len(scorer.items), (13,), generator=g)]
+        tensors = {n: t.contiguous() for n, t in cache.tensors.items()}
+        args = [cands, torch.tensor([cache.history_len]), tuple(tensors[n] for n in spec["inputs"])]
+        if spec["time"]:
+            args.append(request_time(cache))
+        with torch.no_grad():
+            got = run(*args)
+        torch.testing.assert_close(got, score(scorer.model, cache, cands), rtol=0, atol=1e-5)
+
+
 def test_dien_is_refused_with_its_reason(tmp_path_factory):
     scorer = seqctr.load(_bundle(tmp_path_factory, "dien"))
     with pytest.raises(SeqctrError, match="dien backbone's cached scoring cannot be captured"):

@@ -172,6 +172,8 @@ class CollectiveKV(nn.Module):
         router; elsewhere every distinct row is routed."""
         router = getattr(self, f"router_{name}")
         flat = x.reshape(-1, x.shape[-1])
+        if torch.compiler.is_exporting():     # a captured graph: every row routed (no memo, no data-dependent dedup)
+            return router(flat).argmax(-1).view(x.shape[:-1])
         if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
             logits, inv, _ = self._route(name, x)
             return row_argmax(logits)[inv]
@@ -258,8 +260,8 @@ class CollectiveKV(nn.Module):
                 out.append(codes[f"full_{name}"])
                 continue
             pool, idx, user = getattr(self, f"pool_{name}"), codes[f"idx_{name}"].long(), codes[f"u_{name}"]
-            if torch.is_grad_enabled() and pool.requires_grad:
-                out.append(self._join(pool[idx], user))
+            if (torch.is_grad_enabled() and pool.requires_grad) or torch.compiler.is_exporting():
+                out.append(self._join(pool[idx], user))      # (a captured graph: no memo of the padded pool)
                 continue
             kv = F.embedding(idx, self._padded_pool(name))
             if user.dtype != kv.dtype:
