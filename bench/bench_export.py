@@ -1,6 +1,7 @@
 """Compiled cached scoring (torch.export + AOTInductor, `seqctr export --compile`) against eager scoring.
 
-For each benchmark model of `bench/serving_models.py` (paper widths, random weights, full cache): capture the
+For each benchmark model of `bench/serving_models.py` and cache (`--variants`: full, CollectiveKV, HSTU's
+CollectiveKV with the candidate token projected; paper widths, random weights): capture the
 cached scoring once (windows up to 1,024 events, up to 1,000 candidates), compile it, then per history length
 time one user's request of `--candidates` candidates both ways in paired rounds (each round calls both, in
 alternating order) on one thread; check the outputs agree. A window of at most k events (TWIN, SIM, ETA:
@@ -57,7 +58,9 @@ def paired(eager, fast, rounds: int) -> dict:
 def main() -> int:
     sm.with_tuned_malloc(__file__)
     args = sm.cache_bench_args(__doc__.splitlines()[0], "din,sdim,sim,twin,eta,hstu", "docs/results/export_scoring",
-                               extra=[("--rounds", int, 31, "paired rounds per cell")])
+                               extra=[("--rounds", int, 31, "paired rounds per cell"),
+                                      ("--variants", str, "full,ckv,ckv-proj",
+                                       "caches of bench/serving_models.py, where the model has them")])
     ds, items = sm.setup(args.cpu)
     import torch
 
@@ -68,19 +71,20 @@ def main() -> int:
     cands = items[torch.randint(2, len(items), (args.candidates,), generator=g)]
     rows, compile_s = [], {}
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
-        for name in args.models.split(","):
-            model = sm.build(name, ds.meta)
-            work = Path(tmp) / name
+        for name, variant in [(n, v) for n in args.models.split(",") for v in sm.variants(n)
+                              if v in args.variants.split(",")]:
+            model = sm.build(name, ds.meta, collective=variant)
+            work = Path(tmp) / f"{name}-{variant}"
             work.mkdir()
-            fast, spec, compile_s[name] = compiled_scoring(model, ds, items, work)
-            print(f"{name}: compiled in {compile_s[name]:.0f} s (windows {spec['min_window']}-{spec['max_window']})",
-                  flush=True)
+            fast, spec, compile_s[f"{name}/{variant}"] = compiled_scoring(model, ds, items, work)
+            print(f"{name}/{variant}: compiled in {compile_s[f'{name}/{variant}']:.0f} s (windows "
+                  f"{spec['min_window']}-{spec['max_window']})", flush=True)
             for T in map(int, args.lengths.split(",")):
                 hist = items[torch.randint(2, len(items), (T,), generator=g)]
                 cache = prefill(model, user, hist, max_len=WINDOW)
                 ref = score(model, cache, cands)
                 out = fast(cache, cands)
-                row = {"model": name, "events": T, "candidates": args.candidates}
+                row = {"model": name, "cache": variant, "events": T, "candidates": args.candidates}
                 if out is None:
                     row.update(note=f"window <= k = {spec['min_window'] - 1}: eager")
                 else:
@@ -96,16 +100,17 @@ def main() -> int:
                                                     "compile_seconds": compile_s, "rows": rows}, indent=1))
     lines = ["# Compiled cached scoring (torch.export + AOTInductor) against eager", "",
              f"`{cmd}` (generated; do not edit). torch {torch.__version__}, one thread, one user, {args.candidates} "
-             "candidates, benchmark models of `bench/serving_models.py` (paper widths, random weights, full fp32 cache, "
-             f"no event times). `x eager`: median over {args.rounds} paired rounds of eager time / compiled time "
+             "candidates, benchmark models of `bench/serving_models.py` (paper widths, random weights, fp32 caches: full, "
+             f"CollectiveKV (`ckv`), HSTU's with the candidate token projected (`ckv-proj`); no event times). `x eager`: median over {args.rounds} paired rounds of eager time / compiled time "
              f"[first, third quartile]; `max diff`: largest |compiled - eager| probability. Load average (1 min) at the "
              f"end: {load:.1f} on 2 cores. What it is: `seqctr export --compile` (src/seqctr/serving/export.py).", "",
-             "| model | events | eager ms | compiled ms | x eager [q1, q3] | max diff |", "|---|---:|---:|---:|---:|---:|"]
+             "| model | cache | events | eager ms | compiled ms | x eager [q1, q3] | max diff |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "note" in r:
-            lines.append(f"| {r['model']} | {r['events']:,} | | | {r['note']} | |")
+            lines.append(f"| {r['model']} | {r['cache']} | {r['events']:,} | | | {r['note']} | |")
         else:
-            lines.append(f"| {r['model']} | {r['events']:,} | {r['eager_ms']:.2f} | {r['compiled_ms']:.2f} | "
+            lines.append(f"| {r['model']} | {r['cache']} | {r['events']:,} | {r['eager_ms']:.2f} | {r['compiled_ms']:.2f} | "
                          f"{r['speedup']:.2f} [{r['speedup_q1']:.2f}, {r['speedup_q3']:.2f}] | {r['max_abs_diff']:.1e} |")
     lines += ["", "Compile time per model (capture + AOTInductor, seconds): "
               + ", ".join(f"{k} {v:.0f}" for k, v in compile_s.items()) + "."]
