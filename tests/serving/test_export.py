@@ -37,15 +37,23 @@ def test_the_exported_program_equals_eager_scoring(tmp_path_factory, name):
     scorer = seqctr.load(_bundle(tmp_path_factory, name))
     program, spec = capture(scorer, max_candidates=50)
     assert spec["min_window"] == min_window(scorer.model) and spec["max_window"] == scorer.max_len
+    _assert_program_equals_eager(scorer, program, spec, sorted({spec["min_window"], 9, scorer.max_len}), (1, 7, 50), 1)
+
+
+def _assert_program_equals_eager(scorer, program, spec, windows, counts, seed, decoded=False):
+    """The exported program against eager scoring: a cache per window (through the scorer's codec when
+    ``decoded``), ``counts`` candidates each; within 1e-5."""
     run = program.module()
-    g = torch.Generator().manual_seed(1)
-    for T in sorted({spec["min_window"], 9, scorer.max_len}):
+    g = torch.Generator().manual_seed(seed)
+    for T in windows:
         hist = scorer.items[torch.randint(2, len(scorer.items), (T,), generator=g)]
         times = list(range(0, 3 * T, 3)) if scorer.uses_time else None
         cache = prefill(scorer.model, scorer.user_row("u1"), hist, max_len=scorer.max_len, hist_time=times)
+        if decoded:
+            cache = scorer.codec.decode(scorer.codec.encode(cache))
         tensors = {n: t.contiguous() for n, t in cache.tensors.items()}
         assert sorted(tensors) == spec["inputs"]
-        for N in (1, 7, 50):
+        for N in counts:
             cands = scorer.items[torch.randint(2, len(scorer.items), (N,), generator=g)]
             args = [cands, torch.tensor([cache.history_len]), tuple(tensors[n] for n in spec["inputs"])]
             if spec["time"]:
@@ -95,21 +103,8 @@ def test_collective_kv_caches_are_captured_in_their_served_form(tmp_path_factory
     program, spec = capture(scorer, max_candidates=50)
     assert any("_idx_" in n for n in spec["inputs"]) and spec["form"] == {"cache_codec": codec,
                                                                           "rebuild_first_layer": lean}
-    run = program.module()
-    g = torch.Generator().manual_seed(5)
-    for T in (spec["min_window"], 11, scorer.max_len):
-        hist = scorer.items[torch.randint(2, len(scorer.items), (T,), generator=g)]
-        times = list(range(T)) if scorer.uses_time else None
-        cache = prefill(scorer.model, scorer.user_row("u1"), hist, max_len=scorer.max_len, hist_time=times)
-        cache = scorer.codec.decode(scorer.codec.encode(cache))
-        cands = scorer.items[torch.randint(2, len(scorer.items), (13,), generator=g)]
-        tensors = {n: t.contiguous() for n, t in cache.tensors.items()}
-        args = [cands, torch.tensor([cache.history_len]), tuple(tensors[n] for n in spec["inputs"])]
-        if spec["time"]:
-            args.append(request_time(cache))
-        with torch.no_grad():
-            got = run(*args)
-        torch.testing.assert_close(got, score(scorer.model, cache, cands), rtol=0, atol=1e-5)
+    _assert_program_equals_eager(scorer, program, spec, (spec["min_window"], 11, scorer.max_len), (13,), 5,
+                                 decoded=True)
 
 
 def test_dien_is_refused_with_its_reason(tmp_path_factory):
