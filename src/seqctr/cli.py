@@ -347,7 +347,10 @@ def cmd_export(args) -> int:
     if args.compile:
         from .serving.export import compile_bundle
 
-        spec = compile_bundle(out, args.max_candidates)
+        try:
+            spec = compile_bundle(out, args.max_candidates)
+        except SeqctrError as e:
+            raise SeqctrError(f"bundle written to {out} without compiled scoring: {e}") from None
         m = spec["measured"]
         print(f"compiled scoring: {out}/{spec['file']} (windows {spec['min_window']}-{spec['max_window']} events, "
               f"1-{spec['max_candidates']} candidates; torch {spec['torch']}); measured here at {m['events']} events x "

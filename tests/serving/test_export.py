@@ -107,10 +107,21 @@ def test_collective_kv_caches_are_captured_in_their_served_form(tmp_path_factory
                                  decoded=True)
 
 
-def test_dien_is_refused_with_its_reason(tmp_path_factory):
-    scorer = seqctr.load(_bundle(tmp_path_factory, "dien"))
+def test_dien_is_refused_with_its_reason(tmp_path_factory, monkeypatch, capsys):
+    """One line naming the backbone and why (no graph dump); ``seqctr export --compile`` says the bundle was
+    written without compiled scoring, and that bundle serves eagerly."""
+    from seqctr.cli import main
+
+    bundle = _bundle(tmp_path_factory, "dien")
     with pytest.raises(SeqctrError, match="dien backbone's cached scoring cannot be captured"):
-        capture(scorer)
+        capture(seqctr.load(bundle))
+    monkeypatch.setenv("SEQCTR_HOME", str(bundle.parent / "home"))
+    capsys.readouterr()
+    out = bundle.parent / "compiled"
+    assert main(["export", "--checkpoint", str(bundle.parent / "run" / "best.pt"), "--out", str(out), "--compile"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "without compiled scoring" in err[0] and "dien" in err[0]
+    assert seqctr.load(out).compiled is None
 
 
 @pytest.fixture(scope="module")

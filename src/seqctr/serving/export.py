@@ -18,7 +18,9 @@ Speed: docs/results/export_scoring.md.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -44,6 +46,24 @@ class ScoringGraph(torch.nn.Module):
     def forward(self, candidates, history_len, tensors, time=None):
         cache = KVCache(dict(zip(self.names, tensors)), history_len, "", self.meta)
         return probabilities(self.model, cache, candidates, time)
+
+
+@contextlib.contextmanager
+def _quiet_torch():
+    """torch's own log lines while tracing (a refused trace prints the whole graph as warnings) held back:
+    the refusal is reported once, as a :class:`SeqctrError` naming the backbone and the reason."""
+    import io
+
+    loggers = [logging.getLogger(n) for n in ("torch", "torch.fx.experimental.symbolic_shapes", "torch._export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def min_window(model) -> int:
@@ -106,7 +126,7 @@ def capture(scorer, max_candidates: int = 1000) -> tuple[torch.export.ExportedPr
         shapes.append(None)
     graph = ScoringGraph(model, names, a.meta).eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _quiet_torch():
             program = export(graph, tuple(args), dynamic_shapes=tuple(shapes), strict=False)
     except Exception as e:   # what torch.export refuses: data-dependent control flow, unsupported ops
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
