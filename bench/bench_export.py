@@ -30,25 +30,20 @@ def compiled_scoring(model, ds, items, work: Path):
     import torch
 
     from seqctr.serving.codecs import Codec
-    from seqctr.serving.export import CompiledScoring, capture
+    from seqctr.serving.export import capture, compile_program
 
     user = torch.from_numpy(ds.user_feats[0]).long()
     scorer = SimpleNamespace(model=model, items=items, user_row=lambda _: user, uses_time=False,
                              max_len=WINDOW, codec=Codec("fp32"))
     t0 = time.perf_counter()
     program, spec = capture(scorer, max_candidates=1000)
-    torch._inductor.aoti_compile_and_package(program, package_path=str(work / spec["file"]))
-    return CompiledScoring(work, spec), spec, time.perf_counter() - t0
+    return compile_program(program, spec, work), spec, time.perf_counter() - t0
 
 
 def paired(eager, fast, rounds: int) -> dict:
-    ts = {"eager": [], "compiled": []}
-    eager(), fast()                                           # warm-up
-    for r in range(rounds):
-        for name in (("eager", "compiled") if r % 2 == 0 else ("compiled", "eager")):
-            t0 = time.perf_counter()
-            (eager if name == "eager" else fast)()
-            ts[name].append(time.perf_counter() - t0)
+    from seqctr.serving.export import paired_times
+
+    ts = paired_times({"eager": eager, "compiled": fast}, rounds)
     ratios = sorted(a / b for a, b in zip(ts["eager"], ts["compiled"]))
     return {"eager_ms": statistics.median(ts["eager"]) * 1e3, "compiled_ms": statistics.median(ts["compiled"]) * 1e3,
             "speedup": statistics.median(ratios), "speedup_q1": ratios[len(ratios) // 4],

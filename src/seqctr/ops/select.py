@@ -67,11 +67,6 @@ def _positions_dense(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.topk(key, k, dim=-1, sorted=False).indices.sort(-1).values
 
 
-def exporting() -> bool:
-    """True while :func:`torch.export.export` traces (then the ops take their traceable forms)."""
-    return torch.compiler.is_exporting()
-
-
 def _all_true(mask: torch.Tensor) -> bool:
     """``mask.all()`` read over the distinct elements only (a broadcast mask is not scanned per copy)."""
     return bool(mask[tuple(slice(0, 1) if st == 0 else slice(None) for st in mask.stride())].all())
@@ -96,7 +91,7 @@ def topk_select(scores: torch.Tensor, mask: torch.Tensor, k: int):
     if k == 0:                                                      # an empty history (T = 0)
         idx = torch.zeros(*scores.shape[:-1], 0, dtype=torch.long, device=scores.device)
         return idx, mask[..., :0]
-    traced = exporting()
+    traced = torch.compiler.is_exporting()        # torch.export: the traceable form
     key = scores if not traced and _all_true(mask) else torch.where(mask, scores, float("-inf"))
     # rows in memory order (e.g. [H, B, T] scores seen as [B, H, T]): no copy of the scores
     lead = sorted(range(key.dim() - 1), key=lambda d: -key.stride(d))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,12 +136,31 @@ def write_bundle(model, cfg, ds, folder: Path, out: str | Path, meta: dict | Non
             if f.is_file():
                 np.save(tmp / f"vocab_{name}.npy", ds.raw_vocab(folder, name).astype(str), allow_pickle=False)
                 vocab_names.append(name)
-        info = {"format": FORMAT, "version": f"{MAJOR}.0", "seqctr": __version__, "torch": torch.__version__,
-                "fingerprint": fingerprint(model), "config": cfg.to_dict(), "meta": meta or ds.meta.to_dict(),
-                "vocabularies": vocab_names, **(extra or {}),
-                "files": {p.name: _sha256(p) for p in sorted(tmp.iterdir())}}
-        (tmp / "bundle.json").write_text(json.dumps(info, indent=1, default=str))
+        _seal(tmp, {"format": FORMAT, "version": f"{MAJOR}.0", "seqctr": __version__, "torch": torch.__version__,
+                    "fingerprint": fingerprint(model), "config": cfg.to_dict(), "meta": meta or ds.meta.to_dict(),
+                    "vocabularies": vocab_names, **(extra or {})})
     return out
+
+
+def _seal(folder: Path, info: dict) -> None:
+    """Write ``bundle.json`` = ``info`` with the SHA-256 of every other file in ``folder``."""
+    info = {**info, "files": {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.name != "bundle.json"}}
+    (folder / "bundle.json").write_text(json.dumps(info, indent=1, default=str))
+
+
+def add_files(path: str | Path, files: dict[str, Path], serving: dict) -> None:
+    """Replace the bundle at ``path``, atomically, by a copy with ``files`` (name -> source file) added or
+    replaced and ``serving`` merged into its ``serving`` record; the checksums are recomputed."""
+    path = Path(path)
+    info = json.loads((path / "bundle.json").read_text())
+    with atomic_dir(path) as tmp:
+        for f in path.iterdir():
+            if f.is_file() and f.name != "bundle.json" and f.name not in files:
+                shutil.copy2(f, tmp / f.name)
+        for name, src in files.items():
+            shutil.copy2(src, tmp / name)
+        info["serving"] = {**info.get("serving", {}), **serving}
+        _seal(tmp, info)
 
 
 def load_bundle(path: str | Path, device: str = "cpu") -> Bundle:

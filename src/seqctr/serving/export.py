@@ -19,16 +19,15 @@ Speed: docs/results/export_scoring.md.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
 from ..errors import SeqctrError
-from ..utils.io import atomic_dir
 from .cache import KVCache
 from .runtime import fingerprint, prefill, probabilities, request_time
 
@@ -147,11 +146,17 @@ def compiler() -> str | None:
     return shutil.which(os.environ.get("CXX") or "g++")
 
 
+def compile_program(program: torch.export.ExportedProgram, spec: dict, folder: str | Path) -> "CompiledScoring":
+    """Compile a :func:`capture` ``program`` with AOTInductor into ``folder`` (``spec["file"]``) and load it."""
+    torch._inductor.aoti_compile_and_package(program, package_path=str(Path(folder) / spec["file"]))
+    return CompiledScoring(folder, spec)
+
+
 def compile_bundle(path: str | Path, max_candidates: int = 1000) -> dict:
     """Capture the bundle's cached scoring in its recorded serving form, compile it with AOTInductor and
     write it into the bundle (``scoring.pt2``, ``serving.compiled`` in ``bundle.json``): the bundle is
     replaced atomically, only once the compiled graph is written. Returns the recorded spec."""
-    from .bundle import _sha256, load_bundle
+    from .bundle import add_files, load_bundle
     from .scorer import Scorer
 
     path = Path(path)
@@ -160,19 +165,24 @@ def compile_bundle(path: str | Path, max_candidates: int = 1000) -> dict:
     scorer = Scorer(load_bundle(path), compiled=False)
     program, spec = capture(scorer, max_candidates)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.compile.") as work:
-        pkg = Path(work) / FILE
-        torch._inductor.aoti_compile_and_package(program, package_path=str(pkg))
-        spec["measured"] = measure(scorer, CompiledScoring(work, spec), min(200, max_candidates))
-        info = json.loads((path / "bundle.json").read_text())
-        with atomic_dir(path) as tmp:
-            for f in path.iterdir():
-                if f.is_file() and f.name not in ("bundle.json", FILE):
-                    shutil.copy2(f, tmp / f.name)
-            shutil.copy2(pkg, tmp / FILE)
-            info.setdefault("serving", {})["compiled"] = spec
-            info["files"] = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
-            (tmp / "bundle.json").write_text(json.dumps(info, indent=1, default=str))
+        spec["measured"] = measure(scorer, compile_program(program, spec, work), min(200, max_candidates))
+        add_files(path, {FILE: Path(work) / FILE}, {"compiled": spec})
     return spec
+
+
+def paired_times(runs: dict, rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each of two callables ``runs = {name: fn}``, after one warm-up call each, in
+    ``rounds`` rounds that call both, in alternating order (so a load change hits both alike)."""
+    names = list(runs)
+    times = {k: [] for k in names}
+    for f in runs.values():
+        f()
+    for r in range(rounds):
+        for k in (names if r % 2 == 0 else names[::-1]):
+            t0 = time.perf_counter()
+            runs[k]()
+            times[k].append(time.perf_counter() - t0)
+    return times
 
 
 def measure(scorer, fast: "CompiledScoring", candidates: int, rounds: int = 15) -> dict:
@@ -180,23 +190,15 @@ def measure(scorer, fast: "CompiledScoring", candidates: int, rounds: int = 15) 
     ``{"events", "candidates", "eager_ms", "compiled_ms", "speedup"}`` (medians; ``speedup``: eager / compiled).
     Recorded at compile time; the scorer uses the graph by default only where it measured faster."""
     import statistics
-    import time
 
     from .runtime import score
 
     g = torch.Generator().manual_seed(1)
     cache = _example_cache(scorer, scorer.max_len, g)
     cands = scorer.items[torch.randint(2, len(scorer.items), (candidates,), generator=g)]
-    runs = {"eager": lambda: score(scorer.model, cache, cands), "compiled": lambda: fast(cache, cands)}
-    times = {k: [] for k in runs}
     with torch.no_grad():
-        for f in runs.values():
-            f()
-        for r in range(rounds):
-            for k in (("eager", "compiled") if r % 2 == 0 else ("compiled", "eager")):
-                t0 = time.perf_counter()
-                runs[k]()
-                times[k].append(time.perf_counter() - t0)
+        times = paired_times({"eager": lambda: score(scorer.model, cache, cands),
+                              "compiled": lambda: fast(cache, cands)}, rounds)
     ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     return {"events": scorer.max_len, "candidates": candidates, "eager_ms": round(ms["eager"], 3),
             "compiled_ms": round(ms["compiled"], 3), "speedup": round(ms["eager"] / ms["compiled"], 3)}
@@ -245,5 +247,5 @@ class CompiledScoring:
             return self.runner(*args)
 
 
-__all__ = ["FILE", "ScoringGraph", "CompiledScoring", "capture", "compile_bundle", "compiler", "measure",
-           "min_window", "signature"]
+__all__ = ["FILE", "ScoringGraph", "CompiledScoring", "capture", "compile_bundle", "compile_program", "compiler",
+           "measure", "min_window", "paired_times", "signature"]

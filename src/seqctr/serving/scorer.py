@@ -154,7 +154,7 @@ class Scorer:
         # self.compiled None: eager (seqctr.serving.export)
         self.compiled = None
         when = {None: "auto", True: "always", False: "never"}[compiled]
-        if when != "never" and bundle.serving.get("compiled") and self.max_len == bundle.max_len:
+        if bundle.serving.get("compiled") and self.max_len == bundle.max_len:     # (else no import of export)
             from .export import CompiledScoring
 
             self.compiled = CompiledScoring.of(bundle, form, when)
