@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -38,16 +37,6 @@ def compiled_scoring(model, ds, items, work: Path):
     t0 = time.perf_counter()
     program, spec = capture(scorer, max_candidates=1000)
     return compile_program(program, spec, work), spec, time.perf_counter() - t0
-
-
-def paired(eager, fast, rounds: int) -> dict:
-    from seqctr.serving.export import paired_times
-
-    ts = paired_times({"eager": eager, "compiled": fast}, rounds)
-    ratios = sorted(a / b for a, b in zip(ts["eager"], ts["compiled"]))
-    return {"eager_ms": statistics.median(ts["eager"]) * 1e3, "compiled_ms": statistics.median(ts["compiled"]) * 1e3,
-            "speedup": statistics.median(ratios), "speedup_q1": ratios[len(ratios) // 4],
-            "speedup_q3": ratios[(3 * len(ratios)) // 4]}
 
 
 def main() -> int:
@@ -84,7 +73,8 @@ def main() -> int:
                     row.update(note=f"window <= k = {spec['min_window'] - 1}: eager")
                 else:
                     row.update(max_abs_diff=float((out - ref).abs().max()),
-                               **paired(lambda: score(model, cache, cands), lambda: fast(cache, cands), args.rounds))
+                               **sm.paired({"eager": lambda: score(model, cache, cands),
+                                           "compiled": lambda: fast(cache, cands)}, args.rounds))
                 rows.append(row)
                 print(row, flush=True)
     load = os.getloadavg()[0]

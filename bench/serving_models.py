@@ -36,6 +36,22 @@ def timed(fn, repeats: int) -> list[float]:
     return sorted(times)
 
 
+def paired(runs: dict, rounds: int) -> dict:
+    """Two callables ``runs = {a: fa, b: fb}`` timed in ``rounds`` alternating paired rounds
+    (:func:`seqctr.serving.export.paired_times`): ``{a_ms, b_ms}`` (medians) and ``speedup``, the median
+    per-round ratio ``a / b`` with its first and third quartiles (``speedup_q1``, ``speedup_q3``)."""
+    import statistics
+
+    from seqctr.serving.export import paired_times
+
+    (a, b) = runs
+    ts = paired_times(runs, rounds)
+    ratios = sorted(x / y for x, y in zip(ts[a], ts[b]))
+    return {f"{a}_ms": statistics.median(ts[a]) * 1e3, f"{b}_ms": statistics.median(ts[b]) * 1e3,
+            "speedup": statistics.median(ratios), "speedup_q1": ratios[len(ratios) // 4],
+            "speedup_q3": ratios[(3 * len(ratios)) // 4]}
+
+
 def setup(cpu: str):
     """Pin this process to ``cpu`` ('' = no pinning), one torch thread, and the prepared ml100k:
     ``(dataset, item feature rows [I, Fi] as a LongTensor)``."""
@@ -103,14 +119,15 @@ def gemm_ceiling(n: int = 1536, reps: int = 5) -> float:
     return 2 * n ** 3 / sorted(ts)[reps // 2] / 1e9
 
 
-def cache_bench_args(description: str, models: str, out: str, codecs: str = "", extra=()):
+def cache_bench_args(description: str, models: str, out: str, codecs: str = "", extra=(),
+                     lengths: str = "50,200,1000"):
     """The options every per-cache benchmark takes (models, lengths, candidates, repeats, cpu, out; ``--codecs``
     when ``codecs`` gives its default), parsed."""
     import argparse
 
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--models", default=models)
-    ap.add_argument("--lengths", default="50,200,1000")
+    ap.add_argument("--lengths", default=lengths)
     ap.add_argument("--candidates", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--cpu", default="")

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from seqctr.ops.select import _positions_dense, _positions_numpy, _positions_torch, topk_select
+from seqctr.ops.select import (_positions_cpu, _positions_dense, _positions_numpy, _positions_prefiltered,
+                               _positions_torch, topk_select)
 
 
 def reference(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -37,7 +38,29 @@ def test_topk_positions_equal_the_stable_sort_reference(impl):
         assert torch.equal(got, reference(x, k)), k
 
 
-@pytest.mark.parametrize("impl", ["numpy", "torch"])
+@pytest.mark.parametrize("T", [10, 11, 37, 500, 1003])
+def test_prefiltered_positions_equal_the_reference_on_long_rows(T):
+    """The candidate prefilter picks what the stable-sort reference picks for every k it takes
+    (T >= 10 k): ties everywhere, rows all -inf but a few (fewer than k real events), rows of one value,
+    lengths the groups do not divide, float32 and float64."""
+    g = torch.Generator().manual_seed(T)
+    x = torch.randn(9, T, generator=g)
+    x[1] = torch.randint(0, 4, (T,), generator=g).float()                 # a handful of distinct values
+    x[2] = 1.5                                                             # one value everywhere
+    x[3, : T - 3] = float("-inf")                                          # three real events
+    x[4, ::2] = float("-inf")                                              # every other event padding
+    x[5] = torch.randn(T // 3 + 1, generator=g).repeat(3)[:T]              # each value three times
+    x[6] = torch.arange(T).float()                                         # ascending: the best at the end
+    x[7] = -torch.arange(T).float()                                        # descending: the best at the start
+    for k in range(1, T // 10 + 1):
+        want = reference(x, k)
+        for dtype in (np.float32, np.float64):
+            got = _positions_prefiltered(x.numpy().astype(dtype), k)
+            assert np.array_equal(got, want.numpy()), (k, dtype)
+        assert np.array_equal(_positions_cpu(x.numpy(), k), want.numpy())
+
+
+@pytest.mark.parametrize("impl", ["numpy", "prefiltered", "torch"])
 @pytest.mark.parametrize("where", [0, 2, 5])
 def test_topk_positions_refuse_nan_anywhere(impl, where):
     """A NaN is refused wherever it sits (inside or outside the top k), not silently ranked."""
@@ -46,6 +69,8 @@ def test_topk_positions_refuse_nan_anywhere(impl, where):
     with pytest.raises(ValueError, match="NaN"):
         if impl == "numpy":
             _positions_numpy(x.numpy(), 2)
+        elif impl == "prefiltered":
+            _positions_prefiltered(x.repeat(1, 10).numpy(), 2)     # 60 events: the prefilter's lengths
         else:
             _positions_torch(x, 2)
 
@@ -56,6 +81,7 @@ def test_numpy_positions_on_a_long_row_with_duplicated_items():
     x = rng.standard_normal(300).astype(np.float32)[rng.integers(0, 300, (64, 1000))]
     got = torch.from_numpy(_positions_numpy(x, 50))
     assert torch.equal(got, reference(torch.from_numpy(x), 50))
+    assert np.array_equal(_positions_prefiltered(x, 50), got.numpy())
     assert torch.equal(_positions_dense(torch.from_numpy(x), 50), got)
 
 

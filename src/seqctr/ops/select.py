@@ -33,6 +33,46 @@ def _positions_numpy(x: np.ndarray, k: int) -> np.ndarray:
     return (pos - row * T).reshape(R, k)
 
 
+def _positions_prefiltered(x: np.ndarray, k: int) -> np.ndarray:
+    """:func:`_positions_numpy` on a row's few candidates: ``x [R, T] -> [R, k]``, the same positions
+    (ties included), for rows much longer than ``k`` (``T >= 10 k``; shorter rows go to the plain form).
+
+    The columns are split into ``n`` interleaved groups (column ``c`` in group ``c mod n``, ``n >= 2.5 k``); the
+    ``k``-th largest group maximum ``t`` is at most the row's ``k``-th value (the ``k`` groups above it
+    hold ``k`` distinct events at or above ``t``), so every event of the top ``k``, and every tie at the
+    ``k``-th value, is among the events ``>= t`` — a few more than ``k`` on real scores. The plain
+    selection then runs on those candidates (packed left, in position order, ``-inf`` after them: never
+    chosen, as each row has at least ``k`` candidates above ``-inf`` or no padding at all). Cost: one
+    pass over the row for the group maxima, one compare, one ``flatnonzero``, instead of a
+    selection over the whole row (results page: docs/results/profile_scoring.md)."""
+    R, T = x.shape
+    groups = min(16, T // (5 * k // 2))
+    n = T // groups
+    gmax = x[:, :n].copy()
+    for start in range(n, T, n):                           # the last slice may be shorter
+        chunk = x[:, start:start + n]
+        np.maximum(gmax[:, :chunk.shape[1]], chunk, out=gmax[:, :chunk.shape[1]])
+    part = np.partition(gmax, n - k, axis=-1)
+    if np.isnan(part[:, n - k:]).any():                    # a NaN makes its group's maximum NaN
+        raise ValueError("topk_select: scores contain NaN")
+    pos = np.flatnonzero(x >= part[:, n - k: n - k + 1])
+    row = pos // T
+    counts = np.bincount(row, minlength=R)
+    width = int(counts.max())
+    flat = np.arange(len(pos)) + (row * width - (np.cumsum(counts) - counts)[row])
+    cand = np.full(R * width, -np.inf, dtype=x.dtype)
+    cand[flat] = x.ravel()[pos]
+    at = np.zeros(R * width, dtype=np.int64)
+    at[flat] = pos - row * T
+    return np.take_along_axis(at.reshape(R, width), _positions_numpy(cand.reshape(R, width), k), 1)
+
+
+def _positions_cpu(x: np.ndarray, k: int) -> np.ndarray:
+    """The NumPy selection for ``x [R, T]``: :func:`_positions_prefiltered` for rows of at least
+    ``10 k`` events, else :func:`_positions_numpy` (the same positions)."""
+    return _positions_prefiltered(x, k) if x.shape[1] >= 10 * k else _positions_numpy(x, k)
+
+
 def _positions_torch(x: torch.Tensor, k: int) -> torch.Tensor:
     """:func:`_positions_numpy` in torch (any device or dtype): ``x [R, T] -> [R, k]``."""
     kth = torch.topk(x, k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
@@ -83,7 +123,8 @@ def topk_select(scores: torch.Tensor, mask: torch.Tensor, k: int):
 
     A selection of the k-th score plus an exact tie rule, not a full sort: O(T) per row instead
     of O(T log T) (the selection is most of TWIN's scoring time). CPU float32/64 scores take the
-    NumPy path (:func:`_positions_numpy`), anything else torch's; under ``torch.export`` the dense
+    NumPy path (:func:`_positions_cpu`: on rows of at least ``10 k`` events, the selection over a
+    prefiltered few, :func:`_positions_prefiltered`), anything else torch's; under ``torch.export`` the dense
     form without data-dependent shapes (:func:`_positions_dense`; same positions, tested)."""
     T = scores.shape[-1]
     k = min(k, T)
@@ -100,7 +141,7 @@ def topk_select(scores: torch.Tensor, mask: torch.Tensor, k: int):
     if traced:
         pos = _positions_dense(rows, k)
     elif rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64):
-        pos = torch.from_numpy(_positions_numpy(rows.numpy(), k))
+        pos = torch.from_numpy(_positions_cpu(rows.numpy(), k))
     else:
         pos = _positions_torch(rows, k)
     idx = pos.view(*inner.shape[:-1], k).permute(*[lead.index(d) for d in range(key.dim() - 1)], -1)
