@@ -28,6 +28,29 @@ def test_training_gate_and_losses_match_hand_computation():
     assert m.router_k.weight.grad.abs().sum() > 0                   # the router learns through the gate
 
 
+def test_without_the_balance_term_the_router_product_keeps_no_gradient_and_training_is_unchanged():
+    """balance_weight 0 skips the [rows, m] softmax and the router product's backward; the outputs,
+    the (peak-only) loss and every gradient equal a model whose balance term weighs 1e-12 (float64)."""
+    torch.manual_seed(5)
+    a = CollectiveKV(6, 6, dim=8, user_dim=1, pool_size=7, peak_weight=0.3, balance_weight=0.0).double().train()
+    b = CollectiveKV(6, 6, dim=8, user_dim=1, pool_size=7, peak_weight=0.3, balance_weight=1e-12).double().train()
+    b.load_state_dict(a.state_dict())
+    x0 = torch.randn(3, 5, 6, dtype=torch.float64)
+    res = []
+    for m in (a, b):
+        x = x0.clone().requires_grad_(True)
+        k, v, aux = m(x, x)
+        (k.sin().sum() + v.cos().sum() + 3 * aux).backward()
+        res.append([k, v, aux, x.grad] + [p.grad for p in m.parameters()])
+    for got, want in zip(*res):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    assert a.router_k.weight.grad.abs().sum() > 0                   # still learning through the gate
+    with torch.no_grad():
+        top = a.router_k(x0).max(-1).values
+    peak = -F.logsigmoid(top).mean() - F.logsigmoid(a.router_v(x0).max(-1).values).mean()
+    torch.testing.assert_close(res[0][2], 0.3 * peak.detach())
+
+
 def test_inference_uses_argmax_without_gate_and_codes_reproduce_kv():
     torch.manual_seed(1)
     m = CollectiveKV(6, 6, dim=8, user_dim=1, pool_size=300, user_first=True).eval()

@@ -8,7 +8,9 @@ equations, the code the details):
   and V, pools of ``m`` entries of width ``d - d_u`` initialised N(0, 1);
 - training: top-1 entry gated by ``sigmoid(top-1 logit)``; peak loss ``-mean log sigmoid(top-1)``
   and load-balance loss ``KL(mean softmax || uniform)`` (padded positions included unless
-  ``mask_aux``, as in the code); inference: argmax entry, no gate;
+  ``mask_aux``, as in the code); inference: argmax entry, no gate; ``balance_weight=0`` (the authors'
+  recovered HSTU build applies neither loss) also skips the ``[rows, m]`` softmax and the router
+  product's backward — the cost of a CollectiveKV training step where rows do not repeat;
 - order ``[collective, user]`` (the code) or ``[user, collective]`` (the paper), ``user_first``;
 - ``share_k`` / ``share_v`` give CollectiveK / CollectiveV / CollectiveKV; an unshared tensor is a
   plain full-width projection.
@@ -201,7 +203,11 @@ class CollectiveKV(nn.Module):
         if not self.training:
             return self._join(pool[self._index(name, x)], self._user(name, x)), None
         w = mask.to(x.dtype) if (self.mask_aux and mask is not None) else x.new_ones(x.shape[:-1])
-        logits, inv, wu = self._route(name, x, w)                          # [U, m]
+        balanced = self.balance_weight != 0
+        with torch.set_grad_enabled(balanced and torch.is_grad_enabled()):
+            # without the load-balance term the [U, m] logits only choose the entry (no gradient):
+            # autograd then keeps nothing of the router product and runs none of its backward
+            logits, inv, wu = self._route(name, x, w)                      # [U, m]
         idx = row_argmax(logits)[inv]                                      # [B, T]
         # The top-1 logit, recomputed from its router row: the same value and gradient as
         # ``logits.max(-1)`` without a [U, m] zero-filled gradient buffer (the costly part on CPU).
@@ -212,10 +218,11 @@ class CollectiveKV(nn.Module):
         collective = torch.sigmoid(top).unsqueeze(-1) * pool[idx]
         n = w.sum().clamp_min(1.0)
         peak = -(F.logsigmoid(top) * w).sum() / n
-        p_bar = WeightedMeanSoftmax.apply(logits, wu) / n
-        p_bar = p_bar.clamp_min(1e-9)
-        balance = (p_bar * torch.log(p_bar * self.pool_size)).sum()
-        aux = self.peak_weight * peak + self.balance_weight * balance
+        aux = self.peak_weight * peak
+        if balanced:
+            p_bar = WeightedMeanSoftmax.apply(logits, wu) / n
+            p_bar = p_bar.clamp_min(1e-9)
+            aux = aux + self.balance_weight * (p_bar * torch.log(p_bar * self.pool_size)).sum()
         return self._join(collective, self._user(name, x)), aux
 
     def forward(self, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None = None):
