@@ -12,10 +12,7 @@ frontier experiment's. Writes ``docs/results/cache_codecs.{json,md}``.
 """
 from __future__ import annotations
 
-import os
-import json
 import statistics
-import sys
 from pathlib import Path
 
 import serving_models as sm
@@ -56,10 +53,7 @@ def main() -> int:
     full = {(r["model"], r["events"]): r["bytes"] for r in rows if r["cache"] == "full" and r["codec"] == "fp32"}
     for r in rows:
         r["x_fp32_full"] = r["bytes"] / full[(r["model"], r["events"])]
-    out = Path(args.out)
-    cmd = "python bench/bench_codecs.py " + " ".join(sys.argv[1:])
-    load = os.getloadavg()[0]
-    out.with_suffix(".json").write_text(json.dumps({"command": cmd, "rows": rows, "load_average_1m": load}, indent=1))
+    cmd, load, out = sm.write_results(args, __file__, {"rows": rows})
     lines = ["# Cache codecs: bytes per user, decode and scoring time", "",
              f"`{cmd}` (generated; do not edit). Benchmark models of `bench/serving_models.py` (random weights, "
              "attention 256 / 8 heads; HSTU 128, 2 layers), one user, "

@@ -11,9 +11,6 @@ k = 50) is outside the captured range and runs eagerly: marked as such.
 """
 from __future__ import annotations
 
-import json
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -77,12 +74,8 @@ def main() -> int:
                                            "compiled": lambda: fast(cache, cands)}, args.rounds))
                 rows.append(row)
                 print(row, flush=True)
-    load = os.getloadavg()[0]
-    cmd = "python bench/bench_export.py " + " ".join(sys.argv[1:])
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"command": cmd, "torch": torch.__version__, "load_average_1m": load,
-                                                    "compile_seconds": compile_s, "rows": rows}, indent=1))
+    cmd, load, out = sm.write_results(args, __file__, {"torch": torch.__version__, "compile_seconds": compile_s,
+                                                       "rows": rows})
     lines = ["# Compiled cached scoring (torch.export + AOTInductor) against eager", "",
              f"`{cmd}` (generated; do not edit). torch {torch.__version__}, one thread, one user, {args.candidates} "
              "candidates, benchmark models of `bench/serving_models.py` (paper widths, random weights, fp32 caches: full, "

@@ -16,10 +16,6 @@ alternating order; ratio = plain / prefiltered, median [first, third quartile]):
 """
 from __future__ import annotations
 
-import json
-import os
-import sys
-from pathlib import Path
 
 import serving_models as sm
 
@@ -69,12 +65,7 @@ def main() -> int:
                    **sm.paired({"plain": plain_then(request), "prefiltered": request}, args.rounds)}
             requests.append(row)
             print(row, flush=True)
-    load = os.getloadavg()[0]
-    cmd = "python bench/bench_selection.py " + " ".join(sys.argv[1:])
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"command": cmd, "load_average_1m": load, "selection": kernel,
-                                                    "requests": requests}, indent=1))
+    cmd, load, out = sm.write_results(args, __file__, {"selection": kernel, "requests": requests})
 
     def ratio(r):
         return f"{r['speedup']:.2f} [{r['speedup_q1']:.2f}, {r['speedup_q3']:.2f}]"

@@ -20,8 +20,6 @@ comparable between runs at a similar load only).
 """
 from __future__ import annotations
 
-import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -120,13 +118,7 @@ def main() -> int:
         print(f"{name:5s} {variant:4s} T={T:5d}: {cell['ms']:7.2f} ms  {cell['gflop']:.3f} GFLOP  "
               f"bound {bound_ms:.2f} ms  x{rows[-1]['x_bound']:.1f}  {cell['ms_by_class']}", flush=True)
     pairs = paired(cells, args.rounds)
-    load = os.getloadavg()[0]
-    cmd = "python bench/profile_scoring.py " + " ".join(sys.argv[1:])
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"command": cmd, "gemm_ceiling_gflops": ceiling,
-                                                    "load_average_1m": load, "rows": rows, "paired": pairs},
-                                                   indent=1))
+    cmd, load, out = sm.write_results(args, __file__, {"gemm_ceiling_gflops": ceiling, "rows": rows, "paired": pairs})
     classes = ["gemm", "gather", "topk", "softmax", "elementwise", "other"]
     lines = ["# Cached scoring: time per request against the FLOP bound", "",
              f"`{cmd}` (generated; do not edit). One user, {args.candidates} candidates, one thread, benchmark models "

@@ -9,9 +9,6 @@ weights, full cache), one thread, median of `--repeats` calls.
 """
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
 
 import serving_models as sm
 
@@ -36,10 +33,7 @@ def main() -> int:
                   for n in counts}
         rows.append({"model": name, "events": T, "ms": ms, "fixed_share": ms[counts[0]] / ms[counts[-1]]})
         print(rows[-1], flush=True)
-    cmd = "python bench/request_overhead.py " + " ".join(sys.argv[1:])
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"command": cmd, "rows": rows}, indent=1))
+    cmd, _, out = sm.write_results(args, __file__, {"rows": rows})
     lines = ["# One cached request's time against its candidate count", "", f"`{cmd}` (generated). "
              + __doc__.split("\n\n")[1].replace("\n", " "), "",
              "| model | events | " + " | ".join(f"{n} cand. ms" for n in counts) + f" | {counts[0]} / {counts[-1]} |",

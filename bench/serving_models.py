@@ -52,6 +52,19 @@ def paired(runs: dict, rounds: int) -> dict:
             "speedup_q3": ratios[(3 * len(ratios)) // 4]}
 
 
+def write_results(args, script: str, payload: dict):
+    """Write ``args.out``.json: the command line that made it, this machine's load average (1 min) now,
+    and ``payload``. Returns ``(command, load, out path)`` for the page written beside it."""
+    import json
+
+    cmd = f"python bench/{Path(script).name} " + " ".join(sys.argv[1:])
+    load = os.getloadavg()[0]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"command": cmd, "load_average_1m": load, **payload}, indent=1))
+    return cmd, load, out
+
+
 def setup(cpu: str):
     """Pin this process to ``cpu`` ('' = no pinning), one torch thread, and the prepared ml100k:
     ``(dataset, item feature rows [I, Fi] as a LongTensor)``."""
