@@ -44,7 +44,7 @@ def _positions_prefiltered(x: np.ndarray, k: int) -> np.ndarray:
     selection then runs on those candidates (packed left, in position order, ``-inf`` after them: never
     chosen, as each row has at least ``k`` candidates above ``-inf`` or no padding at all). Cost: one
     pass over the row for the group maxima, one compare, one ``flatnonzero``, instead of a
-    selection over the whole row (results page: docs/results/profile_scoring.md)."""
+    selection over the whole row (results page: docs/results/topk_prefilter.md)."""
     R, T = x.shape
     groups = min(16, T // (5 * k // 2))
     n = T // groups
@@ -122,7 +122,7 @@ def topk_select(scores: torch.Tensor, mask: torch.Tensor, k: int):
     (rightmost) events, so the choice never depends on how much left padding a batch has.
 
     A selection of the k-th score plus an exact tie rule, not a full sort: O(T) per row instead
-    of O(T log T) (the selection is most of TWIN's scoring time). CPU float32/64 scores take the
+    of O(T log T) (the selection is the largest single cost of TWIN's scoring). CPU float32/64 scores take the
     NumPy path (:func:`_positions_cpu`: on rows of at least ``10 k`` events, the selection over a
     prefiltered few, :func:`_positions_prefiltered`), anything else torch's; under ``torch.export`` the dense
     form without data-dependent shapes (:func:`_positions_dense`; same positions, tested)."""
