@@ -1,6 +1,8 @@
-"""Cached scoring before and after a change (one lever), paired, per model, cache and history length.
+"""Cached scoring before and after a change (one lever), paired, per model, cache and history length;
+or, with ``--test-pass``, whole ml100k test-split inference passes, per model and precision.
 
 ``python bench/bench_scoring_levers.py --before /path/to/old/checkout [--models twin,sim] [--lengths 200,1000]``
+``python bench/bench_scoring_levers.py --before /path/to/old/checkout --test-pass --models dien --precisions fp32,bf16``
 
 Each round runs one fresh process per variant (``before``: ``PYTHONPATH=<tree>/src``; ``after``: this
 checkout), alternating, each pinned to ``--cpu`` on one thread with the serving benchmarks' malloc settings:
@@ -8,8 +10,11 @@ the benchmark models of ``bench/serving_models.py`` (random weights, serving wid
 per length, 200 candidates, the median of ``--calls`` calls of ``seqctr.serving.runtime.score``. The
 table gives, per cell, the median over ``--rounds`` rounds of each variant and their ratio measured in the
 same run, and the largest difference between the two versions' probabilities (a lever must not change
-the scores beyond float rounding). Writes ``bench/results/scoring_levers.{json,md}``; run it with nothing
-else on the machine (the page records the load average).
+the scores beyond float rounding). ``--test-pass``: each process times ``--calls`` whole passes over the
+ml100k test split as ``bench_vs_fuxictr`` does (``configs/ml100k/<name>.yaml``, seeded random weights,
+length-bucketed batches of 256, the batch gathering included, one thread) per ``--precisions`` entry; a
+cell's time is one pass. Writes ``bench/results/scoring_levers.{json,md}`` (or ``--out``); run it with
+nothing else on the machine (the page records the load average).
 """
 from __future__ import annotations
 
@@ -47,6 +52,39 @@ def child(args) -> int:
     return 0
 
 
+def child_test_pass(args) -> int:
+    """``--test-pass``: ms per whole test-split pass per model x precision, and the pass's probabilities."""
+    import serving_models as sm
+    import torch
+
+    from seqctr.config import load_config
+    from seqctr.data import BatchLoader
+    from seqctr.models import build_model
+    from seqctr.training import predict
+    from seqctr.training.trainer import autocast
+
+    ds, _ = sm.setup(args.cpu)
+    te = BatchLoader(ds, "test", max_len=200, batch_size=256, shuffle=False)
+    out = {}
+    for name in args.models.split(","):
+        torch.manual_seed(0)
+        model = build_model(load_config(ROOT / f"configs/ml100k/{name}.yaml").model, ds.meta).eval()
+        for precision in args.precisions.split(","):
+            def one_pass():
+                for b in te:
+                    model(b)
+            with torch.no_grad(), autocast(precision):
+                for b in te.batches()[:2]:
+                    model(te.batch(b))
+                times = sm.timed(one_pass, args.repeats)
+            key = f"{name}/test-pass/{precision}"
+            out[key] = statistics.median(times) * 1e3
+            prob = predict(model, te, torch.device("cpu"), precision=precision)["prob"]
+            np.save(Path(args.out) / f"{key.replace('/', '_')}.npy", prob)
+    (Path(args.out) / "times.json").write_text(json.dumps(out))
+    return 0
+
+
 def main() -> int:
     if "--child" in sys.argv:
         sys.path.insert(0, str(ROOT / "bench"))
@@ -54,12 +92,14 @@ def main() -> int:
 
         sm.with_tuned_malloc(str(Path(__file__).resolve()))          # (re-executes itself once, --child kept)
         sys.argv.remove("--child")
-        i = sys.argv.index("--caches")
-        caches = sys.argv[i + 1]
-        del sys.argv[i:i + 2]
+        own = {}
+        for flag in ("--caches", "--precisions", "--test-pass"):          # this script's own, not cache_bench_args'
+            i = sys.argv.index(flag)
+            own[flag] = sys.argv[i + 1]
+            del sys.argv[i:i + 2]
         args = sm.cache_bench_args("child", "twin,sim", "")
-        args.caches = caches
-        return child(args)
+        args.caches, args.precisions = own["--caches"], own["--precisions"]
+        return child_test_pass(args) if own["--test-pass"] == "1" else child(args)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", type=Path, required=True, help="source tree of the earlier commit")
     ap.add_argument("--models", default="twin,sim")
@@ -68,6 +108,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--calls", type=int, default=15, help="score calls per process (their median is its time)")
     ap.add_argument("--cpu", default="1")
+    ap.add_argument("--test-pass", action="store_true", help="time whole ml100k test-split passes instead")
+    ap.add_argument("--precisions", default="fp32", help="with --test-pass: fp32 and/or bf16")
     ap.add_argument("--lever", default="", help="what the change is, for the page")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scoring_levers")
     args = ap.parse_args()
@@ -85,6 +127,7 @@ def main() -> int:
                     env.pop("PYTHONPATH", None)
                 subprocess.run([sys.executable, str(ROOT / "bench" / "bench_scoring_levers.py"), "--child",
                                 "--models", args.models, "--lengths", args.lengths, "--caches", args.caches,
+                                "--precisions", args.precisions, "--test-pass", str(int(args.test_pass)),
                                 "--repeats", str(args.calls), "--cpu", args.cpu, "--out", str(d)],
                                env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 runs[variant].append(json.loads((d / "times.json").read_text()))
@@ -104,13 +147,18 @@ def main() -> int:
     res = {"command": cmd, "lever": args.lever, "rounds": args.rounds, "calls": args.calls, "cpu": args.cpu,
            "load_average_1m": load, "cells": cells, "runs": runs}
     args.out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    what = ("Whole passes over the ml100k test split (`configs/ml100k/<name>.yaml`, seeded random weights, "
+            "length-bucketed batches of 256 with their gathering, as bench_vs_fuxictr); each cell one pass, the "
+            if args.test_pass else
+            "Benchmark models of `bench/serving_models.py` (random weights, serving widths), one user, 200 "
+            "candidates; each cell the ")
     lines = ["# One scoring lever, paired: before vs after", "",
-             f"`{cmd}` (generated; do not edit). Lever: {args.lever or '(see the command)'}. Benchmark models of "
-             "`bench/serving_models.py` (random weights, serving widths), one user, 200 candidates; each cell the "
+             f"`{cmd}` (generated; do not edit). Lever: {args.lever or '(see the command)'}. {what}"
              f"median over {args.rounds} alternating rounds (a fresh process per variant and round, pinned to CPU "
-             f"{args.cpu}, one thread) of the median of {args.calls} calls. Load average (1 min) at the end: "
+             f"{args.cpu}, one thread) of the median of {args.calls} {'passes' if args.test_pass else 'calls'}. Load average (1 min) at the end: "
              f"{load:.1f} on 2 cores. `max |dp|`: the largest difference between the two versions' probabilities.",
-             "", "| model / cache / events | before ms | after ms | speed-up | max |dp| |", "|---|---:|---:|---:|---:|"]
+             "", "| " + ("model / pass / precision" if args.test_pass else "model / cache / events")
+             + " | before ms | after ms | speed-up | max |dp| |", "|---|---:|---:|---:|---:|"]
     for k, c in cells.items():
         lines.append(f"| {k} | {c['before_ms']:.2f} | {c['after_ms']:.2f} | {c['speedup']:.2f}x | "
                      f"{c['max_prob_diff']:.1e} |")

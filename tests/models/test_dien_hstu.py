@@ -173,3 +173,63 @@ def test_dien_extractor_over_distinct_events_equals_the_sequence_path():
         with torch.no_grad():                                                 # and at inference
             m.eval()
             torch.testing.assert_close(m(make(True)).vector, m(make(False)).vector, atol=1e-12, rtol=1e-10)
+
+
+def _windows_batch(windows, seq_ids, D=16, seed=0):
+    """Right-aligned SeqInputs whose rows are ``seq_ids[a:b]`` for each ``(a, b)`` window, ids known."""
+    from seqctr.models.base import distinct_rows
+
+    g = torch.Generator().manual_seed(seed)
+    table = torch.randn(int(seq_ids.max()) + 1, D, generator=g, dtype=torch.float64)
+    T = max(b - a for a, b in windows)
+    ids = torch.zeros(len(windows), T, 1, dtype=torch.long)
+    mask = torch.zeros(len(windows), T, dtype=torch.bool)
+    for r, (a, b) in enumerate(windows):
+        if b > a:
+            ids[r, T - (b - a):, 0], mask[r, T - (b - a):] = seq_ids[a:b], True
+    embed = lambda i: table[i[..., 0]]  # noqa: E731
+    target_ids = torch.randint(0, table.shape[0], (len(windows), 1), generator=g)
+    return SeqInputs(target=embed(target_ids), hist=embed(ids) * mask.unsqueeze(-1), mask=mask,
+                     seq_len=mask.sum(1), target_ids=target_ids, hist_ids=ids, rows=distinct_rows(ids, embed))
+
+
+def test_prefix_hosts_finds_the_longest_prefix_and_checks_every_event(monkeypatch):
+    from seqctr.models import dien
+    from seqctr.models.dien import left_index, prefix_hosts
+
+    seq = torch.arange(1, 41)
+    windows = [(0, 5), (0, 12), (0, 12), (0, 20), (3, 20), (0, 0), (3, 9), (0, 1)]
+    x = _windows_batch(windows, seq)
+    pos, mask = left_index(x.mask)
+    index = torch.gather(x.rows[1], 1, pos)
+    expect = torch.tensor([3, 3, 3, 3, 4, 5, 4, 3])          # the longest row that starts the same way
+    assert prefix_hosts(index, mask.sum(1)).tolist() == expect.tolist()
+    monkeypatch.setattr(dien, "_HASH_P", 1)        # every hash collides: the check refuses the false hosts
+    assert prefix_hosts(index, mask.sum(1)).tolist() == [3, 3, 3, 3, 4, 5, 6, 3]   # row 6 runs alone, exactly
+    other = index.clone()
+    other[1, 7] = other[3, 19]                                 # row 1 no longer a prefix of row 3
+    got = prefix_hosts(other, mask.sum(1)).tolist()
+    assert got[1] == 1 and got[2] == 3 and got[0] == 3
+
+
+def test_dien_inference_over_shared_prefixes_equals_every_row_alone(monkeypatch):
+    """At inference DIEN runs its extractor once per prefix host and steps each row only over its own
+    events: the same vector and attention as the plain form (every row's whole recurrence), float64;
+    and the cached scoring that reads the AUGRU's input gates once for every candidate equals it."""
+    torch.manual_seed(0)
+    m = DIEN(16).double().eval()
+    seq = torch.randint(1, 60, (40,))
+    windows = [(0, 5), (0, 12), (0, 12), (0, 20), (3, 20), (0, 0), (3, 9), (0, 1), (7, 40), (0, 33)]
+    x = _windows_batch(windows, seq)
+    x.need_weights = True
+    with torch.no_grad():
+        assert m.shares_prefixes(x)
+        shared = m(x)
+        monkeypatch.setattr(DIEN, "shares_prefixes", lambda self, x: False)
+        plain = m(x)
+        m.impl = m.augru.impl = "reference"
+        ref = m(x)
+    for other in (plain, ref):
+        torch.testing.assert_close(shared.vector, other.vector, atol=1e-12, rtol=1e-10)
+        torch.testing.assert_close(shared.attention["augru"], other.attention["augru"], atol=1e-12, rtol=1e-10)
+    assert (shared.vector[5] == 0).all()                                   # the empty history

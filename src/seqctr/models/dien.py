@@ -33,6 +33,33 @@ def left_align(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch
     return out * new_mask.unsqueeze(-1), new_mask
 
 
+_HASH_P, _HASH_BASE = 2_147_483_629, 1_000_003      # a prime below 2^31 and a base for prefix hashes
+
+
+def prefix_hosts(index: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """For each row, a row of the batch whose first ``L`` events are its own (left-aligned
+    ``index [B, T]`` of distinct events, ``lengths [B]``) -> ``host [B]``: the longest such row, and
+    every host is its own host. A GRU's states over a prefix are the host's first ``L`` states, so
+    the rows of one user whose windows start at the same event (an untruncated history grows by
+    appending; length-bucketed batches hold a user's consecutive samples) run the extractor once.
+    Candidates come from polynomial prefix hashes (``[B, B]`` comparisons), each checked event by
+    event: a hash collision only costs the sharing."""
+    B, T = index.shape
+    own = torch.arange(B, device=index.device)
+    if B < 2 or T == 0:
+        return own
+    pw = torch.tensor([pow(_HASH_BASE, t, _HASH_P) for t in range(T)], dtype=torch.int64, device=index.device)
+    pref = ((index.long() % _HASH_P + 1) * pw).remainder(_HASH_P).cumsum(1).remainder(_HASH_P)   # [B, T]
+    last = (lengths - 1).clamp_min(0)
+    full = pref.gather(1, last.unsqueeze(1)).squeeze(1)                           # each row's whole-history hash
+    match = (pref[:, last] == full.unsqueeze(0)) & (lengths.unsqueeze(1) >= lengths.unsqueeze(0))   # [host, row]
+    host = torch.where(match, lengths.unsqueeze(1), -1).argmax(0)                # the longest, the first of ties
+    real = torch.arange(T, device=index.device) < lengths.unsqueeze(1)
+    ok = ((index.index_select(0, host) == index) | ~real).all(1) & (lengths > 0)
+    host = torch.where(ok, host, own)
+    return torch.where(host.index_select(0, host) == host, host, own)
+
+
 class AUGRU(nn.Module):
     """GRU with attentional update gate: ``u' = a_t * u_t``, ``h_t = (1-u') h_{t-1} + u' h~_t``.
 
@@ -57,6 +84,21 @@ class AUGRU(nn.Module):
         a = att[:, :T] * (torch.arange(T, device=x.device).unsqueeze(0) < lengths.unsqueeze(1))
         gx = self.x2h(x[:, :T])                                       # [B, T, 3H] in one matmul
         return gated_recurrence(gx, h0, self.h2h.weight, self.h2h.bias, a, final=True, impl=self.impl)
+
+    @eager
+    def forward_shared(self, states: torch.Tensor, state_len: torch.Tensor, slot: torch.Tensor,
+                       att: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` where row ``b``'s inputs are the first ``lengths[b]`` of
+        ``states[slot[b]]`` (``states [S, T, H]``, ``state_len [S]``): the input gates are one GEMM over
+        the ``S`` sequences' real states, read by every row that shares them -> ``[B, H]``."""
+        S, T, _ = states.shape
+        real = torch.arange(T, device=states.device) < state_len.unsqueeze(1)          # [S, T]
+        gx = self.x2h(states[real])                                                   # [real states, 3H]
+        where = (real.flatten().cumsum(0) - 1).view(S, T).index_select(0, slot).clamp_min(0)   # [B, T]
+        h0 = states.new_zeros(slot.shape[0], self.hidden_dim)
+        a = att * (torch.arange(T, device=att.device) < lengths.unsqueeze(1))
+        return gated_recurrence(gx, h0, self.h2h.weight, self.h2h.bias, a, index=where, final=True,
+                                impl=self.impl, lengths=lengths)
 
 
 @register("dien")
@@ -135,9 +177,35 @@ class DIEN(Backbone):
         states = gru(rows, self.gru, index=index, impl=self.impl) * mask.unsqueeze(-1)
         return states, mask, mask.sum(1), lambda: rows[index] * mask.unsqueeze(-1)
 
+    def shares_prefixes(self, x: SeqInputs) -> bool:
+        """Whether :meth:`forward` runs the shared-prefix form: inference (no autograd) with the
+        ``fast`` implementation, the distinct rows known and no LAIN prompts (they depend on each
+        row's length, so no row's sequence would be another's prefix)."""
+        cond = x.condition("long")
+        return (self.impl != "reference" and not torch.is_grad_enabled() and x.rows is not None
+                and (cond is None or cond.num_prompts == 0))
+
+    def forward_shared(self, x: SeqInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Inference over rows that share prefixes (:func:`prefix_hosts`): the extractor runs once per
+        host, each row stepping only its own events, and the AUGRU's input gates are computed once per
+        host state -> ``(final [B, H], attention [B, T], lengths [B])``, the values of the plain form."""
+        rows, inv = x.rows
+        pos, mask = left_index(x.mask)
+        index = torch.gather(inv, 1, pos)
+        L = mask.sum(1)
+        hosts, slot = torch.unique(prefix_hosts(index, L), return_inverse=True)
+        host_len = L.index_select(0, hosts)
+        shared = gru(rows, self.gru, index=index.index_select(0, hosts), impl=self.impl, lengths=host_len)
+        states = shared.index_select(0, slot) * mask.unsqueeze(-1)                       # [B, T, H]
+        att = self.attention(x.target, states, mask, x.condition("long"))
+        return self.augru.forward_shared(shared, host_len, slot, att, L), att, L
+
     def forward(self, x: SeqInputs) -> BackboneOutput:
         cond = x.condition("long")
         P = cond.num_prompts if cond is not None else 0
+        if self.shares_prefixes(x):
+            final, att, L = self.forward_shared(x)
+            return BackboneOutput(vector=final, aux_loss=None, attention=self._weights(x, att, L, 0))
         states, mask, L, seq = self.sequence(x)
         att = self.attention(x.target, states, mask, cond)
         final = self.augru(states, att, L)
@@ -145,13 +213,17 @@ class DIEN(Backbone):
         if self.use_aux and self.training and states.shape[1] - P > 1:
             # events only: LAIN's prompt tokens are neither predicted nor predictors of the next event
             aux = self.aux_loss_weight * self.auxiliary_loss(states[:, P:], seq()[:, P:], mask[:, P:])
-        weights = {}
-        if x.need_weights:  # history part, back to right-aligned positions
-            att, L = att[:, P:], L - P
-            T = att.shape[1]
-            idx = (torch.arange(T, device=att.device).unsqueeze(0) - (T - L).unsqueeze(1)) % max(T, 1)
-            weights = {"augru": (torch.gather(att, 1, idx) * x.mask).unsqueeze(1)}
-        return BackboneOutput(vector=final, aux_loss=aux, attention=weights)
+        return BackboneOutput(vector=final, aux_loss=aux, attention=self._weights(x, att, L, P))
+
+    @staticmethod
+    def _weights(x: SeqInputs, att: torch.Tensor, L: torch.Tensor, P: int) -> dict:
+        """The AUGRU's attention over the history, back to right-aligned positions (if asked)."""
+        if not x.need_weights:
+            return {}
+        att, L = att[:, P:], L - P
+        T = att.shape[1]
+        idx = (torch.arange(T, device=att.device).unsqueeze(0) - (T - L).unsqueeze(1)) % max(T, 1)
+        return {"augru": (torch.gather(att, 1, idx) * x.mask).unsqueeze(1)}
 
     def prefill(self, x: SeqInputs) -> dict:
         """The interest extractor's states ``[1, T(+P), H]`` (they do not depend on the target);
@@ -172,7 +244,10 @@ class DIEN(Backbone):
                 "state_mask": torch.ones(1, L + more.shape[1], dtype=torch.bool, device=mask.device)}
 
     def score(self, state: dict, x: SeqInputs) -> BackboneOutput:
+        """The AUGRU per candidate over the one cached state sequence: its input gates once, not per candidate."""
         N = x.target.shape[0]
-        states, mask = expand(state["states"], N), expand(state["state_mask"], N)
-        att = self.attention(x.target, states, mask, x.condition("long"))
-        return BackboneOutput(vector=self.augru(states, att, mask.sum(1)))
+        states, mask = state["states"], state["state_mask"]
+        att = self.attention(x.target, expand(states, N), expand(mask, N), x.condition("long"))
+        L = mask.sum(1)
+        slot = torch.zeros(N, dtype=torch.long, device=states.device)
+        return BackboneOutput(vector=self.augru.forward_shared(states, L, slot, att, L.expand(N)))

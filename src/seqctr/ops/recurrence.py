@@ -67,6 +67,50 @@ def _forward(gx: torch.Tensor, h0: torch.Tensor, w_h: torch.Tensor, b_h: torch.T
     return out, saved
 
 
+def _forward_packed(gx: torch.Tensor, h0: torch.Tensor, w_h: torch.Tensor, b_h: torch.Tensor,
+                    att: torch.Tensor | None, index: torch.Tensor | None, lengths: torch.Tensor,
+                    final: bool) -> torch.Tensor:
+    """:func:`_forward` without autograd over each row's own ``lengths [B]`` steps only, as a packed
+    sequence runs: the rows are ordered longest first and step ``t`` updates the first ``n_t`` of
+    them (those longer than ``t``), so a batch of mixed lengths costs its real steps, not
+    ``B x max(L)``. States ``[B, T, H]`` (0 at ``t >= L``), or with ``final`` the state after each
+    row's last step ``[B, H]`` (``h0`` where ``L`` is 0)."""
+    B, H = h0.shape
+    T = gx.shape[1] if index is None else index.shape[1]
+    lengths = lengths.clamp(0, T)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    L = lengths[order]
+    steps = int(L[0]) if B else 0
+    ends = torch.bincount(L, minlength=steps + 1).cumsum(0)          # rows with L <= t
+    active = (B - ends[:steps]).tolist()                               # rows still running at step t
+    h = h0.index_select(0, order)
+    if index is None:
+        reads, gx_t = None, gx.transpose(0, 1)                         # [T, B, 3H] view
+    else:
+        reads = index.index_select(0, order).t().contiguous()          # [T, B] rows step t reads
+    a = att.index_select(0, order).t().contiguous() if att is not None else None   # [T, B]
+    states = []
+    for t, n in enumerate(active):
+        x_t = gx_t[t].index_select(0, order[:n]) if reads is None else gx.index_select(0, reads[t, :n])
+        h_n = h[:n]
+        g = torch.addmm(b_h, h_n, w_h.t())
+        rv = torch.sigmoid(x_t[:, :2 * H] + g[:, :2 * H])
+        c = _tanh(torch.addcmul(x_t[:, 2 * H:], rv[:, :H], g[:, 2 * H:]))
+        v = rv[:, H:]
+        h_n.copy_(torch.lerp(c, h_n, v) if a is None else torch.lerp(h_n, c, a[t, :n].unsqueeze(-1) * v))
+        if not final:
+            states.append(h.clone())
+    back = torch.empty_like(order)
+    back[order] = torch.arange(B, device=order.device)
+    if final:
+        return h.index_select(0, back)
+    if not states:
+        return h0.new_zeros(B, T, H)
+    out = torch.stack(states, 1).index_select(0, back)                 # [B, steps, H]
+    out = out * (torch.arange(steps, device=out.device) < lengths.unsqueeze(1)).unsqueeze(-1)
+    return out if steps == T else torch.cat([out, out.new_zeros(B, T - steps, H)], 1)
+
+
 class _Recurrence(torch.autograd.Function):
     """``(gx [B,T,3H], h0 [B,H], w_h [3H,H], b_h [3H], att [B,T] | None, index) -> states [B, T, H]``
     (``gx [U, 3H]`` rows when ``index [B, T]`` is given).
@@ -131,12 +175,17 @@ class _Recurrence(torch.autograd.Function):
 @eager   # a Python loop over a data-dependent step count: traced, it would recompile per length
 def gated_recurrence(gx: torch.Tensor, h0: torch.Tensor, w_h: torch.Tensor, b_h: torch.Tensor,
                      att: torch.Tensor | None = None, index: torch.Tensor | None = None,
-                     final: bool = False, impl: str = "fast") -> torch.Tensor:
+                     final: bool = False, impl: str = "fast", lengths: torch.Tensor | None = None) -> torch.Tensor:
     """States ``[B, T, H]`` of the GRU (``att`` None) or the AUGRU (``att [B, T]``, 0 = keep the
     state) over input gates ``gx [B, T, 3H]`` (or rows ``gx [U, 3H]`` read through ``index [B, T]``)
     from ``h0 [B, H]``; see the module docstring. ``final``: only the last state ``[B, H]`` (without
     autograd the others are then never stacked). ``impl``: ``reference`` runs the plain step loop under
     autograd (the oracle); any other setting the hand-written backward (``fast``).
+
+    ``lengths [B]``: each row runs its own first ``L`` steps; states at ``t >= L`` are 0 and
+    ``final`` is the state after step ``L - 1`` (``h0`` when ``L`` is 0). Without autograd, ``fast``
+    then steps only the rows still running (:func:`_forward_packed`); ``reference`` and the
+    autograd forms run every step and mask, the same values.
 
     Under autocast the whole recurrence runs in the autocast dtype (inputs cast once, not per step),
     as ``torch.nn.GRU`` does: ``train.precision: bf16``'s speed and measured accuracy are for that."""
@@ -145,18 +194,28 @@ def gated_recurrence(gx: torch.Tensor, h0: torch.Tensor, w_h: torch.Tensor, b_h:
         dt = torch.get_autocast_dtype(dev)
         with torch.autocast(dev, enabled=False):
             return gated_recurrence(gx.to(dt), h0.to(dt), w_h.to(dt), b_h.to(dt),
-                                    att.to(dt) if att is not None else None, index, final, impl)
+                                    att.to(dt) if att is not None else None, index, final, impl, lengths)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (gx, h0, w_h, b_h, att))
+    if lengths is not None and impl != "reference" and not grad:
+        return _forward_packed(gx, h0, w_h, b_h, att, index, lengths, final)
     if impl == "reference":
         out = _forward(gx, h0, w_h, b_h, att, save=False, index=index)[0]
-    elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (gx, h0, w_h, b_h, att)):
+    elif grad:
         out = _Recurrence.apply(gx, h0, w_h, b_h, att, index)
     else:
-        out = _forward(gx, h0, w_h, b_h, att, save=False, index=index, final=final)[0]
-    return out[:, -1] if final else out
+        out = _forward(gx, h0, w_h, b_h, att, save=False, index=index, final=final and lengths is None)[0]
+    if lengths is None:
+        return out[:, -1] if final else out
+    T = out.shape[1]
+    lengths = lengths.clamp(0, T)
+    if final:                                          # the state after each row's own last step
+        last = out.gather(1, (lengths - 1).clamp_min(0).view(-1, 1, 1).expand(-1, 1, out.shape[2])).squeeze(1)
+        return torch.where((lengths > 0).unsqueeze(1), last, h0)
+    return out * (torch.arange(T, device=out.device) < lengths.unsqueeze(1)).unsqueeze(-1)
 
 
 def gru(x: torch.Tensor, module: torch.nn.GRU, h0: torch.Tensor | None = None,
-        index: torch.Tensor | None = None, impl: str = "fast") -> torch.Tensor:
+        index: torch.Tensor | None = None, impl: str = "fast", lengths: torch.Tensor | None = None) -> torch.Tensor:
     """``torch.nn.GRU`` (one layer, batch_first, with biases) through :func:`gated_recurrence`:
     ``x [B, T, D]`` -> states ``[B, T, H]``, the module's own parameters (checkpoints unchanged).
     With ``index [B, T]``, ``x [U, D]`` are rows and step ``t`` of row ``b`` reads ``x[index[b, t]]``:
@@ -169,4 +228,4 @@ def gru(x: torch.Tensor, module: torch.nn.GRU, h0: torch.Tensor | None = None,
         B = index.shape[0]
         gx = torch.addmm(module.bias_ih_l0, x, module.weight_ih_l0.t())                   # [U, 3H]
     h0 = x.new_zeros(B, module.hidden_size) if h0 is None else h0
-    return gated_recurrence(gx, h0, module.weight_hh_l0, module.bias_hh_l0, index=index, impl=impl)
+    return gated_recurrence(gx, h0, module.weight_hh_l0, module.bias_hh_l0, index=index, impl=impl, lengths=lengths)
