@@ -204,6 +204,9 @@ def test_prefix_hosts_finds_the_longest_prefix_and_checks_every_event(monkeypatc
     index = torch.gather(x.rows[1], 1, pos)
     expect = torch.tensor([3, 3, 3, 3, 4, 5, 4, 3])          # the longest row that starts the same way
     assert prefix_hosts(index, mask.sum(1)).tolist() == expect.tolist()
+    many = index.repeat(150, 1)                                # 1,200 rows: the comparisons run in two blocks
+    got = prefix_hosts(many, mask.sum(1).repeat(150)).view(150, 8)
+    assert (got % 8 == expect).all()                           # the same host event by event, in some copy
     monkeypatch.setattr(dien, "_HASH_P", 1)        # every hash collides: the check refuses the false hosts
     assert prefix_hosts(index, mask.sum(1)).tolist() == [3, 3, 3, 3, 4, 5, 6, 3]   # row 6 runs alone, exactly
     other = index.clone()

@@ -42,8 +42,8 @@ def prefix_hosts(index: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     every host is its own host. A GRU's states over a prefix are the host's first ``L`` states, so
     the rows of one user whose windows start at the same event (an untruncated history grows by
     appending; length-bucketed batches hold a user's consecutive samples) run the extractor once.
-    Candidates come from polynomial prefix hashes (``[B, B]`` comparisons), each checked event by
-    event: a hash collision only costs the sharing."""
+    Candidates come from polynomial prefix hashes (``[B, B]`` comparisons, in blocks of 1,024 rows), each
+    checked event by event: a hash collision only costs the sharing."""
     B, T = index.shape
     own = torch.arange(B, device=index.device)
     if B < 2 or T == 0:
@@ -52,8 +52,11 @@ def prefix_hosts(index: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     pref = ((index.long() % _HASH_P + 1) * pw).remainder(_HASH_P).cumsum(1).remainder(_HASH_P)   # [B, T]
     last = (lengths - 1).clamp_min(0)
     full = pref.gather(1, last.unsqueeze(1)).squeeze(1)                           # each row's whole-history hash
-    match = (pref[:, last] == full.unsqueeze(0)) & (lengths.unsqueeze(1) >= lengths.unsqueeze(0))   # [host, row]
-    host = torch.where(match, lengths.unsqueeze(1), -1).argmax(0)                # the longest, the first of ties
+    host = torch.empty_like(own)
+    for s in range(0, B, 1024):                                   # [B, <= 1024] at a time, whatever the batch
+        rows = slice(s, s + 1024)
+        match = (pref[:, last[rows]] == full[rows].unsqueeze(0)) & (lengths.unsqueeze(1) >= lengths[rows].unsqueeze(0))
+        host[rows] = torch.where(match, lengths.unsqueeze(1), -1).argmax(0)      # the longest, the first of ties
     real = torch.arange(T, device=index.device) < lengths.unsqueeze(1)
     ok = ((index.index_select(0, host) == index) | ~real).all(1) & (lengths > 0)
     host = torch.where(ok, host, own)
