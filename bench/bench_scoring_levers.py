@@ -28,12 +28,12 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import serving_models as sm
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def child(args) -> int:
-    import serving_models as sm
     import torch
 
     from seqctr.serving.runtime import score
@@ -54,7 +54,6 @@ def child(args) -> int:
 
 def child_test_pass(args) -> int:
     """``--test-pass``: ms per whole test-split pass per model x precision, and the pass's probabilities."""
-    import serving_models as sm
     import torch
 
     from seqctr.config import load_config
@@ -87,9 +86,6 @@ def child_test_pass(args) -> int:
 
 def main() -> int:
     if "--child" in sys.argv:
-        sys.path.insert(0, str(ROOT / "bench"))
-        import serving_models as sm
-
         sm.with_tuned_malloc(str(Path(__file__).resolve()))          # (re-executes itself once, --child kept)
         sys.argv.remove("--child")
         own = {}
@@ -142,11 +138,8 @@ def main() -> int:
         a = statistics.median(x[k] for x in runs["after"])
         cells[k] = {"before_ms": b, "after_ms": a, "speedup": b / a,
                     "max_prob_diff": float(np.abs(probs["before"][k] - probs["after"][k]).max())}
-    cmd = "python bench/bench_scoring_levers.py " + " ".join(sys.argv[1:])
-    load = os.getloadavg()[0]
-    res = {"command": cmd, "lever": args.lever, "rounds": args.rounds, "calls": args.calls, "cpu": args.cpu,
-           "load_average_1m": load, "cells": cells, "runs": runs}
-    args.out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    cmd, load, _ = sm.write_results(args, __file__, {"lever": args.lever, "rounds": args.rounds, "calls": args.calls,
+                                                     "cpu": args.cpu, "cells": cells, "runs": runs})
     what = ("Whole passes over the ml100k test split (`configs/ml100k/<name>.yaml`, seeded random weights, "
             "length-bucketed batches of 256 with their gathering, as bench_vs_fuxictr); each cell one pass, the "
             if args.test_pass else

@@ -195,13 +195,12 @@ def _windows_batch(windows, seq_ids, D=16, seed=0):
 
 def test_prefix_hosts_finds_the_longest_prefix_and_checks_every_event(monkeypatch):
     from seqctr.models import dien
-    from seqctr.models.dien import left_index, prefix_hosts
+    from seqctr.models.dien import left_rows, prefix_hosts
 
     seq = torch.arange(1, 41)
     windows = [(0, 5), (0, 12), (0, 12), (0, 20), (3, 20), (0, 0), (3, 9), (0, 1)]
     x = _windows_batch(windows, seq)
-    pos, mask = left_index(x.mask)
-    index = torch.gather(x.rows[1], 1, pos)
+    index, mask = left_rows(x.rows[1], x.mask)
     expect = torch.tensor([3, 3, 3, 3, 4, 5, 4, 3])          # the longest row that starts the same way
     assert prefix_hosts(index, mask.sum(1)).tolist() == expect.tolist()
     many = index.repeat(150, 1)                                # 1,200 rows: the comparisons run in two blocks

@@ -26,6 +26,13 @@ def left_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (ar + (T - L).unsqueeze(1)) % max(T, 1), ar < L.unsqueeze(1)
 
 
+def left_rows(inv: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct row each left-aligned step reads: ``inv [B, T]`` (right-aligned, from
+    :func:`~seqctr.models.base.distinct_rows`) -> ``(index [B, T], left-aligned mask [B, T])``."""
+    pos, new_mask = left_index(mask)
+    return torch.gather(inv, 1, pos), new_mask
+
+
 def left_align(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Move each row's real events to the front: ``[B, T, D]`` right-aligned -> left-aligned."""
     idx, new_mask = left_index(mask)
@@ -99,8 +106,8 @@ class AUGRU(nn.Module):
         gx = self.x2h(states[real])                                                   # [real states, 3H]
         where = (real.flatten().cumsum(0) - 1).view(S, T).index_select(0, slot).clamp_min(0)   # [B, T]
         h0 = states.new_zeros(slot.shape[0], self.hidden_dim)
-        a = att * (torch.arange(T, device=att.device) < lengths.unsqueeze(1))
-        return gated_recurrence(gx, h0, self.h2h.weight, self.h2h.bias, a, index=where, final=True,
+        # with ``lengths`` no step past a row's own length is read: its attention there needs no masking
+        return gated_recurrence(gx, h0, self.h2h.weight, self.h2h.bias, att, index=where, final=True,
                                 impl=self.impl, lengths=lengths)
 
 
@@ -169,8 +176,7 @@ class DIEN(Backbone):
             states, L = self.extract(seq, mask)
             return states, mask, L, lambda: seq
         rows, inv = d
-        pos, mask = left_index(x.mask)
-        index = torch.gather(inv, 1, pos)                                      # [B, T] distinct row per step
+        index, mask = left_rows(inv, x.mask)                                   # [B, T] distinct row per step
         if P:
             B = index.shape[0]
             prompt_rows = rows.shape[0] + torch.arange(B * P, device=index.device).view(B, P)
@@ -193,8 +199,7 @@ class DIEN(Backbone):
         host, each row stepping only its own events, and the AUGRU's input gates are computed once per
         host state -> ``(final [B, H], attention [B, T], lengths [B])``, the values of the plain form."""
         rows, inv = x.rows
-        pos, mask = left_index(x.mask)
-        index = torch.gather(inv, 1, pos)
+        index, mask = left_rows(inv, x.mask)
         L = mask.sum(1)
         hosts, slot = torch.unique(prefix_hosts(index, L), return_inverse=True)
         host_len = L.index_select(0, hosts)

@@ -39,6 +39,22 @@ def _tanh(x: torch.Tensor) -> torch.Tensor:
     return x.mul_(2).sigmoid_().mul_(2).sub_(1)
 
 
+def _step(x_t: torch.Tensor, h: torch.Tensor, w_h: torch.Tensor, b_h: torch.Tensor, a_t: torch.Tensor | None):
+    """One step over input gates ``x_t [n, 3H]`` from states ``h [n, H]`` (``a_t [n, 1]``: the AUGRU's
+    attention, None for the GRU) -> ``(new state, [r, v], n, hidden gates g)``."""
+    H = h.shape[1]
+    g = torch.addmm(b_h, h, w_h.t())                                       # [n, 3H]
+    rv = torch.sigmoid(x_t[:, :2 * H] + g[:, :2 * H])                      # [n, 2H]: r, v
+    c = _tanh(torch.addcmul(x_t[:, 2 * H:], rv[:, :H], g[:, 2 * H:]))
+    v = rv[:, H:]
+    return (torch.lerp(c, h, v) if a_t is None else torch.lerp(h, c, a_t * v)), rv, c, g
+
+
+def _zero_past(out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``out [B, T, H]`` with the steps at ``t >= lengths [B]`` set to 0."""
+    return out * (torch.arange(out.shape[1], device=out.device) < lengths.unsqueeze(1)).unsqueeze(-1)
+
+
 def _forward(gx: torch.Tensor, h0: torch.Tensor, w_h: torch.Tensor, b_h: torch.Tensor,
              att: torch.Tensor | None, save: bool, index: torch.Tensor | None = None, final: bool = False):
     """All states ``[B, T, H]`` (``final``: only the last, ``[B, 1, H]``) and, if ``save``, per step
@@ -52,13 +68,10 @@ def _forward(gx: torch.Tensor, h0: torch.Tensor, w_h: torch.Tensor, b_h: torch.T
     a_t = att.unsqueeze(-1).unbind(1) if att is not None else None
     for t in range(T):
         x_t = gx_t[t] if at is None else gx.index_select(0, at[t])        # [B, 3H]
-        g = torch.addmm(b_h, h, w_h.t())                                   # [B, 3H]
-        rv = torch.sigmoid(x_t[:, :2 * H] + g[:, :2 * H])                  # [B, 2H]: r, v
-        n = _tanh(torch.addcmul(x_t[:, 2 * H:], rv[:, :H], g[:, 2 * H:]))
+        new, rv, n, g = _step(x_t, h, w_h, b_h, None if a_t is None else a_t[t])
         if save:
             saved.append((h, rv, n, g))
-        v = rv[:, H:]
-        h = torch.lerp(n, h, v) if a_t is None else torch.lerp(h, n, a_t[t] * v)
+        h = new
         if not final:
             states.append(h)
     if final:
@@ -92,12 +105,7 @@ def _forward_packed(gx: torch.Tensor, h0: torch.Tensor, w_h: torch.Tensor, b_h: 
     states = []
     for t, n in enumerate(active):
         x_t = gx_t[t].index_select(0, order[:n]) if reads is None else gx.index_select(0, reads[t, :n])
-        h_n = h[:n]
-        g = torch.addmm(b_h, h_n, w_h.t())
-        rv = torch.sigmoid(x_t[:, :2 * H] + g[:, :2 * H])
-        c = _tanh(torch.addcmul(x_t[:, 2 * H:], rv[:, :H], g[:, 2 * H:]))
-        v = rv[:, H:]
-        h_n.copy_(torch.lerp(c, h_n, v) if a is None else torch.lerp(h_n, c, a[t, :n].unsqueeze(-1) * v))
+        h[:n] = _step(x_t, h[:n], w_h, b_h, None if a is None else a[t, :n].unsqueeze(-1))[0]
         if not final:
             states.append(h.clone())
     back = torch.empty_like(order)
@@ -106,8 +114,7 @@ def _forward_packed(gx: torch.Tensor, h0: torch.Tensor, w_h: torch.Tensor, b_h: 
         return h.index_select(0, back)
     if not states:
         return h0.new_zeros(B, T, H)
-    out = torch.stack(states, 1).index_select(0, back)                 # [B, steps, H]
-    out = out * (torch.arange(steps, device=out.device) < lengths.unsqueeze(1)).unsqueeze(-1)
+    out = _zero_past(torch.stack(states, 1).index_select(0, back), lengths)   # [B, steps, H]
     return out if steps == T else torch.cat([out, out.new_zeros(B, T - steps, H)], 1)
 
 
@@ -203,7 +210,7 @@ def gated_recurrence(gx: torch.Tensor, h0: torch.Tensor, w_h: torch.Tensor, b_h:
     elif grad:
         out = _Recurrence.apply(gx, h0, w_h, b_h, att, index)
     else:
-        out = _forward(gx, h0, w_h, b_h, att, save=False, index=index, final=final and lengths is None)[0]
+        out = _forward(gx, h0, w_h, b_h, att, save=False, index=index, final=final)[0]   # lengths: packed above
     if lengths is None:
         return out[:, -1] if final else out
     T = out.shape[1]
@@ -211,7 +218,7 @@ def gated_recurrence(gx: torch.Tensor, h0: torch.Tensor, w_h: torch.Tensor, b_h:
     if final:                                          # the state after each row's own last step
         last = out.gather(1, (lengths - 1).clamp_min(0).view(-1, 1, 1).expand(-1, 1, out.shape[2])).squeeze(1)
         return torch.where((lengths > 0).unsqueeze(1), last, h0)
-    return out * (torch.arange(T, device=out.device) < lengths.unsqueeze(1)).unsqueeze(-1)
+    return _zero_past(out, lengths)
 
 
 def gru(x: torch.Tensor, module: torch.nn.GRU, h0: torch.Tensor | None = None,
