@@ -99,6 +99,22 @@ def test_cached_head_ops_equal_the_reference_on_a_broadcast_cache(impl):
     torch.testing.assert_close(ops.head_scores(q, shared, impl), ops.head_scores(q, copy, "reference"))
     torch.testing.assert_close(ops.head_pool(w, shared, impl), ops.head_pool(w, copy, "reference"))
     assert torch.equal(ops.head_rows(shared, idx, impl), ops.head_rows(copy, idx, "reference"))
+    # the picks of a top-k (ascending, distinct per row) or an ESU's selection shared by the heads
+    picks = torch.stack([torch.randperm(T, generator=g)[:4].sort().values for _ in range(B * H)]).view(B, H, 4)
+    esu = torch.stack([torch.randperm(T, generator=g)[:4].sort().values for _ in range(B)]).unsqueeze(1).expand(B, H, 4)
+    for at in (picks, esu, idx):                                     # idx: unsorted, repeats (the gather form)
+        wn = torch.randn(B, H, 4, dtype=torch.float64, generator=g)
+        wn[0, 0, 1] = 0.0                                              # a masked pick: weight 0
+        torch.testing.assert_close(ops.head_scores(q, shared, impl, at),
+                                   ops.head_scores(q, ops.head_rows(copy, at, "reference"), "reference"))
+        torch.testing.assert_close(ops.head_pool(wn, shared, impl, at),
+                                   ops.head_pool(wn, ops.head_rows(copy, at, "reference"), "reference"))
+    from seqctr.ops.attention import _shared_csr
+    assert _shared_csr(picks, T, q.new_ones(picks.shape)) is not None and _shared_csr(esu, T, q.new_ones(esu.shape)) is not None
+    assert _shared_csr(idx, T, q.new_ones(idx.shape)) is None                   # not ascending: no CSR
+    qg = q.clone().requires_grad_()                                   # autograd on: the gathers, with a gradient
+    ops.head_scores(qg, shared, impl, picks).sum().backward()
+    assert qg.grad is not None and qg.grad.abs().sum() > 0
     sel = (torch.stack([torch.randperm(T, generator=g)[:3] for _ in range(B)]), torch.rand(B, 3, generator=g) > 0.3)
     mask, select = ops.selection_as_mask(sel, shared, impl)
     if impl == "fast":                                                   # 4 x 3 >= 10: run as a mask

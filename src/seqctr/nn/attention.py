@@ -323,7 +323,7 @@ class MultiHeadTargetAttention(Conditionable):
             idx, sel_mask = select
             idx = idx.unsqueeze(1).expand(B, H, idx.shape[-1])
             hmask = sel_mask.unsqueeze(1).expand_as(idx)
-            scores = ops.head_scores(q, ops.head_rows(k, idx, self.impl), self.impl)                 # [B, H, k]
+            scores = ops.head_scores(q, k, self.impl, idx)                                           # [B, H, k]
             if score_bias is not None:
                 scores = scores + torch.gather(score_bias, -1, idx)
         else:
@@ -334,15 +334,13 @@ class MultiHeadTargetAttention(Conditionable):
             if topk is not None and topk < T:
                 idx, hmask = ops.topk_select(scores, hmask, topk)                                    # [B, H, k]
                 scores = torch.gather(scores, -1, idx)
-        if idx is not None:
-            v = ops.head_rows(v, idx, self.impl)                                                     # [B, H, k, hd]
         P = cond.num_prompts if cond is not None else 0
         if P:
             ps, pv = self._prompts(q.unsqueeze(2), cond, shift)
             scores, hmask = _with_prompts(scores, hmask, ps)
         w = masked_softmax(apply_temperature(scores, cond), hmask)
         wd = self.dropout(w)
-        out = ops.head_pool(wd[..., P:], v, self.impl)                                               # [B, H, hd]
+        out = ops.head_pool(wd[..., P:], v, self.impl, idx)                                          # [B, H, hd]
         if P:
             out = out + (wd[..., :P].unsqueeze(2) @ pv).squeeze(2)
         return self._result(out, w, P, idx, T, need_weights)

@@ -201,11 +201,43 @@ def shared(t: torch.Tensor) -> torch.Tensor | None:
     return t[0] if t.shape[0] > 1 and t.stride(0) == 0 else None
 
 
-def head_scores(q: torch.Tensor, k: torch.Tensor, impl: str) -> torch.Tensor:
-    """``q [B, H, hd] . k [B, H, T, hd]`` / sqrt(hd) -> ``[B, H, T]``. ``fast`` with one user's cache
-    broadcast over the candidates: one GEMM per head against the shared ``[H, T, hd]`` (no copy)."""
+def _shared_csr(idx: torch.Tensor, T: int, values: torch.Tensor) -> torch.Tensor | None:
+    """The picks ``idx [B, H, n]`` of a broadcast cache as one block-diagonal CSR matrix ``[B H, H T]`` (row
+    ``b H + h`` holds ``values[b, h]`` at columns ``h T + idx[b, h]``), or None where that is not a valid CSR
+    (a row's positions not strictly ascending, as :func:`~seqctr.ops.select.topk_select` returns them) or the
+    dtype has no sparse product here (float32 / float64 only)."""
+    B, H, n = idx.shape
+    if values.dtype not in (torch.float32, torch.float64) or n == 0 or (n > 1 and not bool((idx.diff() > 0).all())):
+        return None
+    col = (idx + torch.arange(H, device=idx.device).view(1, H, 1) * T).reshape(-1)
+    crow = torch.arange(0, B * H * n + 1, n, device=idx.device)
+    return torch.sparse_csr_tensor(crow, col, values.reshape(-1), (B * H, H * T), check_invariants=False)
+
+
+def _sparse_ok(*ts: torch.Tensor) -> bool:
+    """The CSR products serve only eager inference: no gradient taken here (autograd off, or no input
+    needing it) and no graph being captured (``torch.compile`` / ``torch.export`` take the gathers)."""
+    if torch.compiler.is_compiling():
+        return False
+    return not torch.is_grad_enabled() or not any(t.requires_grad for t in ts)
+
+
+def head_scores(q: torch.Tensor, k: torch.Tensor, impl: str, idx: torch.Tensor | None = None) -> torch.Tensor:
+    """``q [B, H, hd] . k [B, H, T, hd]`` / sqrt(hd) -> ``[B, H, T]``; with ``idx [B, H, n]`` only the
+    events at those positions -> ``[B, H, n]`` (as ``head_scores(q, head_rows(k, idx))``).
+
+    ``fast`` with one user's cache broadcast over the candidates: every event, one GEMM per head against
+    the shared ``[H, T, hd]`` (no copy); the picks, one sampled product (SDDMM) over the shared rows
+    instead of copying each candidate's picks out (``torch.sparse.sampled_addmm`` on :func:`_shared_csr`)."""
     hd = q.shape[-1]
     k0 = shared(k) if impl != "reference" else None
+    if idx is not None:
+        csr = _shared_csr(idx, k.shape[2], q.new_zeros(idx.shape)) if k0 is not None and _sparse_ok(q, k) else None
+        if csr is None:
+            return head_scores(q, head_rows(k, idx, impl), impl)
+        H, T, _ = k0.shape
+        out = torch.sparse.sampled_addmm(csr, q.reshape(-1, hd), k0.reshape(H * T, hd).t(), beta=0, alpha=hd ** -0.5)
+        return out.values().view(idx.shape)
     if k0 is not None:   # [H, B, hd] @ [H, hd, T], the 1/sqrt(hd) applied inside the GEMM
         return torch.baddbmm(q.new_zeros(1, 1, 1), q.transpose(0, 1), k0.transpose(-1, -2),
                              beta=0, alpha=hd ** -0.5).transpose(0, 1)
@@ -224,10 +256,18 @@ def head_rows(x: torch.Tensor, idx: torch.Tensor, impl: str) -> torch.Tensor:
     return x0.reshape(H * T, hd).index_select(0, flat).view(*idx.shape, hd)
 
 
-def head_pool(w: torch.Tensor, v: torch.Tensor, impl: str) -> torch.Tensor:
-    """``sum_t w[b, h, t] v[b, h, t]``: ``w [B, H, T]``, ``v [B, H, T, hd]`` -> ``[B, H, hd]``; ``fast``
-    with a broadcast cache: one GEMM per head."""
+def head_pool(w: torch.Tensor, v: torch.Tensor, impl: str, idx: torch.Tensor | None = None) -> torch.Tensor:
+    """``sum_t w[b, h, t] v[b, h, t]``: ``w [B, H, T]``, ``v [B, H, T, hd]`` -> ``[B, H, hd]``; with
+    ``idx [B, H, n]``, ``w [B, H, n]`` weighs the events at those positions (as ``head_pool(w,
+    head_rows(v, idx))``). ``fast`` with a broadcast cache: every event, one GEMM per head; the picks, one
+    sparse-dense product over the shared rows (no per-candidate copy of the picked values)."""
     v0 = shared(v) if impl != "reference" else None
+    if idx is not None:
+        csr = _shared_csr(idx, v.shape[2], w) if v0 is not None and _sparse_ok(w, v) else None
+        if csr is None:
+            return head_pool(w, head_rows(v, idx, impl), impl)
+        H, T, hd = v0.shape
+        return (csr @ v0.reshape(H * T, hd)).view(*idx.shape[:2], hd)
     if v0 is not None:
         return (w.transpose(0, 1) @ v0).transpose(0, 1)
     return (w.unsqueeze(2) @ v).squeeze(2)
