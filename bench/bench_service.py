@@ -95,6 +95,7 @@ async def load(url: str, users: list[str], items: list[str], candidates: int, co
 
     rng = random.Random(seed)
     lat, errors, sent = [], 0, 0
+    server = {"app": [], "model": [], "cache": []}          # Server-Timing parts of the answered requests, ms
     t_end = time.perf_counter() + max_s
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
@@ -107,6 +108,10 @@ async def load(url: str, users: list[str], items: list[str], candidates: int, co
                 try:
                     r = await client.post("/v1/score", json=body)
                     ok = r.status_code == 200 and len(r.json()["scores"]) == candidates
+                    for part in r.headers.get("server-timing", "").split(","):
+                        name, _, dur = part.strip().partition(";dur=")
+                        if ok and name in server:
+                            server[name].append(float(dur))
                 except httpx.HTTPError:
                     ok = False
                 lat.append(time.perf_counter() - t0)
@@ -118,7 +123,8 @@ async def load(url: str, users: list[str], items: list[str], candidates: int, co
     lat.sort()
     return {"requests": len(lat), "errors": errors, "wall_s": wall, "rps": len(lat) / wall,
             "p50_ms": 1000 * statistics.median(lat), "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
-            "max_ms": 1000 * lat[-1]}
+            "max_ms": 1000 * lat[-1],
+            **{f"server_{k}_p50_ms": statistics.median(v) for k, v in server.items() if v}}
 
 
 def memory_cell(client, proc, base: int, store: str, name: str, variant: str, n_users: int, codec: str = "fp32") -> dict:
@@ -249,14 +255,24 @@ def render(results: dict) -> str:
              f"{cfg['workers']} server worker(s) x {cfg['threads'] or 'default'} torch threads, random weights at the serving benchmarks' widths; target cells "
              f"(SIM / TWIN, 1,000 events, a cache) {cfg['target_requests']:,} requests, others {cfg['requests']} or "
              f"{cfg['max_seconds']:.0f} s). Client-side latency; `none` = no cache (every request prefills the stored "
-             "history).", "",
-             "| store | model | cache | codec | events | requests | errors | req/s | p50 ms | p99 ms |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "history). Server side (the responses' `Server-Timing`, medians): `app`, the request's whole time in the "
+             "server's app (body, validation, cache, model, JSON); `cache`, getting the user's cache (store read and "
+             "decode, or the build); `model`, scoring with it. Client p50 minus `app` is the time queued and on the "
+             "wire.", "",
+             "| store | model | cache | codec | events | requests | errors | req/s | p50 ms | p99 ms "
+             "| server app ms | cache ms | model ms |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def ms(c, part):
+        v = c.get(f"server_{part}_p50_ms")
+        return "—" if v is None else f"{v:.1f}"
+
     for c in results["cells"]:
         mark = " **target**" if c["target"] else ""
         lines.append(f"| {c['store']} | {c['model']} | {c['variant']}{mark} | {c.get('codec', 'fp32')} | {c['events']:,} | "
                      f"{c['requests']:,} | "
-                     f"{c['errors']} | {c['rps']:.1f} | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} |")
+                     f"{c['errors']} | {c['rps']:.1f} | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} | "
+                     f"{ms(c, 'app')} | {ms(c, 'cache')} | {ms(c, 'model')} |")
     if results.get("memory"):
         lines += ["", "Memory per user: the server's resident memory (all its processes) grown while the users' "
                   "histories were appended (each append builds the cache), per user, beside the bytes the cache "

@@ -29,6 +29,15 @@ SETUPS = [("memory", 1), ("sqlite", 1), ("sqlite", 2), ("redis", 1), ("redis", 2
 J = {"content-type": "application/json"}
 
 
+def _server_timing(r) -> dict[str, float]:
+    """A response's ``Server-Timing`` header as ``{name: ms}``."""
+    out = {}
+    for part in r.headers["server-timing"].split(","):
+        name, dur = part.strip().split(";dur=")
+        out[name] = float(dur)
+    return out
+
+
 def _score(extra: bytes) -> bytes:
     return b'{"user": "u1", "candidates": ["i1"]' + extra + b"}"
 
@@ -121,6 +130,11 @@ def test_hostile_input_never_gets_a_5xx_and_stores_nothing(hstu_bundle, tmp_path
             assert ok.status_code == 200 and ok.json()["history_len"] == 3, ok.text
             s = http.post("/v1/score", json={"user": "victim", "candidates": ["i1", "i2"]})
             assert s.status_code == 200 and all(np.isfinite(s.json()["scores"]))
+            # Server-Timing: a score's cache and model parts inside the app's whole time; a refusal, the app's only
+            timing = _server_timing(s)
+            assert set(timing) == {"cache", "model", "app"} and min(timing.values()) >= 0, s.headers
+            assert timing["cache"] + timing["model"] <= timing["app"] and timing["model"] > 0, timing
+            assert set(_server_timing(http.post("/v1/score", content=b"{not json", headers=J))) == {"app"}
             # extreme but valid times are scored, not a 500
             edge = http.post("/v1/users/edge/events", json={"events": [{"item": "i1", "timestamp": -(2 ** 62) + 1},
                                                                         {"item": "i2", "timestamp": 2 ** 62 - 1}]})

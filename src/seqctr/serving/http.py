@@ -91,7 +91,8 @@ class Edge:
         async def send_with_id(msg):
             if msg["type"] == "http.response.start":
                 status["code"], status["started"] = msg["status"], True
-                msg = dict(msg, headers=list(msg.get("headers", [])) + [(b"x-request-id", rid.encode())])
+                extra = [(b"x-request-id", rid.encode()), (b"server-timing", server_timing(scope, t0).encode())]
+                msg = dict(msg, headers=list(msg.get("headers", [])) + extra)
             await send(msg)
 
         try:
@@ -138,6 +139,16 @@ class Edge:
             return pending.pop() if pending else await receive()
 
         return replay
+
+
+def server_timing(scope, t0: float) -> str:
+    """The ``Server-Timing`` header (W3C) of a response: the parts a handler recorded in
+    ``scope["seqctr.timing"]`` (seconds; for a score: ``cache``, the store's read and decode or the build,
+    and ``model``, the scoring) and ``app``, the whole time in the app until the answer starts (body read,
+    validation, handler, JSON) — in milliseconds. A client's latency minus ``app`` is the time spent queued
+    and on the wire (docs/results/service_ml100k.md)."""
+    parts = [f"{name};dur={1e3 * sec:.3f}" for name, sec in scope.get("seqctr.timing", {}).items()]
+    return ", ".join(parts + [f"app;dur={1e3 * (time.perf_counter() - t0):.3f}"])
 
 
 def _items(events) -> tuple[list, list]:
@@ -319,7 +330,8 @@ def create_app(scorer, max_candidates: int = 1000, max_events: int = 1000, max_b
             return refuse(request, 413, "too_large", f"candidates: {len(req.candidates)} over the cap of "
                           f"{max_candidates}", "candidates")
         history, times = (None, None) if req.history is None else _items(req.history)
-        probs, cached = s.score_ex(req.user, req.candidates, history, times, req.timestamp)
+        timing = request.scope.setdefault("seqctr.timing", {})
+        probs, cached = s.score_ex(req.user, req.candidates, history, times, req.timestamp, timing=timing)
         if history is None:
             (metrics.hits if cached else metrics.misses).inc()
             cache_figures(s)

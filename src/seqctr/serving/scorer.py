@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from time import perf_counter as _clock         # (score_ex's argument ``time`` is the request's time)
 
 import numpy as np
 import torch
@@ -212,11 +213,15 @@ class Scorer:
     def score(self, user, candidates, history=None, history_times=None, time=None) -> np.ndarray:
         return self.score_ex(user, candidates, history, history_times, time)[0]
 
-    def score_ex(self, user, candidates, history=None, history_times=None, time=None) -> tuple[np.ndarray, bool]:
+    def score_ex(self, user, candidates, history=None, history_times=None, time=None,
+                 timing: dict | None = None) -> tuple[np.ndarray, bool]:
         """``(probabilities, cached)``: ``cached`` is True when a stored cache was used as it was.
         ``time``: the request's time (for a time-aware model; default the latest event's). Every
         input is checked before any work: ids, times, and a ``history`` of at most
-        ``max_history`` events."""
+        ``max_history`` events. ``timing``: filled with the seconds spent getting the cache (``cache``:
+        the store's read and decode, or the build) and scoring with it (``model``)."""
+        timing = {} if timing is None else timing
+        t0 = _clock()
         user = raw_id(user, "user")
         cands = self.item_rows(raw_ids(candidates, "candidates"))
         time = as_time(time, field="time")
@@ -227,11 +232,14 @@ class Scorer:
                 raise TooLarge(f"history: {len(history)} events over the cap of {self.max_history}", field="history")
             items = raw_ids(history, "history")
             times = event_times(history_times, len(items))
-            cache = self._build(user, items, times)
-            return self._score(cache, cands, time), False
-        with self._lock(user):
-            cache, hit = self._cache(user)
-        return self._score(cache, cands, time), hit
+            cache, hit = self._build(user, items, times), False
+        else:
+            with self._lock(user):
+                cache, hit = self._cache(user)
+        t1 = _clock()
+        probs = self._score(cache, cands, time)
+        timing["cache"], timing["model"] = t1 - t0, _clock() - t1
+        return probs, hit
 
     def _score(self, cache, cands: torch.Tensor, time) -> np.ndarray:
         """Probabilities ``[N]``: through the compiled graph when it takes this request, else eagerly."""
