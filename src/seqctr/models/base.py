@@ -332,8 +332,10 @@ class CTRModel(nn.Module):
 
     def logits(self, user: torch.Tensor, target: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
         """The head: embedded user ``[B, Du]``, target ``[B, Di]`` and the backbone's vector ``[B, out]``
-        -> logits ``[B]`` (the one place training, evaluation and serving score from)."""
-        return self.head(torch.cat([user, target, vector], dim=-1)).squeeze(-1)
+        -> logits ``[B]`` (the one place training, evaluation and serving score from). At serving ``user`` is
+        one row broadcast over the candidates: its share of the head's first layer is computed once
+        (:meth:`~seqctr.nn.mlp.MLP.forward_parts`)."""
+        return self.head.forward_parts([user, target, vector]).squeeze(-1)
 
     def forward(self, batch, need_weights: bool = False) -> ModelOutput:
         emb = self.embedding

@@ -39,3 +39,26 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def forward_parts(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """``forward(torch.cat(parts, -1))`` for ``parts [B, d_i]``; a part broadcast over the batch (stride 0
+        on ``B``, e.g. one user's features beside its candidates at serving) goes through the first layer once,
+        as its slice of the weight times one row, instead of ``B`` times (equal within float rounding).
+        Without such a part (or while a graph is captured), exactly ``forward`` of the concatenation."""
+        first = self.net[0]
+        shared = [p.shape[0] > 1 and p.stride(0) == 0 for p in parts]
+        own = [i for i, sh in enumerate(shared) if not sh]
+        if (not any(shared) or torch.compiler.is_compiling() or not isinstance(first, nn.Linear) or not own
+                or own != list(range(own[0], own[-1] + 1))):       # (the others' columns: one slice of the weight)
+            return self.net(torch.cat(parts, dim=-1))
+        cols = [0]
+        for p in parts:
+            cols.append(cols[-1] + p.shape[-1])
+        W = first.weight
+        const = first.bias if first.bias is not None else W.new_zeros(W.shape[0])
+        for i in range(len(parts)):
+            if shared[i]:       # one row of this part times its slice of the weight
+                const = const + parts[i][0] @ W[:, cols[i]:cols[i + 1]].T
+        rest = torch.cat([parts[i] for i in own], dim=-1) if len(own) > 1 else parts[own[0]]
+        h = torch.addmm(const, rest, W[:, cols[own[0]]:cols[own[-1] + 1]].T)
+        return self.net[1:](h)
