@@ -39,7 +39,7 @@ MODELS = ("din", "sim", "twin", "hstu")
 LENGTHS = (50, 200, 1000)
 DEFAULTS = {"models": ",".join(MODELS), "lengths": "50,200,1000", "stores": "memory,redis", "variants": "full,ckv,none",
             "concurrency": 8, "tag": "service", "workers": 1, "users": 16, "target_requests": 10000,
-            "codecs": "fp32"}
+            "codecs": "fp32", "threads": 0, "score_slots": 0}
 
 
 def make_bundles(work: Path, models) -> dict:
@@ -64,11 +64,11 @@ def make_bundles(work: Path, models) -> dict:
 
 
 def start_server(bundle: Path, port: int, store: str, cache_bytes: int, workers: int, threads: int, work: Path,
-                 codec: str = "fp32"):
+                 codec: str = "fp32", score_slots: int = 0):
     env = {**os.environ, **serving_models.TUNED_MALLOC}
     cmd = [sys.executable, "-m", "seqctr", "serve", "--model", str(bundle), "--port", str(port), "--store", store,
            "--cache-bytes", str(cache_bytes), "--workers", str(workers), "--threads", str(threads),
-           "--max-events", "1000", "--cache-codec", codec]
+           "--max-events", "1000", "--cache-codec", codec, "--score-slots", str(score_slots)]
     if store == "memory" and workers > 1:   # workers share histories through the SQLite file
         db = work / f"hist-{port}.sqlite"
         cmd += ["--history-file", str(db)]
@@ -95,7 +95,7 @@ async def load(url: str, users: list[str], items: list[str], candidates: int, co
 
     rng = random.Random(seed)
     lat, errors, sent = [], 0, 0
-    server = {"app": [], "model": [], "cache": []}          # Server-Timing parts of the answered requests, ms
+    server = {"app": [], "wait": [], "model": [], "cache": []}          # Server-Timing parts of the answered requests, ms
     t_end = time.perf_counter() + max_s
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
@@ -165,6 +165,7 @@ def main() -> int:
     ap.add_argument("--target-seconds", type=float, default=400, help="time limit per target cell")
     ap.add_argument("--workers", type=int, default=1, help="server worker processes")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per server worker (0 = default)")
+    ap.add_argument("--score-slots", type=int, default=0, help="seqctr serve --score-slots (0 = no bound)")
     ap.add_argument("--tag", default="service", help="results file name: bench/results/<tag>.{json,md}")
     ap.add_argument("--codecs", default="fp32", help="cache codecs (seqctr serve --cache-codec), each its own server")
     ap.add_argument("--memory-only", action="store_true",
@@ -203,7 +204,7 @@ def main() -> int:
                         redis.Redis.from_url(store).flushdb()
                     port = free_port()
                     proc = start_server(bundles[key], port, store, 0 if variant == "none" else 1 << 30, args.workers,
-                                        args.threads, work, codec)
+                                        args.threads, work, codec, args.score_slots)
                     url = f"http://127.0.0.1:{port}"
                     try:
                         import httpx
@@ -247,21 +248,22 @@ def render(results: dict) -> str:
     cfg = results["config"]
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in cfg.items()
                      if k in ("models", "lengths", "stores", "variants", "concurrency", "tag", "workers", "users",
-                              "target_requests", "codecs") and v != DEFAULTS.get(k))
+                              "target_requests", "codecs", "threads", "score_slots") and v != DEFAULTS.get(k))
     flags += " --memory-only" * bool(cfg.get("memory_only"))
     lines = ["# The HTTP scoring service under load (loopback, `seqctr serve`)", "",
              f"Command: `.venv/bin/python bench/bench_service.py {flags}`".replace(" `", "`") + f" ({cfg['concurrency']} concurrent clients, "
              f"{cfg['candidates']} candidates per request, {cfg['users']} users per history length, "
-             f"{cfg['workers']} server worker(s) x {cfg['threads'] or 'default'} torch threads, random weights at the serving benchmarks' widths; target cells "
+             f"{cfg['workers']} server worker(s) x {cfg['threads'] or 'default'} torch threads, "
+             f"score slots {cfg.get('score_slots') or 'unbounded'}, random weights at the serving benchmarks' widths; target cells "
              f"(SIM / TWIN, 1,000 events, a cache) {cfg['target_requests']:,} requests, others {cfg['requests']} or "
              f"{cfg['max_seconds']:.0f} s). Client-side latency; `none` = no cache (every request prefills the stored "
              "history). Server side (the responses' `Server-Timing`, medians): `app`, the request's whole time in the "
-             "server's app (body, validation, cache, model, JSON); `cache`, getting the user's cache (store read and "
+             "server's app (body, validation, wait, cache, model, JSON); `wait`, waiting for a score slot (`--score-slots`); `cache`, getting the user's cache (store read and "
              "decode, or the build); `model`, scoring with it. Client p50 minus `app` is the time queued and on the "
              "wire.", "",
              "| store | model | cache | codec | events | requests | errors | req/s | p50 ms | p99 ms "
-             "| server app ms | cache ms | model ms |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| server app ms | wait ms | cache ms | model ms |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def ms(c, part):
         v = c.get(f"server_{part}_p50_ms")
@@ -272,7 +274,7 @@ def render(results: dict) -> str:
         lines.append(f"| {c['store']} | {c['model']} | {c['variant']}{mark} | {c.get('codec', 'fp32')} | {c['events']:,} | "
                      f"{c['requests']:,} | "
                      f"{c['errors']} | {c['rps']:.1f} | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} | "
-                     f"{ms(c, 'app')} | {ms(c, 'cache')} | {ms(c, 'model')} |")
+                     f"{ms(c, 'app')} | {ms(c, 'wait')} | {ms(c, 'cache')} | {ms(c, 'model')} |")
     if results.get("memory"):
         lines += ["", "Memory per user: the server's resident memory (all its processes) grown while the users' "
                   "histories were appended (each append builds the cache), per user, beside the bytes the cache "

@@ -435,6 +435,8 @@ def cmd_serve(args) -> int:
     if args.workers > 1 and args.store == "memory" and not args.history_file:
         raise SeqctrError("--workers > 1 with the memory store needs --history-file (shared histories) "
                           "or --store redis://...: otherwise each worker sees other histories")
+    if args.score_slots < 0:
+        raise SeqctrError(f"--score-slots {args.score_slots}: expected 0 (no bound) or more")
     b = load_bundle(args.model)                         # fail here, with one line, not in each worker
     if not 0 <= args.window <= b.max_len:
         raise SeqctrError(f"--window {args.window}: expected 1..{b.max_len} (the model's max_len), or 0")
@@ -451,7 +453,7 @@ def cmd_serve(args) -> int:
            "SEQCTR_SERVE_MAX_HISTORY": str(args.max_history), "SEQCTR_SERVE_LOG_LEVEL": args.log_level,
            "SEQCTR_SERVE_CACHE_CODEC": args.cache_codec or "", "SEQCTR_SERVE_ADMIN_TOKEN": args.admin_token,
            "SEQCTR_SERVE_WINDOW": str(args.window), "SEQCTR_SERVE_REBUILD_FIRST_LAYER": str(int(args.rebuild_first_layer)),
-           "SEQCTR_SERVE_COMPILED": args.compiled,
+           "SEQCTR_SERVE_COMPILED": args.compiled, "SEQCTR_SERVE_SCORE_SLOTS": str(args.score_slots),
            "SEQCTR_SERVE_CONTROL": "", "SEQCTR_SERVE_HISTORIES": ""}
     if args.histories:
         if args.store == "memory" and not args.history_file:   # the one worker loads its own memory
@@ -682,6 +684,9 @@ def _serving_commands(c: _Commands) -> None:
     sv.add_argument("--max-events", type=int, default=1000, help="cap on events per append")
     sv.add_argument("--max-body", type=int, default=1 << 20, help="cap on request body bytes")
     sv.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = torch default)")
+    sv.add_argument("--score-slots", type=int, default=0, metavar="N",
+                    help="at most N score requests compute at once per worker, the others wait in arrival order "
+                         "(0 = no bound: every request computes in its own thread as it arrives)")
     sv.add_argument("--max-history", type=int, default=0,
                     help="cap on a request's own history (0 = ten model windows)")
     sv.add_argument("--histories", metavar="SOURCE",

@@ -180,6 +180,7 @@ def test_a_recent_window_scores_as_its_offline_path_and_is_served(trained, tmp_p
     from seqctr.cli import main
 
     assert main(["serve", "--model", str(bundle), "--window", "100000"]) == 2   # over the model's max_len
+    assert main(["serve", "--model", str(bundle), "--score-slots", "-1"]) == 2     # a bound below 0
 
 
 def test_the_bundle_records_its_cache_form_and_serving_uses_it(trained, tmp_path):

@@ -225,3 +225,60 @@ def test_redis_store_across_two_services(trained):
     ref = seqctr.load(bundle)
     np.testing.assert_allclose(s1["scores"], ref.score("u9", cands, history=history[:10]), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(s2["scores"], ref.score("u9", cands, history=history), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_turns_bound_the_holders_and_serve_waiters_in_arrival_order(n):
+    """``--score-slots``' turnstile: never more than n holders; a freed slot goes to the longest waiter
+    (with one slot the order of entry is exactly the order of arrival)."""
+    from seqctr.serving.http import _Turns
+
+    turns, inside, most, order = _Turns(n), [0], [0], []
+    lock = threading.Lock()
+    gate = threading.Event()
+
+    def hold(i):
+        with turns:
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+                order.append(i)
+            gate.wait(5)
+            with lock:
+                inside[0] -= 1
+
+    threads = []
+    for i in range(6):                    # the first n take the slots; the others queue in this order
+        threads.append(threading.Thread(target=hold, args=(i,)))
+        threads[-1].start()
+        deadline = time.time() + 5
+        while len(turns.queue) < max(0, i + 1 - n) and time.time() < deadline:
+            time.sleep(0.005)
+    assert list(turns.queue) and len(turns.queue) == 6 - n
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert most[0] == n and sorted(order[:n]) == list(range(n)) and sorted(order) == list(range(6))
+    if n == 1:
+        assert order == list(range(6))
+    assert turns.n == n and not turns.queue          # every slot back
+
+
+def test_score_slots_serve_concurrent_requests_one_at_a_time_with_the_same_scores(trained):
+    rows, bundle, _ = trained
+    items = sorted(set(rows["item"]))
+    scorer, served = service(bundle, score_slots=1)
+    with served as http:
+        assert http.post("/v1/users/u/events", json={"events": items[:30]}).status_code == 200
+        want = http.post("/v1/score", json={"user": "u", "candidates": items[:20]}).json()["scores"]
+
+        def one(_):
+            r = http.post("/v1/score", json={"user": "u", "candidates": items[:20]})
+            return r.status_code, r.json()["scores"], r.headers["server-timing"]
+
+        with ThreadPoolExecutor(6) as pool:
+            got = list(pool.map(one, range(24)))
+    assert all(code == 200 and np.allclose(s, want, rtol=1e-6, atol=1e-7) for code, s, _ in got)
+    part = lambda t, name: float(t.split(f"{name};dur=")[1].split(",")[0])           # noqa: E731
+    waits, models = [part(t, "wait") for _, _, t in got], [part(t, "model") for _, _, t in got]
+    assert max(waits) >= min(models) > 0                      # a request waited out another's whole scoring

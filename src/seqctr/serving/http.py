@@ -141,6 +141,37 @@ class Edge:
         return replay
 
 
+class _Turns:
+    """At most ``n`` holders at once, the others served in arrival order (a ``threading.Semaphore`` wakes
+    waiters in no set order: under load one request could wait many turns, the p99 an operator reads)."""
+
+    def __init__(self, n: int):
+        import collections
+        import threading
+
+        self.n, self.lock, self.queue = n, threading.Lock(), collections.deque()
+
+    def __enter__(self):
+        import threading
+
+        with self.lock:
+            if self.n > 0 and not self.queue:
+                self.n -= 1
+                return self
+            turn = threading.Event()
+            self.queue.append(turn)
+        turn.wait()                  # handed a slot by the holder before it
+        return self
+
+    def __exit__(self, *exc):
+        with self.lock:
+            if self.queue:
+                self.queue.popleft().set()          # the slot passes straight to the longest waiter
+            else:
+                self.n += 1
+        return False
+
+
 def server_timing(scope, t0: float) -> str:
     """The ``Server-Timing`` header (W3C) of a response: the parts a handler recorded in
     ``scope["seqctr.timing"]`` (seconds; for a score: ``cache``, the store's read and decode or the build,
@@ -258,11 +289,14 @@ class ReloadRequest(BaseModel):
 
 
 def create_app(scorer, max_candidates: int = 1000, max_events: int = 1000, max_body: int = 1 << 20,
-               live=None, admin_token: str = "") -> FastAPI:
+               live=None, admin_token: str = "", score_slots: int = 0) -> FastAPI:
     """The service around a :class:`~seqctr.serving.scorer.Scorer` (its store holds the state).
     ``live`` (:class:`~seqctr.serving.live.Live`): the swappable scorer, made here when not given;
     ``admin_token``: enables ``POST /v1/admin/reload`` for requests that carry it as a bearer token
-    (no token: the route does not exist)."""
+    (no token: the route does not exist); ``score_slots``: at most this many score requests compute at
+    once in this worker, the others wait their turn in arrival order (0: no bound, each request computes
+    in its own thread as it arrives; the wait is the ``wait`` part of ``Server-Timing``)."""
+    import contextlib
     import hmac
 
     from .live import Live
@@ -277,6 +311,7 @@ def create_app(scorer, max_candidates: int = 1000, max_events: int = 1000, max_b
     metrics = Metrics(app, getattr(scorer.store, "kind", "?"))
     in_process = getattr(scorer.store, "kind", "") == "memory"
     app.add_middleware(Edge, max_body=max_body, observe=metrics.observe)
+    slots = _Turns(score_slots) if score_slots > 0 else contextlib.nullcontext()
 
     def refuse(request: Request, status: int, reason: str, message: str, field: str | None = None, headers=None):
         request.scope["seqctr.reason"] = reason
@@ -331,7 +366,10 @@ def create_app(scorer, max_candidates: int = 1000, max_events: int = 1000, max_b
                           f"{max_candidates}", "candidates")
         history, times = (None, None) if req.history is None else _items(req.history)
         timing = request.scope.setdefault("seqctr.timing", {})
-        probs, cached = s.score_ex(req.user, req.candidates, history, times, req.timestamp, timing=timing)
+        t0 = time.perf_counter()
+        with slots:
+            timing["wait"] = time.perf_counter() - t0
+            probs, cached = s.score_ex(req.user, req.candidates, history, times, req.timestamp, timing=timing)
         if history is None:
             (metrics.hits if cached else metrics.misses).inc()
             cache_figures(s)
@@ -426,7 +464,8 @@ def app_from_env():
     return create_app(scorer, int(os.environ.get("SEQCTR_SERVE_MAX_CANDIDATES", 1000)),
                       int(os.environ.get("SEQCTR_SERVE_MAX_EVENTS", 1000)),
                       int(os.environ.get("SEQCTR_SERVE_MAX_BODY", 1 << 20)), live=live,
-                      admin_token=os.environ.get("SEQCTR_SERVE_ADMIN_TOKEN", ""))
+                      admin_token=os.environ.get("SEQCTR_SERVE_ADMIN_TOKEN", ""),
+                      score_slots=int(os.environ.get("SEQCTR_SERVE_SCORE_SLOTS", 0)))
 
 
 __all__ = ["create_app", "app_from_env", "Edge", "Metrics", "error_response"]
