@@ -232,7 +232,8 @@ def head_scores(q: torch.Tensor, k: torch.Tensor, impl: str, idx: torch.Tensor |
     hd = q.shape[-1]
     k0 = shared(k) if impl != "reference" else None
     if idx is not None:
-        csr = _shared_csr(idx, k.shape[2], q.new_zeros(idx.shape)) if k0 is not None and _sparse_ok(q, k) else None
+        ok = k0 is not None and k0.dtype == q.dtype and _sparse_ok(q, k)
+        csr = _shared_csr(idx, k.shape[2], q.new_zeros(idx.shape)) if ok else None
         if csr is None:
             return head_scores(q, head_rows(k, idx, impl), impl)
         H, T, _ = k0.shape
@@ -263,7 +264,7 @@ def head_pool(w: torch.Tensor, v: torch.Tensor, impl: str, idx: torch.Tensor | N
     sparse-dense product over the shared rows (no per-candidate copy of the picked values)."""
     v0 = shared(v) if impl != "reference" else None
     if idx is not None:
-        csr = _shared_csr(idx, v.shape[2], w) if v0 is not None and _sparse_ok(w, v) else None
+        csr = _shared_csr(idx, v.shape[2], w) if v0 is not None and v0.dtype == w.dtype and _sparse_ok(w, v) else None
         if csr is None:
             return head_pool(w, head_rows(v, idx, impl), impl)
         H, T, hd = v0.shape
