@@ -95,3 +95,19 @@ def test_topk_select_reads_transposed_scores_as_their_contiguous_copy(dtype):
         got, got_mask = topk_select(s, mask, 7)
         want, want_mask = topk_select(s.contiguous(), mask, 7)
         assert torch.equal(got, want) and torch.equal(got_mask, want_mask)
+
+
+def test_topk_select_mask_of_an_all_real_history_is_all_true_and_owned():
+    """Every position real (a user's cache, the mask broadcast): the selected mask is all True, of the picks'
+    shape, a tensor of its own (not a view of the caller's mask); with padding the padded picks stay False."""
+    g = torch.Generator().manual_seed(2)
+    s = torch.randn(5, 3, 30, generator=g)
+    every = torch.ones(1, 1, 30, dtype=torch.bool)
+    idx, sel = topk_select(s, every, 6)
+    assert sel.shape == idx.shape == (5, 3, 6) and bool(sel.all()) and sel.stride()[-1] == 1
+    sel[0, 0, 0] = False                                    # writable: the caller's mask is untouched
+    assert bool(every.all())
+    few = torch.zeros(5, 1, 30, dtype=torch.bool)
+    few[:, :, -4:] = True                                   # 4 real events, 6 picks
+    idx, sel = topk_select(s, few, 6)
+    assert torch.equal(sel.sum(-1), torch.full((5, 3), 4)) and torch.equal(sel, torch.gather(few.expand(5, 3, 30), -1, idx))
