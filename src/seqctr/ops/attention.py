@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .kernels import (RowPattern, distinct_scores, matvec, pool_distinct, row_pattern, row_pool, row_scores,
+from .kernels import (RowPattern, distinct_scores, matvec, needs_grad, pool_distinct, row_pattern, row_pool, row_scores,
                       sparse_pays, vecmat)
 
 FORMS = ("reference", "dense", "distinct", "sparse")
@@ -217,9 +217,7 @@ def _shared_csr(idx: torch.Tensor, T: int, values: torch.Tensor) -> torch.Tensor
 def _sparse_ok(*ts: torch.Tensor) -> bool:
     """The CSR products serve only eager inference: no gradient taken here (autograd off, or no input
     needing it) and no graph being captured (``torch.compile`` / ``torch.export`` take the gathers)."""
-    if torch.compiler.is_compiling():
-        return False
-    return not torch.is_grad_enabled() or not any(t.requires_grad for t in ts)
+    return not torch.compiler.is_compiling() and not needs_grad(*ts)
 
 
 def head_scores(q: torch.Tensor, k: torch.Tensor, impl: str, idx: torch.Tensor | None = None) -> torch.Tensor:

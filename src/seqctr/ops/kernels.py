@@ -30,6 +30,12 @@ def _quiet_csr_beta_warning() -> None:
 _quiet_csr_beta_warning()
 
 
+def needs_grad(*ts: torch.Tensor | None) -> bool:
+    """Whether autograd will record an op on ``ts``: it is on and some input requires a gradient (the
+    ops' no-autograd forms, e.g. the packed recurrence or the sparse picks, run only when it will not)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+
+
 def _scores(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     """``A [B, T, D] @ X [B, D, H]`` -> ``[B, T, H]``; for ``H == 1`` as a row-wise dot product
     (about twice as fast as a batched GEMM of output width 1 on CPU)."""

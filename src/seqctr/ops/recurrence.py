@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from ..utils.compile import eager
+from .kernels import needs_grad
 
 
 def _tanh(x: torch.Tensor) -> torch.Tensor:
@@ -202,7 +203,7 @@ def gated_recurrence(gx: torch.Tensor, h0: torch.Tensor, w_h: torch.Tensor, b_h:
         with torch.autocast(dev, enabled=False):
             return gated_recurrence(gx.to(dt), h0.to(dt), w_h.to(dt), b_h.to(dt),
                                     att.to(dt) if att is not None else None, index, final, impl, lengths)
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (gx, h0, w_h, b_h, att))
+    grad = needs_grad(gx, h0, w_h, b_h, att)
     if lengths is not None and impl != "reference" and not grad:
         return _forward_packed(gx, h0, w_h, b_h, att, index, lengths, final)
     if impl == "reference":
