@@ -32,6 +32,7 @@ from pathlib import Path
 
 import serving_models
 from seqctr.serving.store import free_port, group_rss_bytes, stop_process
+from seqctr.serving.http import parse_server_timing
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results"
@@ -95,7 +96,7 @@ async def load(url: str, users: list[str], items: list[str], candidates: int, co
 
     rng = random.Random(seed)
     lat, errors, sent = [], 0, 0
-    server = {"app": [], "wait": [], "model": [], "cache": []}          # Server-Timing parts of the answered requests, ms
+    server = {}                                  # Server-Timing parts of the answered requests, ms
     t_end = time.perf_counter() + max_s
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
@@ -108,10 +109,9 @@ async def load(url: str, users: list[str], items: list[str], candidates: int, co
                 try:
                     r = await client.post("/v1/score", json=body)
                     ok = r.status_code == 200 and len(r.json()["scores"]) == candidates
-                    for part in r.headers.get("server-timing", "").split(","):
-                        name, _, dur = part.strip().partition(";dur=")
-                        if ok and name in server:
-                            server[name].append(float(dur))
+                    if ok:
+                        for name, ms in parse_server_timing(r.headers.get("server-timing", "")).items():
+                            server.setdefault(name, []).append(ms)
                 except httpx.HTTPError:
                     ok = False
                 lat.append(time.perf_counter() - t0)

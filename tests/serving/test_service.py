@@ -279,6 +279,8 @@ def test_score_slots_serve_concurrent_requests_one_at_a_time_with_the_same_score
         with ThreadPoolExecutor(6) as pool:
             got = list(pool.map(one, range(24)))
     assert all(code == 200 and np.allclose(s, want, rtol=1e-6, atol=1e-7) for code, s, _ in got)
-    part = lambda t, name: float(t.split(f"{name};dur=")[1].split(",")[0])           # noqa: E731
-    waits, models = [part(t, "wait") for _, _, t in got], [part(t, "model") for _, _, t in got]
+    from seqctr.serving.http import parse_server_timing
+
+    timings = [parse_server_timing(t) for _, _, t in got]
+    waits, models = [t["wait"] for t in timings], [t["model"] for t in timings]
     assert max(waits) >= min(models) > 0                      # a request waited out another's whole scoring

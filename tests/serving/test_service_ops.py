@@ -31,11 +31,9 @@ J = {"content-type": "application/json"}
 
 def _server_timing(r) -> dict[str, float]:
     """A response's ``Server-Timing`` header as ``{name: ms}``."""
-    out = {}
-    for part in r.headers["server-timing"].split(","):
-        name, dur = part.strip().split(";dur=")
-        out[name] = float(dur)
-    return out
+    from seqctr.serving.http import parse_server_timing
+
+    return parse_server_timing(r.headers["server-timing"])
 
 
 def _score(extra: bytes) -> bytes:

@@ -17,9 +17,12 @@ request id.
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import os
 import re
+import threading
 import time
 import traceback
 import uuid
@@ -146,14 +149,9 @@ class _Turns:
     waiters in no set order: under load one request could wait many turns, the p99 an operator reads)."""
 
     def __init__(self, n: int):
-        import collections
-        import threading
-
         self.n, self.lock, self.queue = n, threading.Lock(), collections.deque()
 
     def __enter__(self):
-        import threading
-
         with self.lock:
             if self.n > 0 and not self.queue:
                 self.n -= 1
@@ -174,12 +172,21 @@ class _Turns:
 
 def server_timing(scope, t0: float) -> str:
     """The ``Server-Timing`` header (W3C) of a response: the parts a handler recorded in
-    ``scope["seqctr.timing"]`` (seconds; for a score: ``cache``, the store's read and decode or the build,
-    and ``model``, the scoring) and ``app``, the whole time in the app until the answer starts (body read,
-    validation, handler, JSON) — in milliseconds. A client's latency minus ``app`` is the time spent queued
-    and on the wire (docs/results/service_ml100k.md)."""
+    ``scope["seqctr.timing"]`` (seconds; for a score: ``wait``, for a score slot; ``cache``, the store's read
+    and decode or the build; ``model``, the scoring) and ``app``, the whole time in the app until the answer
+    starts (body read, validation, handler, JSON) — in milliseconds. A client's latency minus ``app`` is the
+    time spent queued and on the wire (docs/results/service_ml100k.md)."""
     parts = [f"{name};dur={1e3 * sec:.3f}" for name, sec in scope.get("seqctr.timing", {}).items()]
     return ", ".join(parts + [f"app;dur={1e3 * (time.perf_counter() - t0):.3f}"])
+
+
+def parse_server_timing(header: str) -> dict[str, float]:
+    """A ``Server-Timing`` header as :func:`server_timing` writes it -> ``{part: ms}`` (for clients and benchmarks)."""
+    out = {}
+    for part in filter(None, (p.strip() for p in header.split(","))):
+        name, _, dur = part.partition(";dur=")
+        out[name] = float(dur)
+    return out
 
 
 def _items(events) -> tuple[list, list]:
@@ -296,7 +303,6 @@ def create_app(scorer, max_candidates: int = 1000, max_events: int = 1000, max_b
     (no token: the route does not exist); ``score_slots``: at most this many score requests compute at
     once in this worker, the others wait their turn in arrival order (0: no bound, each request computes
     in its own thread as it arrives; the wait is the ``wait`` part of ``Server-Timing``)."""
-    import contextlib
     import hmac
 
     from .live import Live
@@ -468,4 +474,4 @@ def app_from_env():
                       score_slots=int(os.environ.get("SEQCTR_SERVE_SCORE_SLOTS", 0)))
 
 
-__all__ = ["create_app", "app_from_env", "Edge", "Metrics", "error_response"]
+__all__ = ["create_app", "app_from_env", "Edge", "Metrics", "error_response", "parse_server_timing"]

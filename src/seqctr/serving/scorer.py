@@ -221,7 +221,6 @@ class Scorer:
         ``max_history`` events. ``timing``: filled with the seconds spent getting the cache (``cache``:
         the store's read and decode, or the build) and scoring with it (``model``)."""
         timing = {} if timing is None else timing
-        t0 = _clock()
         user = raw_id(user, "user")
         cands = self.item_rows(raw_ids(candidates, "candidates"))
         time = as_time(time, field="time")
@@ -232,8 +231,10 @@ class Scorer:
                 raise TooLarge(f"history: {len(history)} events over the cap of {self.max_history}", field="history")
             items = raw_ids(history, "history")
             times = event_times(history_times, len(items))
+            t0 = _clock()
             cache, hit = self._build(user, items, times), False
         else:
+            t0 = _clock()
             with self._lock(user):
                 cache, hit = self._cache(user)
         t1 = _clock()
