@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import ops
 from .dropout import Dropout
 
 ACTIVATIONS = {"relu": nn.ReLU, "prelu": nn.PReLU, "sigmoid": nn.Sigmoid, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -46,7 +47,7 @@ class MLP(nn.Module):
         as its slice of the weight times one row, instead of ``B`` times (equal within float rounding).
         Without such a part (or while a graph is captured), exactly ``forward`` of the concatenation."""
         first = self.net[0]
-        shared = [p.shape[0] > 1 and p.stride(0) == 0 for p in parts]
+        shared = [ops.shared(p) is not None for p in parts]              # one row broadcast over the batch
         own = [i for i, sh in enumerate(shared) if not sh]
         if (not any(shared) or torch.compiler.is_compiling() or not isinstance(first, nn.Linear) or not own
                 or own != list(range(own[0], own[-1] + 1))):       # (the others' columns: one slice of the weight)
