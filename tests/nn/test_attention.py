@@ -116,6 +116,30 @@ def test_attend_on_a_shared_cache_equals_a_materialised_copy():
             torch.testing.assert_close(lean.out, want.out, atol=1e-6, rtol=1e-5)
 
 
+def test_cached_kv_is_head_major_and_attends_as_the_projection():
+    """``cache_kv`` keeps K/V contiguous per head (so the shared-cache ops read ``[H*T, hd]`` rows without a
+    copy per request), with the values of ``project_kv``'s strided views; attention over either, broadcast
+    over the candidates with a GSU's picks, is the same."""
+    from seqctr.nn import MultiHeadTargetAttention
+
+    torch.manual_seed(2)
+    B, T, H = 5, 12, 4
+    att = MultiHeadTargetAttention(8, 16, num_heads=H).eval()
+    keys = torch.randn(1, T, 8)
+    cached = att.cache_kv(keys)
+    k, v, _ = att.project_kv(keys)
+    assert cached["k"].is_contiguous() and cached["v"].is_contiguous() and not k.is_contiguous()
+    torch.testing.assert_close(cached["k"], k, rtol=0, atol=0)
+    torch.testing.assert_close(cached["v"], v, rtol=0, atol=0)
+    q, mask = torch.randn(B, 8), torch.ones(B, T, dtype=torch.bool)
+    idx = torch.sort(torch.stack([torch.randperm(T)[:5] for _ in range(B)]), dim=-1).values
+    sel = torch.ones(B, 5, dtype=torch.bool)
+    with torch.no_grad():
+        for kw in ({}, {"topk": 4}, {"select": (idx, sel)}):
+            got = att.attend(q, cached["k"].expand(B, -1, -1, -1), cached["v"].expand(B, -1, -1, -1), mask, **kw)
+            want = att.attend(q, k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1), mask, **kw)
+            torch.testing.assert_close(got.out, want.out, atol=1e-6, rtol=1e-5)
+
 def test_attend_with_a_selection_equals_attention_over_the_gathered_events():
     """``select=(idx, sel_mask)`` == attention over the history cut down to those events."""
     from seqctr.nn import MultiHeadTargetAttention

@@ -120,6 +120,55 @@ def test_fingerprint_changes_with_any_element(trained):
     assert fingerprint(model) != before
 
 
+def test_fingerprint_follows_assigned_and_moved_tensors(trained):
+    """The per-model tensor list fingerprint keeps between requests is rebuilt when a parameter, a buffer or
+    a submodule is assigned; a moved tensor (new storage) is seen too. Each change is compared with a
+    fresh copy of the model (nothing kept), so a stale list would show as a mismatch."""
+    import copy
+
+    model = seqctr.load(trained[1]).model
+
+    def fresh(m):
+        c = copy.deepcopy(m)
+        for kept in ("_fingerprint_tensors", "_fingerprint_structure", "_fingerprint_key", "_fingerprint"):
+            c.__dict__.pop(kept, None)
+        return fingerprint(c)
+
+    fp0 = fingerprint(model)
+    head = model.head.net[0]
+    head.bias = torch.nn.Parameter(head.bias.detach() + 1.0)             # a parameter assigned
+    assert fingerprint(model) == fresh(model) != fp0
+    fp1 = fingerprint(model)
+    model.head.net[0] = torch.nn.Linear(head.in_features, head.out_features)   # a submodule replaced
+    assert fingerprint(model) == fresh(model) != fp1
+    fp2 = fingerprint(model)
+    model.double()                                                         # every tensor moved to new storage
+    assert fingerprint(model) == fresh(model) != fp2
+    fp3 = fingerprint(model)
+    model.head.register_buffer("probe", torch.zeros(2))                   # a buffer registered, then assigned
+    assert fingerprint(model) == fresh(model) != fp3
+    fp4 = fingerprint(model)
+    model.head.probe = torch.ones(2)
+    assert fingerprint(model) == fresh(model) != fp4
+
+
+def test_scoring_registers_no_module(trained):
+    """A cached request builds no module, parameter or buffer (as slicing an ``nn.Sequential`` would): any
+    such registration makes :func:`fingerprint` rebuild its tensor list, on every request."""
+    from seqctr.serving import runtime
+
+    rows, bundle, _ = trained
+    scorer = seqctr.load(bundle)
+    history = [x for u, x in zip(rows["user"], rows["item"]) if u == "u3"][:25]
+    cands = sorted(set(rows["item"]))[:9]
+    scorer.score("u1", cands, history=history)
+    before = runtime._structure[0]
+    scorer.score("u1", cands, history=history)
+    scorer.prefill("u2", history)
+    scorer.score("u2", cands)
+    assert runtime._structure[0] == before
+
+
 def test_damaged_or_foreign_bundles_are_refused(trained, tmp_path):
     import shutil
 

@@ -287,7 +287,9 @@ class MultiHeadTargetAttention(Conditionable):
         if self.ckv is not None:
             return self.ckv.codes(keys[..., : self.key_dim], keys)
         k, v, _ = self.project_kv(keys)
-        return {"k": k, "v": v}
+        # head-major in memory ([1, H, T, hd] contiguous): the shared-cache ops read it as [H*T, hd] rows
+        # (ops.head_scores / head_pool with picks) without copying the user's K/V at every request
+        return {"k": k.contiguous(), "v": v.contiguous()}
 
     def kv_from_cache(self, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.ckv is None:

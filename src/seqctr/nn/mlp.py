@@ -62,4 +62,6 @@ class MLP(nn.Module):
                 const = const + parts[i][0] @ W[:, cols[i]:cols[i + 1]].T
         rest = torch.cat([parts[i] for i in own], dim=-1) if len(own) > 1 else parts[own[0]]
         h = torch.addmm(const, rest, W[:, cols[own[0]]:cols[own[-1] + 1]].T)
-        return self.net[1:](h)
+        for layer in list(self.net)[1:]:      # (not self.net[1:]: that builds a new Sequential per call)
+            h = layer(h)
+        return h

@@ -21,15 +21,43 @@ from ..models.base import expand
 from .cache import KVCache
 
 
+# Bumped whenever any module anywhere registers a parameter, buffer or submodule (also by assignment):
+# the tensor list :func:`fingerprint` keeps per model is rebuilt only then, not per request.
+_structure = [0]
+
+
+def _registered(*_) -> None:
+    _structure[0] += 1
+
+
+for _hook in (torch.nn.modules.module.register_module_parameter_registration_hook,
+              torch.nn.modules.module.register_module_buffer_registration_hook,
+              torch.nn.modules.module.register_module_module_registration_hook):
+    _hook(_registered)
+
+
+def _tensors(model: CTRModel) -> list:
+    """``(name, tensor)`` of every weight and buffer (the tensors themselves, not detached copies), kept
+    until some module's structure changes (:data:`_structure`): ``state_dict()`` walks every submodule
+    and detaches every tensor, too slow to repeat per request."""
+    if getattr(model, "_fingerprint_structure", None) != _structure[0]:
+        model._fingerprint_tensors = list(model.state_dict(keep_vars=True).items())
+        model._fingerprint_structure = _structure[0]
+    return model._fingerprint_tensors
+
+
 def fingerprint(model: CTRModel) -> str:
     """SHA-256 over every tensor's name, dtype, shape and bytes (weights and buffers): change any
     element of any tensor and it changes. Recomputed only when some tensor changed (PyTorch counts
-    in-place updates in ``tensor._version``), so asking per request costs nothing."""
-    state = model.state_dict()
-    key = tuple((n, t.data_ptr(), t._version) for n, t in state.items())
+    in-place updates in ``tensor._version``; a move or ``.data`` assignment changes its storage; an
+    assigned parameter, buffer or submodule changes the list), so asking per request costs a pass over
+    a few dozen tensors' counters. (A submodule deleted with ``del`` is not seen: serving models are not
+    pruned in place.)"""
+    state = _tensors(model)
+    key = tuple((t.data_ptr(), t._version, t.dtype) for _, t in state)
     if getattr(model, "_fingerprint_key", None) != key:
         h = hashlib.sha256()
-        for name, t in state.items():
+        for name, t in state:
             a = t.detach().cpu().contiguous()
             h.update(f"{name}|{a.dtype}|{list(a.shape)}|".encode())
             h.update(a.reshape(-1).view(torch.uint8).numpy().tobytes() if a.numel() else b"")
