@@ -68,9 +68,7 @@ def main() -> int:
                 cell = {f"{k}_ms": statistics.median(v) * 1e3 for k, v in ts.items()}
                 for ratio, (a, b) in {"bound": ("alone", "one_call"), "fixed": ("one_cache", "one_call"),
                                       "locality": ("alone", "one_cache")}.items():
-                    rs = sorted(x / y for x, y in zip(ts[a], ts[b]))
-                    cell |= {ratio: statistics.median(rs), f"{ratio}_q1": rs[len(rs) // 4],
-                             f"{ratio}_q3": rs[(3 * len(rs)) // 4]}
+                    cell |= sm.ratio_summary(ts[a], ts[b], ratio)
                 rows.append({"model": name, "cache": variant, "events": T, "users": args.users,
                              "candidates": args.candidates, **cell})
                 print(f"{name:5s} {variant:8s} T={T:5d}: alone {cell['alone_ms']:.2f} ms, one cache "
@@ -94,8 +92,7 @@ def main() -> int:
               f"{r['one_call_ms']:.2f} | "
               + " | ".join(f"{r[k]:.2f}x [{r[k + '_q1']:.2f}, {r[k + '_q3']:.2f}]" for k in ("bound", "fixed", "locality"))
               + " |" for r in rows]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    sm.write_page(out, lines)
     return 0
 
 

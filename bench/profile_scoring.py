@@ -96,11 +96,9 @@ def paired(cells: dict, rounds: int) -> list[dict]:
                     score(*variants[v])
                     times[v].append(time.perf_counter() - t0)
         for v in order[1:]:
-            ratios = sorted(a / b for a, b in zip(times[v], times["full"]))
             out.append({"model": name, "events": T, "cache": v, "rounds": rounds,
                         "ms": statistics.median(times[v]) * 1e3, "full_ms": statistics.median(times["full"]) * 1e3,
-                        "ratio": statistics.median(ratios), "ratio_q1": ratios[len(ratios) // 4],
-                        "ratio_q3": ratios[(3 * len(ratios)) // 4]})
+                        **sm.ratio_summary(times[v], times["full"], "ratio")})
     return out
 
 
@@ -140,8 +138,7 @@ def main() -> int:
               "| model | events | cache | ms | full ms | x full [q1, q3] |", "|---|---:|---|---:|---:|---:|"]
     lines += [f"| {p['model']} | {p['events']:,} | {p['cache']} | {p['ms']:.2f} | {p['full_ms']:.2f} | "
               f"{p['ratio']:.2f} [{p['ratio_q1']:.2f}, {p['ratio_q3']:.2f}] |" for p in pairs]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    sm.write_page(out, lines)
     return 0
 
 

@@ -46,10 +46,23 @@ def paired(runs: dict, rounds: int) -> dict:
 
     (a, b) = runs
     ts = paired_times(runs, rounds)
-    ratios = sorted(x / y for x, y in zip(ts[a], ts[b]))
     return {f"{a}_ms": statistics.median(ts[a]) * 1e3, f"{b}_ms": statistics.median(ts[b]) * 1e3,
-            "speedup": statistics.median(ratios), "speedup_q1": ratios[len(ratios) // 4],
-            "speedup_q3": ratios[(3 * len(ratios)) // 4]}
+            **ratio_summary(ts[a], ts[b])}
+
+
+def ratio_summary(a: list[float], b: list[float], name: str = "speedup") -> dict:
+    """Paired rounds' times ``a``, ``b`` -> ``{name: median of the per-round ratios a / b, name_q1, name_q3}`` (their
+    first and third quartiles)."""
+    import statistics
+
+    rs = sorted(x / y for x, y in zip(a, b))
+    return {name: statistics.median(rs), f"{name}_q1": rs[len(rs) // 4], f"{name}_q3": rs[(3 * len(rs)) // 4]}
+
+
+def write_page(out: Path, lines: list[str]) -> None:
+    """The results page ``out``.md from ``lines``, also printed."""
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def write_results(args, script: str, payload: dict):
