@@ -109,6 +109,11 @@ def test_cached_head_ops_equal_the_reference_on_a_broadcast_cache(impl):
                                    ops.head_scores(q, ops.head_rows(copy, at, "reference"), "reference"))
         torch.testing.assert_close(ops.head_pool(wn, shared, impl, at),
                                    ops.head_pool(wn, ops.head_rows(copy, at, "reference"), "reference"))
+        both = ops.Picks(at)                                           # one pattern for the scores and the pool
+        assert torch.equal(ops.head_scores(q, shared, impl, both), ops.head_scores(q, shared, impl, at))
+        assert torch.equal(ops.head_pool(wn, shared, impl, both), ops.head_pool(wn, shared, impl, at))
+        made = both.pattern(T)
+        assert both.pattern(T) is made and (made is None) == (at is idx)   # made once; none for unsorted picks
     from seqctr.ops.attention import _shared_csr
     assert _shared_csr(picks, T, q.new_ones(picks.shape)) is not None and _shared_csr(esu, T, q.new_ones(esu.shape)) is not None
     assert _shared_csr(idx, T, q.new_ones(idx.shape)) is None                   # not ascending: no CSR

@@ -320,12 +320,13 @@ class MultiHeadTargetAttention(Conditionable):
         shift = self.key_shift(cond)
         if shift is not None:
             k = k + shift.view(B, H, 1, hd)
-        idx = None
+        idx = picks = None
         if select is not None:
             idx, sel_mask = select
             idx = idx.unsqueeze(1).expand(B, H, idx.shape[-1])
             hmask = sel_mask.unsqueeze(1).expand_as(idx)
-            scores = ops.head_scores(q, k, self.impl, idx)                                           # [B, H, k]
+            picks = ops.Picks(idx)                 # one CSR pattern of the picks for their scores and their pool
+            scores = ops.head_scores(q, k, self.impl, picks)                                         # [B, H, k]
             if score_bias is not None:
                 scores = scores + torch.gather(score_bias, -1, idx)
         else:
@@ -342,7 +343,7 @@ class MultiHeadTargetAttention(Conditionable):
             scores, hmask = _with_prompts(scores, hmask, ps)
         w = masked_softmax(apply_temperature(scores, cond), hmask)
         wd = self.dropout(w)
-        out = ops.head_pool(wd[..., P:], v, self.impl, idx)                                          # [B, H, hd]
+        out = ops.head_pool(wd[..., P:], v, self.impl, idx if picks is None else picks)             # [B, H, hd]
         if P:
             out = out + (wd[..., :P].unsqueeze(2) @ pv).squeeze(2)
         return self._result(out, w, P, idx, T, need_weights)

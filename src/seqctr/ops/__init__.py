@@ -9,11 +9,11 @@
 Imports only PyTorch, NumPy and ``seqctr.utils``: every layer of :mod:`seqctr.nn` and every backbone is
 built on these ops.
 """
-from .attention import (FORMS, IMPLS, Events, check_impl, event_pool, event_scores, fast_form, gather_positions,
+from .attention import (FORMS, IMPLS, Events, Picks, check_impl, event_pool, event_scores, fast_form, gather_positions,
                         head_pool, head_rows, head_scores, masked_softmax, resolve, selection_as_mask, set_impl,
                         shared)
 from .select import simhash, topk_select
 
-__all__ = ["FORMS", "IMPLS", "Events", "check_impl", "event_pool", "event_scores", "fast_form", "gather_positions",
+__all__ = ["FORMS", "IMPLS", "Events", "Picks", "check_impl", "event_pool", "event_scores", "fast_form", "gather_positions",
            "head_pool", "head_rows", "head_scores", "masked_softmax", "resolve", "selection_as_mask", "set_impl",
            "shared", "simhash", "topk_select"]

@@ -201,17 +201,38 @@ def shared(t: torch.Tensor) -> torch.Tensor | None:
     return t[0] if t.shape[0] > 1 and t.stride(0) == 0 else None
 
 
-def _shared_csr(idx: torch.Tensor, T: int, values: torch.Tensor) -> torch.Tensor | None:
-    """The picks ``idx [B, H, n]`` of a broadcast cache as one block-diagonal CSR matrix ``[B H, H T]`` (row
-    ``b H + h`` holds ``values[b, h]`` at columns ``h T + idx[b, h]``), or None where that is not a valid CSR
-    (a row's positions not strictly ascending, as :func:`~seqctr.ops.select.topk_select` returns them) or the
-    dtype has no sparse product here (float32 / float64 only)."""
-    B, H, n = idx.shape
-    if values.dtype not in (torch.float32, torch.float64) or n == 0 or (n > 1 and not bool((idx.diff() > 0).all())):
+class Picks:
+    """Positions ``idx [B, H, n]`` picked from a cache's events (a GSU's choice), for :func:`head_scores` and
+    :func:`head_pool` of the same picks: their block-diagonal CSR pattern (:func:`_shared_csr`) is made at most
+    once for both (its ascending-order check reads every pick)."""
+
+    def __init__(self, idx: torch.Tensor):
+        self.idx, self._patterns = idx, {}
+
+    def pattern(self, T: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(crow, col)`` of the picks over ``T`` events per head (row ``b H + h``: columns ``h T + idx[b, h]``),
+        or None where that is not a valid CSR (a row's positions not strictly ascending, as
+        :func:`~seqctr.ops.select.topk_select` returns them, or no picks)."""
+        if T not in self._patterns:
+            idx = self.idx
+            B, H, n = idx.shape
+            ok = n > 0 and (n == 1 or bool((idx.diff() > 0).all()))
+            self._patterns[T] = None if not ok else (
+                torch.arange(0, B * H * n + 1, n, device=idx.device),
+                (idx + torch.arange(H, device=idx.device).view(1, H, 1) * T).reshape(-1))
+        return self._patterns[T]
+
+
+def _shared_csr(picks: Picks | torch.Tensor, T: int, values: torch.Tensor) -> torch.Tensor | None:
+    """The picks of a broadcast cache as one block-diagonal CSR matrix ``[B H, H T]`` (row ``b H + h`` holds
+    ``values[b, h]`` at columns ``h T + idx[b, h]``), or None where :meth:`Picks.pattern` is None or the dtype
+    has no sparse product here (float32 / float64 only)."""
+    picks = picks if isinstance(picks, Picks) else Picks(picks)
+    pattern = picks.pattern(T) if values.dtype in (torch.float32, torch.float64) else None
+    if pattern is None:
         return None
-    col = (idx + torch.arange(H, device=idx.device).view(1, H, 1) * T).reshape(-1)
-    crow = torch.arange(0, B * H * n + 1, n, device=idx.device)
-    return torch.sparse_csr_tensor(crow, col, values.reshape(-1), (B * H, H * T), check_invariants=False)
+    B, H, _ = picks.idx.shape
+    return torch.sparse_csr_tensor(*pattern, values.reshape(-1), (B * H, H * T), check_invariants=False)
 
 
 def _sparse_ok(*ts: torch.Tensor) -> bool:
@@ -220,9 +241,9 @@ def _sparse_ok(*ts: torch.Tensor) -> bool:
     return not torch.compiler.is_compiling() and not needs_grad(*ts)
 
 
-def head_scores(q: torch.Tensor, k: torch.Tensor, impl: str, idx: torch.Tensor | None = None) -> torch.Tensor:
-    """``q [B, H, hd] . k [B, H, T, hd]`` / sqrt(hd) -> ``[B, H, T]``; with ``idx [B, H, n]`` only the
-    events at those positions -> ``[B, H, n]`` (as ``head_scores(q, head_rows(k, idx))``).
+def head_scores(q: torch.Tensor, k: torch.Tensor, impl: str, idx: torch.Tensor | Picks | None = None) -> torch.Tensor:
+    """``q [B, H, hd] . k [B, H, T, hd]`` / sqrt(hd) -> ``[B, H, T]``; with ``idx [B, H, n]`` (or its
+    :class:`Picks`) only the events at those positions -> ``[B, H, n]`` (as ``head_scores(q, head_rows(k, idx))``).
 
     ``fast`` with one user's cache broadcast over the candidates: every event, one GEMM per head against
     the shared ``[H, T, hd]`` (no copy); the picks, one sampled product (SDDMM) over the shared rows
@@ -230,13 +251,14 @@ def head_scores(q: torch.Tensor, k: torch.Tensor, impl: str, idx: torch.Tensor |
     hd = q.shape[-1]
     k0 = shared(k) if impl != "reference" else None
     if idx is not None:
+        picks = idx if isinstance(idx, Picks) else Picks(idx)
         ok = k0 is not None and k0.dtype == q.dtype and _sparse_ok(q, k)
-        csr = _shared_csr(idx, k.shape[2], q.new_zeros(idx.shape)) if ok else None
+        csr = _shared_csr(picks, k.shape[2], q.new_zeros(picks.idx.shape)) if ok else None
         if csr is None:
-            return head_scores(q, head_rows(k, idx, impl), impl)
+            return head_scores(q, head_rows(k, picks.idx, impl), impl)
         H, T, _ = k0.shape
         out = torch.sparse.sampled_addmm(csr, q.reshape(-1, hd), k0.reshape(H * T, hd).t(), beta=0, alpha=hd ** -0.5)
-        return out.values().view(idx.shape)
+        return out.values().view(picks.idx.shape)
     if k0 is not None:   # [H, B, hd] @ [H, hd, T], the 1/sqrt(hd) applied inside the GEMM
         return torch.baddbmm(q.new_zeros(1, 1, 1), q.transpose(0, 1), k0.transpose(-1, -2),
                              beta=0, alpha=hd ** -0.5).transpose(0, 1)
@@ -255,18 +277,19 @@ def head_rows(x: torch.Tensor, idx: torch.Tensor, impl: str) -> torch.Tensor:
     return x0.reshape(H * T, hd).index_select(0, flat).view(*idx.shape, hd)
 
 
-def head_pool(w: torch.Tensor, v: torch.Tensor, impl: str, idx: torch.Tensor | None = None) -> torch.Tensor:
+def head_pool(w: torch.Tensor, v: torch.Tensor, impl: str, idx: torch.Tensor | Picks | None = None) -> torch.Tensor:
     """``sum_t w[b, h, t] v[b, h, t]``: ``w [B, H, T]``, ``v [B, H, T, hd]`` -> ``[B, H, hd]``; with
-    ``idx [B, H, n]``, ``w [B, H, n]`` weighs the events at those positions (as ``head_pool(w,
-    head_rows(v, idx))``). ``fast`` with a broadcast cache: every event, one GEMM per head; the picks, one
+    ``idx [B, H, n]`` (or its :class:`Picks`), ``w [B, H, n]`` weighs the events at those positions (as
+    ``head_pool(w, head_rows(v, idx))``). ``fast`` with a broadcast cache: every event, one GEMM per head; the picks, one
     sparse-dense product over the shared rows (no per-candidate copy of the picked values)."""
     v0 = shared(v) if impl != "reference" else None
     if idx is not None:
-        csr = _shared_csr(idx, v.shape[2], w) if v0 is not None and v0.dtype == w.dtype and _sparse_ok(w, v) else None
+        picks = idx if isinstance(idx, Picks) else Picks(idx)
+        csr = _shared_csr(picks, v.shape[2], w) if v0 is not None and v0.dtype == w.dtype and _sparse_ok(w, v) else None
         if csr is None:
-            return head_pool(w, head_rows(v, idx, impl), impl)
+            return head_pool(w, head_rows(v, picks.idx, impl), impl)
         H, T, hd = v0.shape
-        return (csr @ v0.reshape(H * T, hd)).view(*idx.shape[:2], hd)
+        return (csr @ v0.reshape(H * T, hd)).view(*picks.idx.shape[:2], hd)
     if v0 is not None:
         return (w.transpose(0, 1) @ v0).transpose(0, 1)
     return (w.unsqueeze(2) @ v).squeeze(2)
