@@ -348,7 +348,7 @@ def cmd_export(args) -> int:
         from .serving.export import compile_bundle
 
         try:
-            spec = compile_bundle(out, args.max_candidates)
+            spec = compile_bundle(out, args.max_candidates, args.compiled_select)
         except SeqctrError as e:
             raise SeqctrError(f"bundle written to {out} without compiled scoring: {e}") from None
         m = spec["measured"]
@@ -642,6 +642,9 @@ def _serving_commands(c: _Commands) -> None:
                          "version (not DIEN: its recurrence cannot be captured)")
     xp.add_argument("--max-candidates", type=int, default=1000,
                     help="--compile: the most candidates per request the compiled graph takes (more: eager)")
+    xp.add_argument("--compiled-select", choices=["op", "dense"], default="op",
+                    help="--compile, top-k models (SIM, TWIN, ETA): capture the selection as one op calling seqctr's "
+                         "eager selection (op: faster) or as plain torch ops (dense: the package runs without seqctr)")
     xp.set_defaults(func=cmd_export)
 
     pd = c.command("predict", "score every event of an interactions table with a bundle (history = the "

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from seqctr.ops.select import (_positions_cpu, _positions_dense, _positions_numpy, _positions_prefiltered,
-                               _positions_torch, topk_select)
+                               _positions_torch, topk_positions, topk_select, traced_form)
 
 
 def reference(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -18,7 +18,7 @@ def reference(x: torch.Tensor, k: int) -> torch.Tensor:
     return (T - 1 - order).sort(-1).values
 
 
-@pytest.mark.parametrize("impl", ["numpy", "torch", "torch-bf16", "dense"])
+@pytest.mark.parametrize("impl", ["numpy", "torch", "torch-bf16", "dense", "op", "op-bf16"])
 def test_topk_positions_equal_the_stable_sort_reference(impl):
     """Every k, integer-valued scores full of ties, -inf padding, rows of distinct values."""
     g = torch.Generator().manual_seed(0)
@@ -32,6 +32,8 @@ def test_topk_positions_equal_the_stable_sort_reference(impl):
             got = torch.from_numpy(_positions_numpy(x.numpy(), k))
         elif impl == "dense":
             got = _positions_dense(x, k)
+        elif impl.startswith("op"):                                  # the op a captured graph calls
+            got = topk_positions(x.bfloat16() if impl == "op-bf16" else x, k)
         else:
             got = _positions_torch(x.bfloat16() if impl == "torch-bf16" else x, k)
         assert got.shape == (12, k)
@@ -111,3 +113,13 @@ def test_topk_select_mask_of_an_all_real_history_is_all_true_and_owned():
     few[:, :, -4:] = True                                   # 4 real events, 6 picks
     idx, sel = topk_select(s, few, 6)
     assert torch.equal(sel.sum(-1), torch.full((5, 3), 4)) and torch.equal(sel, torch.gather(few.expand(5, 3, 30), -1, idx))
+
+
+def test_the_selection_op_passes_torch_s_op_checks_and_forms_are_named():
+    """``seqctr::topk_positions`` registered as torch expects (schema, fake shapes, no aliasing: what
+    ``torch.export`` and AOTInductor rely on); an unknown traced form is refused."""
+    x = torch.randn(6, 40, generator=torch.Generator().manual_seed(1))
+    torch.library.opcheck(topk_positions, (x, 5), test_utils=("test_schema", "test_faketensor"))
+    with pytest.raises(ValueError, match="traced form"):
+        with traced_form("sparse"):
+            pass

@@ -30,13 +30,17 @@ def _bundle(tmp_path_factory, name):
     return train_in_own_home(root, name=name, options=OPTIONS.get(name, {}))[1]
 
 
-@pytest.mark.parametrize("name", CAPTURED)
-def test_the_exported_program_equals_eager_scoring(tmp_path_factory, name):
+@pytest.mark.parametrize("name,select", [(n, "op") for n in CAPTURED] + [(n, "dense") for n in ("sim", "twin", "eta")])
+def test_the_exported_program_equals_eager_scoring(tmp_path_factory, name, select):
     """Windows from the shortest captured one to the model's max_len, 1 to 50 candidates: the program
-    torch.export traced once (at other shapes) gives eager scoring's probabilities within 1e-5."""
+    torch.export traced once (at other shapes) gives eager scoring's probabilities within 1e-5, with a top-k
+    selection captured either as seqctr's op or as plain torch ops (then no seqctr op in the graph)."""
     scorer = seqctr.load(_bundle(tmp_path_factory, name))
-    program, spec = capture(scorer, max_candidates=50)
+    program, spec = capture(scorer, max_candidates=50, select=select)
     assert spec["min_window"] == min_window(scorer.model) and spec["max_window"] == scorer.max_len
+    calls = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert ("seqctr.topk_positions.default" in calls) == (select == "op" and spec["min_window"] > 1)
+    assert spec["select"] == select
     _assert_program_equals_eager(scorer, program, spec, sorted({spec["min_window"], 9, scorer.max_len}), (1, 7, 50), 1)
 
 

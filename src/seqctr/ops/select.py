@@ -2,6 +2,8 @@
 SimHash codes."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -107,6 +109,45 @@ def _positions_dense(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.topk(key, k, dim=-1, sorted=False).indices.sort(-1).values
 
 
+def _positions(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """The eager selection of ``rows [R, T]`` -> ``[R, k]``: the NumPy path for CPU float32/64 rows
+    (:func:`_positions_cpu`), torch's otherwise (:func:`_positions_torch`); the same positions."""
+    if rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64):
+        return torch.from_numpy(_positions_cpu(rows.detach().contiguous().numpy(), k))
+    return _positions_torch(rows.detach(), k)
+
+
+@torch.library.custom_op("seqctr::topk_positions", mutates_args=())
+def topk_positions(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """:func:`_positions` as one opaque op of a captured graph: ``rows [R, T]`` -> ``[R, k]`` int64.
+    ``torch.export`` records the call, not its data-dependent inside; an AOTInductor package calls it back
+    through the dispatcher (so it runs where ``seqctr`` is imported). The ``op`` form of :func:`traced_form`."""
+    return _positions(rows, k)
+
+
+@topk_positions.register_fake
+def _(rows: torch.Tensor, k: int) -> torch.Tensor:
+    return rows.new_empty((rows.shape[0], k), dtype=torch.long)
+
+
+TRACED_FORMS = ("op", "dense")
+_traced = ["op"]
+
+
+@contextlib.contextmanager
+def traced_form(form: str):
+    """The selection a graph captured inside this context takes: ``op`` (default; :func:`topk_positions`,
+    the eager selection called from the graph) or ``dense`` (:func:`_positions_dense`: plain torch ops only,
+    so the graph needs no Python and no ``seqctr`` to run; slower: a top-k over every score)."""
+    if form not in TRACED_FORMS:
+        raise ValueError(f"topk_select: traced form must be one of {TRACED_FORMS}, got {form!r}")
+    _traced.append(form)
+    try:
+        yield
+    finally:
+        _traced.pop()
+
+
 def _all_true(mask: torch.Tensor) -> bool:
     """``mask.all()`` read over the distinct elements only (a broadcast mask is not scanned per copy)."""
     return bool(mask[tuple(slice(0, 1) if st == 0 else slice(None) for st in mask.stride())].all())
@@ -124,8 +165,9 @@ def topk_select(scores: torch.Tensor, mask: torch.Tensor, k: int):
     A selection of the k-th score plus an exact tie rule, not a full sort: O(T) per row instead
     of O(T log T) (the selection is the largest single cost of TWIN's scoring). CPU float32/64 scores take the
     NumPy path (:func:`_positions_cpu`: on rows of at least ``10 k`` events, the selection over a
-    prefiltered few, :func:`_positions_prefiltered`), anything else torch's; under ``torch.export`` the dense
-    form without data-dependent shapes (:func:`_positions_dense`; same positions, tested)."""
+    prefiltered few, :func:`_positions_prefiltered`), anything else torch's; under ``torch.export`` the form
+    :func:`traced_form` names: the same selection as one opaque op (:func:`topk_positions`), or the dense form
+    without data-dependent shapes (:func:`_positions_dense`); same positions, tested."""
     T = scores.shape[-1]
     k = min(k, T)
     mask = mask.expand_as(scores)
@@ -139,11 +181,9 @@ def topk_select(scores: torch.Tensor, mask: torch.Tensor, k: int):
     inner = key.detach().permute(*lead, -1)
     rows = inner.reshape(-1, T)
     if traced:
-        pos = _positions_dense(rows, k)
-    elif rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64):
-        pos = torch.from_numpy(_positions_cpu(rows.numpy(), k))
+        pos = _positions_dense(rows, k) if _traced[-1] == "dense" else topk_positions(rows, k)
     else:
-        pos = _positions_torch(rows, k)
+        pos = _positions(rows, k)
     idx = pos.view(*inner.shape[:-1], k).permute(*[lead.index(d) for d in range(key.dim() - 1)], -1)
     return idx, torch.gather(mask, -1, idx)
 

@@ -11,8 +11,10 @@ request's shapes lie in the captured range (:class:`CompiledScoring`), eagerly o
 
 Equal to eager scoring within 1e-5 in float32 (tested per backbone). A backbone whose cached scoring has
 data-dependent control flow (DIEN's recurrence over the window) cannot be captured: refused with the reason.
-Selections of ``k`` events (SIM, TWIN, ETA) take their traceable form (:func:`seqctr.ops.select.topk_select`)
-and need ``T > k``; shorter windows, an empty history or another cache form run eagerly. An AOTInductor
+Selections of ``k`` events (SIM, TWIN, ETA) are captured in the form ``select`` names
+(:func:`seqctr.ops.select.traced_form`): ``op`` (default), the eager selection as one opaque op the compiled graph
+calls back, or ``dense``, plain torch ops (a top-k over every score; slower, but the package then needs no
+``seqctr`` to run). They need ``T > k``; shorter windows, an empty history or another cache form run eagerly. An AOTInductor
 package runs only under the torch version that compiled it: under another, the scorer runs eagerly.
 Speed: docs/results/export_scoring.md.
 """
@@ -93,11 +95,14 @@ def signature(cache: KVCache) -> dict:
     return {n: [str(t.dtype).removeprefix("torch."), t.dim()] for n, t in sorted(cache.tensors.items())}
 
 
-def capture(scorer, max_candidates: int = 1000) -> tuple[torch.export.ExportedProgram, dict]:
+def capture(scorer, max_candidates: int = 1000, select: str = "op") -> tuple[torch.export.ExportedProgram, dict]:
     """``(program, spec)``: the scorer's cached scoring traced with the candidate count in
-    ``[1, max_candidates]`` and the window in ``[min_window, max_len]`` dynamic. ``spec`` records the
-    input names, their dynamic dimension, the ranges, the cache signature and the serving form."""
+    ``[1, max_candidates]`` and the window in ``[min_window, max_len]`` dynamic, selections in the form
+    ``select`` (``op`` | ``dense``, :func:`seqctr.ops.select.traced_form`). ``spec`` records the
+    input names, their dynamic dimension, the ranges, the cache signature, the selection form and the serving form."""
     from torch.export import Dim, export
+
+    from ..ops.select import traced_form
 
     model = scorer.model
     lo, hi = min_window(model), scorer.max_len
@@ -125,7 +130,7 @@ def capture(scorer, max_candidates: int = 1000) -> tuple[torch.export.ExportedPr
         shapes.append(None)
     graph = ScoringGraph(model, names, a.meta).eval()
     try:
-        with torch.no_grad(), _quiet_torch():
+        with torch.no_grad(), _quiet_torch(), traced_form(select):
             program = export(graph, tuple(args), dynamic_shapes=tuple(shapes), strict=False)
     except Exception as e:   # what torch.export refuses: data-dependent control flow, unsupported ops
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -133,7 +138,7 @@ def capture(scorer, max_candidates: int = 1000) -> tuple[torch.export.ExportedPr
                           f"be captured as a graph ({type(e).__name__}: {first[:300]}); serve it eagerly") from None
     spec = {"file": FILE, "inputs": names, "window_dims": dims, "min_window": lo, "max_window": hi,
             "max_candidates": int(max_candidates), "signature": signature(a), "meta": a.meta,
-            "time": time is not None, "torch": torch.__version__, "fingerprint": fingerprint(model),
+            "time": time is not None, "select": select, "torch": torch.__version__, "fingerprint": fingerprint(model),
             "form": {"cache_codec": scorer.codec.name, "rebuild_first_layer": not getattr(
                 model.backbone, "cache_first_layer", True)}}
     return program, spec
@@ -152,7 +157,7 @@ def compile_program(program: torch.export.ExportedProgram, spec: dict, folder: s
     return CompiledScoring(folder, spec)
 
 
-def compile_bundle(path: str | Path, max_candidates: int = 1000) -> dict:
+def compile_bundle(path: str | Path, max_candidates: int = 1000, select: str = "op") -> dict:
     """Capture the bundle's cached scoring in its recorded serving form, compile it with AOTInductor and
     write it into the bundle (``scoring.pt2``, ``serving.compiled`` in ``bundle.json``): the bundle is
     replaced atomically, only once the compiled graph is written. Returns the recorded spec."""
@@ -163,7 +168,7 @@ def compile_bundle(path: str | Path, max_candidates: int = 1000) -> dict:
     if not compiler():
         raise SeqctrError("export --compile: AOTInductor needs a C++ compiler (g++, or the one $CXX names) on PATH")
     scorer = Scorer(load_bundle(path), compiled=False)
-    program, spec = capture(scorer, max_candidates)
+    program, spec = capture(scorer, max_candidates, select)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.compile.") as work:
         spec["measured"] = measure(scorer, compile_program(program, spec, work), min(200, max_candidates))
         add_files(path, {FILE: Path(work) / FILE}, {"compiled": spec})
