@@ -64,11 +64,11 @@ def main() -> int:
         for name, variant in [(n, v) for n in args.models.split(",") for v in sm.variants(n)
                               if v in args.variants.split(",")]:
             model = sm.build(name, ds.meta, collective=variant)
-            fast = {}
-            for form in (forms if min_window(model) > 1 else forms[:1]):     # the form matters only with a top-k
+            fast, topk = {}, min_window(model) > 1
+            for form in (forms if topk else forms[:1]):                      # the form matters only with a top-k
                 work = Path(tmp) / f"{name}-{variant}-{form}"
                 work.mkdir()
-                key = f"{name}/{variant}" + (f"/{form}" if min_window(model) > 1 else "")
+                key = f"{name}/{variant}" + (f"/{form}" if topk else "")
                 fast[form], spec, compile_s[key] = compiled_scoring(model, ds, items, work, form)
                 print(f"{key}: compiled in {compile_s[key]:.0f} s (windows {spec['min_window']}-{spec['max_window']})",
                       flush=True)
@@ -77,8 +77,7 @@ def main() -> int:
                 cache = prefill(model, user, hist, max_len=WINDOW)
                 ref = score(model, cache, cands)
                 outs = {f: fn(cache, cands) for f, fn in fast.items()}
-                row = {"model": name, "cache": variant, "events": T, "candidates": args.candidates,
-                       "topk": min_window(model) > 1}
+                row = {"model": name, "cache": variant, "events": T, "candidates": args.candidates, "topk": topk}
                 if any(o is None for o in outs.values()):
                     row.update(note=f"window <= k = {spec['min_window'] - 1}: eager")
                 else:
