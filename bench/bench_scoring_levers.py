@@ -137,6 +137,7 @@ def main() -> int:
         b = statistics.median(x[k] for x in runs["before"])
         a = statistics.median(x[k] for x in runs["after"])
         cells[k] = {"before_ms": b, "after_ms": a, "speedup": b / a,
+                    **sm.ratio_summary([x[k] for x in runs["before"]], [x[k] for x in runs["after"]], "paired"),
                     "max_prob_diff": float(np.abs(probs["before"][k] - probs["after"][k]).max())}
     cmd, load, _ = sm.write_results(args, __file__, {"lever": args.lever, "rounds": args.rounds, "calls": args.calls,
                                                      "cpu": args.cpu, "cells": cells, "runs": runs})
@@ -149,12 +150,14 @@ def main() -> int:
              f"`{cmd}` (generated; do not edit). Lever: {args.lever or '(see the command)'}. {what}"
              f"median over {args.rounds} alternating rounds (a fresh process per variant and round, pinned to CPU "
              f"{args.cpu}, one thread) of the median of {args.calls} {'passes' if args.test_pass else 'calls'}. Load average (1 min) at the end: "
-             f"{load:.1f} on 2 cores. `max |dp|`: the largest difference between the two versions' probabilities.",
+             f"{load:.1f} on 2 cores. `speed-up`: before / after of the medians; `paired`: the median of the rounds' own "
+             "ratios [first, third quartile] (a round's two processes run back to back, so a change of the machine's "
+             "speed moves both). `max |dp|`: the largest difference between the two versions' probabilities.",
              "", "| " + ("model / pass / precision" if args.test_pass else "model / cache / events")
-             + " | before ms | after ms | speed-up | max |dp| |", "|---|---:|---:|---:|---:|"]
+             + " | before ms | after ms | speed-up | paired [q1, q3] | max |dp| |", "|---|---:|---:|---:|---:|---:|"]
     for k, c in cells.items():
         lines.append(f"| {k} | {c['before_ms']:.2f} | {c['after_ms']:.2f} | {c['speedup']:.2f}x | "
-                     f"{c['max_prob_diff']:.1e} |")
+                     f"{c['paired']:.2f}x [{c['paired_q1']:.2f}, {c['paired_q3']:.2f}] | {c['max_prob_diff']:.1e} |")
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

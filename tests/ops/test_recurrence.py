@@ -1,6 +1,7 @@
 """The hand-written GRU/AUGRU recurrence == torch.nn.GRU / autograd, values and gradients."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from seqctr.ops.recurrence import _forward, gated_recurrence, gru
@@ -126,14 +127,15 @@ def test_dien_in_the_reference_recurrence_equals_the_fast_one(synth_ds):
         torch.testing.assert_close(grads["fast"][n], grads["reference"][n], atol=1e-10, rtol=1e-8)
 
 
-def test_lengths_step_each_row_over_its_own_events_packed_or_not():
+@pytest.mark.parametrize("lengths", [[9, 0, 3, 9, 1, 5, 5], [4, 0, 3, 2, 1, 4, 0]])   # max(L) = T, < T
+def test_lengths_step_each_row_over_its_own_events_packed_or_not(lengths):
     """With ``lengths``: states past a row's length are 0 and ``final`` is the state after its last
     step (``h0`` for an empty row); the packed form (no autograd, ``fast``), the reference loop and the
     autograd form all equal each row run alone over its own steps — dense and indexed input gates,
     GRU and AUGRU, float64."""
     torch.manual_seed(0)
     B, T, H, U = 7, 9, 5, 13
-    L = torch.tensor([9, 0, 3, 9, 1, 5, 5])
+    L = torch.tensor(lengths)
     f64 = dict(dtype=torch.float64)
     h0, w, b = torch.randn(B, H, **f64), torch.randn(3 * H, H, **f64), torch.randn(3 * H, **f64)
     for indexed in (False, True):
