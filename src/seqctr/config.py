@@ -156,6 +156,7 @@ class TrainConfig:
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     threads: int = 0                 # torch threads; 0 = torch default (all cores)
     max_steps: int = 0               # 0 = no limit; else stop an epoch after this many steps
+    checkpoint_steps: int = 0        # also save last.pt every this many steps inside an epoch (0 = at epoch ends only): --resume then continues from the step after it, as an uninterrupted run would (same batches, random streams, weights)
     max_grad_norm: float = 10.0      # gradient clipping by global norm
     tensorboard: bool = False        # also log to <run>/tensorboard (needs the tensorboard extra)
     precision: str = "fp32"          # fp32 | bf16 (bfloat16 autocast of matrix products: faster, less accurate; see docs/results/precision_bf16_ml100k.md)
@@ -247,6 +248,8 @@ def validate(cfg: RunConfig) -> None:
     _check(t.min_lr >= 0, "train.min_lr", "a number >= 0", t.min_lr)
     _check(t.threads >= 0, "train.threads", "an integer >= 0 (0 = torch default)", t.threads)
     _check(t.max_steps >= 0, "train.max_steps", "an integer >= 0 (0 = no limit)", t.max_steps)
+    _check(t.checkpoint_steps >= 0, "train.checkpoint_steps", "an integer >= 0 (0 = at epoch ends only)",
+           t.checkpoint_steps)
     _check(t.max_grad_norm > 0, "train.max_grad_norm", "a number > 0", t.max_grad_norm)
     check_device(t.device, "train.device")
     _check(t.init_rows in ("oov", "fresh"), "train.init_rows", "oov or fresh", t.init_rows)

@@ -69,6 +69,46 @@ def test_resume_after_interruption_equals_uninterrupted_run(synth_ds, tmp_path, 
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
+def test_resume_inside_an_epoch_equals_uninterrupted_run(synth_ds, tmp_path, monkeypatch):
+    """``train.checkpoint_steps``: a run killed mid-epoch resumes after its last saved step and ends with
+    the weights and epoch losses of a run never interrupted (which saved nothing inside its epochs)."""
+    from seqctr.training import trainer as trainer_mod
+
+    straight = Trainer(small_cfg(), synth_ds, tmp_path / "a", progress=False)
+    straight.fit(log=lambda *_: None)
+    steps = len(straight.train_loader.batches(2))
+    assert steps >= 5
+
+    cfg = small_cfg(**{"train.checkpoint_steps": 2})
+    interrupted = Trainer(cfg, synth_ds, tmp_path / "b", progress=False)
+    real, calls = trainer_mod.train_step, []
+
+    def crash(*args, **kwargs):                     # killed in epoch 2, after step 5 (last saved: step 4)
+        calls.append(1)
+        if len(calls) == steps + 6:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "train_step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit(log=lambda *_: None)
+    monkeypatch.undo()
+    ck = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert ck["state"]["epoch"] == 1 and ck["state"]["step"] == 4 and len(ck["partial_ranks"]) == 1
+
+    resumed = Trainer(cfg, synth_ds, tmp_path / "b", progress=False)
+    logs = []
+    resumed.fit(resume=True, log=logs.append)
+    assert "step 4 of epoch 2" in logs[0]
+    a = load_checkpoint(tmp_path / "a" / "last.pt")
+    b = load_checkpoint(tmp_path / "b" / "last.pt")
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
+    assert b["state"]["step"] == 0
+    for ha, hb in zip(a["state"]["history"], b["state"]["history"]):
+        assert ha["loss"] == pytest.approx(hb["loss"], rel=1e-12) and ha["samples"] == hb["samples"]
+
+
 def test_train_step_clock_times_its_parts_without_changing_the_step(synth_ds):
     """``clock`` only reads the time: the same weights and seed give the same losses with and without it."""
     from seqctr.config import ModelConfig

@@ -1,7 +1,7 @@
 """Training and evaluation loop shared by all backbones, in one process or under torchrun (DDP).
 
 Run folder layout: ``config.json``, ``last.pt`` (everything needed to resume after the last
-finished epoch), ``best.pt`` (best validation AUC weights), ``metrics.json`` (per-epoch history,
+finished epoch, or with ``train.checkpoint_steps`` after the last saved step of the current one), ``best.pt`` (best validation AUC weights), ``metrics.json`` (per-epoch history,
 final valid/test metrics, throughput). Every file is written atomically, by rank 0 only.
 How several processes share the work: :mod:`seqctr.training.distributed`.
 """
@@ -167,7 +167,9 @@ class Trainer:
         self.progress = progress if self.dist.main else False
         self.log = print if self.dist.main else _quiet
         self._tb = None   # TensorBoard writer, opened on the first epoch when train.tensorboard is on
-        self.state = {"epoch": 0, "best_auc": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": []}
+        # step: steps done in the unfinished epoch (train.checkpoint_steps); _partial: its running totals on resume
+        self.state = {"epoch": 0, "step": 0, "best_auc": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": []}
+        self._partial = None
 
     def eval_loader(self, split: str) -> BatchLoader:
         d = self.cfg.data
@@ -175,13 +177,16 @@ class Trainer:
                            bucket=True)
 
     # -- checkpoints --------------------------------------------------------------------------
-    def _save_last(self) -> None:
+    def _save_last(self, partial: list[float] | None = None) -> None:
+        """``last.pt``; ``partial``: inside an epoch (``state['step']`` steps done), this rank's running
+        ``[loss sum, samples, global samples, seconds]`` of the epoch so far, kept per rank."""
         rngs = self.dist.gather(torch.get_rng_state())       # every rank's random streams
         masks = self.dist.gather(dropout.get_state())
+        partials = self.dist.gather(partial) if partial is not None else None
         if self.dist.main:
             save_torch({"model": self.model.state_dict(), "opt": self.opt.state_dict(), "state": self.state,
                         "torch_rng": rngs[0], "torch_rng_ranks": rngs, "dropout_rng_ranks": masks,
-                        "config": self.cfg.to_dict()}, self.out / "last.pt")
+                        "partial_ranks": partials, "config": self.cfg.to_dict()}, self.out / "last.pt")
         self.dist.barrier()
 
     def _save_best(self, valid: dict) -> None:
@@ -191,8 +196,10 @@ class Trainer:
         self.dist.barrier()
 
     def resume(self) -> bool:
-        """Load ``last.pt`` if present; training then continues after the last finished epoch
-        (every rank loads it; each takes back its own random stream when the world size matches)."""
+        """Load ``last.pt`` if present; training then continues after the last finished epoch, or after
+        the saved step of an unfinished one (``train.checkpoint_steps``). Every rank loads it; each takes back
+        its own random streams and running totals when the world size matches (otherwise rank 0's streams,
+        and the unfinished epoch's running loss restarts at the saved step)."""
         path = self.out / "last.pt"
         if not path.is_file():
             return False
@@ -200,6 +207,10 @@ class Trainer:
         self.model.load_state_dict(ck["model"])
         self.opt.load_state_dict(ck["opt"])
         self.state = ck["state"]
+        partials = ck.get("partial_ranks")
+        self._partial = None
+        if self.state.get("step", 0) and partials:
+            self._partial = partials[self.dist.rank] if len(partials) == self.dist.world else [0.0, 0, 0, 0.0]
         rngs = ck.get("torch_rng_ranks") or [ck["torch_rng"]]
         torch.set_rng_state(rngs[self.dist.rank] if len(rngs) == self.dist.world else rngs[0])
         masks = ck.get("dropout_rng_ranks")
@@ -224,11 +235,14 @@ class Trainer:
             batches = [b for b in batches if len(b) >= d.world]
         if self.cfg.train.max_steps > 0:
             batches = batches[: self.cfg.train.max_steps]
-        total, n_seen, n_local, t0 = 0.0, 0, 0, time.perf_counter()
+        start = self.state.get("step", 0)                   # steps of this epoch done before a resume
+        total, n_local, n_seen, before = self._partial if start and self._partial else (0.0, 0, 0, 0.0)
+        self._partial = None
+        every, t0 = self.cfg.train.checkpoint_steps, time.perf_counter() - before
         eff = self.train_loader.eff_len
         # progress=None: a bar on a terminal, a line every 30 s in a log; True/False force the bar / nothing.
-        bar = Progress(batches, f"epoch {epoch}", self.progress, log=self.log)
-        for pos in bar:
+        bar = Progress(batches[start:], f"epoch {epoch}", self.progress, log=self.log)
+        for step, pos in enumerate(bar, start=start + 1):
             mine = shard(pos, eff[pos], d.rank, d.world)
             batch = self.train_loader.batch(mine).to(self.device)
             loss = train_step(self.model, self.opt, batch, self.cfg.train.max_grad_norm, forward=self.forward,
@@ -238,6 +252,10 @@ class Trainer:
             n_seen += len(pos)
             dt = time.perf_counter() - t0
             bar.note(loss=f"{total / max(n_local, 1):.4f}", samples_per_s=f"{n_seen / max(dt, 1e-9):.0f}")
+            if every and step % every == 0 and step < len(batches):       # a step-level checkpoint
+                self.state["step"] = step
+                self._save_last([total, n_local, n_seen, dt])
+        self.state["step"] = 0
         dt = time.perf_counter() - t0
         total, n_local = d.sum([total, n_local])
         return {"loss": total / max(n_local, 1), "samples": n_seen, "seconds": dt,
@@ -253,7 +271,9 @@ class Trainer:
             write_json(self.out / "config.json", {**self.cfg.to_dict(), "provenance": provenance(),
                                                   "processes": self.dist.world})
         if resume and self.resume():
-            log(f"resumed from {self.out / 'last.pt'} after epoch {self.state['epoch']}")
+            step = self.state.get("step", 0)
+            log(f"resumed from {self.out / 'last.pt'} after epoch {self.state['epoch']}"
+                + (f", step {step} of epoch {self.state['epoch'] + 1}" if step else ""))
         st = self.state
         while st["epoch"] < self.cfg.train.epochs and st["bad_epochs"] < self.cfg.train.patience:
             epoch = st["epoch"] + 1
