@@ -1,8 +1,9 @@
 """Training and evaluation loop shared by all backbones, in one process or under torchrun (DDP).
 
 Run folder layout: ``config.json``, ``last.pt`` (everything needed to resume after the last
-finished epoch, or with ``train.checkpoint_steps`` after the last saved step of the current one), ``best.pt`` (best validation AUC weights), ``metrics.json`` (per-epoch history,
-final valid/test metrics, throughput). Every file is written atomically, by rank 0 only.
+finished epoch, or with ``train.checkpoint_steps`` after the last saved step of the current one),
+``best.pt`` (best validation AUC weights), ``metrics.json`` (per-epoch history, final valid/test
+metrics, throughput). Every file is written atomically, by rank 0 only.
 How several processes share the work: :mod:`seqctr.training.distributed`.
 """
 from __future__ import annotations
