@@ -337,13 +337,14 @@ class MultiHeadTargetAttention(Conditionable):
             if topk is not None and topk < T:
                 idx, hmask = ops.topk_select(scores, hmask, topk)                                    # [B, H, k]
                 scores = torch.gather(scores, -1, idx)
+                picks = ops.Picks(idx)
         P = cond.num_prompts if cond is not None else 0
         if P:
             ps, pv = self._prompts(q.unsqueeze(2), cond, shift)
             scores, hmask = _with_prompts(scores, hmask, ps)
         w = masked_softmax(apply_temperature(scores, cond), hmask)
         wd = self.dropout(w)
-        out = ops.head_pool(wd[..., P:], v, self.impl, idx if picks is None else picks)             # [B, H, hd]
+        out = ops.head_pool(wd[..., P:], v, self.impl, picks)                                        # [B, H, hd]
         if P:
             out = out + (wd[..., :P].unsqueeze(2) @ pv).squeeze(2)
         return self._result(out, w, P, idx, T, need_weights)

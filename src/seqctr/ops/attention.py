@@ -209,6 +209,11 @@ class Picks:
     def __init__(self, idx: torch.Tensor):
         self.idx, self._patterns = idx, {}
 
+    @classmethod
+    def of(cls, idx: torch.Tensor | Picks) -> Picks:
+        """``idx`` itself when it is already :class:`Picks` (its pattern kept), else new picks of it."""
+        return idx if isinstance(idx, cls) else cls(idx)
+
     def pattern(self, T: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(crow, col)`` of the picks over ``T`` events per head (row ``b H + h``: columns ``h T + idx[b, h]``),
         or None where that is not a valid CSR (a row's positions not strictly ascending, as
@@ -223,11 +228,10 @@ class Picks:
         return self._patterns[T]
 
 
-def _shared_csr(picks: Picks | torch.Tensor, T: int, values: torch.Tensor) -> torch.Tensor | None:
+def _shared_csr(picks: Picks, T: int, values: torch.Tensor) -> torch.Tensor | None:
     """The picks of a broadcast cache as one block-diagonal CSR matrix ``[B H, H T]`` (row ``b H + h`` holds
     ``values[b, h]`` at columns ``h T + idx[b, h]``), or None where :meth:`Picks.pattern` is None or the dtype
     has no sparse product here (float32 / float64 only)."""
-    picks = picks if isinstance(picks, Picks) else Picks(picks)
     pattern = picks.pattern(T) if values.dtype in (torch.float32, torch.float64) else None
     if pattern is None:
         return None
@@ -251,7 +255,7 @@ def head_scores(q: torch.Tensor, k: torch.Tensor, impl: str, idx: torch.Tensor |
     hd = q.shape[-1]
     k0 = shared(k) if impl != "reference" else None
     if idx is not None:
-        picks = idx if isinstance(idx, Picks) else Picks(idx)
+        picks = Picks.of(idx)
         ok = k0 is not None and k0.dtype == q.dtype and _sparse_ok(q, k)
         csr = _shared_csr(picks, k.shape[2], q.new_zeros(picks.idx.shape)) if ok else None
         if csr is None:
@@ -280,12 +284,13 @@ def head_rows(x: torch.Tensor, idx: torch.Tensor, impl: str) -> torch.Tensor:
 def head_pool(w: torch.Tensor, v: torch.Tensor, impl: str, idx: torch.Tensor | Picks | None = None) -> torch.Tensor:
     """``sum_t w[b, h, t] v[b, h, t]``: ``w [B, H, T]``, ``v [B, H, T, hd]`` -> ``[B, H, hd]``; with
     ``idx [B, H, n]`` (or its :class:`Picks`), ``w [B, H, n]`` weighs the events at those positions (as
-    ``head_pool(w, head_rows(v, idx))``). ``fast`` with a broadcast cache: every event, one GEMM per head; the picks, one
-    sparse-dense product over the shared rows (no per-candidate copy of the picked values)."""
+    ``head_pool(w, head_rows(v, idx))``). ``fast`` with a broadcast cache: every event, one GEMM per head; the
+    picks, one sparse-dense product over the shared rows (no per-candidate copy of the picked values)."""
     v0 = shared(v) if impl != "reference" else None
     if idx is not None:
-        picks = idx if isinstance(idx, Picks) else Picks(idx)
-        csr = _shared_csr(picks, v.shape[2], w) if v0 is not None and v0.dtype == w.dtype and _sparse_ok(w, v) else None
+        picks = Picks.of(idx)
+        ok = v0 is not None and v0.dtype == w.dtype and _sparse_ok(w, v)
+        csr = _shared_csr(picks, v.shape[2], w) if ok else None
         if csr is None:
             return head_pool(w, head_rows(v, picks.idx, impl), impl)
         H, T, hd = v0.shape

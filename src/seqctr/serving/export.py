@@ -14,8 +14,8 @@ data-dependent control flow (DIEN's recurrence over the window) cannot be captur
 Selections of ``k`` events (SIM, TWIN, ETA) are captured in the form ``select`` names
 (:func:`seqctr.ops.select.traced_form`): ``op`` (default), the eager selection as one opaque op the compiled graph
 calls back, or ``dense``, plain torch ops (a top-k over every score; slower, but the package then needs no
-``seqctr`` to run). They need ``T > k``; shorter windows, an empty history or another cache form run eagerly. An AOTInductor
-package runs only under the torch version that compiled it: under another, the scorer runs eagerly.
+``seqctr`` to run). They need ``T > k``; shorter windows, an empty history or another cache form run eagerly.
+An AOTInductor package runs only under the torch version that compiled it: under another, the scorer runs eagerly.
 Speed: docs/results/export_scoring.md.
 """
 from __future__ import annotations
