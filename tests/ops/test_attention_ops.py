@@ -115,8 +115,9 @@ def test_cached_head_ops_equal_the_reference_on_a_broadcast_cache(impl):
         made = both.pattern(T)
         assert both.pattern(T) is made and (made is None) == (at is idx)   # made once; none for unsorted picks
     from seqctr.ops.attention import _shared_csr
-    assert _shared_csr(picks, T, q.new_ones(picks.shape)) is not None and _shared_csr(esu, T, q.new_ones(esu.shape)) is not None
-    assert _shared_csr(idx, T, q.new_ones(idx.shape)) is None                   # not ascending: no CSR
+    for at in (picks, esu):                                              # ascending per row: one CSR
+        assert _shared_csr(ops.Picks(at), T, q.new_ones(at.shape)) is not None
+    assert _shared_csr(ops.Picks(idx), T, q.new_ones(idx.shape)) is None        # not ascending: no CSR
     qg = q.clone().requires_grad_()                                   # autograd on: the gathers, with a gradient
     ops.head_scores(qg, shared, impl, picks).sum().backward()
     assert qg.grad is not None and qg.grad.abs().sum() > 0
