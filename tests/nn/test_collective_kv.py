@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from seqctr.nn import MultiHeadTargetAttention
-from seqctr.nn.collective_kv import CollectiveKV, index_dtype, row_argmax
+from seqctr.nn.collective_kv import CollectiveKV, GateMeter, index_dtype, row_argmax
 
 
 def test_training_gate_and_losses_match_hand_computation():
@@ -64,6 +64,36 @@ def test_inference_uses_argmax_without_gate_and_codes_reproduce_kv():
     k2, v2 = m.from_codes(codes)
     torch.testing.assert_close(k2, k)
     torch.testing.assert_close(v2, v)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_gate_meter_is_the_masked_mean_of_the_training_gate_and_leaves_outputs_alone(training):
+    """The meter's means equal sigmoid(top-1 logit) averaged by hand over the real events of every call
+    (two modules, two calls, a mask and an unshared V), and the forward's outputs do not change."""
+    torch.manual_seed(3)
+    a = CollectiveKV(6, 6, dim=8, user_dim=1, pool_size=9).train(training)
+    b = CollectiveKV(6, 6, dim=8, user_dim=1, pool_size=9, share_v=False).train(training)
+    model = torch.nn.ModuleList([a, b])
+    xs = [torch.randn(3, 5, 6) for _ in range(2)]
+    mask = torch.rand(3, 5) > 0.4
+    plain = [a(xs[0], xs[0], mask), b(xs[1], xs[1])]
+    with GateMeter(model) as meter:
+        metered = [a(xs[0], xs[0], mask), b(xs[1], xs[1])]
+    for got, want in zip(metered, plain):
+        torch.testing.assert_close(got[0], want[0])
+        torch.testing.assert_close(got[1], want[1])
+    a(xs[0], xs[0], mask)                                            # after the meter: not counted
+    def gate(m, name, x):
+        with torch.no_grad():
+            return torch.sigmoid(getattr(m, f"router_{name}")(x).max(-1).values).double()
+    gk = torch.cat([gate(a, "k", xs[0])[mask], gate(b, "k", xs[1]).flatten()])
+    gv = gate(a, "v", xs[0])[mask]                                   # b's V is unshared: no gate
+    means = meter.means()
+    assert means["k"] == pytest.approx(float(gk.mean()), rel=1e-12)
+    assert means["v"] == pytest.approx(float(gv.mean()), rel=1e-12)
+    assert meter.totals()[1] == gk.numel() and meter.totals()[3] == gv.numel()
+    assert GateMeter.means_of([0.0, 0.0, 1.0, 2.0]) == {"v": 0.5}    # no events: left out
+    assert not any(m._forward_hooks or m._forward_hooks_with_kwargs for m in (a, b))
 
 
 @pytest.mark.parametrize("user_first", [False, True])

@@ -153,3 +153,24 @@ def test_a_wrong_checkpoint_says_what_it_is_and_what_was_expected(tmp_path):
         with pytest.raises(SeqctrError) as e:
             load_checkpoint(path)
         assert needle in str(e.value) and "expected a run's best.pt" in str(e.value), str(e.value)
+
+
+def test_a_collective_kv_run_logs_the_mean_training_gate_of_its_validation_events(synth_ds, tmp_path):
+    """Every epoch of a CollectiveKV model records the mean gate (sigmoid of the top-1 router logit) of the
+    validation events, equal to metering the saved weights' validation pass afresh; other models record none."""
+    from seqctr.nn.collective_kv import GateMeter
+    cfg = small_cfg(**{"model.name": "twin", "train.epochs": 2,
+                       "model.options.collective_kv": '{"user_dim": 1, "pool_size": 20}'})
+    logs = []
+    t = Trainer(cfg, synth_ds, tmp_path / "ckv", progress=False)
+    res = t.fit(log=logs.append)
+    gates = [h["collective_gate"] for h in res["history"]]
+    assert all(set(g) == {"k", "v"} and all(0 < x < 1 for x in g.values()) for g in gates)
+    assert gates[0] != gates[1]                                      # measured per epoch, not carried over
+    assert all("gate k" in line for line in logs if line.startswith("epoch"))
+    t.model.load_state_dict(load_checkpoint(tmp_path / "ckv" / "last.pt")["model"])
+    with GateMeter(t.model) as meter:
+        t.evaluate("valid")
+    assert meter.means() == pytest.approx(gates[-1], rel=1e-9)
+    plain = Trainer(small_cfg(**{"train.epochs": 1}), synth_ds, tmp_path / "din", progress=False)
+    assert "collective_gate" not in plain.fit(log=lambda *_: None)["history"][0]

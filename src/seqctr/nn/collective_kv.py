@@ -196,6 +196,26 @@ class CollectiveKV(nn.Module):
                 memo.store([keys[i] for i in first], found)
         return idx.view(x.shape[:-1])
 
+    def _top_logit(self, name: str, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The router logit of each event's chosen entry ``idx [B, T]`` -> ``[B, T]``, recomputed from its router
+        row: the same value and gradient as ``logits.max(-1)`` without a ``[U, m]`` zero-filled gradient buffer
+        (the costly part on CPU)."""
+        router = getattr(self, f"router_{name}")
+        top = (x * router.weight[idx]).sum(-1)
+        return top if router.bias is None else top + router.bias[idx]
+
+    @torch.no_grad()
+    def gate(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """The gate training puts on each event's pool entry, ``sigmoid(top-1 logit)``: ``x [B, T, in]`` ->
+        ``[B, T]``. Inference reads the entry ungated (the gate taken as 1, as the authors' code does), so
+        where it is well below 1 training and inference differ (:class:`GateMeter`)."""
+        if self.training:
+            logits, inv, _ = self._route(name, x)
+            idx = row_argmax(logits)[inv]
+        else:
+            idx = self._index(name, x)                         # memoised rows skip the router
+        return torch.sigmoid(self._top_logit(name, x, idx))
+
     def _part(self, name: str, x: torch.Tensor, mask: torch.Tensor | None):
         if not self.share[name]:
             return getattr(self, f"full_{name}")(x), None
@@ -209,12 +229,7 @@ class CollectiveKV(nn.Module):
             # autograd then keeps nothing of the router product and runs none of its backward
             logits, inv, wu = self._route(name, x, w)                      # [U, m]
         idx = row_argmax(logits)[inv]                                      # [B, T]
-        # The top-1 logit, recomputed from its router row: the same value and gradient as
-        # ``logits.max(-1)`` without a [U, m] zero-filled gradient buffer (the costly part on CPU).
-        router = getattr(self, f"router_{name}")
-        top = (x * router.weight[idx]).sum(-1)
-        if router.bias is not None:
-            top = top + router.bias[idx]
+        top = self._top_logit(name, x, idx)
         collective = torch.sigmoid(top).unsqueeze(-1) * pool[idx]
         n = w.sum().clamp_min(1.0)
         peak = -(F.logsigmoid(top) * w).sum() / n
@@ -279,3 +294,50 @@ class CollectiveKV(nn.Module):
 
     def pool_bytes(self) -> int:
         return sum(getattr(self, f"pool_{n}").numel() * 4 for n in ("k", "v") if self.share[n])
+
+
+class GateMeter:
+    """The mean training gate (:meth:`CollectiveKV.gate`) of the events that pass through ``model``'s
+    CollectiveKV modules while the meter is on (``with GateMeter(model) as meter: ...``; forward hooks, so
+    the model's code does not change). Per tensor (``k``, ``v``) over every module (layers, branches), real
+    events only where the module is given a mask. The question it answers is the one the CollectiveKV digest
+    leaves open: does the gate reach 1 by the end of training, so that inference (ungated) scores what was
+    trained? :meth:`totals` -> ``[sum_k, events_k, sum_v, events_v]`` (summable over DDP ranks),
+    :meth:`means` -> ``{"k": .., "v": ..}``."""
+
+    def __init__(self, model: nn.Module):
+        self.modules = [m for m in model.modules() if isinstance(m, CollectiveKV)]
+        self.sums = {"k": [0.0, 0.0], "v": [0.0, 0.0]}
+        self._handles: list = []
+
+    def __enter__(self) -> "GateMeter":
+        self._handles = [m.register_forward_hook(self._seen, with_kwargs=True) for m in self.modules]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def _seen(self, module: CollectiveKV, args: tuple, kwargs: dict, _out) -> None:
+        keys, values = args[0], (args[1] if len(args) > 1 else kwargs["values"])
+        mask = args[2] if len(args) > 2 else kwargs.get("mask")
+        for name, x in (("k", keys), ("v", values)):
+            if not module.share[name]:
+                continue
+            g = module.gate(name, x).double()                              # [B, T]
+            w = torch.ones_like(g) if mask is None else mask.to(g.dtype).expand_as(g)
+            self.sums[name][0] += float((g * w).sum())
+            self.sums[name][1] += float(w.sum())
+
+    def totals(self) -> list[float]:
+        return [*self.sums["k"], *self.sums["v"]]
+
+    @staticmethod
+    def means_of(totals: list[float]) -> dict[str, float]:
+        """``{"k": mean, "v": mean}`` of :meth:`totals` (summed over ranks or not); a tensor no event
+        reached is left out."""
+        return {name: totals[2 * i] / totals[2 * i + 1] for i, name in enumerate(("k", "v")) if totals[2 * i + 1] > 0}
+
+    def means(self) -> dict[str, float]:
+        return self.means_of(self.totals())

@@ -22,6 +22,7 @@ from ..errors import ConfigError, SeqctrError
 from ..metrics import evaluate_predictions
 from ..models import CTRModel, build_model
 from ..nn import dropout
+from ..nn.collective_kv import GateMeter
 from ..checkpoint import load_checkpoint, save_torch
 from ..utils.io import provenance, write_json, write_predictions
 from ..utils.compile import compiled
@@ -279,7 +280,7 @@ class Trainer:
         while st["epoch"] < self.cfg.train.epochs and st["bad_epochs"] < self.cfg.train.patience:
             epoch = st["epoch"] + 1
             tr = self.train_epoch(epoch)
-            va = self.evaluate("valid")
+            va, gate = self._evaluate_valid()
             st["epoch"] = epoch
             improved = va["overall"]["auc"] > st["best_auc"]
             if improved:
@@ -288,13 +289,25 @@ class Trainer:
             else:
                 st["bad_epochs"] += 1
                 self._decay_lr()
-            st["history"].append({"epoch": epoch, **tr, "lr": self.opt.param_groups[0]["lr"], "valid": va["overall"]})
+            st["history"].append({"epoch": epoch, **tr, "lr": self.opt.param_groups[0]["lr"], "valid": va["overall"],
+                                  **({"collective_gate": gate} if gate else {})})
             self._tensorboard(epoch, tr, va)
             self._save_last()
             log(f"epoch {epoch}: loss {tr['loss']:.4f}  valid AUC {va['overall']['auc']:.4f} "
                 f"GAUC {va['overall']['gauc']:.4f}  {tr['train_samples_per_s']:.0f} samples/s"
-                f"{'  *best' if improved else ''}")
+                + "".join(f"  gate {k} {v:.3f}" for k, v in gate.items()) + ("  *best" if improved else ""))
         return self.finish()
+
+    def _evaluate_valid(self) -> tuple[dict, dict]:
+        """The validation metrics, and for a CollectiveKV model the mean training gate of the validation events
+        (:class:`~seqctr.nn.collective_kv.GateMeter`, summed over ranks; ``{}`` for other models, and under
+        ``train.compile``, whose graphs do not run module hooks)."""
+        meter = GateMeter(self.model)
+        if not meter.modules or self.infer is not self.model:
+            return self.evaluate("valid"), {}
+        with meter:
+            va = self.evaluate("valid")
+        return va, GateMeter.means_of(self.dist.sum(meter.totals()))
 
     def _tensorboard(self, epoch: int, tr: dict, va: dict) -> None:
         """Per epoch: training loss, samples/s, learning rate, validation AUC / GAUC / logloss overall
