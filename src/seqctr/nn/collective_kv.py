@@ -147,6 +147,7 @@ class CollectiveKV(nn.Module):
         self.idx_dtype = index_dtype(pool_size)
         self.memos = {name: RoutingMemo(memo_rows) for name in ("k", "v") if self.share[name] and memo_rows > 0}
         self._padded: dict[str, tuple] = {}       # serving decode: name -> (pool version token, padded pool)
+        self._meter: GateMeter | None = None       # set while a GateMeter is on
 
     def _join(self, collective: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
         return torch.cat([user, collective] if self.user_first else [collective, user], -1)
@@ -204,24 +205,15 @@ class CollectiveKV(nn.Module):
         top = (x * router.weight[idx]).sum(-1)
         return top if router.bias is None else top + router.bias[idx]
 
-    @torch.no_grad()
-    def gate(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """The gate training puts on each event's pool entry, ``sigmoid(top-1 logit)``: ``x [B, T, in]`` ->
-        ``[B, T]``. Inference reads the entry ungated (the gate taken as 1, as the authors' code does), so
-        where it is well below 1 training and inference differ (:class:`GateMeter`)."""
-        if self.training:
-            logits, inv, _ = self._route(name, x)
-            idx = row_argmax(logits)[inv]
-        else:
-            idx = self._index(name, x)                         # memoised rows skip the router
-        return torch.sigmoid(self._top_logit(name, x, idx))
-
     def _part(self, name: str, x: torch.Tensor, mask: torch.Tensor | None):
         if not self.share[name]:
             return getattr(self, f"full_{name}")(x), None
         pool = getattr(self, f"pool_{name}")
         if not self.training:
-            return self._join(pool[self._index(name, x)], self._user(name, x)), None
+            idx = self._index(name, x)
+            if self._meter is not None:
+                self._meter.add(name, torch.sigmoid(self._top_logit(name, x, idx)), mask)
+            return self._join(pool[idx], self._user(name, x)), None
         w = mask.to(x.dtype) if (self.mask_aux and mask is not None) else x.new_ones(x.shape[:-1])
         balanced = self.balance_weight != 0
         with torch.set_grad_enabled(balanced and torch.is_grad_enabled()):
@@ -230,6 +222,8 @@ class CollectiveKV(nn.Module):
             logits, inv, wu = self._route(name, x, w)                      # [U, m]
         idx = row_argmax(logits)[inv]                                      # [B, T]
         top = self._top_logit(name, x, idx)
+        if self._meter is not None:
+            self._meter.add(name, torch.sigmoid(top), mask)
         collective = torch.sigmoid(top).unsqueeze(-1) * pool[idx]
         n = w.sum().clamp_min(1.0)
         peak = -(F.logsigmoid(top) * w).sum() / n
@@ -297,38 +291,35 @@ class CollectiveKV(nn.Module):
 
 
 class GateMeter:
-    """The mean training gate (:meth:`CollectiveKV.gate`) of the events that pass through ``model``'s
-    CollectiveKV modules while the meter is on (``with GateMeter(model) as meter: ...``; forward hooks, so
-    the model's code does not change). Per tensor (``k``, ``v``) over every module (layers, branches), real
-    events only where the module is given a mask. The question it answers is the one the CollectiveKV digest
-    leaves open: does the gate reach 1 by the end of training, so that inference (ungated) scores what was
-    trained? :meth:`totals` -> ``[sum_k, events_k, sum_v, events_v]`` (summable over DDP ranks),
-    :meth:`means` -> ``{"k": .., "v": ..}``."""
+    """The mean gate training puts on each event's pool entry, ``sigmoid(top-1 router logit)``, over the events
+    that pass through ``model``'s CollectiveKV modules while the meter is on (``with GateMeter(model) as meter:``),
+    in training or inference mode. Inference reads the entry ungated (the gate taken as 1, as the authors' code
+    does), so a mean well below 1 says training and inference differ — the question the CollectiveKV digest
+    leaves open. Per tensor (``k``, ``v``) over every module (layers, branches), real events only where the
+    module is given a mask; the modules report what their forward already computed (the chosen entry), so
+    metering adds one dot product per event. :meth:`totals` -> ``[sum_k, events_k, sum_v, events_v]``
+    (summable over DDP ranks), :meth:`means` -> ``{"k": .., "v": ..}``."""
 
     def __init__(self, model: nn.Module):
         self.modules = [m for m in model.modules() if isinstance(m, CollectiveKV)]
         self.sums = {"k": [0.0, 0.0], "v": [0.0, 0.0]}
-        self._handles: list = []
 
     def __enter__(self) -> "GateMeter":
-        self._handles = [m.register_forward_hook(self._seen, with_kwargs=True) for m in self.modules]
+        for m in self.modules:
+            m._meter = self
         return self
 
     def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        for m in self.modules:
+            m._meter = None
 
-    def _seen(self, module: CollectiveKV, args: tuple, kwargs: dict, _out) -> None:
-        keys, values = args[0], (args[1] if len(args) > 1 else kwargs["values"])
-        mask = args[2] if len(args) > 2 else kwargs.get("mask")
-        for name, x in (("k", keys), ("v", values)):
-            if not module.share[name]:
-                continue
-            g = module.gate(name, x).double()                              # [B, T]
-            w = torch.ones_like(g) if mask is None else mask.to(g.dtype).expand_as(g)
-            self.sums[name][0] += float((g * w).sum())
-            self.sums[name][1] += float(w.sum())
+    @torch.no_grad()
+    def add(self, name: str, gate: torch.Tensor, mask: torch.Tensor | None) -> None:
+        """Count ``gate [B, T]`` of tensor ``name``; ``mask`` (broadcastable to it) marks the real events."""
+        g = gate.double()
+        w = torch.ones_like(g) if mask is None else mask.to(g.dtype).expand_as(g)
+        self.sums[name][0] += float((g * w).sum())
+        self.sums[name][1] += float(w.sum())
 
     def totals(self) -> list[float]:
         return [*self.sums["k"], *self.sums["v"]]
