@@ -301,7 +301,7 @@ class Trainer:
     def _evaluate_valid(self) -> tuple[dict, dict]:
         """The validation metrics, and for a CollectiveKV model the mean training gate of the validation events
         (:class:`~seqctr.nn.collective_kv.GateMeter`, summed over ranks; ``{}`` for other models, and under
-        ``train.compile``, whose graphs do not run module hooks)."""
+        ``train.compile``, whose graphs the meter's per-call Python would break)."""
         meter = GateMeter(self.model)
         if not meter.modules or self.infer is not self.model:
             return self.evaluate("valid"), {}
