@@ -95,8 +95,9 @@ def main() -> int:
           "| model | seed | split | samples | gate k | gate v | AUC served | AUC gated | Δ AUC | logloss served "
           "| logloss gated | Δ logloss |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        md.append(f"| {r['model']} | {r['seed']} | {r['split']} | {r['samples']:,} | {r['gate'].get('k', float('nan')):.3f} "
-                  f"| {r['gate'].get('v', float('nan')):.3f} | {r['auc_served']:.4f} | {r['auc_gated']:.4f} "
+        gk, gv = (r["gate"].get(n, float("nan")) for n in ("k", "v"))
+        md.append(f"| {r['model']} | {r['seed']} | {r['split']} | {r['samples']:,} | {gk:.3f} "
+                  f"| {gv:.3f} | {r['auc_served']:.4f} | {r['auc_gated']:.4f} "
                   f"| {r['auc_gated'] - r['auc_served']:+.4f} | {r['logloss_served']:.4f} | {r['logloss_gated']:.4f} "
                   f"| {r['logloss_gated'] - r['logloss_served']:+.4f} |")
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
