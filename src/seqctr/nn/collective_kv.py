@@ -222,9 +222,10 @@ class CollectiveKV(nn.Module):
             logits, inv, wu = self._route(name, x, w)                      # [U, m]
         idx = row_argmax(logits)[inv]                                      # [B, T]
         top = self._top_logit(name, x, idx)
+        gate = torch.sigmoid(top)
         if self._meter is not None:
-            self._meter.add(name, torch.sigmoid(top), mask)
-        collective = torch.sigmoid(top).unsqueeze(-1) * pool[idx]
+            self._meter.add(name, gate, mask)
+        collective = gate.unsqueeze(-1) * pool[idx]
         n = w.sum().clamp_min(1.0)
         peak = -(F.logsigmoid(top) * w).sum() / n
         aux = self.peak_weight * peak

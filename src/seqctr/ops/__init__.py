@@ -15,5 +15,5 @@ from .attention import (FORMS, IMPLS, Events, Picks, check_impl, event_pool, eve
 from .select import simhash, topk_select
 
 __all__ = ["FORMS", "IMPLS", "Events", "Picks", "check_impl", "event_pool", "event_scores", "fast_form",
-           "gather_positions", "head_pool", "head_rows", "head_scores", "masked_softmax", "resolve", "selection_as_mask", "set_impl",
-           "shared", "simhash", "topk_select"]
+           "gather_positions", "head_pool", "head_rows", "head_scores", "masked_softmax", "resolve",
+           "selection_as_mask", "set_impl", "shared", "simhash", "topk_select"]
