@@ -85,7 +85,7 @@ def main() -> int:
                    **{f"{k}_{name}": m[name]["overall"][k] for name in m for k in ("auc", "logloss")}}
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
-    out = Path("bench/results") / f"ckv_gate_{args.tag}"
+    out = Path(__file__).resolve().parent / "results" / f"ckv_gate_{args.tag}"      # from any working folder
     cmd = "python bench/ckv_gate.py " + " ".join(sys.argv[1:])
     md = [f"# CollectiveKV's gate: training against inference ({args.tag})", "",
           f"`{cmd}` (generated; do not edit). Training multiplies each event's pool entry by `sigmoid(top-1 router "
